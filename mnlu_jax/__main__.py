@@ -1,0 +1,3 @@
+from mnlu_jax.cli import main
+
+raise SystemExit(main())

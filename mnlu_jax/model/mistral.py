@@ -1,0 +1,274 @@
+"""The Mistral/Llama decoder as pure functions over a parameter pytree in Hugging Face layout.
+
+Parameters (layers stacked on a leading axis so `lax.scan` keeps compile time flat in depth):
+
+    model.embed_tokens.weight                 (vocab, embed)            same as HF
+    model.layers.input_layernorm.weight       (layers, embed)
+    model.layers.self_attn.{q,k,v}_proj.kernel (layers, embed, heads*head_dim)   = HF weight.T
+    model.layers.self_attn.o_proj.kernel      (layers, heads*head_dim, embed)
+    model.layers.post_attention_layernorm.weight (layers, embed)
+    model.layers.mlp.{gate,up}_proj.kernel    (layers, embed, mlp)
+    model.layers.mlp.down_proj.kernel         (layers, mlp, embed)
+    model.norm.weight                          (embed,)
+    lm_head.kernel                             (embed, vocab)   absent when embeddings are tied
+
+Conversion to and from HF is therefore rename + transpose + stack, with no Q/K permutation.
+
+Attention takes per-token `positions` (RoPE and causality) and `segment_ids` (0 = padding), so packed
+sequences, left or right padding and a KV cache all go through one mask:
+    key visible  <=>  same segment, segment > 0, key_pos <= query_pos, query_pos - key_pos < window.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mnlu_jax.model.config import ModelConfig
+
+Params = dict[str, Any]
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def to_dtype(name: str | Any) -> Any:
+    if isinstance(name, str):
+        if name not in DTYPES:
+            raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+        return DTYPES[name]
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter shapes, logical axes and initialisation
+# ---------------------------------------------------------------------------------------------
+def param_shapes(config: ModelConfig) -> Params:
+    """Nested dict of shapes, the single source of truth for layout (used by init, conversion, sharding)."""
+    d, f, v, nl = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
+    q, kv = config.num_attention_heads * config.dim_per_head, config.kv_heads * config.dim_per_head
+    shapes: Params = {
+        "model": {
+            "embed_tokens": {"weight": (v, d)},
+            "layers": {
+                "input_layernorm": {"weight": (nl, d)},
+                "self_attn": {
+                    "q_proj": {"kernel": (nl, d, q)},
+                    "k_proj": {"kernel": (nl, d, kv)},
+                    "v_proj": {"kernel": (nl, d, kv)},
+                    "o_proj": {"kernel": (nl, q, d)},
+                },
+                "post_attention_layernorm": {"weight": (nl, d)},
+                "mlp": {
+                    "gate_proj": {"kernel": (nl, d, f)},
+                    "up_proj": {"kernel": (nl, d, f)},
+                    "down_proj": {"kernel": (nl, f, d)},
+                },
+            },
+            "norm": {"weight": (d,)},
+        }
+    }
+    if not config.tie_word_embeddings:
+        shapes["lm_head"] = {"kernel": (d, v)}
+    return shapes
+
+
+def param_logical_axes(config: ModelConfig) -> Params:
+    """Logical axis names for every parameter (mapped to mesh axes by train/sharding.py rules)."""
+    axes: Params = {
+        "model": {
+            "embed_tokens": {"weight": ("vocab", "embed")},
+            "layers": {
+                "input_layernorm": {"weight": ("layers", "norm")},
+                "self_attn": {
+                    "q_proj": {"kernel": ("layers", "embed", "heads")},
+                    "k_proj": {"kernel": ("layers", "embed", "kv_heads")},
+                    "v_proj": {"kernel": ("layers", "embed", "kv_heads")},
+                    "o_proj": {"kernel": ("layers", "heads", "embed")},
+                },
+                "post_attention_layernorm": {"weight": ("layers", "norm")},
+                "mlp": {
+                    "gate_proj": {"kernel": ("layers", "embed", "mlp")},
+                    "up_proj": {"kernel": ("layers", "embed", "mlp")},
+                    "down_proj": {"kernel": ("layers", "mlp", "embed")},
+                },
+            },
+            "norm": {"weight": ("norm",)},
+        }
+    }
+    if not config.tie_word_embeddings:
+        axes["lm_head"] = {"kernel": ("embed", "vocab")}
+    return axes
+
+
+def init_params(config: ModelConfig, key: jax.Array, dtype: Any = None) -> Params:
+    """Random init as in HF (normal, std 0.02; norms at 1)."""
+    dtype = to_dtype(dtype or config.param_dtype)
+    shapes = param_shapes(config)
+    leaves, treedef = jax.tree_util.tree_flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))[0]]
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for k, shape, path in zip(keys, leaves, paths):
+        name = jax.tree_util.keystr(path)
+        if "norm" in name:
+            out.append(jnp.ones(shape, dtype))
+        else:
+            out.append((0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    # As HF: normalise in fp32, cast back, then scale.
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * xf.astype(x.dtype)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, T, hd/2)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    # x: (B, T, heads, hd); HF's rotate_half convention (no interleaving, no permutation).
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+def attention_mask(q_pos, q_seg, k_pos, k_seg, sliding_window: int | None) -> jax.Array:
+    """(B, T, S) boolean: which keys each query may attend to."""
+    qp, qs = q_pos[:, :, None], q_seg[:, :, None]
+    kp, ks = k_pos[:, None, :], k_seg[:, None, :]
+    mask = (ks == qs) & (ks > 0) & (kp <= qp)
+    if sliding_window is not None:
+        mask = mask & (qp - kp < sliding_window)
+    return mask
+
+
+def attend(q, k, v, mask) -> jax.Array:
+    """Grouped-query attention. q: (B,T,H,hd); k,v: (B,S,KVH,hd); mask: (B,T,S)."""
+    b, t, h, hd = q.shape
+    kvh = k.shape[2]
+    q = q.reshape(b, t, kvh, h // kvh, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h * hd)
+
+
+def _remat(fn, policy: str):
+    if policy == "none":
+        return fn
+    if policy == "full":
+        return jax.checkpoint(fn)
+    if policy == "save_dots":
+        return jax.checkpoint(fn, policy=jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims)
+    raise ValueError(f"remat_policy {policy!r}: expected none, full or save_dots")
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------
+def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any = None) -> Params:
+    """An empty KV cache: keys/values per layer plus each slot's position and segment (0 = empty)."""
+    dtype = to_dtype(dtype or config.compute_dtype)
+    shape = (config.num_hidden_layers, batch, length, config.kv_heads, config.dim_per_head)
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "pos": jnp.zeros((batch, length), jnp.int32),
+        "seg": jnp.zeros((batch, length), jnp.int32),
+    }
+
+
+def forward(
+    params: Params,
+    config: ModelConfig,
+    input_ids: jax.Array,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    cache: Params | None = None,
+    cache_index: jax.Array | int = 0,
+    return_hidden: bool = False,
+) -> tuple[jax.Array, Params | None]:
+    """Logits (B, T, vocab) in fp32, and the updated cache when one is given.
+
+    With a cache, the T new tokens are written at slots [cache_index, cache_index + T) of every row and
+    the queries attend over the whole cache (empty slots have segment 0 and are masked out).
+    """
+    b, t = input_ids.shape
+    dtype = to_dtype(config.compute_dtype)
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if segment_ids is None:
+        segment_ids = jnp.ones((b, t), jnp.int32)
+    positions = positions.astype(jnp.int32)
+    segment_ids = segment_ids.astype(jnp.int32)
+    m = params["model"]
+    h = jnp.take(m["embed_tokens"]["weight"], input_ids, axis=0).astype(dtype)
+    cos, sin = rope_tables(positions, config.dim_per_head, config.rope_theta, dtype)
+    nh, kvh, hd = config.num_attention_heads, config.kv_heads, config.dim_per_head
+
+    if cache is not None:
+        k_pos = jax.lax.dynamic_update_slice(cache["pos"], positions, (0, cache_index))
+        k_seg = jax.lax.dynamic_update_slice(cache["seg"], segment_ids, (0, cache_index))
+    else:
+        k_pos, k_seg = positions, segment_ids
+    mask = attention_mask(positions, segment_ids, k_pos, k_seg, config.sliding_window)
+
+    def layer(h, xs):
+        lp, ck, cv = xs
+        a = lp["self_attn"]
+        x = rms_norm(h, lp["input_layernorm"]["weight"], config.rms_norm_eps)
+        q = (x @ a["q_proj"]["kernel"].astype(dtype)).reshape(b, t, nh, hd)
+        k = (x @ a["k_proj"]["kernel"].astype(dtype)).reshape(b, t, kvh, hd)
+        v = (x @ a["v_proj"]["kernel"].astype(dtype)).reshape(b, t, kvh, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if ck is not None:
+            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
+            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+            k, v = ck.astype(dtype), cv.astype(dtype)
+        o = attend(q, k, v, mask) @ a["o_proj"]["kernel"].astype(dtype)
+        h = h + o
+        x = rms_norm(h, lp["post_attention_layernorm"]["weight"], config.rms_norm_eps)
+        mp = lp["mlp"]
+        gate = jax.nn.silu(x @ mp["gate_proj"]["kernel"].astype(dtype))
+        h = h + (gate * (x @ mp["up_proj"]["kernel"].astype(dtype))) @ mp["down_proj"]["kernel"].astype(dtype)
+        return h, (ck, cv)
+
+    layer = _remat(layer, config.remat_policy)
+    layers = m["layers"]
+    ck_all = cache["k"] if cache is not None else None
+    cv_all = cache["v"] if cache is not None else None
+    if config.scan_layers:
+        h, (ck_all, cv_all) = jax.lax.scan(layer, h, (layers, ck_all, cv_all))
+    else:
+        new_k, new_v = [], []
+        for i in range(config.num_hidden_layers):
+            lp = jax.tree_util.tree_map(lambda x: x[i], layers)
+            h, (ck, cv) = layer(h, (lp, None if ck_all is None else ck_all[i], None if cv_all is None else cv_all[i]))
+            new_k.append(ck)
+            new_v.append(cv)
+        if cache is not None:
+            ck_all, cv_all = jnp.stack(new_k), jnp.stack(new_v)
+
+    h = rms_norm(h, m["norm"]["weight"], config.rms_norm_eps)
+    if return_hidden:
+        logits = h
+    elif config.tie_word_embeddings:
+        logits = (h @ m["embed_tokens"]["weight"].astype(dtype).T).astype(jnp.float32)
+    else:
+        logits = (h @ params["lm_head"]["kernel"].astype(dtype)).astype(jnp.float32)
+    new_cache = None
+    if cache is not None:
+        new_cache = {"k": ck_all, "v": cv_all, "pos": k_pos, "seg": k_seg}
+    return logits, new_cache

@@ -1,0 +1,343 @@
+"""Checkpoint conversion: HF directories (safetensors, sharded, .bin) and GGUF <-> our Orbax checkpoints.
+
+Our checkpoint directory:
+    params/            Orbax checkpoint of the parameter pytree (HF layout, layers stacked)
+    config.json        the HF config (so `ModelConfig.from_json_file` reads it back)
+    tokenizer*, special_tokens_map.json, chat_template.jinja …   the tokenizer, when the source had one
+    mnlu_jax.json      marker: format version and where the weights came from
+
+Every writer builds its output in a temporary sibling directory and renames it when complete, so an
+error never leaves a half-written OUT behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import ml_dtypes
+import numpy as np
+from tqdm.auto import tqdm
+
+from mnlu_jax.model.config import ModelConfig
+from mnlu_jax.weights import names as N
+from mnlu_jax.weights.safetensors_io import SafetensorsCheckpoint, write_sharded
+
+MARKER = "mnlu_jax.json"
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+    "chat_template.jinja", "chat_template.json", "generation_config.json", "vocab.json", "merges.txt",
+    "added_tokens.json",
+)
+NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+
+
+def np_dtype(name: str | None):
+    if name is None:
+        return None
+    if name not in NP_DTYPES:
+        raise ValueError(f"dtype {name!r}: expected one of {sorted(NP_DTYPES)}")
+    return np.dtype(NP_DTYPES[name])
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory next to `out`; rename it to `out` only if the block succeeds."""
+    out = Path(out).absolute()
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: output directory exists and is not empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources of HF-named tensors
+# ---------------------------------------------------------------------------------------------
+class TensorSource:
+    """HF-named tensors from any supported source, read lazily, plus its config and tokenizer."""
+
+    def __init__(self, src: str | Path):
+        self.src = Path(src)
+        self.tokenizer_dir: Path | None = None
+        self.gguf: Path | None = None
+        if not self.src.exists():
+            raise FileNotFoundError(f"{self.src}: no such file or directory")
+        if self.src.is_file() and self.src.suffix == ".gguf":
+            from mnlu_jax.weights.gguf_io import gguf_config, gguf_tensors
+
+            self.gguf = self.src
+            self.config = gguf_config(self.src)
+            self._gguf_iter = lambda: gguf_tensors(self.src, self.config)
+            self.kind = "gguf"
+            return
+        if not self.src.is_dir():
+            raise ValueError(f"{self.src}: expected a Hugging Face model directory or a .gguf file")
+        cfg = self.src / "config.json"
+        if not cfg.exists():
+            raise FileNotFoundError(f"{cfg}: missing (a Hugging Face model directory needs config.json)")
+        self.config = ModelConfig.from_json_file(cfg)
+        self.tokenizer_dir = self.src
+        if list(self.src.glob("*.safetensors")):
+            self.kind = "safetensors"
+            self.st = SafetensorsCheckpoint(self.src)
+        elif list(self.src.glob("pytorch_model*.bin")):
+            self.kind = "bin"
+            self._bin = _load_bin(self.src)
+        else:
+            raise FileNotFoundError(f"{self.src}: no *.safetensors or pytorch_model*.bin weights")
+
+    def items(self) -> Iterator[tuple[str, np.ndarray]]:
+        if self.kind == "safetensors":
+            for n in self.st.names():
+                yield n, self.st.get(n)
+        elif self.kind == "bin":
+            for n, t in self._bin.items():
+                yield n, _torch_to_numpy(t)
+        else:
+            yield from self._gguf_iter()
+
+
+def _load_bin(src: Path) -> dict:
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(
+            f"{src}: reading pytorch_model*.bin needs torch; install the extra: pip install 'mnlu-jax[torch]'"
+        ) from e
+    state: dict = {}
+    for f in sorted(src.glob("pytorch_model*.bin")):
+        try:
+            state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+        except Exception as e:
+            raise ValueError(f"{f}: cannot be read by torch.load(weights_only=True): {e}") from e
+    return state
+
+
+def _torch_to_numpy(t) -> np.ndarray:
+    import torch
+
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# HF tensors <-> parameter pytree
+# ---------------------------------------------------------------------------------------------
+def params_from_tensors(
+    config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], dtype: str | None = None,
+    source: str = "checkpoint", progress: bool = False,
+) -> dict:
+    """Build the stacked parameter pytree (numpy) from HF-named tensors, checking names and shapes.
+
+    Each stacked parameter is preallocated once and filled layer by layer, so host memory holds one copy.
+    """
+    table = {e.hf_name: e for e in N.entries(config)}
+    out: dict = {}
+    seen: set[str] = set()
+    unexpected = []
+    target = np_dtype(dtype)
+    for name, arr in tqdm(tensors, total=len(table), desc="convert", disable=not progress, unit="tensor"):
+        if N.IGNORED_HF_TENSORS.search(name):
+            continue
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # some tied checkpoints still store the (identical) head
+        e = table.get(name)
+        if e is None:
+            unexpected.append(name)
+            continue
+        if tuple(arr.shape) != e.hf_shape:
+            raise ValueError(f"{source}: tensor {name!r} has shape {tuple(arr.shape)}, expected {e.hf_shape}")
+        a = N.hf_to_ours(np.asarray(arr), e)
+        dt = target or a.dtype
+        node = out
+        for k in e.path[:-1]:
+            node = node.setdefault(k, {})
+        if e.layer is None:
+            node[e.path[-1]] = np.array(a, dtype=dt)
+        else:
+            if e.path[-1] not in node:
+                node[e.path[-1]] = np.empty((config.num_hidden_layers,) + a.shape, dt)
+            node[e.path[-1]][e.layer] = a
+        seen.add(name)
+    if unexpected:
+        raise ValueError(f"{source}: unexpected tensors for {config.model_type}: {unexpected[:10]}"
+                         + (f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else ""))
+    missing = [n for n in table if n not in seen]
+    if missing:
+        raise ValueError(f"{source}: missing tensors: {missing[:10]}" + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""))
+    return out
+
+
+def tensors_from_params(params: dict, config: ModelConfig, dtype: str | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """HF-named numpy tensors from the pytree, one at a time (device arrays are fetched per tensor)."""
+    target = np_dtype(dtype)
+    for e in N.entries(config):
+        node = params
+        for k in e.path:
+            if k not in node:
+                raise ValueError(f"parameter {'.'.join(e.path)} missing from the pytree")
+            node = node[k]
+        a = node[e.layer] if e.layer is not None else node
+        a = N.ours_to_hf(np.asarray(a), e)
+        if target is not None:
+            a = a.astype(target)
+        yield e.hf_name, a
+
+
+# ---------------------------------------------------------------------------------------------
+# Our checkpoints (Orbax)
+# ---------------------------------------------------------------------------------------------
+def _copy_tokenizer(src_dir: Path | None, gguf: Path | None, out: Path) -> None:
+    if gguf is not None:
+        from mnlu_jax.weights.gguf_io import gguf_tokenizer
+
+        gguf_tokenizer(gguf).save_pretrained(str(out))
+        return
+    if src_dir is None:
+        return
+    for name in TOKENIZER_FILES:
+        if (src_dir / name).exists():
+            shutil.copy2(src_dir / name, out / name)
+
+
+def save_params(path: Path, params: dict) -> None:
+    import orbax.checkpoint as ocp
+
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(Path(path).absolute(), params)
+    ckptr.wait_until_finished()
+
+
+def load_params(path: str | Path, dtype: str | None = None, sharding: Any = None) -> dict:
+    """Restore the parameter pytree; with `sharding` (a pytree of shardings) each array lands sharded."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    ckptr = ocp.StandardCheckpointer()
+    meta = ckptr.metadata(path)
+    tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
+    tree = getattr(tree, "tree", tree)
+    target_dt = np_dtype(dtype)
+
+    def abstract(m, s=None):
+        dt = target_dt or m.dtype
+        s = s if s is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        return jax.ShapeDtypeStruct(tuple(m.shape), dt, sharding=s)
+
+    if sharding is None:
+        target = jax.tree_util.tree_map(abstract, tree)
+    else:
+        target = jax.tree_util.tree_map(abstract, tree, sharding)
+    return ckptr.restore(path, target)
+
+
+def write_checkpoint(out: str | Path, params: dict, config: ModelConfig, tokenizer_dir: Path | None = None,
+                     gguf: Path | None = None, source: str = "") -> Path:
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        save_params(tmp / "params", params)
+        (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
+        _copy_tokenizer(tokenizer_dir, gguf, tmp)
+        (tmp / MARKER).write_text(json.dumps({"format": 1, "source": source}, indent=2))
+    return out
+
+
+def is_our_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / MARKER).exists()
+
+
+def hf_to_flax(src: str | Path, out: str | Path, dtype: str | None = None, progress: bool = True) -> Path:
+    """Convert an HF directory or GGUF file into our checkpoint at `out`."""
+    ts = TensorSource(src)
+    params = params_from_tensors(ts.config, ts.items(), dtype=dtype, source=str(src), progress=progress)
+    config = ts.config.replace(torch_dtype=dtype or ts.config.torch_dtype)
+    return write_checkpoint(out, params, config, ts.tokenizer_dir, ts.gguf, source=str(Path(src).absolute()))
+
+
+def export_hf(params: dict, config: ModelConfig, out: str | Path, tokenizer_dir: Path | None = None,
+              gguf: Path | None = None, dtype: str | None = None, max_shard_bytes: int = 5 * 2**30,
+              progress: bool = True) -> Path:
+    """Write an HF directory (config.json, sharded safetensors + index, tokenizer) from a pytree."""
+    out = Path(out)
+    n = len(N.entries(config))
+    with atomic_dir(out) as tmp:
+        tensors = tqdm(tensors_from_params(params, config, dtype), total=n, desc="export", disable=not progress,
+                       unit="tensor")
+        write_sharded(tmp, tensors, max_shard_bytes=max_shard_bytes)
+        first = next(iter(jax_leaves(params)))
+        cfg = config.replace(torch_dtype=dtype or _dtype_name(first.dtype))
+        (tmp / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
+        eos = list(cfg.eos_ids)
+        (tmp / "generation_config.json").write_text(json.dumps(
+            {"bos_token_id": cfg.bos_token_id, "eos_token_id": eos[0] if len(eos) == 1 else eos,
+             "pad_token_id": cfg.pad_token_id}, indent=2))
+        _copy_tokenizer(tokenizer_dir, gguf, tmp)
+    return out
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree_util.tree_leaves(tree)
+
+
+def _dtype_name(dt) -> str:
+    dt = np.dtype(dt)
+    for k, v in NP_DTYPES.items():
+        if np.dtype(v) == dt:
+            return k
+    return str(dt)
+
+
+def flax_to_hf(src: str | Path, out: str | Path, dtype: str | None = None, max_shard_bytes: int = 5 * 2**30,
+               progress: bool = True) -> Path:
+    src = Path(src)
+    if not is_our_checkpoint(src):
+        raise ValueError(f"{src}: not an mnlu-jax checkpoint (no {MARKER}); convert it with hf-to-flax first")
+    config = ModelConfig.from_json_file(src / "config.json")
+    params = load_params(src / "params")
+    return export_hf(params, config, out, tokenizer_dir=src, dtype=dtype, max_shard_bytes=max_shard_bytes,
+                     progress=progress)
+
+
+def load_model(source: str | Path, dtype: str | None = None, **config_overrides: Any) -> tuple[dict, ModelConfig, Path | None]:
+    """Params (numpy or jax arrays), config and a tokenizer directory from any supported source.
+
+    Our checkpoints, HF directories and GGUF files are all accepted; the latter two are converted in memory.
+    For a GGUF file the tokenizer is saved next to nothing: the third value is then the GGUF path itself.
+    """
+    source = Path(source)
+    if source.is_dir() and is_our_checkpoint(source):
+        config = ModelConfig.from_json_file(source / "config.json", **config_overrides)
+        return load_params(source / "params", dtype=dtype), config, source
+    ts = TensorSource(source)
+    params = params_from_tensors(ts.config, ts.items(), dtype=dtype, source=str(source))
+    config = ts.config.replace(**config_overrides) if config_overrides else ts.config
+    return params, config, ts.gguf or ts.tokenizer_dir
+
+
+def load_tokenizer(tokenizer_source: str | Path):
+    """A transformers tokenizer from a directory (ours or HF) or a GGUF file."""
+    from transformers import AutoTokenizer
+
+    p = Path(tokenizer_source)
+    if p.suffix == ".gguf":
+        from mnlu_jax.weights.gguf_io import gguf_tokenizer
+
+        return gguf_tokenizer(p)
+    return AutoTokenizer.from_pretrained(str(p))

@@ -1,0 +1,125 @@
+"""GGUF (llama.cpp) Llama/Mistral files -> HF-named numpy tensors, a ModelConfig and a tokenizer.
+
+Quantised tensors are dequantised with the `gguf` package. llama.cpp's converter permutes the rows of
+Q and K (it interleaves the two RoPE halves per head); we undo that here, as transformers does on load,
+so the result is in HF layout and no permutation ever reaches the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from mnlu_jax.model.config import ModelConfig
+
+_GGUF_TO_HF = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def _reader(path: str | Path):
+    import gguf
+
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as e:  # the gguf package raises ValueError/struct errors of many kinds
+        raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
+
+
+def _field(reader, key: str, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    return f.contents()
+
+
+def gguf_config(path: str | Path) -> ModelConfig:
+    r = _reader(path)
+    arch = _field(r, "general.architecture")
+    if arch not in ("llama", "mistral"):
+        raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported (expected llama or mistral)")
+    p = arch
+    names = {t.name for t in r.tensors}
+    n_vocab = _field(r, f"{p}.vocab_size") or len(r.fields["tokenizer.ggml.tokens"].data)
+    d = _field(r, f"{p}.embedding_length")
+    heads = _field(r, f"{p}.attention.head_count")
+    hf = {
+        "model_type": "llama" if arch == "llama" else "mistral",
+        "vocab_size": int(n_vocab),
+        "hidden_size": int(d),
+        "intermediate_size": int(_field(r, f"{p}.feed_forward_length")),
+        "num_hidden_layers": int(_field(r, f"{p}.block_count")),
+        "num_attention_heads": int(heads),
+        "num_key_value_heads": int(_field(r, f"{p}.attention.head_count_kv", heads)),
+        "head_dim": int(_field(r, f"{p}.attention.key_length", d // heads)),
+        "max_position_embeddings": int(_field(r, f"{p}.context_length", 4096)),
+        "rms_norm_eps": float(_field(r, f"{p}.attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": float(_field(r, f"{p}.rope.freq_base", 10000.0)),
+        "sliding_window": _field(r, f"{p}.attention.sliding_window"),
+        "tie_word_embeddings": "output.weight" not in names,
+        "bos_token_id": _field(r, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _field(r, "tokenizer.ggml.eos_token_id"),
+        "pad_token_id": _field(r, "tokenizer.ggml.padding_token_id"),
+        "torch_dtype": "float32",
+    }
+    return ModelConfig.from_hf_dict(hf, source=str(path))
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    # Inverse of llama.cpp's `permute`: rows (head, pair, half) -> (head, half, pair).
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_tensors(path: str | Path, config: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (HF name, fp32 array in HF shape) one tensor at a time."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    r = _reader(path)
+    for t in r.tensors:
+        stem, _, kind = t.name.rpartition(".")
+        if stem.startswith("blk."):
+            _, idx, sub = stem.split(".", 2)
+            if sub not in _GGUF_TO_HF:
+                raise ValueError(f"{path}: unexpected GGUF tensor {t.name!r}")
+            name = f"model.layers.{idx}.{_GGUF_TO_HF[sub]}.{kind}"
+        elif stem in _GGUF_TO_HF:
+            name = f"{_GGUF_TO_HF[stem]}.{kind}"
+        elif stem == "rope_freqs":
+            continue  # RoPE scaling factors for llama3-style rope; refused by the config check
+        else:
+            raise ValueError(f"{path}: unexpected GGUF tensor {t.name!r}")
+        shape = tuple(int(x) for x in reversed(t.shape))  # GGUF lists dims fastest-first
+        if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
+            arr = np.asarray(t.data).astype(np.float32) if t.tensor_type != GGMLQuantizationType.BF16 else \
+                dequantize(t.data, t.tensor_type).astype(np.float32)
+        else:
+            arr = dequantize(t.data, t.tensor_type).astype(np.float32)
+        arr = arr.reshape(shape)
+        if name.endswith("self_attn.q_proj.weight"):
+            arr = _unpermute(arr, config.num_attention_heads)
+        elif name.endswith("self_attn.k_proj.weight"):
+            arr = _unpermute(arr, config.kv_heads)
+        yield name, arr
+
+
+def gguf_tokenizer(path: str | Path):
+    """A transformers tokenizer (with the chat template) built from the GGUF metadata."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

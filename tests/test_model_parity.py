@@ -1,0 +1,167 @@
+"""Golden-logit parity with transformers (MaxText style) and conversion round trips (Levanter style)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from mnlu_jax.model.mistral import forward
+from mnlu_jax.weights.convert import (
+    flax_to_hf, hf_to_flax, load_model, load_params, params_from_tensors, TensorSource,
+)
+from mnlu_jax.weights.safetensors_io import SafetensorsCheckpoint
+from tests.conftest import make_tiny_hf
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def hf_logits(model_dir, ids, attention_mask=None, position_ids=None):
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32,
+                                                              attn_implementation="eager")
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids), attention_mask=None if attention_mask is None else torch.tensor(attention_mask),
+                    position_ids=None if position_ids is None else torch.tensor(position_ids))
+    return out.logits.numpy()
+
+
+@pytest.mark.parametrize("model_type", ["mistral", "llama"])
+def test_logits_match_transformers_unpadded(tmp_path, model_type):
+    d = make_tiny_hf(tmp_path / "hf", model_type=model_type)
+    params, config, _ = load_model(d)
+    assert config.model_type == model_type
+    if model_type == "mistral":
+        assert config.sliding_window == 8
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, 128, size=(2, 24))  # 24 > window 8: the window matters
+    ref = hf_logits(d, ids)
+    ours, _ = forward(jax.tree_util.tree_map(jnp.asarray, params), config, jnp.asarray(ids))
+    np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_sliding_window_changes_logits(tmp_path):
+    """Guard against a window that is silently ignored: no window must give different logits."""
+    d = make_tiny_hf(tmp_path / "hf")
+    params, config, _ = load_model(d)
+    ids = jnp.asarray(np.random.default_rng(1).integers(3, 128, size=(1, 24)))
+    a, _ = forward(params, config, ids)
+    b, _ = forward(params, config.replace(sliding_window=None), ids)
+    assert not np.allclose(np.asarray(a[:, -1]), np.asarray(b[:, -1]), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(a[:, :8]), np.asarray(b[:, :8]), rtol=1e-6, atol=1e-6)
+
+
+def test_logits_match_transformers_left_padded(tiny_mistral_dir):
+    params, config, _ = load_model(tiny_mistral_dir)
+    rng = np.random.default_rng(2)
+    lens = [20, 13, 6]
+    t = max(lens)
+    ids = np.zeros((3, t), np.int64)
+    mask = np.zeros((3, t), np.int64)
+    pos = np.zeros((3, t), np.int64)
+    for i, n in enumerate(lens):
+        ids[i, t - n:] = rng.integers(3, 128, size=n)
+        mask[i, t - n:] = 1
+        pos[i, t - n:] = np.arange(n)
+    ref = hf_logits(tiny_mistral_dir, ids, mask, pos)
+    ours, _ = forward(params, config, jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(mask))
+    ours = np.asarray(ours)
+    for i, n in enumerate(lens):
+        r, o = ref[i, t - n:], ours[i, t - n:]
+        np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-5 * np.abs(r).max())
+        # and the padded row equals the same prompt run alone
+        alone, _ = forward(params, config, jnp.asarray(ids[i:i + 1, t - n:]))
+        np.testing.assert_allclose(o, np.asarray(alone)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_packed_segments_do_not_attend_across(tiny_mistral_dir):
+    params, config, _ = load_model(tiny_mistral_dir)
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(3, 128, size=7), rng.integers(3, 128, size=9)
+    packed = np.concatenate([a, b, [0, 0]])[None]
+    seg = np.array([[1] * 7 + [2] * 9 + [0, 0]])
+    pos = np.array([list(range(7)) + list(range(9)) + [0, 0]])
+    out, _ = forward(params, config, jnp.asarray(packed), jnp.asarray(pos), jnp.asarray(seg))
+    la, _ = forward(params, config, jnp.asarray(a[None]))
+    lb, _ = forward(params, config, jnp.asarray(b[None]))
+    np.testing.assert_allclose(np.asarray(out)[0, :7], np.asarray(la)[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out)[0, 7:16], np.asarray(lb)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("model_type", ["mistral", "llama"])
+def test_round_trip_bitwise(tmp_path, dtype, model_type):
+    src = make_tiny_hf(tmp_path / "hf", model_type=model_type, dtype=dtype)
+    assert (src / "model.safetensors.index.json").exists()  # sharded input
+    hf_to_flax(src, tmp_path / "ours", progress=False)
+    flax_to_hf(tmp_path / "ours", tmp_path / "back", max_shard_bytes=100_000, progress=False)
+    a, b = SafetensorsCheckpoint(src), SafetensorsCheckpoint(tmp_path / "back")
+    assert (tmp_path / "back" / "model.safetensors.index.json").exists()
+    expected = set(a.names()) - ({"lm_head.weight"} if model_type == "llama" else set())
+    assert set(b.names()) == expected
+    for n in expected:
+        x, y = np.asarray(a.get(n)), np.asarray(b.get(n))
+        assert x.dtype == y.dtype and x.shape == y.shape, n
+        assert x.tobytes() == y.tobytes(), n
+    cfg = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert cfg["torch_dtype"] == dtype
+    # transformers loads the export and gives the same logits as the original
+    ids = np.random.default_rng(0).integers(3, 128, size=(1, 12))
+    np.testing.assert_array_equal(hf_logits(tmp_path / "back", ids), hf_logits(src, ids))
+
+
+def test_bin_checkpoint(tmp_path):
+    src = make_tiny_hf(tmp_path / "hf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(src)
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    torch.save(model.state_dict(), binary / "pytorch_model.bin")
+    (binary / "config.json").write_text((src / "config.json").read_text())
+    p1, _, _ = load_model(src)
+    p2, _, _ = load_model(binary)
+    for x, y in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_bad_inputs_name_the_tensor(tmp_path):
+    src = make_tiny_hf(tmp_path / "hf")
+    ts = TensorSource(src)
+    items = dict(ts.items())
+    bad = dict(items)
+    bad.pop("model.layers.1.mlp.up_proj.weight")
+    with pytest.raises(ValueError, match="missing tensors.*model.layers.1.mlp.up_proj.weight"):
+        params_from_tensors(ts.config, bad.items())
+    bad = dict(items)
+    bad["model.layers.0.self_attn.q_proj.weight"] = np.zeros((3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"q_proj.weight.*shape \(3, 3\), expected \(64, 64\)"):
+        params_from_tensors(ts.config, bad.items())
+    bad = dict(items)
+    bad["model.layers.0.self_attn.q_proj.bias"] = np.zeros((64,), np.float32)
+    with pytest.raises(ValueError, match="unexpected tensors.*q_proj.bias"):
+        params_from_tensors(ts.config, bad.items())
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="config.json: unsupported model_type 'gpt2'"):
+        hf_to_flax(src, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_truncated_safetensors_is_an_error(tmp_path):
+    src = make_tiny_hf(tmp_path / "hf")
+    shard = sorted(src.glob("*.safetensors"))[0]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"{shard.name}.*truncated"):
+        hf_to_flax(src, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_orbax_checkpoint_restores_in_bf16(tmp_path, tiny_mistral_dir):
+    hf_to_flax(tiny_mistral_dir, tmp_path / "ours", progress=False)
+    p = load_params(tmp_path / "ours" / "params", dtype="bfloat16")
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(p))

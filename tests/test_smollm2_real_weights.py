@@ -1,0 +1,75 @@
+"""Real weights: SmolLM2-135M-Instruct (GGUF, Q4_1) against transformers' own GGUF loader."""
+
+import numpy as np
+import pytest
+
+import jax.numpy as jnp
+
+from mnlu_jax.model.mistral import forward
+from mnlu_jax.weights.convert import export_hf, hf_to_flax, load_model, load_tokenizer
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+PROMPTS = [
+    "Extract all Disease entities from the text.\nMedical text: The patient developed acute renal failure after cisplatin.",
+    "Does the drug interact with warfarin? (A) yes (B) no",
+    "Rate the similarity of the two sentences from 0 to 4.",
+]
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_path):
+    params, config, tok_src = load_model(smollm2_path)
+    tok = load_tokenizer(smollm2_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name,
+                                                           torch_dtype=torch.float32)
+    hf.eval()
+    return params, config, tok, hf
+
+
+def _ids(tok, prompt):
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_config_from_gguf(smol):
+    _, config, tok, _ = smol
+    assert config.model_type == "llama" and config.tie_word_embeddings
+    assert (config.num_hidden_layers, config.hidden_size, config.kv_heads) == (30, 576, 3)
+    assert config.rope_theta == 100000.0
+    assert tok.chat_template and "<|im_start|>" in tok.chat_template
+
+
+def test_logits_match_transformers_on_chat_prompts(smol):
+    params, config, tok, hf = smol
+    for prompt in PROMPTS:
+        ids = _ids(tok, prompt)
+        with torch.no_grad():
+            ref = hf(torch.tensor([ids])).logits.numpy()[0]
+        ours = np.asarray(forward(params, config, jnp.asarray([ids]))[0])[0]
+        # Same dequantised fp32 weights; differences are summation order over 30 layers.
+        np.testing.assert_allclose(ours, ref, atol=2e-3 * np.abs(ref).max(), rtol=0)
+        assert (ours.argmax(-1) == ref.argmax(-1)).mean() > 0.98
+
+
+def test_gguf_export_reloads_in_transformers(smol, smollm2_path, tmp_path):
+    params, config, tok, hf = smol
+    export_hf(params, config, tmp_path / "hf", gguf=smollm2_path, progress=False, max_shard_bytes=200 * 2**20)
+    re = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", torch_dtype=torch.float32)
+    tok2 = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = _ids(tok2, PROMPTS[0])
+    assert ids == _ids(tok, PROMPTS[0])
+    with torch.no_grad():
+        a = re(torch.tensor([ids])).logits.numpy()
+        b = hf(torch.tensor([ids])).logits.numpy()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_gguf_to_flax_checkpoint(smollm2_path, tmp_path):
+    out = hf_to_flax(smollm2_path, tmp_path / "smol", dtype="bfloat16", progress=False)
+    assert (out / "tokenizer_config.json").exists() and (out / "params").is_dir()
+    params, config, _ = load_model(out)
+    assert str(params["model"]["embed_tokens"]["weight"].dtype) == "bfloat16"
+    assert load_tokenizer(out).chat_template
