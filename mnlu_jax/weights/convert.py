@@ -182,20 +182,21 @@ def params_from_tensors(
     return out
 
 
+def _leaf(params: dict, e: N.Entry, index: bool = True):
+    node = params
+    for k in e.path:
+        if not isinstance(node, dict) or k not in node:
+            raise ValueError(f"parameter {'.'.join(e.path)} missing from the pytree")
+        node = node[k]
+    return node[e.layer] if (index and e.layer is not None) else node
+
+
 def tensors_from_params(params: dict, config: ModelConfig, dtype: str | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """HF-named numpy tensors from the pytree, one at a time (device arrays are fetched per tensor)."""
     target = np_dtype(dtype)
     for e in N.entries(config):
-        node = params
-        for k in e.path:
-            if k not in node:
-                raise ValueError(f"parameter {'.'.join(e.path)} missing from the pytree")
-            node = node[k]
-        a = node[e.layer] if e.layer is not None else node
-        a = N.ours_to_hf(np.asarray(a), e)
-        if target is not None:
-            a = a.astype(target)
-        yield e.hf_name, a
+        a = N.ours_to_hf(np.asarray(_leaf(params, e)), e)
+        yield e.hf_name, (a.astype(target) if target is not None else a)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,12 +276,18 @@ def export_hf(params: dict, config: ModelConfig, out: str | Path, tokenizer_dir:
     """Write an HF directory (config.json, sharded safetensors + index, tokenizer) from a pytree."""
     out = Path(out)
     n = len(N.entries(config))
-    with atomic_dir(out) as tmp:
-        tensors = tqdm(tensors_from_params(params, config, dtype), total=n, desc="export", disable=not progress,
-                       unit="tensor")
-        write_sharded(tmp, tensors, max_shard_bytes=max_shard_bytes)
-        first = next(iter(jax_leaves(params)))
-        cfg = config.replace(torch_dtype=dtype or _dtype_name(first.dtype))
+    target = np_dtype(dtype)
+    entries = {e.hf_name: e for e in N.entries(config)}
+    specs = [(e.hf_name, e.hf_shape, target or np.dtype(_leaf(params, e, index=False).dtype)) for e in entries.values()]
+    with atomic_dir(out) as tmp, tqdm(total=n, desc="export", disable=not progress, unit="tensor") as bar:
+        def produce(name: str) -> np.ndarray:
+            e = entries[name]
+            a = N.ours_to_hf(np.asarray(_leaf(params, e)), e)
+            bar.update(1)
+            return a.astype(target) if target is not None else a
+
+        write_sharded(tmp, specs, produce, max_shard_bytes=max_shard_bytes)
+        cfg = config.replace(torch_dtype=dtype or _dtype_name(specs[0][2]))
         (tmp / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
         eos = list(cfg.eos_ids)
         (tmp / "generation_config.json").write_text(json.dumps(
@@ -288,12 +295,6 @@ def export_hf(params: dict, config: ModelConfig, out: str | Path, tokenizer_dir:
              "pad_token_id": cfg.pad_token_id}, indent=2))
         _copy_tokenizer(tokenizer_dir, gguf, tmp)
     return out
-
-
-def jax_leaves(tree):
-    import jax
-
-    return jax.tree_util.tree_leaves(tree)
 
 
 def _dtype_name(dt) -> str:

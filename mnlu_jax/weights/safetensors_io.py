@@ -11,7 +11,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterator
 
 import ml_dtypes
 import numpy as np
@@ -106,71 +106,69 @@ class SafetensorsCheckpoint:
         return self.where[name].get(name)
 
 
-def _write_file(path: Path, tensors: list[tuple[str, np.ndarray]], metadata: dict | None = None) -> None:
+def _header_bytes(specs: list[tuple[str, tuple[int, ...], np.dtype]], metadata: dict | None = None) -> bytes:
     header: dict = {"__metadata__": metadata or {"format": "pt"}}
     offset = 0
-    for name, arr in tensors:
-        dt = np.dtype(arr.dtype)
+    for name, shape, dt in specs:
+        dt = np.dtype(dt)
         if dt not in ST_FROM_DTYPE:
             raise ValueError(f"tensor {name!r}: dtype {dt} cannot be stored in safetensors")
-        nbytes = arr.size * dt.itemsize
-        header[name] = {"dtype": ST_FROM_DTYPE[dt], "shape": list(arr.shape), "data_offsets": [offset, offset + nbytes]}
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        header[name] = {"dtype": ST_FROM_DTYPE[dt], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # align the data section to 8 bytes, as the reference writer does
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for _, arr in tensors:
-            f.write(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+    return raw + b" " * (-len(raw) % 8)  # align the data section to 8 bytes, as the reference writer does
+
+
+def plan_shards(specs: list[tuple[str, tuple[int, ...], np.dtype]], max_shard_bytes: int) -> list[list[int]]:
+    """Group tensor indices into shards of at most `max_shard_bytes` (a larger tensor gets its own shard)."""
+    shards: list[list[int]] = [[]]
+    size = 0
+    for i, (_, shape, dt) in enumerate(specs):
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(i)
+        size += nbytes
+    return [s for s in shards if s] or [[]]
 
 
 def write_sharded(
-    out_dir: str | Path, tensors: Iterable[tuple[str, np.ndarray]], max_shard_bytes: int = 5 * 2**30
+    out_dir: str | Path,
+    specs: list[tuple[str, tuple[int, ...], np.dtype]],
+    produce: Callable[[str], np.ndarray],
+    max_shard_bytes: int = 5 * 2**30,
 ) -> dict:
-    """Write `(name, array)` pairs as `model-0000i-of-0000N.safetensors` + index; at most one shard in memory.
+    """Stream tensors into `model-0000i-of-0000N.safetensors` (+ index when N > 1).
 
-    Returns the index dict. Shards are written as they fill, under temporary names, then renamed to the
-    `-of-N` names once N is known.
+    The layout is planned from `(name, shape, dtype)` first, so each header is written before its data and
+    only the tensor being written is in memory: `produce(name)` is called once per tensor, in order.
+    A produced array whose shape or dtype differs from its spec is an error naming the tensor.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shards: list[list[str]] = []
-    buf: list[tuple[str, np.ndarray]] = []
-    buf_bytes, total = 0, 0
-    tmp_names: list[Path] = []
-
-    def flush() -> None:
-        nonlocal buf, buf_bytes
-        if not buf:
-            return
-        p = out_dir / f".shard-{len(tmp_names):05d}.tmp"
-        _write_file(p, buf)
-        tmp_names.append(p)
-        shards.append([n for n, _ in buf])
-        buf, buf_bytes = [], 0
-
-    for name, arr in tensors:
-        nbytes = arr.size * arr.dtype.itemsize
-        if buf and buf_bytes + nbytes > max_shard_bytes:
-            flush()
-        buf.append((name, arr))
-        buf_bytes += nbytes
-        total += nbytes
-    flush()
-    n = len(tmp_names)
-    weight_map = {}
-    if n == 1:
-        final = out_dir / "model.safetensors"
-        os.replace(tmp_names[0], final)
-        for name in shards[0]:
-            weight_map[name] = final.name
-    else:
-        for i, (p, names) in enumerate(zip(tmp_names, shards)):
-            final = out_dir / f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            os.replace(p, final)
-            for name in names:
-                weight_map[name] = final.name
+    groups = plan_shards(specs, max_shard_bytes)
+    n = len(groups)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for k, group in enumerate(groups):
+        fname = "model.safetensors" if n == 1 else f"model-{k + 1:05d}-of-{n:05d}.safetensors"
+        part = [specs[i] for i in group]
+        raw = _header_bytes(part)
+        tmp = out_dir / f".{fname}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for name, shape, dt in part:
+                arr = produce(name)
+                if tuple(arr.shape) != tuple(shape) or np.dtype(arr.dtype) != np.dtype(dt):
+                    raise ValueError(f"tensor {name!r}: produced {arr.shape} {arr.dtype}, planned {shape} {np.dtype(dt)}")
+                f.write(np.ascontiguousarray(arr).tobytes())
+                total += arr.nbytes
+                weight_map[name] = fname
+                del arr
+        os.replace(tmp, out_dir / fname)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     if n > 1:
         (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2))

@@ -1,0 +1,160 @@
+"""Per-tensor merge math, pure and jit-able; the pytree API and the streaming driver both call it.
+
+Notation: θ_b the base tensor, θ_i the i-th model, δ_i = θ_i − θ_b, w_i its weight, p the drop rate.
+
+- linear:          Σ w_i θ_i / Σ w_i
+- task_arithmetic: θ_b + λ Σ w_i δ_i
+- dare (MergeLM `mask_merging`, the paper's method): δ'_i = m_i ⊙ δ_i / (1 − p) with m_i ~ Bernoulli(1 − p)
+  (no rescale when `rescale=False` or p = 1), then `apply="average"`: θ_b + Σ w_i δ'_i / Σ w_i
+  or `apply="task_arithmetic"`: θ_b + λ Σ w_i δ'_i. With models [base, fine-tune] and p = 0.2 this is
+  θ_b + 0.625 · m ⊙ δ_ft.
+- ties (mergekit semantics): keep the top-k |δ_i| (k = max(1, ⌊density·n⌋), density = 1 − p), weight, elect
+  the sign of Σ w_i δ_i (ties go to +), disjoint mean Σ w_i δ_i [agree] / Σ w_i [agree] (normalize), θ_b + λ·that.
+- dare_ties: DARE masks and 1/(1 − p) rescale, then TIES sign election (no normalisation, as mergekit).
+- della: DELLA's MagPrune: per row, keep probability rises linearly with magnitude rank from
+  (1 − p) − ε to (1 − p) + ε; kept entries rescaled by 1/keep-probability; then TIES sign election and mean.
+
+Masks come from `jax.random` keyed by a stable hash of the tensor's name and the model's index, so a tensor's
+mask does not depend on traversal order, sharding or process count. Math is fp32; the caller casts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+METHODS = ("linear", "task_arithmetic", "dare", "ties", "dare_ties", "della")
+
+
+@dataclasses.dataclass(frozen=True)
+class MergeSpec:
+    method: str = "dare"
+    drop_rate: float = 0.2          # p; density = 1 − p for ties/della
+    rescale: bool = True            # DARE's 1/(1 − p)
+    apply: str = "average"          # dare only: average | task_arithmetic
+    lam: float = 1.0                # λ for task_arithmetic, ties, dare_ties, della and dare+task_arithmetic
+    weights: tuple[float, ...] | None = None  # one per model (default all 1)
+    epsilon: float = 0.15           # della
+    normalize: bool | None = None   # ties/della default True, dare_ties False (mergekit defaults)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"merge method {self.method!r}: expected one of {METHODS}")
+        if not 0.0 <= self.drop_rate <= 1.0:
+            raise ValueError(f"drop_rate {self.drop_rate}: expected 0 <= p <= 1")
+        if self.apply not in ("average", "task_arithmetic"):
+            raise ValueError(f"apply {self.apply!r}: expected average or task_arithmetic")
+        if self.method == "della" and not (0 < 1 - self.drop_rate - self.epsilon and 1 - self.drop_rate + self.epsilon < 1):
+            raise ValueError(f"della: need 0 < (1 - drop_rate) ± epsilon < 1, got drop_rate={self.drop_rate}, epsilon={self.epsilon}")
+
+    @property
+    def density(self) -> float:
+        return 1.0 - self.drop_rate
+
+    @property
+    def needs_rng(self) -> bool:
+        return self.method in ("dare", "dare_ties", "della") and self.drop_rate > 0
+
+
+def tensor_key(seed: int, name: str, model_index: int) -> jax.Array:
+    """A PRNG key that depends only on (seed, tensor name, model index)."""
+    h = zlib.crc32(name.encode()) & 0x7FFFFFFF
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), h), model_index)
+
+
+def dare_drop(delta: jax.Array, key: jax.Array, p: float, rescale: bool) -> jax.Array:
+    if p <= 0.0:
+        return delta
+    if p >= 1.0:
+        return jnp.zeros_like(delta)
+    keep = jax.random.bernoulli(key, 1.0 - p, delta.shape)
+    out = jnp.where(keep, delta, 0.0)
+    # Multiply by the fp32 reciprocal explicitly: XLA would rewrite a division by a constant anyway,
+    # and this way the documented scale 1/(1 − p) is exactly what every kept entry is multiplied by.
+    return out * np.float32(1.0 / (1.0 - p)) if rescale else out
+
+
+def magnitude_trim(delta: jax.Array, density: float) -> jax.Array:
+    n = delta.size
+    if density >= 1.0 or n == 0:
+        return delta
+    if density <= 0.0:
+        return jnp.zeros_like(delta)
+    k = max(1, int(density * n))
+    flat = jnp.abs(delta).reshape(-1)
+    # Keep exactly the k largest (ties broken by index, like a stable descending argsort).
+    order = jnp.argsort(-flat, stable=True)
+    mask = jnp.zeros(n, bool).at[order[:k]].set(True)
+    return jnp.where(mask.reshape(delta.shape), delta, 0.0)
+
+
+def della_drop(delta: jax.Array, key: jax.Array, density: float, epsilon: float, rescale: bool) -> jax.Array:
+    if density >= 1.0:
+        return delta
+    x = delta if delta.ndim >= 2 else delta[None]
+    x2 = x.reshape(x.shape[0], -1)
+    ranks = jnp.argsort(jnp.argsort(jnp.abs(x2), axis=1, stable=True), axis=1).astype(jnp.float32)
+    span = jnp.maximum(x2.shape[1] - 1, 1)
+    keep_p = (density - epsilon) + (ranks / span) * 2 * epsilon
+    keep = jax.random.uniform(key, x2.shape) < keep_p
+    out = jnp.where(keep, x2, 0.0)
+    if rescale:
+        out = out / keep_p
+    return out.reshape(delta.shape)
+
+
+def _consensus(deltas: jax.Array, weights: jax.Array, normalize: bool) -> jax.Array:
+    wd = deltas * weights
+    majority = jnp.where(wd.sum(0) >= 0, 1.0, -1.0)
+    agree = jnp.sign(wd) == majority
+    mixed = jnp.where(agree, wd, 0.0).sum(0)
+    if normalize:
+        div = jnp.where(agree, weights, 0.0).sum(0)
+        mixed = mixed / jnp.where(div == 0, 1.0, div)
+    return mixed
+
+
+def merge_tensor(base: jax.Array, models: list[jax.Array] | tuple[jax.Array, ...], keys: jax.Array | None,
+                 spec: MergeSpec) -> jax.Array:
+    """Merge one tensor. `keys` is (n_models, key) from `tensor_key` when `spec.needs_rng`. Returns fp32."""
+    base = base.astype(jnp.float32)
+    thetas = jnp.stack([m.astype(jnp.float32) for m in models])
+    n = thetas.shape[0]
+    w = jnp.asarray(spec.weights if spec.weights is not None else (1.0,) * n, jnp.float32)
+    if w.shape[0] != n:
+        raise ValueError(f"{w.shape[0]} weights for {n} models")
+    wb = w.reshape((n,) + (1,) * base.ndim)
+    if spec.method == "linear":
+        return (thetas * wb).sum(0) / w.sum()
+    deltas = thetas - base
+    if spec.method == "task_arithmetic":
+        return base + spec.lam * (deltas * wb).sum(0)
+    if spec.method in ("dare", "dare_ties"):
+        deltas = jnp.stack([dare_drop(deltas[i], None if keys is None else keys[i], spec.drop_rate, spec.rescale) for i in range(n)])
+        if spec.method == "dare":
+            mixed = (deltas * wb).sum(0)
+            if spec.apply == "average":
+                return base + mixed / w.sum()
+            return base + spec.lam * mixed
+        normalize = False if spec.normalize is None else spec.normalize
+        return base + spec.lam * _consensus(deltas, wb, normalize)
+    if spec.method == "ties":
+        deltas = jnp.stack([magnitude_trim(deltas[i], spec.density) for i in range(n)])
+        normalize = True if spec.normalize is None else spec.normalize
+        return base + spec.lam * _consensus(deltas, wb, normalize)
+    if spec.method == "della":
+        deltas = jnp.stack([della_drop(deltas[i], None if keys is None else keys[i], spec.density, spec.epsilon, spec.rescale) for i in range(n)])
+        normalize = True if spec.normalize is None else spec.normalize
+        return base + spec.lam * _consensus(deltas, wb, normalize)
+    raise ValueError(spec.method)
+
+
+def keys_for(spec: MergeSpec, name: str, n_models: int) -> jax.Array | None:
+    if not spec.needs_rng:
+        return None
+    return jnp.stack([tensor_key(spec.seed, name, i) for i in range(n_models)])

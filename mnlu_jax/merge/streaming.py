@@ -1,0 +1,166 @@
+"""Streaming merge of checkpoints on disk: tensor by tensor, memory-mapped in, sharded safetensors out.
+
+Peak memory is a small multiple of the largest tensor (its fp32 copies for base and models, plus the
+result), so two 7B bf16 models merge on a 24 GiB machine. Inputs are HF directories (safetensors, or
+anything `TensorSource` reads) or our Orbax checkpoints (loaded whole; convert to HF to stream those).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from mnlu_jax.merge.math import MergeSpec, keys_for, merge_tensor
+from mnlu_jax.model.config import ModelConfig
+from mnlu_jax.weights.convert import (
+    TOKENIZER_FILES, TensorSource, _dtype_name, atomic_dir, is_our_checkpoint, load_params, np_dtype,
+    tensors_from_params,
+)
+from mnlu_jax.weights.safetensors_io import write_sharded
+
+VOCAB_TENSORS = re.compile(r"(embed_tokens\.weight|lm_head\.weight)$")
+VOCAB_POLICIES = ("error", "pad_mean", "truncate")
+# Config fields that must agree for a merge to make sense (dtype may differ).
+ARCH_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "tie_word_embeddings")
+
+
+class NamedTensors:
+    """HF-named tensors of one checkpoint: lazy for safetensors, in memory otherwise."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.is_dir() and is_our_checkpoint(self.path):
+            self.config = ModelConfig.from_json_file(self.path / "config.json")
+            params = load_params(self.path / "params")
+            self._mem = dict(tensors_from_params(params, self.config))
+            self._st = None
+            self.dir = self.path
+        else:
+            ts = TensorSource(self.path)
+            self.config = ts.config
+            self.dir = ts.tokenizer_dir
+            if ts.kind == "safetensors":
+                self._st, self._mem = ts.st, None
+            else:
+                self._st, self._mem = None, dict(ts.items())
+
+    def names(self) -> list[str]:
+        return self._st.names() if self._st is not None else list(self._mem)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._st.shape(name) if self._st is not None else tuple(self._mem[name].shape)
+
+    def dtype(self, name: str) -> np.dtype:
+        return self._st.dtype(name) if self._st is not None else np.dtype(self._mem[name].dtype)
+
+    def get(self, name: str) -> np.ndarray:
+        return self._st.get(name) if self._st is not None else self._mem[name]
+
+
+def check_compatible(base: NamedTensors, models: list[NamedTensors], vocab_policy: str) -> dict[str, int]:
+    """Raise on architecture, name or shape mismatches; return the target row count of vocab tensors."""
+    if vocab_policy not in VOCAB_POLICIES:
+        raise ValueError(f"vocab policy {vocab_policy!r}: expected one of {VOCAB_POLICIES}")
+    bc = base.config.to_hf_dict()
+    for m in models:
+        mc = m.config.to_hf_dict()
+        diff = [f"{k}: base {bc.get(k)!r} vs {mc.get(k)!r}" for k in ARCH_FIELDS if bc.get(k) != mc.get(k)]
+        if diff:
+            raise ValueError(f"{m.path}: architecture differs from base {base.path}: " + "; ".join(diff))
+    names = set(base.names())
+    for m in models:
+        mn = set(m.names())
+        if mn != names:
+            raise ValueError(f"{m.path}: tensor names differ from base: missing {sorted(names - mn)[:5]}, "
+                             f"extra {sorted(mn - names)[:5]}")
+    rows: dict[str, int] = {}
+    for name in sorted(names):
+        shapes = [base.shape(name)] + [m.shape(name) for m in models]
+        if len(set(shapes)) == 1:
+            continue
+        if VOCAB_TENSORS.search(name) and len({s[1:] for s in shapes}) == 1:
+            if vocab_policy == "error":
+                raise ValueError(
+                    f"{name}: vocabulary sizes differ ({', '.join(str(s[0]) for s in shapes)} rows for base and "
+                    "models); choose vocab_policy=pad_mean (MergeLM: new rows = mean of the others) or truncate")
+            rows[name] = max(s[0] for s in shapes) if vocab_policy == "pad_mean" else min(s[0] for s in shapes)
+            continue
+        raise ValueError(f"{name}: shapes differ: base {shapes[0]}, models {shapes[1:]}")
+    return rows
+
+
+def _fit_rows(a: np.ndarray, rows: int | None) -> np.ndarray:
+    if rows is None or a.shape[0] == rows:
+        return a
+    if a.shape[0] > rows:
+        return a[:rows]
+    mean = np.asarray(a, np.float32).mean(0, keepdims=True).astype(a.dtype)
+    return np.concatenate([a, np.repeat(mean, rows - a.shape[0], axis=0)])
+
+
+def _is_float(dt) -> bool:
+    return np.issubdtype(dt, np.floating) or np.dtype(dt).name == "bfloat16"
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "out_dtype"))
+def _merge_jit(base, models, keys, spec, out_dtype):
+    return merge_tensor(base, models, keys, spec).astype(out_dtype)
+
+
+def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpec, out: str | Path,
+                      dtype: str | None = None, exclude: str | None = None, vocab_policy: str = "error",
+                      max_shard_bytes: int = 2 * 2**30, progress: bool = True) -> Path:
+    """Merge checkpoints tensor by tensor into an HF directory at `out` (written atomically)."""
+    b = NamedTensors(base)
+    ms = [NamedTensors(m) for m in models]
+    if not ms:
+        raise ValueError("merge needs at least one model besides the base")
+    rows = check_compatible(b, ms, vocab_policy)
+    pattern = re.compile(exclude) if exclude else None
+    target = np_dtype(dtype)
+    names = b.names()
+    specs = []
+    for n in names:
+        shape = b.shape(n)
+        if n in rows:
+            shape = (rows[n],) + tuple(shape[1:])
+        specs.append((n, tuple(shape), target or b.dtype(n)))
+    out_dtype_of = {n: dt for n, _, dt in specs}
+    with atomic_dir(out) as tmp, tqdm(total=len(names), desc=f"merge ({spec.method})", unit="tensor",
+                                      disable=not progress) as bar:
+        def produce(name: str) -> np.ndarray:
+            r = rows.get(name)
+            bt = _fit_rows(b.get(name), r)
+            odt = out_dtype_of[name]
+            if (pattern and pattern.search(name)) or not _is_float(bt.dtype):
+                res = np.asarray(bt).astype(odt)
+            else:
+                mts = tuple(_fit_rows(m.get(name), r) for m in ms)
+                res = np.asarray(_merge_jit(bt, mts, keys_for(spec, name, len(mts)), spec, odt))
+            bar.update(1)
+            return res
+
+        write_sharded(tmp, specs, produce, max_shard_bytes=max_shard_bytes)
+        cfg = b.config.to_hf_dict()
+        cfg["torch_dtype"] = _dtype_name(specs[0][2])
+        if rows:
+            cfg["vocab_size"] = next(iter(rows.values()))
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        if b.dir is not None:
+            for f in TOKENIZER_FILES:
+                if (b.dir / f).exists():
+                    shutil.copy2(b.dir / f, tmp / f)
+        (tmp / "merge_config.json").write_text(json.dumps(
+            {"base": str(Path(base).absolute()), "models": [str(Path(m).absolute()) for m in models],
+             "method": spec.method, "drop_rate": spec.drop_rate, "rescale": spec.rescale, "apply": spec.apply,
+             "lambda": spec.lam, "weights": spec.weights, "epsilon": spec.epsilon, "seed": spec.seed,
+             "exclude": exclude, "vocab_policy": vocab_policy}, indent=2))
+    return Path(out)

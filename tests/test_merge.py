@@ -1,0 +1,230 @@
+"""Merge math: the paper's DARE semantics, invariants, streaming == in-memory, and mergekit 0.1.5 agreement."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from mnlu_jax.merge import MergeSpec, merge_pytrees
+from mnlu_jax.merge.streaming import merge_checkpoints
+from mnlu_jax.weights.safetensors_io import SafetensorsCheckpoint
+from tests.conftest import make_tiny_hf
+
+
+def _pair(n=200_000, seed=0):
+    rng = np.random.default_rng(seed)
+    base = {"w": rng.normal(size=(n // 100, 100)).astype(np.float32)}
+    ft = {"w": base["w"] + rng.normal(scale=0.1, size=base["w"].shape).astype(np.float32)}
+    return base, ft
+
+
+def test_drop_rate_zero_is_the_linear_average():
+    base, ft = _pair()
+    other = {"w": ft["w"] * 0.5}
+    dare = merge_pytrees(base, [ft, other], MergeSpec("dare", drop_rate=0.0))
+    linear = merge_pytrees(base, [ft, other], MergeSpec("linear"))
+    # θ_b + mean(θ_i − θ_b) and mean(θ_i) agree up to fp32 rounding of the two summation orders.
+    np.testing.assert_allclose(dare["w"], linear["w"], rtol=0, atol=4 * np.finfo(np.float32).eps * 8)
+
+
+@pytest.mark.parametrize("method", ["dare", "ties", "dare_ties", "della", "task_arithmetic", "linear"])
+def test_zero_delta_leaves_base_bitwise(method):
+    base, _ = _pair()
+    base_bf16 = {"w": jnp.asarray(base["w"], jnp.bfloat16)}
+    out = merge_pytrees(base_bf16, [base_bf16, base_bf16], MergeSpec(method, drop_rate=0.3))
+    assert out["w"].dtype == jnp.bfloat16
+    assert np.asarray(out["w"]).tobytes() == np.asarray(base_bf16["w"]).tobytes()
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5, 0.9])
+def test_kept_fraction_and_exact_rescale(p):
+    base, ft = _pair(1_000_000)
+    out = merge_pytrees(base, [ft], MergeSpec("dare", drop_rate=p))
+    delta = ft["w"] - base["w"]
+    got = np.asarray(out["w"]) - base["w"]
+    kept = np.asarray(out["w"]) != base["w"]
+    n = kept.size
+    # Binomial: |kept/n − (1 − p)| within 6 standard deviations.
+    assert abs(kept.mean() - (1 - p)) < 6 * np.sqrt(p * (1 - p) / n)
+    # dropped entries are the base exactly; kept ones are base + δ/(1 − p) up to one fp32 rounding of the sum
+    np.testing.assert_array_equal(np.asarray(out["w"])[~kept], base["w"][~kept])
+    np.testing.assert_allclose(got[kept], delta[kept] / (1 - p), rtol=1e-5, atol=1e-6)
+    # and the DARE step itself scales each kept delta by exactly 1/(1 − p), bit for bit
+    from mnlu_jax.merge.math import dare_drop, tensor_key
+
+    dropped = np.asarray(dare_drop(jnp.asarray(delta), tensor_key(0, "w", 0), p, rescale=True))
+    k2 = dropped != 0
+    np.testing.assert_array_equal(dropped[k2], delta[k2] * np.float32(1 / (1 - p)))
+    assert np.array_equal(k2, kept)  # the same mask as the merge used
+
+
+def test_same_seed_same_output_different_seed_different_mask():
+    base, ft = _pair()
+    a = merge_pytrees(base, [ft], MergeSpec("dare", seed=1))
+    b = merge_pytrees(base, [ft], MergeSpec("dare", seed=1))
+    c = merge_pytrees(base, [ft], MergeSpec("dare", seed=2))
+    np.testing.assert_array_equal(a["w"], b["w"])
+    assert (np.asarray(a["w"]) != np.asarray(c["w"])).mean() > 0.1
+
+
+def test_masks_do_not_depend_on_traversal_order():
+    base, ft = _pair()
+    t1 = merge_pytrees({"a": base["w"], "b": base["w"]}, [{"a": ft["w"], "b": ft["w"]}], MergeSpec("dare"))
+    t2 = merge_pytrees({"b": base["w"]}, [{"b": ft["w"]}], MergeSpec("dare"))
+    np.testing.assert_array_equal(t1["b"], t2["b"])
+    assert not np.array_equal(t1["a"], t1["b"])  # different names, different masks
+
+
+def test_paper_two_model_case_is_0625_masked_delta():
+    base, ft = _pair(500_000)
+    out = merge_pytrees(base, [base, ft], MergeSpec("dare", drop_rate=0.2, apply="average"))
+    delta = ft["w"] - base["w"]
+    moved = np.asarray(out["w"]) - base["w"]
+    kept = np.asarray(out["w"]) != base["w"]
+    np.testing.assert_allclose(moved[kept], 0.625 * delta[kept], rtol=1e-5, atol=3e-7)  # one fp32 ulp of |θ|≈1
+    assert abs(kept.mean() - 0.8) < 6 * np.sqrt(0.16 / kept.size)
+    # the expectation is the plain average of the two models
+    assert abs(moved.mean() - 0.5 * delta.mean()) < 5e-4
+
+
+def test_sharded_equals_unsharded():
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    base, ft = _pair(80_000)
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "tensor"))
+    sh = NamedSharding(mesh, P("data", "tensor"))
+    sb = {"w": jax.device_put(base["w"], sh)}
+    sf = {"w": jax.device_put(ft["w"], sh)}
+    a = merge_pytrees(sb, [sf], MergeSpec("dare", seed=3))
+    b = merge_pytrees(base, [ft], MergeSpec("dare", seed=3))
+    np.testing.assert_array_equal(np.asarray(a["w"]), np.asarray(b["w"]))
+
+
+def test_ties_by_hand():
+    base = {"w": np.zeros(4, np.float32)}
+    m1 = {"w": np.array([1.0, -2.0, 0.1, 3.0], np.float32)}
+    m2 = {"w": np.array([2.0, 1.0, -0.2, -1.0], np.float32)}
+    out = merge_pytrees(base, [m1, m2], MergeSpec("ties", drop_rate=0.5))
+    # top-2 of m1: {3.0, -2.0}; of m2: {2.0, 1.0}. Sums: [2, -1, 0, 3] -> signs [+, -, +, +].
+    np.testing.assert_allclose(out["w"], [2.0, -2.0, 0.0, 3.0])
+
+
+# ------------------------------------------------------------------ streaming on checkpoints
+@pytest.fixture
+def hf_pair(tmp_path):
+    base = make_tiny_hf(tmp_path / "base", seed=0)
+    ft = make_tiny_hf(tmp_path / "ft", seed=1)
+    return base, ft
+
+
+def _flat(d):
+    st = SafetensorsCheckpoint(d)
+    return {n: np.asarray(st.get(n)) for n in st.names()}
+
+
+def test_streaming_equals_pytree_api(hf_pair, tmp_path):
+    base, ft = hf_pair
+    spec = MergeSpec("dare", drop_rate=0.2, seed=42)
+    out = merge_checkpoints(base, [base, ft], spec, tmp_path / "merged", max_shard_bytes=50_000, progress=False)
+    assert (out / "model.safetensors.index.json").exists() and (out / "merge_config.json").exists()
+    merged = _flat(out)
+    ref = merge_pytrees(_flat(base), [_flat(base), _flat(ft)], spec)
+    assert set(merged) == set(ref)
+    for n in merged:
+        np.testing.assert_array_equal(merged[n], np.asarray(ref[n]), err_msg=n)
+    import transformers
+    transformers.AutoModelForCausalLM.from_pretrained(out)  # loads
+
+
+def test_exclude_keeps_base(hf_pair, tmp_path):
+    base, ft = hf_pair
+    out = merge_checkpoints(base, [ft], MergeSpec("linear"), tmp_path / "m", exclude=r"norm", progress=False)
+    merged, b = _flat(out), _flat(base)
+    assert np.array_equal(merged["model.norm.weight"], b["model.norm.weight"])
+    assert not np.array_equal(merged["model.embed_tokens.weight"], b["model.embed_tokens.weight"])
+
+
+def test_vocab_mismatch_is_an_error_unless_a_policy_is_chosen(tmp_path):
+    base = make_tiny_hf(tmp_path / "base", seed=0)
+    ft = make_tiny_hf(tmp_path / "ft", seed=1, vocab_size=130)
+    with pytest.raises(ValueError, match="vocabulary sizes differ"):
+        merge_checkpoints(base, [ft], MergeSpec("dare"), tmp_path / "m", progress=False)
+    assert not (tmp_path / "m").exists()
+    out = merge_checkpoints(base, [base, ft], MergeSpec("linear"), tmp_path / "m2", vocab_policy="pad_mean", progress=False)
+    merged, b, f = _flat(out), _flat(base), _flat(ft)
+    emb = merged["model.embed_tokens.weight"]
+    assert emb.shape == (130, 64)
+    pad = b["model.embed_tokens.weight"].mean(0)
+    np.testing.assert_allclose(emb[128], (pad + f["model.embed_tokens.weight"][128]) / 2, rtol=1e-5)
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 130
+    out = merge_checkpoints(base, [ft], MergeSpec("linear"), tmp_path / "m3", vocab_policy="truncate", progress=False)
+    assert _flat(out)["lm_head.weight"].shape == (128, 64)
+
+
+def test_shape_and_architecture_mismatch_name_the_problem(tmp_path):
+    base = make_tiny_hf(tmp_path / "base", seed=0)
+    other = make_tiny_hf(tmp_path / "other", seed=1, intermediate_size=32)
+    with pytest.raises(ValueError, match="intermediate_size"):
+        merge_checkpoints(base, [other], MergeSpec("dare"), tmp_path / "m", progress=False)
+
+
+# ------------------------------------------------------------------ mergekit 0.1.5 as the reference
+def _mergekit(tmp_path, config: dict, name: str):
+    if shutil.which("mergekit-yaml") is None:
+        pytest.skip("mergekit not installed (pip install 'mnlu-jax[reference]')")
+    import yaml
+
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = tmp_path / f"mk_{name}"
+    subprocess.run(["mergekit-yaml", str(cfg), str(out), "--random-seed", "0", "--quiet"], check=True,
+                   capture_output=True)
+    return _flat(out)
+
+
+@pytest.mark.parametrize("method,mk,params", [
+    ("linear", {"merge_method": "linear"}, {"weights": (0.3, 0.7)}),
+    ("task_arithmetic", {"merge_method": "task_arithmetic", "parameters": {"lambda": 0.8}}, {"lam": 0.8, "weights": (0.3, 0.7)}),
+    ("ties", {"merge_method": "ties", "parameters": {"normalize": True}}, {"drop_rate": 0.5, "weights": (0.3, 0.7)}),
+])
+def test_matches_mergekit(tmp_path, method, mk, params):
+    base = make_tiny_hf(tmp_path / "base", seed=0)
+    m1 = make_tiny_hf(tmp_path / "m1", seed=1)
+    m2 = make_tiny_hf(tmp_path / "m2", seed=2)
+    density = {"density": 1 - params.get("drop_rate", 0.0)} if method == "ties" else {}
+    cfg = {"merge_method": mk["merge_method"], "dtype": "float32",
+           "models": [{"model": str(m1), "parameters": {"weight": params["weights"][0], **density}},
+                      {"model": str(m2), "parameters": {"weight": params["weights"][1], **density}}]}
+    if method != "linear":
+        cfg["base_model"] = str(base)
+    if "parameters" in mk:
+        cfg["parameters"] = mk["parameters"]
+    ref = _mergekit(tmp_path, cfg, method)
+    out = merge_checkpoints(base, [m1, m2], MergeSpec(method, **params), tmp_path / "ours", progress=False)
+    ours = _flat(out)
+    for n in ours:
+        np.testing.assert_allclose(ours[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=n)
+
+
+def test_dare_matches_mergekit_dare_linear_in_distribution(tmp_path):
+    """mergekit `dare_linear`, rescale false, density 1 − p, weight 1/(n(1 − p)) == MergeLM's DARE average."""
+    p = 0.2
+    base = make_tiny_hf(tmp_path / "base", seed=0, hidden_size=128, intermediate_size=256)
+    ft = make_tiny_hf(tmp_path / "ft", seed=1, hidden_size=128, intermediate_size=256)
+    cfg = {"merge_method": "dare_linear", "base_model": str(base), "dtype": "float32",
+           "parameters": {"rescale": False, "normalize": False},
+           "models": [{"model": str(ft), "parameters": {"weight": 1 / (2 * (1 - p)), "density": 1 - p}}]}
+    ref = _mergekit(tmp_path, cfg, "dare")
+    ours = _flat(merge_checkpoints(base, [base, ft], MergeSpec("dare", drop_rate=p), tmp_path / "ours", progress=False))
+    b, f = _flat(base), _flat(ft)
+    for n in ["model.layers.0.mlp.up_proj.weight", "model.embed_tokens.weight"]:
+        delta = f[n] - b[n]
+        for merged in (ours[n], ref[n]):
+            kept = merged != b[n]
+            assert abs(kept.mean() - (1 - p)) < 6 * np.sqrt(p * (1 - p) / kept.size)
+            np.testing.assert_allclose((merged - b[n])[kept], 0.625 * delta[kept], rtol=1e-4, atol=1e-6)
