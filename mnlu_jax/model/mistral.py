@@ -190,6 +190,15 @@ def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any = None) 
     }
 
 
+def _write(buf: jax.Array, new: jax.Array, index: jax.Array | int) -> jax.Array:
+    """Write `new` (B, T, ...) into `buf` (B, S, ...) at slot `index`: one int for all rows, or one per row."""
+    index = jnp.asarray(index, jnp.int32)
+    zeros = (0,) * (buf.ndim - 2)
+    if index.ndim == 0:
+        return jax.lax.dynamic_update_slice(buf, new, (jnp.int32(0), index) + zeros)
+    return jax.vmap(lambda b, n, i: jax.lax.dynamic_update_slice(b, n, (i,) + zeros))(buf, new, index)
+
+
 def forward(
     params: Params,
     config: ModelConfig,
@@ -202,7 +211,8 @@ def forward(
 ) -> tuple[jax.Array, Params | None]:
     """Logits (B, T, vocab) in fp32, and the updated cache when one is given.
 
-    With a cache, the T new tokens are written at slots [cache_index, cache_index + T) of every row and
+    With a cache, the T new tokens are written at slots [cache_index, cache_index + T) of every row (or of
+    row b at [cache_index[b], …) when `cache_index` has shape (B,), as continuous batching needs) and
     the queries attend over the whole cache (empty slots have segment 0 and are masked out).
     """
     b, t = input_ids.shape
@@ -219,8 +229,8 @@ def forward(
     nh, kvh, hd = config.num_attention_heads, config.kv_heads, config.dim_per_head
 
     if cache is not None:
-        k_pos = jax.lax.dynamic_update_slice(cache["pos"], positions, (0, cache_index))
-        k_seg = jax.lax.dynamic_update_slice(cache["seg"], segment_ids, (0, cache_index))
+        k_pos = _write(cache["pos"], positions, cache_index)
+        k_seg = _write(cache["seg"], segment_ids, cache_index)
     else:
         k_pos, k_seg = positions, segment_ids
     mask = attention_mask(positions, segment_ids, k_pos, k_seg, config.sliding_window)
@@ -234,8 +244,8 @@ def forward(
         v = (x @ a["v_proj"]["kernel"].astype(dtype)).reshape(b, t, kvh, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if ck is not None:
-            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+            ck = _write(ck, k.astype(ck.dtype), cache_index)
+            cv = _write(cv, v.astype(cv.dtype), cache_index)
             k, v = ck.astype(dtype), cv.astype(dtype)
         o = attend(q, k, v, mask) @ a["o_proj"]["kernel"].astype(dtype)
         h = h + o

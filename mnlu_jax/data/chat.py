@@ -1,0 +1,47 @@
+"""Chat templates: the original BioMistral-NLU (zephyr-style) template, or the tokenizer's own.
+
+The zephyr markers are plain text, not added tokens, so the vocabulary is unchanged (32000 for Mistral).
+Rendered: `<|system|>\\n{content}{eos}\\n<|user|>\\n{content}{eos}\\n<|assistant|>\\n{content}{eos}\\n`;
+with a generation prompt the text ends in `<|assistant|>\\n`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ZEPHYR_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+TEMPLATES = {"zephyr": ZEPHYR_TEMPLATE}
+
+
+def resolve_template(tokenizer, choice: str | None) -> str:
+    """`choice`: None or "tokenizer" (the tokenizer's own), "zephyr", or a path to a Jinja file."""
+    if choice in (None, "", "tokenizer"):
+        if not getattr(tokenizer, "chat_template", None):
+            return ZEPHYR_TEMPLATE
+        return tokenizer.chat_template
+    if choice in TEMPLATES:
+        return TEMPLATES[choice]
+    p = Path(choice)
+    if not p.exists():
+        raise ValueError(f"chat template {choice!r}: expected 'tokenizer', 'zephyr' or a path to a Jinja file")
+    return p.read_text()
+
+
+def render(tokenizer, messages: list[dict], template: str, add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def prompt_messages(messages: list[dict], drop_system: bool = False) -> list[dict]:
+    """Messages for zero-shot inference: all but a trailing assistant answer (and the system one if asked)."""
+    msgs = list(messages)
+    if msgs and msgs[-1]["role"] == "assistant":
+        msgs = msgs[:-1]
+    if drop_system:
+        msgs = [m for m in msgs if m["role"] != "system"]
+    return msgs

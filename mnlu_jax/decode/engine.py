@@ -1,0 +1,228 @@
+"""Batched greedy decoding with a KV cache and continuous batching (slot refill).
+
+Shapes are static so the number of compilations is bounded: one prefill per prompt-length bucket, one
+insert per bucket, one decode chunk. The cache has `batch_size` slots of `max_bucket + max_new_tokens`
+positions. A prompt is left-padded to its bucket, prefilled in a group of `prefill_batch` rows, and its
+keys/values copied into free slots; then all slots advance together, `chunk_steps` greedy steps per
+jitted call. Between chunks, finished rows (EOS, a stop id, or `max_new_tokens`) give their slot to the
+next prompt, so one long answer never holds the batch hostage.
+
+Batch invariance: a prompt's padding depends only on its own length (its bucket), every row attends over
+the same cache length with masked slots contributing exact zeros, and each row of a matmul is computed
+independently, so its tokens do not depend on its slot or on the other prompts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Callable, Iterable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mnlu_jax.model.config import ModelConfig
+from mnlu_jax.model.mistral import forward, init_cache, to_dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
+    prefill_batch: int = 4
+    chunk_steps: int = 16
+    stop_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+
+
+@dataclasses.dataclass
+class Result:
+    index: int
+    tokens: list[int]
+    finish_reason: str  # "stop" (EOS/stop id) or "length"
+
+
+def _prefill(params, ids, pos, seg, *, config: ModelConfig, cache_len: int):
+    """Prefill a group: returns the first generated token per row and the group's filled cache rows."""
+    b, t = ids.shape
+    cache = init_cache(config, b, cache_len)
+    logits, cache = forward(params, config, ids, pos, seg, cache=cache, cache_index=0)
+    return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
+
+
+def _insert(cache, group_cache, slots):
+    """Copy the group's cache rows into `slots` of the main cache (slots >= batch are dropped)."""
+    def put(big, small, axis):
+        idx = (slice(None),) * axis + (slots,)
+        return big.at[idx].set(small, mode="drop")
+
+    return {
+        "k": put(cache["k"], group_cache["k"], 1),
+        "v": put(cache["v"], group_cache["v"], 1),
+        "pos": put(cache["pos"], group_cache["pos"], 0),
+        "seg": put(cache["seg"], group_cache["seg"], 0),
+    }
+
+
+def _decode_chunk(params, cache, tokens, positions, write_idx, active, *, config: ModelConfig, steps: int,
+                  stop_ids: tuple[int, ...]):
+    """`steps` greedy steps for every slot. Inactive slots compute but write nothing visible (segment 0)."""
+    stop = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
+
+    def step(carry, _):
+        cache, tok, pos, widx, act = carry
+        seg = act.astype(jnp.int32)[:, None]
+        logits, cache = forward(params, config, tok[:, None], pos[:, None], seg, cache=cache, cache_index=widx)
+        nxt = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+        emitted = jnp.where(act, nxt, -1)
+        hit_stop = jnp.any(nxt[:, None] == stop[None, :], axis=-1)
+        act = act & ~hit_stop
+        return (cache, nxt, pos + 1, widx + 1, act), emitted
+
+    (cache, tokens, positions, write_idx, active), out = jax.lax.scan(
+        step, (cache, tokens, positions, write_idx, active), None, length=steps)
+    return cache, tokens, positions, write_idx, active, out.T  # out: (B, steps)
+
+
+class Generator:
+    """Greedy generation over many prompts with continuous batching. Use `generate` or `stream`."""
+
+    def __init__(self, params, config: ModelConfig, decode: DecodeConfig, mesh=None):
+        self.config = config
+        self.dc = decode
+        stop = tuple(decode.stop_ids) or config.eos_ids
+        self.stop_ids = tuple(int(s) for s in stop)
+        self.cache_len = max(decode.buckets) + decode.max_new_tokens
+        self.mesh = mesh
+        self.params = params
+        cfg = config
+        self._prefill = jax.jit(functools.partial(_prefill, config=cfg, cache_len=self.cache_len))
+        self._insert = jax.jit(_insert, donate_argnums=(0,))
+        self._chunk = jax.jit(
+            functools.partial(_decode_chunk, config=cfg, steps=decode.chunk_steps, stop_ids=self.stop_ids),
+            donate_argnums=(1,))
+        self.compiled_shapes: set[tuple] = set()  # (kind, shape) pairs seen: bounded by the bucket count
+        self.stats = {"prefill_calls": 0, "chunk_calls": 0, "generated_tokens": 0, "seconds": 0.0}
+
+    def bucket_for(self, n: int) -> int:
+        for b in sorted(self.dc.buckets):
+            if n <= b:
+                return b
+        raise ValueError(f"prompt of {n} tokens is longer than the largest bucket {max(self.dc.buckets)}; "
+                         "truncate it or add a bucket")
+
+    def _empty_cache(self):
+        cache = init_cache(self.config, self.dc.batch_size, self.cache_len)
+        if self.mesh is not None:
+            from mnlu_jax.sharding import tree_shardings
+
+            axes = {"k": ("layers", "batch", "length", "kv_heads", None), "v": ("layers", "batch", "length", "kv_heads", None),
+                    "pos": ("batch", "length"), "seg": ("batch", "length")}
+            cache = jax.device_put(cache, tree_shardings(axes, cache, self.mesh))
+        return cache
+
+    def stream(self, prompts: Sequence[Sequence[int]], progress: Callable[[int, int], None] | None = None
+               ) -> Iterator[Result]:
+        """Yield a Result per prompt as soon as it finishes (not in input order)."""
+        dc = self.dc
+        B = dc.batch_size
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # long prompts first
+        queue = list(order)
+        cache = self._empty_cache()
+        tokens = np.zeros(B, np.int32)
+        positions = np.zeros(B, np.int32)
+        write_idx = np.zeros(B, np.int32)
+        active = np.zeros(B, bool)
+        slot_prompt = [-1] * B
+        outputs: dict[int, list[int]] = {}
+        t0 = time.perf_counter()
+        while queue or active.any():
+            free = [s for s in range(B) if not active[s]]
+            while queue and free:
+                # one prefill group: prompts of the same bucket, up to prefill_batch and the free slots
+                bucket = self.bucket_for(len(prompts[queue[0]]))
+                group = []
+                while queue and len(group) < min(dc.prefill_batch, len(free)) and \
+                        self.bucket_for(len(prompts[queue[0]])) == bucket:
+                    group.append(queue.pop(0))
+                P = dc.prefill_batch
+                ids = np.full((P, bucket), dc.pad_id, np.int32)
+                pos = np.zeros((P, bucket), np.int32)
+                seg = np.zeros((P, bucket), np.int32)
+                for r, i in enumerate(group):
+                    p = np.asarray(prompts[i], np.int32)
+                    ids[r, bucket - len(p):] = p
+                    pos[r, bucket - len(p):] = np.arange(len(p))
+                    seg[r, bucket - len(p):] = 1
+                first, gcache = self._prefill(self.params, ids, pos, seg)
+                self.compiled_shapes.add(("prefill", bucket))
+                slots = np.full(P, B, np.int32)  # B = out of range = dropped
+                taken = free[:len(group)]
+                free = free[len(group):]
+                slots[:len(group)] = taken
+                cache = self._insert(cache, gcache, jnp.asarray(slots))
+                first = np.asarray(first)
+                self.stats["prefill_calls"] += 1
+                for r, (i, s) in enumerate(zip(group, taken)):
+                    tok = int(first[r])
+                    outputs[i] = [tok]
+                    slot_prompt[s] = i
+                    tokens[s] = tok
+                    positions[s] = len(prompts[i])
+                    write_idx[s] = bucket
+                    active[s] = tok not in self.stop_ids and dc.max_new_tokens > 1
+                    if not active[s]:
+                        yield self._finish(i, outputs.pop(i), slot_prompt, s)
+            if not active.any():
+                continue
+            cache, tok_d, pos_d, widx_d, act_d, out = self._chunk(
+                self.params, cache, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(write_idx),
+                jnp.asarray(active))
+            self.stats["chunk_calls"] += 1
+            out = np.asarray(out)
+            tokens, positions, write_idx = np.array(tok_d), np.array(pos_d), np.array(widx_d)
+            new_active = np.array(act_d)
+            for s in range(B):
+                if not active[s]:
+                    continue
+                i = slot_prompt[s]
+                done = False
+                for t in out[s]:
+                    if t < 0:
+                        break
+                    outputs[i].append(int(t))
+                    if int(t) in self.stop_ids or len(outputs[i]) >= dc.max_new_tokens:
+                        done = True
+                        break
+                if done or not new_active[s]:
+                    active[s] = False
+                    yield self._finish(i, outputs.pop(i), slot_prompt, s)
+            if progress is not None:
+                progress(self.stats["generated_tokens"], len(prompts) - len(queue) - int(active.sum()))
+        self.stats["seconds"] += time.perf_counter() - t0
+
+    def _finish(self, i: int, toks: list[int], slot_prompt: list[int], s: int) -> Result:
+        slot_prompt[s] = -1
+        reason = "stop" if toks and toks[-1] in self.stop_ids else "length"
+        if reason == "stop":
+            toks = toks[:-1]
+        self.stats["generated_tokens"] += len(toks) + (reason == "stop")
+        return Result(i, toks, reason)
+
+    def generate(self, prompts: Sequence[Sequence[int]]) -> list[Result]:
+        results = {r.index: r for r in self.stream(prompts)}
+        return [results[i] for i in range(len(prompts))]
+
+
+def shard_params(params, config: ModelConfig, mesh):
+    from mnlu_jax.sharding import param_shardings
+
+    return jax.device_put(params, param_shardings(config, mesh))
+
+
+def cast_params(params, dtype: str):
+    dt = to_dtype(dtype)
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dt), params)

@@ -1,0 +1,125 @@
+"""`mnlu-jax generate`: prompts JSONL -> predictions JSONL, resumable, with a tokens/s progress bar.
+
+Each input line is a JSON object with an `id` and either `prompt` (raw text, tokenised as is) or
+`messages` (chat; a trailing assistant message, the gold answer, is removed before rendering). The
+output line is the input object plus `prediction`, `finish_reason` and `num_generated_tokens`. Lines are
+appended and flushed as each prompt finishes; on restart, ids already in the output are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from mnlu_jax.data.chat import prompt_messages, render, resolve_template
+from mnlu_jax.decode.engine import DecodeConfig, Generator, cast_params
+from mnlu_jax.weights.convert import load_model, load_tokenizer
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    out = []
+    path = Path(path)
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from e
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object")
+            out.append(rec)
+    return out
+
+
+def done_ids(path: Path) -> set[str]:
+    """Ids already written; a torn last line (crash mid-write) is ignored and rewritten."""
+    if not path.exists():
+        return set()
+    ids = set()
+    good = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            ids.add(str(rec["id"]))
+            good.append(line if line.endswith("\n") else line + "\n")
+    path.write_text("".join(good))
+    return ids
+
+
+def encode_records(records: list[dict], tokenizer, template: str | None, drop_system: bool, max_prompt: int,
+                   source: str = "input") -> list[list[int]]:
+    tpl = resolve_template(tokenizer, template)
+    out = []
+    for n, rec in enumerate(records, 1):
+        if "messages" in rec:
+            text = render(tokenizer, prompt_messages(rec["messages"], drop_system), tpl, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        elif "prompt" in rec:
+            ids = tokenizer(rec["prompt"], add_special_tokens=False)["input_ids"]
+        else:
+            raise ValueError(f"{source}: record {n} (id {rec.get('id')!r}) has neither 'messages' nor 'prompt'")
+        if len(ids) > max_prompt:
+            ids = ids[-max_prompt:]  # keep the end: the question and the generation prompt
+        out.append(ids)
+    return out
+
+
+def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decode: DecodeConfig,
+                 chat_template: str | None = None, dtype: str = "float32", drop_system: bool = False,
+                 tokenizer=None, config=None, progress: bool = True) -> dict:
+    """Generate for every record not yet in `out_path`. `model` is a path or a (params, config) pair."""
+    if isinstance(model, (str, Path)):
+        params, config, tok_src = load_model(model)
+        tokenizer = tokenizer or load_tokenizer(tok_src)
+    else:
+        params = model
+        if config is None or tokenizer is None:
+            raise ValueError("passing params needs config= and tokenizer=")
+    params = cast_params(params, dtype)
+    config = config.replace(compute_dtype=dtype)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    records = read_jsonl(input_path)
+    seen = done_ids(out_path)
+    ids = [str(r.get("id", i)) for i, r in enumerate(records)]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{input_path}: duplicate ids")
+    todo = [r for r, i in zip(records, ids) if i not in seen]
+    for r, i in zip(records, ids):
+        r["id"] = i
+    stats = {"total": len(records), "skipped": len(records) - len(todo), "generated_tokens": 0, "seconds": 0.0}
+    if not todo:
+        return stats
+    stop = tuple(decode.stop_ids) or config.eos_ids
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop:
+        stop = stop + (tokenizer.eos_token_id,)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    import dataclasses
+    decode = dataclasses.replace(decode, stop_ids=stop, pad_id=pad)
+    prompts = encode_records(todo, tokenizer, chat_template, drop_system, max(decode.buckets), str(input_path))
+    gen = Generator(params, config, decode)
+    bar = tqdm(total=len(todo), desc="generate", unit="prompt", disable=not progress)
+    with open(out_path, "a") as f:
+        for res in gen.stream(prompts):
+            rec = dict(todo[res.index])
+            rec["prediction"] = tokenizer.decode(res.tokens, skip_special_tokens=True)
+            rec["finish_reason"] = res.finish_reason
+            rec["num_generated_tokens"] = len(res.tokens)
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            bar.update(1)
+            secs = max(gen.stats["seconds"], 1e-9)
+            bar.set_postfix(tok_s=f"{gen.stats['generated_tokens'] / max(bar.format_dict['elapsed'], 1e-9):.1f}")
+    bar.close()
+    stats.update(generated_tokens=gen.stats["generated_tokens"], seconds=gen.stats["seconds"],
+                 compiled=sorted(gen.compiled_shapes), prefill_calls=gen.stats["prefill_calls"],
+                 chunk_calls=gen.stats["chunk_calls"])
+    return stats
