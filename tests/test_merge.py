@@ -228,3 +228,21 @@ def test_dare_matches_mergekit_dare_linear_in_distribution(tmp_path):
             kept = merged != b[n]
             assert abs(kept.mean() - (1 - p)) < 6 * np.sqrt(p * (1 - p) / kept.size)
             np.testing.assert_allclose((merged - b[n])[kept], 0.625 * delta[kept], rtol=1e-4, atol=1e-6)
+
+
+def test_cli_merge_and_stats(hf_pair, tmp_path):
+    from mnlu_jax.cli import main
+
+    base, ft = hf_pair
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(f"base: {base}\nmodels: [{base}, {ft}]\nmethod: dare\ndrop_rate: 0.2\n")
+    assert main(["merge", "--config", str(cfg), "--out", str(tmp_path / "merged"), "--seed", "42"]) == 0
+    ref = merge_checkpoints(base, [base, ft], MergeSpec("dare", drop_rate=0.2, seed=42), tmp_path / "api", progress=False)
+    a, b = _flat(tmp_path / "merged"), _flat(ref)
+    assert all(np.array_equal(a[n], b[n]) for n in a)
+    assert main(["merge", "--base", str(base), "--out", str(tmp_path / "x")]) == 2  # no models: clear error
+    assert main(["merge-stats", "--base", str(base), "--models", str(ft), str(base), "--out", str(tmp_path / "st")]) == 0
+    rows = json.loads((tmp_path / "st" / "merge_stats.json").read_text())
+    row = next(r for r in rows if r["tensor"] == "model.norm.weight")
+    assert row["delta_norm_1"] == 0.0 and row["zero_fraction_1"] == 1.0 and row["delta_norm_0"] > 0
+    assert (tmp_path / "st" / "merge_stats.png").exists()

@@ -1,0 +1,168 @@
+"""`mnlu-jax` console script: one subcommand per stage, each a thin call into the stage's module.
+
+    convert hf-to-flax | flax-to-hf     weights/convert.py
+    build-data                          data/build.py
+    build-eval                          evaluate/build.py
+    train                               train/loop.py
+    merge, merge-stats                  merge/streaming.py, merge/stats.py
+    generate                            decode/generate.py
+    score, evaluate                     evaluate/score.py
+    pipeline                            pipeline.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _size(text: str) -> int:
+    units = {"k": 10**3, "m": 10**6, "g": 10**9, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10,
+             "mib": 2**20, "gib": 2**30}
+    t = text.strip().lower()
+    for u in sorted(units, key=len, reverse=True):
+        if t.endswith(u):
+            return int(float(t[: -len(u)]) * units[u])
+    return int(t)
+
+
+def _buckets(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    from mnlu_jax.weights.convert import flax_to_hf, hf_to_flax
+
+    if a.direction == "hf-to-flax":
+        out = hf_to_flax(a.src, a.out, dtype=a.dtype)
+    else:
+        out = flax_to_hf(a.src, a.out, dtype=a.dtype, max_shard_bytes=_size(a.shard_size))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_merge(a: argparse.Namespace) -> int:
+    from mnlu_jax.merge.config import MergeConfig, run_merge
+    from mnlu_jax.config import load_config
+
+    overrides = list(a.overrides)
+    for key in ("base", "out", "method", "drop_rate", "rescale", "apply", "lam", "seed", "exclude", "dtype",
+                "vocab_policy", "epsilon"):
+        v = getattr(a, key)
+        if v is not None:
+            overrides.append(f"{key}={json.dumps(v) if not isinstance(v, str) else v}")
+    if a.models:
+        overrides.append(f"models={json.dumps(a.models)}")
+    if a.weights:
+        overrides.append(f"weights={json.dumps(a.weights)}")
+    cfg = load_config(MergeConfig, a.config, overrides)
+    out = run_merge(cfg)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_merge_stats(a: argparse.Namespace) -> int:
+    from mnlu_jax.merge.stats import merge_stats
+
+    rows = merge_stats(a.base, a.models, a.out)
+    print(f"{len(rows)} tensors; table and plot in {a.out}")
+    return 0
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from mnlu_jax.decode.engine import DecodeConfig
+    from mnlu_jax.decode.generate import run_generate
+
+    dc = DecodeConfig(batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, buckets=_buckets(a.buckets),
+                      prefill_batch=min(a.prefill_batch, a.batch_size), chunk_steps=a.chunk_steps)
+    stats = run_generate(a.model, a.input, a.out, dc, chat_template=a.chat_template, dtype=a.dtype,
+                         drop_system=a.drop_system)
+    print(json.dumps({k: v for k, v in stats.items() if k != "compiled"}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mnlu-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="convert checkpoints between HF (safetensors/.bin/GGUF) and ours (Orbax)")
+    c.add_argument("direction", choices=["hf-to-flax", "flax-to-hf"])
+    c.add_argument("src", help="HF model directory or .gguf file (hf-to-flax); our checkpoint (flax-to-hf)")
+    c.add_argument("out", help="output directory (must not exist or be empty)")
+    c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="cast parameters (default: keep the source dtype; GGUF dequantises to float32)")
+    c.add_argument("--shard-size", default="5GB", help="flax-to-hf: max safetensors shard size (e.g. 2GB, 500MB)")
+    c.set_defaults(func=cmd_convert)
+
+    m = sub.add_parser("merge", help="merge fine-tunes into a base (DARE, TIES, DELLA, linear, task arithmetic)")
+    m.add_argument("--config", default=None, help="YAML MergeConfig (e.g. configs/merge/biomistral_nlu_dare.yaml)")
+    m.add_argument("--base")
+    m.add_argument("--models", nargs="+")
+    m.add_argument("--weights", nargs="+", type=float)
+    m.add_argument("--method", choices=["linear", "task_arithmetic", "dare", "ties", "dare_ties", "della"])
+    m.add_argument("--drop-rate", dest="drop_rate", type=float)
+    m.add_argument("--rescale", dest="rescale", action="store_true", default=None)
+    m.add_argument("--no-rescale", dest="rescale", action="store_false")
+    m.add_argument("--apply", choices=["average", "task_arithmetic"])
+    m.add_argument("--lambda", dest="lam", type=float)
+    m.add_argument("--epsilon", type=float)
+    m.add_argument("--seed", type=int)
+    m.add_argument("--exclude", help="regex of tensor names that keep the base value")
+    m.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    m.add_argument("--vocab-policy", dest="vocab_policy", choices=["error", "pad_mean", "truncate"])
+    m.add_argument("--out")
+    m.add_argument("overrides", nargs="*", help="key=value overrides of the config")
+    m.set_defaults(func=cmd_merge)
+
+    s = sub.add_parser("merge-stats", help="per-tensor delta norms, sparsity, cosine and sign conflicts")
+    s.add_argument("--base", required=True)
+    s.add_argument("--models", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_merge_stats)
+
+    g = sub.add_parser("generate", help="batched greedy decoding: prompts JSONL -> predictions JSONL")
+    g.add_argument("--model", required=True, help="our checkpoint, an HF directory or a .gguf file")
+    g.add_argument("--input", required=True)
+    g.add_argument("--out", required=True)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--prefill-batch", type=int, default=4)
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--chunk-steps", type=int, default=16)
+    g.add_argument("--buckets", default="64,128,256,512,1024,2048")
+    g.add_argument("--chat-template", default="tokenizer", help="tokenizer | zephyr | path to a Jinja file")
+    g.add_argument("--drop-system", action="store_true", help="drop system messages (the original did for non-Llama)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    g.set_defaults(func=cmd_generate)
+
+    for register in _extra_registrations():
+        register(sub)
+    return p
+
+
+def _extra_registrations():
+    """Subcommands contributed by other stages (kept in their modules so this file stays small)."""
+    regs = []
+    for mod in ("mnlu_jax.data.build", "mnlu_jax.evaluate.cli", "mnlu_jax.train.cli", "mnlu_jax.pipeline"):
+        try:
+            module = __import__(mod, fromlist=["register_cli"])
+        except ModuleNotFoundError as e:
+            if e.name == mod:
+                continue
+            raise
+        regs.append(module.register_cli)
+    return regs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+        print(f"mnlu-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

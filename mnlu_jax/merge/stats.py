@@ -1,0 +1,90 @@
+"""Merge statistics: what the deltas of fine-tunes look like before you merge them.
+
+Per tensor: ‖δ_i‖₂ and ‖δ_i‖₂/‖θ_b‖₂ per model, the fraction of exactly-zero delta entries, the cosine
+similarity between every pair of deltas, and the sign-conflict rate (share of entries where non-zero
+deltas disagree in sign: what TIES' sign election resolves). Written as CSV, JSON and a PNG per layer.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+_LAYER = re.compile(r"layers\.(\d+)\.")
+
+
+def tensor_stats(base: np.ndarray, models: list[np.ndarray]) -> dict:
+    b = np.asarray(base, np.float32).ravel()
+    deltas = [np.asarray(m, np.float32).ravel() - b for m in models]
+    bn = float(np.linalg.norm(b)) or 1.0
+    row: dict = {}
+    for i, d in enumerate(deltas):
+        n = float(np.linalg.norm(d))
+        row[f"delta_norm_{i}"] = n
+        row[f"relative_delta_{i}"] = n / bn
+        row[f"zero_fraction_{i}"] = float(np.mean(d == 0))
+    for i in range(len(deltas)):
+        for j in range(i + 1, len(deltas)):
+            a, c = deltas[i], deltas[j]
+            den = float(np.linalg.norm(a) * np.linalg.norm(c))
+            row[f"cosine_{i}_{j}"] = float(a @ c) / den if den else 0.0
+            both = (a != 0) & (c != 0)
+            row[f"sign_conflict_{i}_{j}"] = float(np.mean(np.sign(a[both]) != np.sign(c[both]))) if both.any() else 0.0
+    return row
+
+
+def merge_stats(base: str | Path, models: list[str | Path], out: str | Path, plot: bool = True) -> list[dict]:
+    from mnlu_jax.merge.streaming import NamedTensors, check_compatible
+
+    b = NamedTensors(base)
+    ms = [NamedTensors(m) for m in models]
+    check_compatible(b, ms, "error")
+    rows = []
+    for name in tqdm(b.names(), desc="merge-stats", unit="tensor"):
+        row = {"tensor": name, **tensor_stats(b.get(name), [m.get(name) for m in ms])}
+        rows.append(row)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "merge_stats.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / "merge_stats.json").write_text(json.dumps(rows, indent=1))
+    if plot:
+        _plot(rows, len(ms), out / "merge_stats.png")
+    return rows
+
+
+def _plot(rows: list[dict], n_models: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers: dict[int, list[dict]] = {}
+    for r in rows:
+        m = _LAYER.search(r["tensor"])
+        if m:
+            layers.setdefault(int(m.group(1)), []).append(r)
+    xs = sorted(layers)
+    panels = 2 if n_models > 1 else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    for i in range(n_models):
+        axes[0][0].plot(xs, [np.mean([r[f"relative_delta_{i}"] for r in layers[x]]) for x in xs], marker="o",
+                        label=f"model {i}")
+    axes[0][0].set(xlabel="layer", ylabel="mean ‖δ‖/‖θ_base‖", title="relative delta per layer")
+    axes[0][0].legend()
+    if n_models > 1:
+        axes[0][1].plot(xs, [np.mean([r["cosine_0_1"] for r in layers[x]]) for x in xs], marker="o", label="cosine")
+        axes[0][1].plot(xs, [np.mean([r["sign_conflict_0_1"] for r in layers[x]]) for x in xs], marker="s",
+                        label="sign conflict")
+        axes[0][1].set(xlabel="layer", title="model 0 vs model 1")
+        axes[0][1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
