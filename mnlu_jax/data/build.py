@@ -1,0 +1,212 @@
+"""`mnlu-jax build-data`: the MNLU-Instruct builder (mixer config -> JSONL shards + statistics).
+
+A mixer config lists datasets like the original `dataset_mixer`: each has a reader (native format), a path,
+a task with its parameters, a fraction of its instances to keep (SNLI 0.03 ...; > 1 repeats), and a domain.
+Ablation mixes take a fixed total split equally over the selected tasks, and a domain filter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+from mnlu_jax.config import load_config, save_config
+from mnlu_jax.data import tasks as T
+from mnlu_jax.data.formats import READERS
+from mnlu_jax.data.schema import DataError, Instance, write_jsonl
+
+
+@dataclasses.dataclass
+class DatasetSpec:
+    name: str
+    reader: str
+    path: str
+    task: str                                   # NER ETE EAE EAC (events) DC RE QA NLI STS SUM
+    fraction: float = 1.0
+    domain: str = "biomed"                      # biomed | clinical | general
+    reader_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    types: list[str] | None = None              # NER entity types (default: all found)
+    label_map: dict[str, str] | None = None     # abbreviation -> expanded name
+    labels: list[str] | None = None             # DC labels
+    subject: str = "the topic"                  # DC: "Which options best describe {subject} ..."
+    multi_label: bool = True                    # DC
+    relation_set: str | None = None             # RE over BLUE masked sentences: chemprot | ddi | gad | i2b2_2010
+    relation_types: list[str] | None = None     # RE over annotated entities
+    negative_ratio: float = 1.0                 # RE over annotated entities
+    scale: str = "stsb"                         # STS: stsb | biosses
+    attribute_values: dict[str, list[str]] | None = None  # EAC
+
+
+@dataclasses.dataclass
+class MixConfig:
+    datasets: list[DatasetSpec] = dataclasses.field(default_factory=list)
+    seed: int = 42
+    style: str = "mnlu"                          # mnlu | medtuned
+    total_instances: int | None = None           # ablations: a fixed total ...
+    balance: str = "none"                        # ... split equally over tasks ("task") or not ("none")
+    tasks: list[str] | None = None               # keep only these tasks (ablations: k = 1, 3, 5)
+    domains: list[str] | None = None             # keep only these domains (BioMed / Clinical / Both)
+    shard_size: int = 10000                      # instances per JSONL shard
+    base_dir: str | None = None                  # paths are relative to this (default: the config's folder)
+
+
+def _task_family(task: str) -> str:
+    return "EE" if task in ("ETE", "EAE", "EAC") else task
+
+
+def dataset_instances(spec: DatasetSpec, seed: int, style: str, base: Path) -> tuple[list[Instance], dict]:
+    """Read one dataset and turn it into Instances; returns also notes (e.g. skipped unlabeled pairs)."""
+    if spec.reader not in READERS:
+        raise DataError(f"dataset {spec.name}: unknown reader {spec.reader!r}; expected one of {sorted(READERS)}")
+    path = Path(spec.path)
+    if not path.is_absolute():
+        path = base / path
+    if not path.exists():
+        raise FileNotFoundError(f"dataset {spec.name}: {path} does not exist")
+    docs = READERS[spec.reader](path, **spec.reader_options)
+    notes: dict[str, Any] = {"documents": len(docs), "task": spec.task}
+    t = spec.task
+    if t in ("NER",):
+        inst = T.ner_instances(docs, spec.name, spec.types, seed, spec.label_map, style=style,
+                               scoring_type="PICO" if spec.reader == "pico_tsv" else None)
+    elif t in ("ETE", "EAE", "EAC", "EE"):
+        inst = T.event_instances(docs, spec.name, seed, spec.label_map, spec.attribute_values)
+        if t != "EE":
+            inst = [i for i in inst if i.task == t]
+    elif t == "DC":
+        labels = spec.labels or sorted({l for d in docs for l in d["labels"]})
+        inst = T.dc_instances(docs, spec.name, labels, spec.subject, seed, spec.label_map, style, spec.multi_label)
+    elif t == "RE":
+        if spec.relation_set:
+            inst = T.re_masked_instances(docs, spec.name, spec.relation_set, seed, style)
+        else:
+            inst = T.re_kb_instances(docs, spec.name, spec.relation_types, seed, spec.label_map, spec.negative_ratio, style)
+    elif t == "QA":
+        inst = T.qa_instances(docs, spec.name, seed, style)
+    elif t == "NLI":
+        inst, skipped = T.nli_instances(docs, spec.name, seed, style)
+        notes["skipped_unlabeled"] = skipped
+    elif t == "STS":
+        inst = T.sts_instances(docs, spec.name, spec.scale, seed, style)
+    elif t == "SUM":
+        inst = T.summarization_instances(docs, spec.name, style)
+    else:
+        raise DataError(f"dataset {spec.name}: unknown task {t!r}")
+    return inst, notes
+
+
+def _take(items: list, n: int, rng: random.Random) -> list:
+    """n items: a seeded sample without replacement, repeating the whole list when n exceeds it."""
+    if n <= 0 or not items:
+        return []
+    out = []
+    while len(out) + len(items) <= n:
+        out += items
+    rest = list(items)
+    rng.shuffle(rest)
+    return out + rest[: n - len(out)]
+
+
+def build_mix(cfg: MixConfig, base: Path) -> tuple[list[Instance], dict]:
+    specs = [s for s in cfg.datasets
+             if (cfg.domains is None or s.domain in cfg.domains)
+             and (cfg.tasks is None or _task_family(s.task) in cfg.tasks or s.task in cfg.tasks)]
+    if not specs:
+        raise DataError("the mix selects no dataset (check tasks/domains filters)")
+    per_ds: dict[str, list[Instance]] = {}
+    notes = {}
+    for s in specs:
+        inst, note = dataset_instances(s, cfg.seed, cfg.style, base)
+        rng = random.Random(f"{cfg.seed}|{s.name}|fraction")
+        per_ds[s.name] = _take(inst, int(round(s.fraction * len(inst))), rng)
+        notes[s.name] = {**note, "available": len(inst), "fraction": s.fraction}
+    if cfg.total_instances is not None:
+        groups: dict[str, list[str]] = collections.defaultdict(list)
+        for s in specs:
+            groups[_task_family(s.task) if cfg.balance == "task" else "all"].append(s.name)
+        quota = cfg.total_instances / len(groups)
+        for names in groups.values():
+            pool = sum(len(per_ds[n]) for n in names)
+            for n in names:  # within a group, proportional to each dataset's size
+                share = int(round(quota * len(per_ds[n]) / pool)) if pool else 0
+                per_ds[n] = _take(per_ds[n], share, random.Random(f"{cfg.seed}|{n}|total"))
+    out = [i for s in specs for i in per_ds[s.name]]
+    random.Random(cfg.seed).shuffle(out)
+    return out, notes
+
+
+def statistics(instances: list[Instance], notes: dict, truncation: dict | None = None) -> dict:
+    stats: dict[str, Any] = {"total": len(instances), "datasets": {}}
+    for i in instances:
+        d = stats["datasets"].setdefault(i.dataset, {"task": i.task, "instances": 0, "labels": collections.Counter()})
+        d["instances"] += 1
+        if "labels" in i.gold:
+            for l in i.gold["labels"] or ["None"]:
+                d["labels"][l.split(") ", 1)[-1][:60]] += 1
+        elif "entities" in i.gold:
+            for t, spans in i.gold["entities"].items():
+                d["labels"][t] += len(spans)
+    for name, d in stats["datasets"].items():
+        d["labels"] = dict(d["labels"].most_common())
+        d.update(notes.get(name, {}))
+        if truncation:
+            d["truncated"] = truncation.get(name, 0)
+    by_task = collections.Counter(i.task for i in instances)
+    stats["tasks"] = dict(by_task)
+    return stats
+
+
+def stats_markdown(stats: dict) -> str:
+    lines = ["| dataset | task | instances | available | fraction | truncated | top labels |", "|---|---|---|---|---|---|---|"]
+    for name, d in sorted(stats["datasets"].items()):
+        top = ", ".join(f"{k} ({v})" for k, v in list(d["labels"].items())[:4])
+        lines.append(f"| {name} | {d['task']} | {d['instances']} | {d.get('available', '')} | {d.get('fraction', '')} | "
+                     f"{d.get('truncated', '')} | {top} |")
+    lines += ["", "| task | instances |", "|---|---|"] + [f"| {t} | {n} |" for t, n in sorted(stats["tasks"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def run_build(config_path: str | Path, out: str | Path, overrides: list[str] | None = None,
+              tokenizer: str | None = None, max_seq_length: int = 2048) -> dict:
+    cfg = load_config(MixConfig, config_path, overrides)
+    base = Path(cfg.base_dir) if cfg.base_dir else Path(config_path).parent
+    instances, notes = build_mix(cfg, base)
+    truncation = None
+    if tokenizer:
+        from mnlu_jax.data.tokenize import count_truncations
+        from mnlu_jax.weights.convert import load_tokenizer
+
+        truncation = count_truncations(instances, load_tokenizer(tokenizer), max_seq_length)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_shards = max(1, math.ceil(len(instances) / cfg.shard_size))
+    for k in range(n_shards):
+        write_jsonl(out / f"train-{k:05d}-of-{n_shards:05d}.jsonl", instances[k * cfg.shard_size:(k + 1) * cfg.shard_size])
+    stats = statistics(instances, notes, truncation)
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    (out / "stats.md").write_text(stats_markdown(stats))
+    save_config(cfg, out / "mix_config.yaml")
+    return stats
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build-data", help="build MNLU-Instruct JSONL shards from native corpora (mixer config)")
+    p.add_argument("--config", required=True, help="mixer YAML, e.g. configs/data/sample.yaml")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tokenizer", help="count truncations at --max-seq-length with this tokenizer/checkpoint/GGUF")
+    p.add_argument("--max-seq-length", type=int, default=2048)
+    p.add_argument("overrides", nargs="*", help="key=value overrides (e.g. style=medtuned total_instances=500)")
+
+    def run(a):
+        stats = run_build(a.config, a.out, a.overrides, a.tokenizer, a.max_seq_length)
+        print(stats_markdown(stats))
+        print(f"wrote {stats['total']} instances to {a.out}")
+        return 0
+
+    p.set_defaults(func=run)

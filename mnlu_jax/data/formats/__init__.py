@@ -1,0 +1,29 @@
+"""Readers for native corpus formats. Each returns interchange documents (see data/schema.py).
+
+READERS maps the name used in mixer/eval configs to the reader function `reader(path, **options)`.
+"""
+
+from mnlu_jax.data.formats.bioc import read_bioc
+from mnlu_jax.data.formats.brat import read_brat
+from mnlu_jax.data.formats.conll import read_iob, read_pico_tsv
+from mnlu_jax.data.formats.i2b2 import read_i2b2_2010, read_i2b2_2012
+from mnlu_jax.data.formats.jsonfmt import read_nli_jsonl, read_pubmedqa
+from mnlu_jax.data.formats.pubtator import read_pubtator
+from mnlu_jax.data.formats.tsv import read_blue_re, read_classification_tsv, read_sts_tsv, read_qa_tsv, read_summ_jsonl
+
+READERS = {
+    "iob": read_iob,
+    "pico_tsv": read_pico_tsv,
+    "brat": read_brat,
+    "bioc": read_bioc,
+    "pubtator": read_pubtator,
+    "i2b2_2010": read_i2b2_2010,
+    "i2b2_2012": read_i2b2_2012,
+    "pubmedqa": read_pubmedqa,
+    "nli_jsonl": read_nli_jsonl,
+    "blue_re": read_blue_re,
+    "classification_tsv": read_classification_tsv,
+    "sts_tsv": read_sts_tsv,
+    "qa_tsv": read_qa_tsv,
+    "summ_jsonl": read_summ_jsonl,
+}

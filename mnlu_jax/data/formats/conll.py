@@ -1,0 +1,120 @@
+"""IOB/CoNLL token files and the BLURB PICO TSV.
+
+IOB layout (e.g. MTL-Bioinformatics-2016 `data/*-IOB/{train,devel,test}.tsv`): one token per line,
+`token<TAB>tag` (or whitespace; the tag is the last column), a blank line between sentences, optional
+`-DOCSTART-` lines. Tags are `B-Type`/`I-Type`/`O` (typed) or `B`/`I`/`O` (untyped; `default_type` names
+them). An `I-` that does not continue an entity of its type starts a new one (IOB1 tolerance).
+Each sentence becomes one kb document whose text is the tokens joined by single spaces.
+
+BLURB PICO: `-DOCSTART-` starts an abstract, lines `token<TAB>tag` with tags I-PAR / I-INT / I-OUT / O,
+blank lines between sentences. Each abstract becomes one kb document; consecutive tokens with the same
+I- tag form one span.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mnlu_jax.data.schema import DataError
+
+PICO_TYPES = {"PAR": "Participants", "INT": "Interventions", "OUT": "Outcomes"}
+
+
+def _sentences(path: Path):
+    """Yield (first line number, [(token, tag, line number)]) per sentence; `None` marks a -DOCSTART-."""
+    sent, start = [], None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+    for n, line in enumerate(lines, 1):
+        if line.startswith("-DOCSTART-"):
+            if sent:
+                yield start, sent
+                sent = []
+            yield n, None
+            continue
+        if not line.strip():
+            if sent:
+                yield start, sent
+            sent, start = [], None
+            continue
+        parts = line.split("\t") if "\t" in line else line.split()
+        if len(parts) < 2:
+            raise DataError(f"{path}:{n}: expected 'token<TAB>tag', got {line!r}")
+        if start is None:
+            start = n
+        sent.append((parts[0], parts[-1].strip(), n))
+    if sent:
+        yield start, sent
+
+
+def _spans(tokens, path: Path, default_type: str | None, pico: bool):
+    text_parts, offsets, pos = [], [], 0
+    for tok, _, _ in tokens:
+        offsets.append((pos, pos + len(tok)))
+        text_parts.append(tok)
+        pos += len(tok) + 1
+    text = " ".join(text_parts)
+    entities, cur = [], None
+    for i, (tok, tag, n) in enumerate(tokens):
+        if tag == "O":
+            cur = None
+            continue
+        if pico:
+            if not tag.startswith("I-") or tag[2:] not in PICO_TYPES:
+                raise DataError(f"{path}:{n}: PICO tag {tag!r}; expected O or I-PAR/I-INT/I-OUT")
+            bio, typ = "I", PICO_TYPES[tag[2:]]
+        else:
+            if tag in ("B", "I"):
+                bio, typ = tag, default_type or "Entity"
+            elif len(tag) > 2 and tag[:2] in ("B-", "I-"):
+                bio, typ = tag[0], tag[2:]
+            else:
+                raise DataError(f"{path}:{n}: tag {tag!r}; expected O, B, I, B-<type> or I-<type>")
+        if bio == "I" and cur is not None and cur["type"] == typ:
+            cur["offsets"][0][1] = offsets[i][1]
+        else:
+            cur = {"id": f"T{len(entities) + 1}", "type": typ, "offsets": [[offsets[i][0], offsets[i][1]]]}
+            entities.append(cur)
+    for e in entities:
+        s, t = e["offsets"][0]
+        e["text"] = [text[s:t]]
+    return text, entities
+
+
+def read_iob(path: str | Path, default_type: str | None = None, type_map: dict[str, str] | None = None) -> list[dict]:
+    path = Path(path)
+    docs = []
+    for start, sent in _sentences(path):
+        if sent is None:
+            continue
+        text, ents = _spans(sent, path, default_type, pico=False)
+        for e in ents:
+            e["type"] = (type_map or {}).get(e["type"], e["type"])
+        docs.append({"schema": "kb", "id": f"{path.stem}-{start}", "text": text, "entities": ents,
+                     "relations": [], "events": [], "attributes": [], "tokens": [t for t, _, _ in sent]})
+    return docs
+
+
+def read_pico_tsv(path: str | Path) -> list[dict]:
+    path = Path(path)
+    docs, cur, start = [], [], None
+
+    def flush():
+        if cur:
+            toks = [t for s in cur for t in s]
+            text, ents = _spans(toks, path, None, pico=True)
+            docs.append({"schema": "kb", "id": f"{path.stem}-{start}", "text": text, "entities": ents,
+                         "relations": [], "events": [], "attributes": [], "tokens": [t for t, _, _ in toks]})
+
+    for n, sent in _sentences(path):
+        if sent is None:
+            flush()
+            cur, start = [], n
+            continue
+        if start is None:
+            start = n
+        cur.append(sent)
+    flush()
+    return docs

@@ -1,0 +1,108 @@
+"""Tab-separated corpora: BLUE relation sets, HoC-style classification, STS pairs, BioASQ, summarisation JSONL.
+
+- blue_re: `index<TAB>sentence<TAB>label`, entities masked as @GENE$ / @DISEASE$ / @DRUG$ / @CHEMICAL$
+  (ChemProt, DDI, i2b2-2010 in BLUE form; GAD with 0/1 labels). A header line starting with `index` is skipped.
+- classification_tsv: `id<TAB>text<TAB>labels` (labels joined by `label_sep`, default ';'; columns configurable).
+- sts_tsv: a header naming `sentence1`, `sentence2` and `score` (GLUE STS-B, BLUE BioSSES).
+- qa_tsv: BLURB BioASQ form `id<TAB>question<TAB>passage<TAB>yes|no`.
+- summ_jsonl: {"id", "text", "summary"} per line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mnlu_jax.data.schema import DataError
+
+
+def _rows(path: Path):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            yield n, line.split("\t")
+
+
+def read_blue_re(path: str | Path) -> list[dict]:
+    path = Path(path)
+    docs = []
+    for n, cols in _rows(path):
+        if n == 1 and cols[0].lower() in ("index", "id"):
+            continue
+        if len(cols) < 3:
+            raise DataError(f"{path}:{n}: expected index<TAB>sentence<TAB>label, got {len(cols)} column(s)")
+        docs.append({"schema": "text", "id": cols[0], "text": cols[1], "labels": [cols[-1].strip()]})
+    return docs
+
+
+def read_classification_tsv(path: str | Path, id_col: int = 0, text_col: int = 1, label_col: int = 2,
+                            label_sep: str = ";", header: bool | None = None) -> list[dict]:
+    path = Path(path)
+    docs = []
+    for n, cols in _rows(path):
+        if n == 1 and (header or (header is None and cols[0].lower() in ("index", "id", "pmid", "labels", "label"))):
+            continue
+        if len(cols) <= max(id_col, text_col, label_col):
+            raise DataError(f"{path}:{n}: expected at least {max(id_col, text_col, label_col) + 1} columns")
+        labels = [x.strip() for x in cols[label_col].split(label_sep) if x.strip()] if label_sep else [cols[label_col].strip()]
+        docs.append({"schema": "text", "id": cols[id_col], "text": cols[text_col], "labels": labels})
+    return docs
+
+
+def read_sts_tsv(path: str | Path) -> list[dict]:
+    path = Path(path)
+    rows = list(_rows(path))
+    if not rows:
+        raise DataError(f"{path}: empty file")
+    header = [h.strip().lower() for h in rows[0][1]]
+    try:
+        i1, i2 = header.index("sentence1"), header.index("sentence2")
+    except ValueError as e:
+        raise DataError(f"{path}:1: header must name sentence1 and sentence2, got {header}") from e
+    isc = header.index("score") if "score" in header else header.index("label") if "label" in header else None
+    iid = header.index("index") if "index" in header else None
+    docs = []
+    for n, cols in rows[1:]:
+        if len(cols) < len(header):
+            raise DataError(f"{path}:{n}: {len(cols)} columns, header has {len(header)}")
+        score = None
+        if isc is not None and cols[isc].strip():
+            try:
+                score = float(cols[isc])
+            except ValueError as e:
+                raise DataError(f"{path}:{n}: score {cols[isc]!r} is not a number") from e
+        docs.append({"schema": "pairs", "id": cols[iid] if iid is not None else f"{path.stem}-{n}",
+                     "text_1": cols[i1], "text_2": cols[i2], "label": score})
+    return docs
+
+
+def read_qa_tsv(path: str | Path) -> list[dict]:
+    path = Path(path)
+    docs = []
+    for n, cols in _rows(path):
+        if n == 1 and cols[0].lower() in ("id", "index"):
+            continue
+        if len(cols) < 4 or cols[3].strip() not in ("yes", "no"):
+            raise DataError(f"{path}:{n}: expected id<TAB>question<TAB>passage<TAB>yes|no")
+        docs.append({"schema": "qa", "id": cols[0], "question": cols[1], "context": cols[2], "choices": ["yes", "no"],
+                     "answer": [cols[3].strip()]})
+    return docs
+
+
+def read_summ_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    docs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from e
+        if "text" not in r or "summary" not in r:
+            raise DataError(f"{path}:{n}: expected fields 'text' and 'summary'")
+        docs.append({"schema": "text", "id": str(r.get("id", n)), "text": r["text"], "labels": [], "summary": r["summary"]})
+    return docs

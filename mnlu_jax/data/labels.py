@@ -1,0 +1,106 @@
+"""Label names, expansions and option wordings: one place for training, evaluation and the golden tests.
+
+Relation options are templates over the two entity spans ({e1}, {e2}); the paper's Table 1 example
+answer is "(C) 'stress' causes 'headache'.".
+"""
+
+from __future__ import annotations
+
+# Abbreviated labels expanded to what they mean (paper: "from 'GENERIF' to 'Gene reference into a function
+# (function of a gene)'"). Dataset label maps override or extend this.
+EXPANSIONS = {
+    "GENERIF": "Gene reference into a function (function of a gene)",
+    "PAR": "Participants", "INT": "Interventions", "OUT": "Outcomes",
+    "ADE": "Adverse drug event", "DNA": "DNA", "RNA": "RNA", "cell_line": "Cell line", "cell_type": "Cell type",
+    "protein": "Protein", "problem": "Medical problem", "test": "Medical test", "treatment": "Treatment",
+    "Chemical": "Chemical", "Disease": "Disease", "Gene": "Gene",
+    "GeneOrGeneProduct": "Gene or gene product", "DiseaseOrPhenotypicFeature": "Disease or phenotypic feature",
+    "ChemicalEntity": "Chemical entity", "SequenceVariant": "Sequence variant", "OrganismTaxon": "Organism taxon",
+    "CellLine": "Cell line", "DNAMutation": "DNA mutation", "ProteinMutation": "Protein mutation", "SNP": "SNP",
+    "PHI": "Protected health information", "TIMEX3": "Temporal expression", "EVENT": "Clinical event",
+}
+
+# ---- relation extraction -----------------------------------------------------------------------------
+NO_RELATION = "There is no relation between '{e1}' and '{e2}'."
+RE_OPTIONS: dict[str, dict[str, str]] = {
+    "chemprot": {
+        "CPR:3": "'{e1}' upregulates or activates '{e2}'.",
+        "CPR:4": "'{e1}' downregulates or inhibits '{e2}'.",
+        "CPR:5": "'{e1}' is an agonist of '{e2}'.",
+        "CPR:6": "'{e1}' is an antagonist of '{e2}'.",
+        "CPR:9": "'{e1}' is a substrate or product of '{e2}'.",
+        "false": NO_RELATION,
+    },
+    "ddi": {
+        "DDI-advise": "An advice or recommendation is given about using '{e1}' together with '{e2}'.",
+        "DDI-effect": "The interaction of '{e1}' and '{e2}' has a described effect.",
+        "DDI-int": "'{e1}' interacts with '{e2}', with no further detail.",
+        "DDI-mechanism": "'{e1}' and '{e2}' interact through a pharmacokinetic mechanism.",
+        "DDI-false": NO_RELATION,
+    },
+    "gad": {
+        "1": "'{e1}' is associated with '{e2}'.",
+        "0": NO_RELATION,
+    },
+    "i2b2_2010": {
+        "TrIP": "The treatment '{e1}' improves the medical problem '{e2}'.",
+        "TrWP": "The treatment '{e1}' worsens the medical problem '{e2}'.",
+        "TrCP": "The treatment '{e1}' causes the medical problem '{e2}'.",
+        "TrAP": "The treatment '{e1}' is administered for the medical problem '{e2}'.",
+        "TrNAP": "The treatment '{e1}' is not administered because of the medical problem '{e2}'.",
+        "TeRP": "The test '{e1}' reveals the medical problem '{e2}'.",
+        "TeCP": "The test '{e1}' is conducted to investigate the medical problem '{e2}'.",
+        "PIP": "The medical problem '{e1}' indicates the medical problem '{e2}'.",
+        "false": NO_RELATION,
+    },
+}
+# BLUE masks entity mentions; the mask names the entity type.
+MASK_TYPES = {"@GENE$": "Gene", "@DISEASE$": "Disease", "@CHEMICAL$": "Chemical", "@DRUG$": "Drug",
+              "@problem$": "Medical problem", "@test$": "Medical test", "@treatment$": "Treatment"}
+
+# ---- document classification ------------------------------------------------------------------------
+HOC_HALLMARKS = [
+    "Sustaining proliferative signaling", "Evading growth suppressors", "Resisting cell death",
+    "Enabling replicative immortality", "Inducing angiogenesis", "Activating invasion and metastasis",
+    "Genomic instability and mutation", "Tumor promoting inflammation", "Cellular energetics",
+    "Avoiding immune destruction",
+]
+
+# ---- NLI, QA, STS -----------------------------------------------------------------------------------
+NLI_OPTIONS = {"entailment": "Entails", "neutral": "Neutral", "contradiction": "Contradicts"}
+QA_OPTIONS = {"yes": "yes", "no": "no", "maybe": "maybe"}
+
+# Ordinal similarity definitions from the sources (BIOSSES 0-4; SemEval STS 0-5 for STS-B).
+STS_DEFINITIONS = {
+    "biosses": [
+        "The two sentences are on different topics",
+        "The two sentences are not equivalent, but are on the same topic",
+        "The two sentences are not equivalent, but share some details",
+        "The two sentences are roughly equivalent, but some important information differs or is missing",
+        "The two sentences are completely or mostly equivalent, as they mean the same thing",
+    ],
+    "stsb": [
+        "The two sentences are on different topics",
+        "The two sentences are not equivalent, but are on the same topic",
+        "The two sentences are not equivalent, but share some details",
+        "The two sentences are roughly equivalent, but some important information differs or is missing",
+        "The two sentences are mostly equivalent, but some unimportant details differ",
+        "The two sentences are completely equivalent, as they mean the same thing",
+    ],
+}
+
+
+def sts_options(scale: str) -> list[str]:
+    if scale not in STS_DEFINITIONS:
+        raise ValueError(f"STS scale {scale!r}: expected one of {sorted(STS_DEFINITIONS)}")
+    return [f"{d} (score {i})." for i, d in enumerate(STS_DEFINITIONS[scale])]
+
+
+def expand(label: str, label_map: dict[str, str] | None = None) -> str:
+    if label_map and label in label_map:
+        return label_map[label]
+    return EXPANSIONS.get(label, label)
+
+
+# Negative-class keys that the paper's Overall row leaves out (evaluation.py).
+NEGATIVE_MARKERS = ("no", "not mentioned", "not related to", "cannot be", "none")

@@ -1,0 +1,99 @@
+"""The two record types that flow through the data stages.
+
+1. Interchange documents (what readers return), BigBio-like plain dicts, one of five schemas:
+   - kb:    {"schema": "kb", "id", "text", "entities": [{"id", "type", "offsets": [[s, e], ...], "text": [..]}],
+             "relations": [{"id", "type", "arg1", "arg2"}],
+             "events": [{"id", "type", "trigger": entity-id, "arguments": [{"role", "ref_id"}]}],
+             "attributes": [{"id", "type", "ref_id", "value"}]}
+   - qa:    {"schema": "qa", "id", "question", "context", "choices": [..], "answer": [..]}
+   - te:    {"schema": "te", "id", "premise", "hypothesis", "label"}
+   - text:  {"schema": "text", "id", "text", "labels": [..]}
+   - pairs: {"schema": "pairs", "id", "text_1", "text_2", "label"}  (label: a float score)
+   Offsets are character offsets into `text`; every reader checks each span against the text.
+
+2. Instance (what task builders produce; training, decoding and scoring all consume it), JSONL-serialised:
+   {id, dataset, task, type, options, messages: [{role, content}], gold}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+TASKS = ("NER", "ETE", "EAE", "EAC", "DC", "RE", "QA", "NLI", "STS", "SUM")
+# Output type: token classification (spans), sequence classification (options), summarisation (free text).
+TASK_TYPE = {"NER": "token", "ETE": "token", "EAE": "token", "EAC": "sequence", "DC": "sequence", "RE": "sequence",
+             "QA": "sequence", "NLI": "sequence", "STS": "sequence", "SUM": "generation"}
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file (and line) and what was expected."""
+
+
+@dataclasses.dataclass
+class Instance:
+    id: str
+    dataset: str
+    task: str
+    type: str
+    options: list[str]
+    messages: list[dict[str, str]]
+    gold: dict[str, Any]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "record") -> "Instance":
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d]
+        if missing:
+            raise DataError(f"{where}: missing field(s) {missing}")
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
+    @property
+    def answer(self) -> str:
+        return self.messages[-1]["content"] if self.messages and self.messages[-1]["role"] == "assistant" else ""
+
+
+def check_span(text: str, offsets: list[list[int]], expected: str | list[str] | None, where: str) -> list[str]:
+    """Return the span texts at `offsets`; raise DataError naming `where` if they differ from `expected`."""
+    got = []
+    for s, e in offsets:
+        if not (0 <= s <= e <= len(text)):
+            raise DataError(f"{where}: offsets {s}-{e} outside the text (length {len(text)})")
+        got.append(text[s:e])
+    if expected is not None:
+        exp = [expected] if isinstance(expected, str) else list(expected)
+        if " ".join(got) != " ".join(exp) and "".join(got).split() != " ".join(exp).split():
+            raise DataError(f"{where}: span {offsets} is {' '.join(got)!r} in the text, annotation says {' '.join(exp)!r}")
+    return got
+
+
+def write_jsonl(path: str | Path, records: Iterable[Any]) -> int:
+    """Write atomically (temp file + rename). Records are Instances or dicts."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    n = 0
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write((r.to_json() if isinstance(r, Instance) else json.dumps(r, ensure_ascii=False)) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def read_instances(path: str | Path) -> Iterator[Instance]:
+    path = Path(path)
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from e
+            yield Instance.from_dict(d, f"{path}:{n}")

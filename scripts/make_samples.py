@@ -1,0 +1,333 @@
+"""Write the small synthetic sample corpora under data/samples/ (deterministic; no text from real corpora).
+
+Every file is in the native format of a real corpus so that the readers run exactly as on the full
+public files: IOB/CoNLL TSV, BLURB PICO TSV, BRAT standoff, BioC XML and JSON, PubTator, i2b2 2010
+concept/relation and 2012 XML, PubMedQA JSON, NLI JSONL, STS/RE/HoC/BioASQ TSV and summarisation JSONL.
+Sentences are assembled from templates and a small made-up lexicon.
+
+    python scripts/make_samples.py [--out data/samples]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+DRUGS = ["aspirin", "metformin", "warfarin", "cisplatin", "ibuprofen", "lisinopril", "heparin", "tamoxifen",
+         "amoxicillin", "insulin glargine", "prednisone", "simvastatin"]
+DISEASES = ["renal failure", "hypertension", "type 2 diabetes", "breast cancer", "sepsis", "asthma", "hepatitis",
+            "atrial fibrillation", "pneumonia", "migraine", "anemia", "psoriasis"]
+GENES = ["BRCA1", "TP53", "EGFR", "KRAS", "IL6", "TNF", "HER2", "APOE", "CFTR", "VEGFA", "MYC", "PTEN"]
+CELLS = ["T cells", "monocytes", "HeLa cells", "B lymphocytes", "Jurkat cells", "macrophages"]
+RNAS = ["IL6 mRNA", "TNF mRNA", "MYC transcripts"]
+DNAS = ["NF-kappa B binding site", "promoter region", "enhancer element"]
+EFFECTS = ["nausea", "rash", "dizziness", "bleeding", "headache", "fatigue"]
+TESTS = ["chest x-ray", "blood culture", "echocardiogram", "CT scan", "urinalysis", "ECG"]
+HALLMARKS = ["Sustaining proliferative signaling", "Evading growth suppressors", "Resisting cell death",
+             "Enabling replicative immortality", "Inducing angiogenesis", "Activating invasion and metastasis",
+             "Genomic instability and mutation", "Tumor promoting inflammation", "Cellular energetics",
+             "Avoiding immune destruction"]
+HALLMARK_CUES = {
+    "Sustaining proliferative signaling": "stimulated uncontrolled proliferation",
+    "Evading growth suppressors": "bypassed growth suppressor checkpoints",
+    "Resisting cell death": "blocked apoptosis",
+    "Enabling replicative immortality": "activated telomerase",
+    "Inducing angiogenesis": "promoted new vessel formation",
+    "Activating invasion and metastasis": "increased invasion and metastasis",
+    "Genomic instability and mutation": "caused genomic instability",
+    "Tumor promoting inflammation": "drove chronic inflammation",
+    "Cellular energetics": "shifted glucose metabolism",
+    "Avoiding immune destruction": "suppressed immune recognition",
+}
+
+
+def tokens_of(text: str) -> list[str]:
+    return text.replace(",", " ,").replace(".", " .").split()
+
+
+def iob_lines(parts: list[tuple[str, str | None]]) -> list[str]:
+    """parts: (text, type or None) -> token<TAB>tag lines."""
+    out = []
+    for text, typ in parts:
+        toks = tokens_of(text)
+        for k, t in enumerate(toks):
+            out.append(f"{t}\t{'O' if typ is None else ('B' if k == 0 else 'I') + ('-' + typ if typ != '_' else '')}")
+    return out
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def make_iob(out: Path, rng: random.Random) -> None:
+    # Disease (untyped tags, like NCBI-disease / BC5-disease), Chemical, Gene, and JNLPBA-style typed tags.
+    for name, pool, typ in [("disease", DISEASES, "_"), ("chemical", DRUGS, "_"), ("gene", GENES, "_")]:
+        for split, n in [("train", 24), ("test", 12)]:
+            lines = []
+            for _ in range(n):
+                a, b = rng.sample(pool, 2)
+                form = rng.randrange(3)
+                if form == 0:
+                    parts = [("Patients with", None), (a, typ), ("were enrolled in the study .", None)]
+                elif form == 1:
+                    parts = [("We observed", None), (a, typ), ("and", None), (b, typ), ("in the cohort .", None)]
+                else:
+                    parts = [("No relevant findings were reported in this group .", None)]
+                lines += iob_lines(parts) + [""]
+            write(out / "iob" / name / f"{split}.tsv", "\n".join(lines))
+    for split, n in [("train", 20), ("test", 10)]:
+        lines = []
+        for _ in range(n):
+            parts = [("Expression of", None), (rng.choice(GENES) + " protein", "protein"), ("in", None),
+                     (rng.choice(CELLS), "cell_type"), ("requires the", None), (rng.choice(DNAS), "DNA"), (".", None)]
+            if rng.random() < 0.5:
+                parts = parts[:-1] + [("and", None), (rng.choice(RNAS), "RNA"), ("in", None),
+                                      (rng.choice(["HeLa", "Jurkat", "U937"]) + " line", "cell_line"), (".", None)]
+            lines += iob_lines(parts) + [""]
+        write(out / "iob" / "jnlpba" / f"{split}.tsv", "\n".join(lines))
+
+
+def make_pico(out: Path, rng: random.Random) -> None:
+    for split, n in [("train", 8), ("test", 6)]:
+        lines = []
+        for _ in range(n):
+            lines.append("-DOCSTART-\tO")
+            lines.append("")
+            drug, dis = rng.choice(DRUGS), rng.choice(DISEASES)
+            for sent in [[("We randomized", None), (f"adults with {dis}", "PAR"), ("to", None), (drug, "INT"),
+                          ("or placebo .", None)],
+                         [("The primary outcome was", None), (f"change in {rng.choice(['blood pressure', 'HbA1c', 'pain scores'])}", "OUT"),
+                          ("at twelve weeks .", None)]]:
+                for text, typ in sent:
+                    for t in tokens_of(text):
+                        lines.append(f"{t}\t{'O' if typ is None else 'I-' + typ}")
+                lines.append("")
+        write(out / "pico" / f"{split}.tsv", "\n".join(lines))
+
+
+def make_brat(out: Path, rng: random.Random) -> None:
+    # n2c2 2018 ADE style: Drug, ADE, Dosage entities; ADE-Drug and Dosage-Drug relations.
+    for k in range(6):
+        drug, ade, dose = rng.choice(DRUGS), rng.choice(EFFECTS), rng.choice(["10 mg", "500 mg", "2 units"])
+        text = f"The patient was started on {drug} {dose} daily.\nShe later developed {ade}, attributed to {drug}.\n"
+        s1 = text.index(drug)
+        s2 = text.index(dose)
+        s3 = text.index(ade)
+        ann = [f"T1\tDrug {s1} {s1 + len(drug)}\t{drug}", f"T2\tDosage {s2} {s2 + len(dose)}\t{dose}",
+               f"T3\tADE {s3} {s3 + len(ade)}\t{ade}", "R1\tDosage-Drug Arg1:T2 Arg2:T1", "R2\tADE-Drug Arg1:T3 Arg2:T1",
+               "#1\tAnnotatorNotes T3\tsynthetic"]
+        write(out / "brat" / "ade" / f"note{k:02d}.txt", text)
+        write(out / "brat" / "ade" / f"note{k:02d}.ann", "\n".join(ann) + "\n")
+    # n2c2 2022 SDoH style: event triggers with argument spans and status attributes.
+    for k in range(6):
+        sub = rng.choice(["Tobacco", "Alcohol"])
+        trig = "smokes" if sub == "Tobacco" else "drinks"
+        amount = rng.choice(["one pack per day", "two beers nightly", "occasionally"])
+        status = rng.choice(["current", "past"])
+        text = f"Social history: patient {trig} {amount}. Lives with spouse.\n"
+        st, sa = text.index(trig), text.index(amount)
+        ann = [f"T1\t{sub} {st} {st + len(trig)}\t{trig}", f"T2\tAmount {sa} {sa + len(amount)}\t{amount}",
+               f"T3\tStatusTime {st} {st + len(trig)}\t{trig}", f"E1\t{sub}:T1 Amount:T2 Status:T3",
+               f"A1\tStatusTimeVal T3 {status}"]
+        write(out / "brat" / "sdoh" / f"note{k:02d}.txt", text)
+        write(out / "brat" / "sdoh" / f"note{k:02d}.ann", "\n".join(ann) + "\n")
+
+
+def make_bioc(out: Path, rng: random.Random) -> None:
+    docs_xml, docs_json = [], []
+    for k in range(6):
+        gene, dis, chem = rng.choice(GENES), rng.choice(DISEASES), rng.choice(DRUGS)
+        title = f"{gene} variants in {dis}."
+        abstract = f"Loss of {gene} function increased the risk of {dis}. Treatment with {chem} reduced {gene} activity."
+        off2 = len(title) + 1
+        anns = []
+
+        def add(text, typ, base, passage_text, ident):
+            i = passage_text.index(text)
+            anns.append((f"{len(anns)}", typ, base + i, len(text), text, ident))
+
+        add(gene, "GeneOrGeneProduct", 0, title, f"G{gene}")
+        add(dis, "DiseaseOrPhenotypicFeature", 0, title, f"D{k}")
+        add(chem, "ChemicalEntity", off2, abstract, f"C{k}")
+        rels = [("R0", "Association", "0", "1"), ("R1", "Negative_Correlation", "2", "0")]
+        ann_xml = "".join(
+            f'<annotation id="{i}"><infon key="type">{t}</infon><infon key="identifier">{ident}</infon>'
+            f'<location offset="{o}" length="{n}"/><text>{tx}</text></annotation>' for i, t, o, n, tx, ident in anns)
+        rel_xml = "".join(f'<relation id="{r}"><infon key="type">{t}</infon><node refid="{a}" role="Arg1"/>'
+                          f'<node refid="{b}" role="Arg2"/></relation>' for r, t, a, b in rels)
+        docs_xml.append(f"<document><id>{9000 + k}</id><passage><infon key=\"type\">title</infon><offset>0</offset>"
+                        f"<text>{title}</text></passage><passage><infon key=\"type\">abstract</infon><offset>{off2}</offset>"
+                        f"<text>{abstract}</text>{ann_xml}</passage>{rel_xml}</document>")
+        docs_json.append({"id": str(9100 + k), "passages": [
+            {"offset": 0, "text": title, "annotations": [
+                {"id": i, "infons": {"type": "Gene" if t == "GeneOrGeneProduct" else t, "identifier": ident}, "text": tx,
+                 "locations": [{"offset": o, "length": n}]} for i, t, o, n, tx, ident in anns if t == "GeneOrGeneProduct"]},
+            {"offset": off2, "text": abstract, "annotations": []}], "relations": []})
+    write(out / "bioc" / "biored_sample.xml",
+          '<?xml version="1.0" encoding="UTF-8"?>\n<collection><source>synthetic</source>' + "".join(docs_xml) + "</collection>\n")
+    write(out / "bioc" / "nlmgene_sample.json", json.dumps({"source": "synthetic", "documents": docs_json}, indent=1))
+
+
+def make_pubtator(out: Path, rng: random.Random) -> None:
+    blocks = []
+    for k in range(8):
+        chem, dis = rng.choice(DRUGS), rng.choice(DISEASES)
+        title = f"{chem.capitalize()}-induced {dis} in a case series."
+        abstract = f"Three patients developed {dis} after exposure to {chem}. Symptoms resolved after stopping {chem}."
+        text = title + " " + abstract
+        lines = [f"{5000 + k}|t|{title}", f"{5000 + k}|a|{abstract}"]
+        for m, typ, cid in [(chem.capitalize(), "Chemical", f"C{k}"), (dis, "Disease", f"D{k}")]:
+            s = text.index(m)
+            lines.append(f"{5000 + k}\t{s}\t{s + len(m)}\t{m}\t{typ}\t{cid}")
+        s = text.index(dis, len(title))
+        lines.append(f"{5000 + k}\t{s}\t{s + len(dis)}\t{dis}\tDisease\tD{k}")
+        s = text.index(chem, len(title))
+        lines.append(f"{5000 + k}\t{s}\t{s + len(chem)}\t{chem}\tChemical\tC{k}")
+        lines.append(f"{5000 + k}\tCID\tC{k}\tD{k}")
+        blocks.append("\n".join(lines))
+    write(out / "pubtator" / "bc5cdr_sample.txt", "\n\n".join(blocks) + "\n")
+
+
+def make_i2b2(out: Path, rng: random.Random) -> None:
+    for k in range(4):
+        prob, test, treat = rng.choice(DISEASES), rng.choice(TESTS), rng.choice(DRUGS)
+        lines = [f"Admission diagnosis : {prob} .", f"A {test} was obtained .", f"He was given {treat} for {prob} ."]
+        text = "\n".join(lines) + "\n"
+
+        def pos(line_no, phrase):
+            toks = lines[line_no - 1].split()
+            ptoks = phrase.split()
+            for i in range(len(toks)):
+                if toks[i:i + len(ptoks)] == ptoks:
+                    return f"{line_no}:{i} {line_no}:{i + len(ptoks) - 1}"
+            raise ValueError(phrase)
+
+        con = [f'c="{prob}" {pos(1, prob)}||t="problem"', f'c="{test}" {pos(2, test)}||t="test"',
+               f'c="{treat}" {pos(3, treat)}||t="treatment"', f'c="{prob}" {pos(3, prob)}||t="problem"']
+        rel = [f'c="{treat}" {pos(3, treat)}||r="TrAP"||c="{prob}" {pos(3, prob)}']
+        write(out / "i2b2_2010" / "txt" / f"record{k}.txt", text)
+        write(out / "i2b2_2010" / "concept" / f"record{k}.con", "\n".join(con) + "\n")
+        write(out / "i2b2_2010" / "rel" / f"record{k}.rel", "\n".join(rel) + "\n")
+        # 2012 temporal XML (1-based offsets, as in some releases)
+        t = f"Admission Date : 2020-0{k + 1}-12\n{prob.capitalize()} was treated with {treat} .\n"
+        ev1, ev2 = t.index(prob.capitalize()), t.index(treat)
+        tx = t.index("2020")
+        xml = (f'<?xml version="1.0" encoding="UTF-8" ?>\n<ClinicalNarrativeTemporalAnnotation>\n<TEXT><![CDATA[{t}]]></TEXT>\n<TAGS>\n'
+               f'<EVENT id="E0" start="{ev1 + 1}" end="{ev1 + len(prob) + 1}" text="{prob.capitalize()}" modality="FACTUAL" polarity="POS" type="PROBLEM" />\n'
+               f'<EVENT id="E1" start="{ev2 + 1}" end="{ev2 + len(treat) + 1}" text="{treat}" modality="FACTUAL" polarity="POS" type="TREATMENT" />\n'
+               f'<TIMEX3 id="T0" start="{tx + 1}" end="{tx + 11}" text="2020-0{k + 1}-12" type="DATE" val="2020-0{k + 1}-12" mod="NA" />\n'
+               f'<TLINK id="TL0" fromID="E1" fromText="{treat}" toID="E0" toText="{prob}" type="OVERLAP" />\n'
+               f'<TLINK id="TL1" fromID="E0" fromText="{prob}" toID="T0" toText="date" type="AFTER" />\n'
+               "</TAGS>\n</ClinicalNarrativeTemporalAnnotation>\n")
+        write(out / "i2b2_2012" / f"record{k}.xml", xml)
+
+
+def make_qa_nli_sts(out: Path, rng: random.Random) -> None:
+    pqa, gt = {}, {}
+    for k in range(12):
+        drug, dis = rng.choice(DRUGS), rng.choice(DISEASES)
+        dec = ["yes", "no", "maybe"][k % 3]
+        finding = {"yes": f"{drug} significantly reduced the severity of {dis}",
+                   "no": f"{drug} had no measurable effect on {dis}",
+                   "maybe": f"results for {drug} in {dis} were mixed and inconclusive"}[dec]
+        pmid = str(7000 + k)
+        pqa[pmid] = {"QUESTION": f"Does {drug} improve outcomes in {dis}?",
+                     "CONTEXTS": [f"We studied {40 + k} patients with {dis}.", f"In this trial, {finding}."],
+                     "LABELS": ["METHODS", "RESULTS"], "MESHES": [], "YEAR": "2020", "reasoning_required_pred": dec,
+                     "reasoning_free_pred": dec, "final_decision": dec, "LONG_ANSWER": finding}
+        if k >= 4:
+            gt[pmid] = dec
+    write(out / "pubmedqa" / "ori_pqal.json", json.dumps(pqa, indent=1))
+    write(out / "pubmedqa" / "test_ground_truth.json", json.dumps(gt, indent=1))
+    rows = ["id\tquestion\tpassage\tlabel"] if False else []
+    for k in range(8):
+        gene, dis = rng.choice(GENES), rng.choice(DISEASES)
+        yes = k % 2 == 0
+        passage = f"Mutations in {gene} were {'frequently' if yes else 'never'} detected in patients with {dis}."
+        rows.append(f"bioasq{k}\tIs {gene} mutated in {dis}?\t{passage}\t{'yes' if yes else 'no'}")
+    write(out / "bioasq" / "test.tsv", "\n".join(rows) + "\n")
+    for name, n in [("snli_sample", 30), ("mednli_test", 12)]:
+        lines = []
+        for k in range(n):
+            dis, drug = rng.choice(DISEASES), rng.choice(DRUGS)
+            lab = ["entailment", "neutral", "contradiction"][k % 3]
+            hyp = {"entailment": f"The patient has {dis}.", "neutral": f"The patient's {dis} is hereditary.",
+                   "contradiction": f"The patient has never had {dis}."}[lab]
+            if name == "snli_sample" and k == n - 1:
+                lab = "-"  # no annotator consensus, as in SNLI
+            lines.append(json.dumps({"sentence1": f"The patient was admitted for {dis} and received {drug}.",
+                                     "sentence2": hyp, "gold_label": lab, "pairID": f"{name}-{k}"}))
+        write(out / "nli" / f"{name}.jsonl", "\n".join(lines) + "\n")
+    for name, scale, n in [("stsb_sample", 5, 24), ("biosses_test", 4, 10)]:
+        lines = ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"]
+        for k in range(n):
+            g1, g2 = rng.sample(GENES, 2)
+            score = round(rng.uniform(0, scale), 1)
+            s2 = {True: f"{g1} regulates cell growth in tumors.", False: f"{g2} is expressed in the liver."}[score > scale / 2]
+            lines.append(f"{k}\tsynthetic\tnone\t2024\t{k}\tnone\tnone\t{g1} controls the growth of tumor cells.\t{s2}\t{score}")
+        write(out / "sts" / f"{name}.tsv", "\n".join(lines) + "\n")
+
+
+def make_blue(out: Path, rng: random.Random) -> None:
+    sets = {
+        "chemprot": (["CPR:3", "CPR:4", "CPR:5", "CPR:6", "CPR:9", "false"], "@CHEMICAL$", "@GENE$",
+                     {"CPR:3": "activates", "CPR:4": "inhibits", "CPR:5": "is an agonist of", "CPR:6": "is an antagonist of",
+                      "CPR:9": "is metabolized by", "false": "was measured alongside"}),
+        "ddi": (["DDI-advise", "DDI-effect", "DDI-int", "DDI-mechanism", "DDI-false"], "@DRUG$", "@DRUG$",
+                {"DDI-advise": "should not be combined with", "DDI-effect": "increases the sedative effect of",
+                 "DDI-int": "interacts with", "DDI-mechanism": "raises plasma levels of", "DDI-false": "and"}),
+        "gad": (["1", "0"], "@GENE$", "@DISEASE$", {"1": "polymorphisms are associated with", "0": "was not linked to"}),
+        "i2b2_2010_re": (["TrIP", "TrWP", "TrCP", "TrAP", "TrNAP", "TeRP", "TeCP", "PIP", "false"], "@treatment$", "@problem$",
+                         {"TrIP": "improved", "TrWP": "worsened", "TrCP": "caused", "TrAP": "was given for",
+                          "TrNAP": "was stopped because of", "TeRP": "revealed", "TeCP": "was ordered to evaluate",
+                          "PIP": "was complicated by", "false": "was noted with"}),
+    }
+    for name, (labels, m1, m2, verbs) in sets.items():
+        for split, n in [("train", 3 * len(labels)), ("test", 2 * len(labels))]:
+            lines = ["index\tsentence\tlabel"]
+            for k in range(n):
+                lab = labels[k % len(labels)]
+                a = m1 if not name.startswith("i2b2") or not lab.startswith("Te") else "@test$"
+                b = m2 if lab != "PIP" else "@problem$"
+                a = "@problem$" if lab == "PIP" else a
+                lines.append(f"{name}-{split}-{k}\t{a} {verbs[lab]} {b} in the reported patients .\t{lab}")
+            write(out / "blue_re" / f"{name}_{split}.tsv", "\n".join(lines) + "\n")
+    for split, n in [("train", 20), ("test", 10)]:
+        lines = ["pmid\ttext\tlabels"]
+        for k in range(n):
+            hs = rng.sample(HALLMARKS, rng.choice([0, 1, 1, 2]))
+            gene = rng.choice(GENES)
+            body = " ".join(f"Loss of {gene} {HALLMARK_CUES[h]}." for h in hs) or f"{gene} expression was measured in tissue samples."
+            lines.append(f"{8000 + k}\t{body}\t{';'.join(hs)}")
+        write(out / "hoc" / f"{split}.tsv", "\n".join(lines) + "\n")
+    lines = ["id\ttext\tlabels"]
+    for k in range(12):
+        spec = ["Cardiology", "Neurology", "Orthopedics"][k % 3]
+        cue = {"Cardiology": "chest pain and an abnormal ECG", "Neurology": "recurrent seizures and headache",
+               "Orthopedics": "a fractured left tibia"}[spec]
+        lines.append(f"mts{k}\tThe patient presented with {cue}. Follow-up was arranged.\t{spec}")
+    write(out / "dc" / "mtsamples_sample.tsv", "\n".join(lines) + "\n")
+    summ = []
+    for k in range(8):
+        drug, dis = rng.choice(DRUGS), rng.choice(DISEASES)
+        summ.append(json.dumps({"id": f"s{k}", "text": f"In a trial of {60 + k} adults with {dis}, {drug} was compared with "
+                                f"placebo for six months. Symptoms improved in the {drug} group and adverse events were rare.",
+                                "summary": f"{drug.capitalize()} improved symptoms of {dis} with few adverse events."}))
+    write(out / "summ" / "pubmedsum_sample.jsonl", "\n".join(summ) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "data" / "samples"))
+    out = Path(ap.parse_args().out)
+    rng = random.Random(20241122)
+    for f in (make_iob, make_pico, make_brat, make_bioc, make_pubtator, make_i2b2, make_qa_nli_sts, make_blue):
+        f(out, rng)
+    print(f"wrote samples under {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Unified format (golden Table 1 renderings), readers on the shipped samples, bad input, masks and packing."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnlu_jax.data import tasks as T
+from mnlu_jax.data.build import run_build
+from mnlu_jax.data.chat import ZEPHYR_TEMPLATE, render
+from mnlu_jax.data.formats import READERS
+from mnlu_jax.data.loader import make_dataset
+from mnlu_jax.data.schema import DataError, read_instances
+from mnlu_jax.data.tiny_tokenizer import instance_texts, train_tiny_tokenizer
+from mnlu_jax.data.tokenize import tokenize_all, tokenize_instance
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "data" / "samples"
+
+
+def _user(inst):
+    return next(m["content"] for m in inst.messages if m["role"] == "user")
+
+
+# ------------------------------------------------------------------ golden renderings (Table 1)
+def test_golden_ner():
+    doc = {"id": "d1", "text": "Azotemia and infection after cisplatin.",
+           "entities": [{"id": "T1", "type": "Disease", "offsets": [[0, 8]], "text": ["Azotemia"]},
+                        {"id": "T2", "type": "Disease", "offsets": [[13, 22]], "text": ["infection"]}]}
+    inst = T.ner_instance(doc, "demo", ["Disease", "Chemical"], seed=0)
+    order = inst.options
+    assert sorted(order) == ["Chemical", "Disease"]
+    assert _user(inst) == ("Extract all relevant medical named entities from the medical text below. Focus on identifying "
+                           f"following entities: {order[0]}, {order[1]}.\nMedical text: Azotemia and infection after cisplatin.")
+    lines = dict(l.split(": ", 1) for l in inst.answer.split("\n"))
+    assert lines == {"Disease": "Azotemia ... infection", "Chemical": "None"}
+    assert inst.answer.split("\n")[0].startswith(order[0])  # lines follow the shuffled label order
+    assert inst.messages[0]["role"] == "system" and inst.type == "events"
+
+
+def test_golden_re_masked():
+    doc = {"id": "7", "text": "@CHEMICAL$ inhibits @GENE$ .", "labels": ["CPR:4"]}
+    inst = T.re_masked_instances([doc], "chemprot", "chemprot", seed=1)[0]
+    head = ("What is the relation between the Chemical entity '@CHEMICAL$' and the Gene entity '@GENE$' from the "
+            "medical text below?\nMedical text: @CHEMICAL$ inhibits @GENE$ .\nOptions:\n")
+    assert _user(inst).startswith(head)
+    opts = _user(inst)[len(head):].split("\n")
+    assert opts == inst.options and len(opts) == 6 and opts[0].startswith("(A) ")
+    assert inst.answer in opts and inst.answer.endswith("'@CHEMICAL$' downregulates or inhibits '@GENE$'.")
+    assert inst.gold == {"labels": [inst.answer], "relation": "CPR:4"}
+
+
+def test_golden_nli_sts_qa_dc():
+    nli, skipped = T.nli_instances([{"id": "p", "premise": "He has a fever.", "hypothesis": "He is afebrile",
+                                     "label": "contradiction"}], "mednli")
+    assert skipped == 0
+    assert _user(nli[0]).startswith("What is the relation between the premise and hypothesis? Premise: He has a fever. "
+                                    "Hypothesis: He is afebrile.\nOptions:\n")
+    assert nli[0].answer.endswith(") Contradicts")
+    sts = T.sts_instances([{"id": "s", "text_1": "A b.", "text_2": "C d", "label": 0.2}], "biosses", "biosses")[0]
+    assert _user(sts).startswith("How similar are the two sentences below? Sentence 1: A b. Sentence 2: C d.\nOptions:\n")
+    assert sts.answer.endswith(") The two sentences are on different topics (score 0).") and len(sts.options) == 5
+    qa = T.qa_instances([{"id": "q", "question": "Is LPS a microbial product?", "context": "LPS is ...",
+                          "choices": ["yes", "no", "maybe"], "answer": ["yes"]}], "pubmedqa")[0]
+    assert _user(qa).startswith("Is LPS a microbial product?\nMedical text: LPS is ...\nOptions:\n")
+    dc = T.dc_instances([{"id": "h", "text": "x", "labels": ["Cellular energetics", "Inducing angiogenesis"]}], "hoc",
+                        T.L.HOC_HALLMARKS, "cancer hallmark")[0]
+    assert _user(dc).startswith("Which options best describe cancer hallmark from the medical text below?\nMedical text: x")
+    assert len(dc.answer.split("\n")) == 2 and dc.type == "MultiQA" and len(dc.options) == 10
+
+
+def test_golden_event_tasks():
+    docs = READERS["brat"](SAMPLES / "brat" / "sdoh")
+    inst = T.event_instances(docs, "sdoh", label_map={"Alcohol": "Alcohol use", "Tobacco": "Tobacco use"})
+    eae = next(i for i in inst if i.task == "EAE" and "Amount" in i.id)
+    assert _user(eae).startswith("What is the Amount attribute of the ")
+    assert " - Amount: " in eae.answer
+    eac = next(i for i in inst if i.task == "EAC")
+    assert " - Status: (" in eac.answer and "Options:\n(A) " in _user(eac)
+
+
+def test_shuffle_is_seeded_and_per_instance():
+    doc = {"id": "7", "text": "@DRUG$ and @DRUG$ .", "labels": ["DDI-int"]}
+    a = T.re_masked_instances([doc], "ddi", "ddi", seed=3)[0]
+    b = T.re_masked_instances([doc], "ddi", "ddi", seed=3)[0]
+    assert a.options == b.options
+    orders = {tuple(T.re_masked_instances([dict(doc, id=str(k))], "ddi", "ddi", seed=3)[0].options) for k in range(20)}
+    assert len(orders) > 5  # options really are shuffled per instance
+
+
+def test_label_expansion_and_medtuned_style():
+    doc = {"id": "g", "text": "GeneRIF text", "entities": [{"id": "T1", "type": "GENERIF", "offsets": [[0, 7]], "text": ["GeneRIF"]}]}
+    inst = T.ner_instance(doc, "x", ["GENERIF"])
+    assert "Gene reference into a function (function of a gene)" in _user(inst)
+    docs = READERS["iob"](SAMPLES / "iob" / "disease" / "test.tsv", default_type="Disease")
+    d = next(d for d in docs if d["entities"])
+    mt = T.ner_instances([d], "ncbi", ["Disease"], style="medtuned")[0]
+    assert mt.messages[0]["content"].startswith("### Instruction:\n") and "### Input:\n" in mt.messages[0]["content"]
+    first = d["entities"][0]["text"][0].split()[0]
+    assert f"{first} : B" in mt.answer and " : O" in mt.answer
+
+
+def test_ner_shots_differ():
+    docs = READERS["iob"](SAMPLES / "iob" / "disease" / "train.tsv", default_type="Disease")
+    shots = T.ner_shots(docs, "ncbi", ["Disease"], seed=0, label_map=None)
+    assert len(shots) == 2 and shots[0][1] != shots[1][1]
+    inst = T.ner_instance(docs[0], "ncbi", ["Disease"], shots=shots)
+    assert T.NER_FORMAT_EXPLANATION in _user(inst) and "Example 2:" in _user(inst)
+
+
+# ------------------------------------------------------------------ readers and bad input
+def test_every_reader_on_samples():
+    cases = {"iob": SAMPLES / "iob/jnlpba/train.tsv", "pico_tsv": SAMPLES / "pico/test.tsv", "brat": SAMPLES / "brat/ade",
+             "bioc": SAMPLES / "bioc", "pubtator": SAMPLES / "pubtator/bc5cdr_sample.txt",
+             "i2b2_2010": SAMPLES / "i2b2_2010", "i2b2_2012": SAMPLES / "i2b2_2012",
+             "pubmedqa": SAMPLES / "pubmedqa/ori_pqal.json", "nli_jsonl": SAMPLES / "nli/mednli_test.jsonl",
+             "blue_re": SAMPLES / "blue_re/gad_test.tsv", "classification_tsv": SAMPLES / "hoc/test.tsv",
+             "sts_tsv": SAMPLES / "sts/biosses_test.tsv", "qa_tsv": SAMPLES / "bioasq/test.tsv",
+             "summ_jsonl": SAMPLES / "summ/pubmedsum_sample.jsonl"}
+    assert set(cases) == set(READERS)
+    for name, path in cases.items():
+        docs = READERS[name](path)
+        assert docs, name
+        for d in docs:
+            for e in d.get("entities", []):
+                assert " ".join(d["text"][s:t] for s, t in e["offsets"]) == " ".join(e["text"]), (name, e)
+    pq = READERS["pubmedqa"](SAMPLES / "pubmedqa/ori_pqal.json", ground_truth=SAMPLES / "pubmedqa/test_ground_truth.json")
+    assert len(pq) == len(json.loads((SAMPLES / "pubmedqa/test_ground_truth.json").read_text()))
+    i12 = READERS["i2b2_2012"](SAMPLES / "i2b2_2012")  # 1-based offsets detected
+    assert i12[0]["entities"][0]["text"][0] in i12[0]["text"]
+
+
+def test_offset_mismatch_names_file_and_line(tmp_path):
+    (tmp_path / "a.txt").write_text("Aspirin caused rash.")
+    (tmp_path / "a.ann").write_text("T1\tDrug 0 7\tAspirin\nT2\tADE 15 19\trash\nT3\tADE 8 14\tcaused it\n")
+    with pytest.raises(DataError, match=r"a\.ann:3: span .*'caused'.*'caused it'"):
+        READERS["brat"](tmp_path)
+
+
+def test_bad_inputs(tmp_path):
+    bad = tmp_path / "x.tsv"
+    bad.write_text("Aspirin\tB-Chemical\ncauses\tX-Weird\n")
+    with pytest.raises(DataError, match=r"x\.tsv:2: tag 'X-Weird'"):
+        READERS["iob"](bad)
+    trunc = tmp_path / "t.tsv"
+    trunc.write_text("Aspirin\n")
+    with pytest.raises(DataError, match=r"t\.tsv:1: expected 'token<TAB>tag'"):
+        READERS["iob"](trunc)
+    with pytest.raises(DataError, match="unknown relation label 'CPR:7'"):
+        T.re_masked_instances([{"id": "1", "text": "@CHEMICAL$ x @GENE$", "labels": ["CPR:7"]}], "chemprot", "chemprot")
+    with pytest.raises(DataError, match="unknown label"):
+        T.dc_instances([{"id": "1", "text": "x", "labels": ["Nope"]}], "hoc", T.L.HOC_HALLMARKS, "cancer hallmark")
+    pt = tmp_path / "p.txt"
+    pt.write_text("1|t|Aspirin works.\n1|a|Yes.\n1\t0\t7\tAspirn\tChemical\tC1\n")
+    with pytest.raises(DataError, match=r"p\.txt:3: span"):
+        READERS["pubtator"](pt)
+    js = tmp_path / "n.jsonl"
+    js.write_text('{"sentence1": "a", "sentence2": "b", "gold_label": "entailment"}\n{"sentence1": "a"\n')
+    with pytest.raises(DataError, match=r"n\.jsonl:2: invalid JSON"):
+        READERS["nli_jsonl"](js)
+
+
+def test_empty_answer_and_zero_trainable_tokens_are_errors(tiny_tok):
+    inst = T.nli_instances([{"id": "p", "premise": "a", "hypothesis": "b", "label": "neutral"}], "x")[0][0]
+    inst.messages[-1]["content"] = "  "
+    with pytest.raises(DataError, match="instance x-p: empty assistant answer"):
+        tokenize_instance(inst, tiny_tok, ZEPHYR_TEMPLATE, 512)
+
+
+# ------------------------------------------------------------------ builder, tokenization, packing
+@pytest.fixture(scope="module")
+def sample_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mix")
+    stats = run_build(ROOT / "configs/data/sample.yaml", out)
+    return out, stats
+
+
+@pytest.fixture(scope="module")
+def tiny_tok(sample_build):
+    out, _ = sample_build
+    inst = [i for f in sorted(out.glob("train-*.jsonl")) for i in read_instances(f)]
+    return train_tiny_tokenizer(instance_texts(inst), vocab_size=400)
+
+
+def test_sample_mix_covers_all_tasks(sample_build):
+    out, stats = sample_build
+    assert {"NER", "ETE", "EAE", "EAC", "DC", "RE", "NLI", "STS", "SUM"} <= set(stats["tasks"])
+    assert "QA" not in stats["tasks"]  # held out, as in the paper
+    assert stats["datasets"]["snli"]["skipped_unlabeled"] == 1
+    assert stats["datasets"]["snli"]["instances"] == round(0.5 * stats["datasets"]["snli"]["available"])
+    assert (out / "stats.md").read_text().startswith("| dataset | task |")
+    again = run_build(ROOT / "configs/data/sample.yaml", out.parent / "again")
+    a = (out / "train-00000-of-00001.jsonl").read_text()
+    assert a == (out.parent / "again" / "train-00000-of-00001.jsonl").read_text()  # reproducible
+    assert again == stats
+
+
+def test_ablation_total_split_equally_over_tasks(tmp_path):
+    stats = run_build(ROOT / "configs/data/sample.yaml", tmp_path / "abl",
+                      ["total_instances=60", "balance=task", "tasks=[NER, RE, DC]"])
+    by = stats["tasks"]
+    assert set(by) == {"NER", "RE", "DC"}
+    assert all(abs(n - 20) <= 2 for n in by.values()), by
+    stats = run_build(ROOT / "configs/data/sample.yaml", tmp_path / "clin", ["domains=[clinical]"])
+    assert "stsb" not in stats["datasets"] and "n2c2_2018_ade_ner" in stats["datasets"]
+
+
+def test_assistant_mask_covers_exactly_the_answer(sample_build, tiny_tok):
+    out, _ = sample_build
+    inst = next(read_instances(out / "train-00000-of-00001.jsonl"))
+    t = tokenize_instance(inst, tiny_tok, ZEPHYR_TEMPLATE, 2048)
+    answer_text = tiny_tok.decode(t.ids[t.loss_mask])
+    assert answer_text == inst.answer + "</s>\n"
+    prompt_text = tiny_tok.decode(t.ids[~t.loss_mask])
+    assert prompt_text == render(tiny_tok, inst.messages[:-1], ZEPHYR_TEMPLATE, True)
+
+
+def test_truncation_keeps_answer_and_generation_prompt(sample_build, tiny_tok):
+    out, _ = sample_build
+    inst = next(i for i in read_instances(out / "train-00000-of-00001.jsonl") if i.task == "RE")
+    full = tokenize_instance(inst, tiny_tok, ZEPHYR_TEMPLATE, 4096)
+    t = tokenize_instance(inst, tiny_tok, ZEPHYR_TEMPLATE, len(full.ids) - 10)
+    assert t.truncated and len(t.ids) == len(full.ids) - 10
+    np.testing.assert_array_equal(t.ids[t.loss_mask], full.ids[full.loss_mask])
+    assert tiny_tok.decode(t.ids[~t.loss_mask]).endswith("<|assistant|>\n")
+
+
+def test_packing_segments_and_iterator_restore(sample_build, tiny_tok):
+    out, _ = sample_build
+    inst = list(read_instances(out / "train-00000-of-00001.jsonl"))
+    examples, _ = tokenize_all(inst, tiny_tok, "zephyr", 257)
+    ds = make_dataset(examples, seq_len=256, global_batch=4, seed=0, epochs=1)
+    it = iter(ds)
+    first = next(it)
+    seg, pos = first["segment_ids"], first["positions"]
+    assert first["inputs"].shape == (4, 256)
+    for row in range(4):
+        for s in set(seg[row]) - {0}:
+            idx = np.where(seg[row] == s)[0]
+            assert (np.diff(idx) == 1).all() and (pos[row, idx] == np.arange(len(idx))).all()
+        assert (first["weights"][row][seg[row] == 0] == 0).all()
+    # every packed segment equals one tokenized example
+    lens = {len(e["inputs"]) for e in examples}
+    assert all(int((seg[r] == s).sum()) in lens for r in range(4) for s in set(seg[r]) - {0})
+    state = it.get_state()
+    nxt = [next(it) for _ in range(2)]
+    it2 = iter(make_dataset(examples, seq_len=256, global_batch=4, seed=0, epochs=1))
+    it2.set_state(json.loads(json.dumps(state)))  # the state survives JSON (it is saved with checkpoints)
+    for a in nxt:
+        b = next(it2)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    # process slices: 2 processes see the two halves of the same global batch
+    p0 = next(iter(make_dataset(examples, 256, 4, 0, 1, process_index=0, process_count=2)))
+    p1 = next(iter(make_dataset(examples, 256, 4, 0, 1, process_index=1, process_count=2)))
+    np.testing.assert_array_equal(np.concatenate([p0["inputs"], p1["inputs"]]), first["inputs"])
