@@ -319,6 +319,20 @@ def make_blue(out: Path, rng: random.Random) -> None:
     write(out / "summ" / "pubmedsum_sample.jsonl", "\n".join(summ) + "\n")
 
 
+EVAL_LAYOUT = {  # eval-set layout of `mnlu-jax build-eval --data-root` <- sample file
+    "BC2GM-IOB/train.tsv": "iob/gene/train.tsv", "BC2GM-IOB/test.tsv": "iob/gene/test.tsv",
+    "BC5CDR-chem-IOB/train.tsv": "iob/chemical/train.tsv", "BC5CDR-chem-IOB/test.tsv": "iob/chemical/test.tsv",
+    "BC5CDR-disease-IOB/train.tsv": "iob/disease/train.tsv", "BC5CDR-disease-IOB/test.tsv": "iob/disease/test.tsv",
+    "NCBI-disease-IOB/train.tsv": "iob/disease/train.tsv", "NCBI-disease-IOB/test.tsv": "iob/disease/test.tsv",
+    "JNLPBA/train.tsv": "iob/jnlpba/train.tsv", "JNLPBA/test.tsv": "iob/jnlpba/test.tsv",
+    "ebmnlp/test.tsv": "pico/test.tsv", "HoC/test.tsv": "hoc/test.tsv",
+    "pubmedqa/ori_pqal.json": "pubmedqa/ori_pqal.json", "pubmedqa/test_ground_truth.json": "pubmedqa/test_ground_truth.json",
+    "BioASQ/test.tsv": "bioasq/test.tsv", "GAD/test.tsv": "blue_re/gad_test.tsv", "DDI/test.tsv": "blue_re/ddi_test.tsv",
+    "ChemProt/test.tsv": "blue_re/chemprot_test.tsv", "i2b2-2010/test.tsv": "blue_re/i2b2_2010_re_test.tsv",
+    "mednli/mli_test_v1.jsonl": "nli/mednli_test.jsonl", "BIOSSES/test.tsv": "sts/biosses_test.tsv",
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "data" / "samples"))
@@ -326,7 +340,10 @@ def main() -> None:
     rng = random.Random(20241122)
     for f in (make_iob, make_pico, make_brat, make_bioc, make_pubtator, make_i2b2, make_qa_nli_sts, make_blue):
         f(out, rng)
-    print(f"wrote samples under {out}")
+    eval_root = out.parent / "eval_samples"
+    for dst, src in EVAL_LAYOUT.items():
+        write(eval_root / dst, (out / src).read_text(encoding="utf-8"))
+    print(f"wrote samples under {out} and the eval layout under {eval_root}")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,10 @@ def test_golden_re_masked():
     opts = _user(inst)[len(head):].split("\n")
     assert opts == inst.options and len(opts) == 6 and opts[0].startswith("(A) ")
     assert inst.answer in opts and inst.answer.endswith("'@CHEMICAL$' downregulates or inhibits '@GENE$'.")
-    assert inst.gold == {"labels": [inst.answer], "relation": "CPR:4"}
+    assert inst.gold["labels"] == [inst.answer] and inst.gold["relation"] == "CPR:4"
+    k = inst.options.index(inst.answer)
+    assert inst.gold["option_labels"][k] == "CPR:4"
+    assert inst.gold["option_keys"][k] == "'X' downregulates or inhibits 'Y'."
 
 
 def test_golden_nli_sts_qa_dc():

@@ -214,7 +214,10 @@ def event_instances(docs: list[dict], dataset: str, seed: int = 0, label_map: di
 # ---------------------------------------------------------------------------------------------------------
 def _choice_instance(iid: str, dataset: str, task: str, user_head: str, options: list[str], gold_options: list[str],
                      rng: random.Random, style: str, scoring_type: str | None = None,
-                     extra_gold: dict | None = None) -> Instance:
+                     extra_gold: dict | None = None, labels: dict[str, tuple[str, str]] | None = None) -> Instance:
+    """`labels` maps an option text to (paper key, raw label); by default both are the option text. The paper's
+    scorer groups counts by key; the official scorers use raw labels (e.g. CPR:4). Both are stored in `gold`,
+    aligned with the shuffled, lettered options."""
     for g in gold_options:
         if g not in options:
             raise DataError(f"{dataset}: instance {iid}: gold label {g!r} is not among the options {options}")
@@ -229,7 +232,9 @@ def _choice_instance(iid: str, dataset: str, task: str, user_head: str, options:
         msgs = _messages(user, answer, system=False)
     else:
         msgs = _messages(f"{user_head}\nOptions:\n" + "\n".join(lettered), answer)
-    gold = {"labels": gold_lines, **(extra_gold or {})}
+    gold = {"labels": gold_lines,
+            "option_keys": [(labels or {}).get(o, (o, o))[0] for o in order],
+            "option_labels": [(labels or {}).get(o, (o, o))[1] for o in order], **(extra_gold or {})}
     return Instance(id=iid, dataset=dataset, task=task, type=scoring_type or SCORING_TYPE[task], options=lettered,
                     messages=msgs, gold=gold)
 
@@ -271,11 +276,12 @@ def re_masked_instances(docs: list[dict], dataset: str, relation_set: str, seed:
         if label not in templates:
             raise DataError(f"{dataset}: sentence {d['id']}: unknown relation label {label!r}; expected {list(templates)}")
         options = [t.format(e1=e1, e2=e2) for t in templates.values()]
+        keys = {t.format(e1=e1, e2=e2): (t.format(e1="X", e2="Y"), lab) for lab, t in templates.items()}
         head = (f"What is the relation between the {t1} entity '{e1}' and the {t2} entity '{e2}' from the medical "
                 f"text below?\nMedical text: {d['text']}")
         out.append(_choice_instance(f"{dataset}-{d['id']}", dataset, "RE", head, options,
                                     [templates[label].format(e1=e1, e2=e2)], instance_rng(seed, dataset, d["id"]),
-                                    style, extra_gold={"relation": label}))
+                                    style, extra_gold={"relation": label}, labels=keys))
     return out
 
 
@@ -314,6 +320,9 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
             e1, e2 = " ".join(ents[a]["text"]), " ".join(ents[b]["text"])
             t1, t2 = L.expand(ents[a]["type"], label_map), L.expand(ents[b]["type"], label_map)
             options = [f"'{e1}' {L.expand(t, label_map)} '{e2}'." for t in types] + [L.NO_RELATION.format(e1=e1, e2=e2)]
+            keys = {o: (k, lab) for o, k, lab in zip(
+                options, [f"'X' {L.expand(t, label_map)} 'Y'." for t in types] + [L.NO_RELATION.format(e1="X", e2="Y")],
+                list(types) + ["none"])}
             gold = options[types.index(typ)] if typ else options[-1]
             if len(set(options)) != len(options):
                 continue  # identical mentions on both sides make the options ambiguous
@@ -321,7 +330,7 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
                     f"text below?\nMedical text: {d['text']}")
             out.append(_choice_instance(f"{dataset}-{d['id']}-{rid}", dataset, "RE", head, options, [gold],
                                         instance_rng(seed, dataset, f"{d['id']}-{rid}"), style,
-                                        extra_gold={"relation": typ or "none"}))
+                                        extra_gold={"relation": typ or "none"}, labels=keys))
     return out
 
 
@@ -348,7 +357,8 @@ def nli_instances(docs: list[dict], dataset: str, seed: int = 0, style: str = "m
         head = (f"What is the relation between the premise and hypothesis? Premise: {_sentence(d['premise'])}. "
                 f"Hypothesis: {_sentence(d['hypothesis'])}.")
         out.append(_choice_instance(f"{dataset}-{d['id']}", dataset, "NLI", head, opts, [L.NLI_OPTIONS[lab]],
-                                    instance_rng(seed, dataset, d["id"]), style))
+                                    instance_rng(seed, dataset, d["id"]), style,
+                                    labels={v: (v, k) for k, v in L.NLI_OPTIONS.items()}))
     return out, skipped
 
 
@@ -365,7 +375,8 @@ def sts_instances(docs: list[dict], dataset: str, scale: str, seed: int = 0, sty
         head = (f"How similar are the two sentences below? Sentence 1: {_sentence(d['text_1'])}. "
                 f"Sentence 2: {_sentence(d['text_2'])}.")
         out.append(_choice_instance(f"{dataset}-{d['id']}", dataset, "STS", head, opts, [opts[k]],
-                                    instance_rng(seed, dataset, d["id"]), style, extra_gold={"score": score}))
+                                    instance_rng(seed, dataset, d["id"]), style, extra_gold={"score": score},
+                                    labels={o: (o, str(i)) for i, o in enumerate(opts)}))
     return out
 
 

@@ -1,0 +1,96 @@
+"""Subcommands of the evaluation stage: build-eval, score, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mnlu_jax.decode.engine import DecodeConfig
+
+
+def run_evaluate(model, eval_dir: str | Path, out: str | Path, decode: DecodeConfig, chat_template: str | None = None,
+                 drop_system: bool = False, dtype: str = "float32", system_name: str = "ours",
+                 tokenizer=None, config=None, names: list[str] | None = None, progress: bool = True) -> dict:
+    """Decode every eval set in `eval_dir` (resumable per set) into `out/predictions/`, then score into `out/`.
+
+    `model` is a checkpoint path (ours, HF or GGUF) or a params pytree (then pass `config` and `tokenizer`)."""
+    from mnlu_jax.decode.engine import cast_params
+    from mnlu_jax.decode.generate import run_generate
+    from mnlu_jax.evaluate.score import run_score
+    from mnlu_jax.weights.convert import load_model, load_tokenizer
+
+    eval_dir, out = Path(eval_dir), Path(out)
+    manifest = json.loads((eval_dir / "manifest.json").read_text())
+    if isinstance(model, (str, Path)):
+        params, config, tok_src = load_model(model)
+        tokenizer = tokenizer or load_tokenizer(tok_src)
+    else:
+        params = model
+    params = cast_params(params, dtype)
+    pred_dir = out / "predictions"
+    stats = {}
+    for name, info in manifest["sets"].items():
+        if names and name not in names:
+            continue
+        stats[name] = run_generate(params, eval_dir / info["file"], pred_dir / info["file"], decode,
+                                   chat_template=chat_template, dtype=dtype, drop_system=drop_system,
+                                   tokenizer=tokenizer, config=config, progress=progress)
+    run_score({system_name: pred_dir}, out, manifest=eval_dir / "manifest.json")
+    (out / "generation_stats.json").write_text(json.dumps(stats, indent=2, default=str))
+    return stats
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build-eval", help="build the BLURB/BLUE test sets in the unified format")
+    p.add_argument("--benchmark", choices=["blurb", "blue", "all"], default="all")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--shots", type=int, default=0, help="in-context examples for NER (the paper used 2 for baselines)")
+    p.add_argument("--seed", type=int, default=0)
+
+    def build(a):
+        from mnlu_jax.evaluate.sets import build_eval
+
+        m = build_eval(a.benchmark, a.data_root, a.out, a.shots, a.seed)
+        print(f"built {len(m['sets'])} sets, skipped {len(m['skipped'])}; manifest in {a.out}/manifest.json")
+        return 0
+
+    p.set_defaults(func=build)
+
+    s = sub.add_parser("score", help="score predictions (paper and official modes) and write the Table 5 report")
+    s.add_argument("--predictions", nargs="+", required=True, help="FILE_OR_DIR or NAME=FILE_OR_DIR (several systems)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--manifest", help="eval-set manifest.json (gold counts beside the paper's)")
+
+    def score(a):
+        from mnlu_jax.evaluate.score import markdown, run_score, table5
+
+        preds = dict(x.split("=", 1) if "=" in x else ("ours", x) for x in a.predictions)
+        results = run_score(preds, a.out, a.manifest)
+        print(markdown(table5(results, "paper")))
+        return 0
+
+    s.set_defaults(func=score)
+
+    e = sub.add_parser("evaluate", help="decode the eval sets with a model, then score (resumable)")
+    e.add_argument("--model", required=True)
+    e.add_argument("--eval-dir", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--max-new-tokens", type=int, default=256)
+    e.add_argument("--buckets", default="128,256,512,1024,2048")
+    e.add_argument("--chat-template", default="tokenizer")
+    e.add_argument("--drop-system", action="store_true")
+    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    e.add_argument("--name", default="ours", help="system name in the report")
+
+    def evaluate(a):
+        from mnlu_jax.evaluate.score import markdown, table5
+        dc = DecodeConfig(batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
+                          buckets=tuple(int(x) for x in a.buckets.split(",")), prefill_batch=min(4, a.batch_size))
+        run_evaluate(a.model, a.eval_dir, a.out, dc, a.chat_template, a.drop_system, a.dtype, a.name)
+        print((Path(a.out) / "table5_paper.md").read_text())
+        return 0
+
+    e.set_defaults(func=evaluate)

@@ -1,0 +1,254 @@
+"""Parsers (fuzzed), metrics in both modes (hand-computed and cross-checked), report and build-eval."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from mnlu_jax.data import tasks as T
+from mnlu_jax.evaluate import parse as P
+from mnlu_jax.evaluate.metrics import score_records
+from mnlu_jax.evaluate.score import aggregates, run_score
+from mnlu_jax.evaluate.sets import build_eval
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rec(inst, prediction):
+    d = json.loads(inst.to_json())
+    d["prediction"] = prediction
+    return d
+
+
+def ner(text, ents, types, did="d"):
+    doc = {"id": did, "text": text, "entities": [
+        {"id": f"T{i}", "type": t, "offsets": [[text.index(s), text.index(s) + len(s)]], "text": [s]}
+        for i, (t, s) in enumerate(ents)]}
+    return T.ner_instance(doc, "ner", types)
+
+
+# ------------------------------------------------------------------ parsers never raise
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_parsers_never_raise(s):
+    spans, ok = P.parse_spans(s, ["Disease", "Cell line", "Cell"])
+    assert set(spans) == {"Disease", "Cell line", "Cell"} and isinstance(ok, bool)
+    opts = ["(A) yes", "(B) no", "(C) maybe"]
+    for f in (P.first_option_in_option_order, P.first_option_in_text):
+        i = f(s, opts)
+        assert i is None or 0 <= i < 3
+    assert all(0 <= i < 3 for i in P.options_in_text(s, opts))
+
+
+def test_parse_spans_rules():
+    out, ok = P.parse_spans("Cell line: HeLa ... Jurkat\nDisease: None\nnoise", ["Disease", "Cell line", "Cell"])
+    assert ok and out == {"Disease": [], "Cell line": ["HeLa", "Jurkat"], "Cell": []}
+    assert P.parse_spans("I cannot help", ["Disease"])[1] is False
+    assert P.parse_spans("None", ["Disease"]) == ({"Disease": []}, True)
+
+
+# ------------------------------------------------------------------ NER / PICO
+def test_ner_paper_and_official_hand_computed():
+    i1 = ner("aspirin caused renal failure and rash", [("Disease", "renal failure"), ("Disease", "rash")], ["Disease", "Chemical"])
+    i2 = ner("no findings here", [], ["Disease", "Chemical"], did="e")
+    recs = [rec(i1, "Disease: renal failure ... fever\nChemical: aspirin"), rec(i2, "Disease: None\nChemical: None")]
+    paper = score_records(recs, "paper")
+    # Disease: NT 2, NP 2, TP 1; Chemical: NT 0, NP 1, TP 0 -> left out of Overall (NT = 0)
+    assert paper["per_key"]["Disease"]["TP"] == 1 and paper["per_key"]["Chemical"]["NP"] == 1
+    assert paper["overall"]["NT"] == 2 and paper["overall"]["NP"] == 2 and paper["score"] == pytest.approx(50.0)
+    off = score_records(recs, "official")
+    # untyped: gold 2, predicted 3, TP 1 -> P 1/3, R 1/2, F1 0.4
+    assert off["score"] == pytest.approx(40.0)
+    # relaxed: 'renal failure' also overlaps nothing else; 'fever' overlaps nothing -> same here
+    assert off["relaxed"]["F1"] == pytest.approx(40.0)
+    assert paper["errors"][0]["fp"] == {"Disease": ["fever"], "Chemical": ["aspirin"]}
+
+
+def test_relaxed_ner_counts_overlaps():
+    i = ner("mouse Id - 1 binds", [("Gene", "mouse Id - 1")], ["Gene"])
+    r = score_records([rec(i, "Gene: Id - 1")], "official")
+    assert r["score"] == 0.0 and r["relaxed"]["F1"] == 100.0
+
+
+def test_official_ner_agrees_with_seqeval():
+    from seqeval.metrics import f1_score
+
+    sents = [("a b c d e", [("Gene", "b c")], "Gene: b c ... e"), ("f g h", [("Gene", "f"), ("Gene", "h")], "Gene: g ... h"),
+             ("i j", [], "Gene: j")]
+    recs, ytrue, ypred = [], [], []
+    for k, (text, gold, pred) in enumerate(sents):
+        recs.append(rec(ner(text, gold, ["Gene"], did=str(k)), pred))
+        toks = text.split()
+
+        def tags(spans):
+            t = ["O"] * len(toks)
+            for s in spans:
+                w = s.split()
+                j = next(j for j in range(len(toks)) if toks[j:j + len(w)] == w)
+                t[j] = "B-Gene"
+                for q in range(j + 1, j + len(w)):
+                    t[q] = "I-Gene"
+            return t
+
+        ytrue.append(tags([s for _, s in gold]))
+        ypred.append(tags(P.parse_spans(pred, ["Gene"])[0]["Gene"]))
+    assert score_records(recs, "official")["score"] == pytest.approx(100 * f1_score(ytrue, ypred))
+
+
+def test_pico_token_level():
+    doc = {"id": "p", "text": "adults with asthma took aspirin", "entities": [
+        {"id": "T1", "type": "Participants", "offsets": [[0, 18]], "text": ["adults with asthma"]},
+        {"id": "T2", "type": "Interventions", "offsets": [[24, 31]], "text": ["aspirin"]}]}
+    i = T.ner_instance(doc, "pico", ["Participants", "Interventions", "Outcomes"], scoring_type="PICO")
+    r = rec(i, "Participants: adults with asthma\nInterventions: aspirin daily\nOutcomes: None")
+    paper = score_records([r], "paper")
+    # words: P gold 3 pred 3 tp 3; I gold 1 pred 2 tp 1 -> micro NT 4, NP 5, TP 4
+    assert paper["overall"]["TP"] == 4 and paper["overall"]["NP"] == 5
+    off = score_records([r], "official")
+    # macro over the three types: P 100, I 2*1*.5/1.5 = 66.7, O 0 (no gold, no pred -> F1 0)
+    assert off["score"] == pytest.approx((100 + 200 / 3 + 0) / 3)
+
+
+# ------------------------------------------------------------------ sequence tasks
+def test_classification_paper_quirk_first_option_and_official_micro():
+    from sklearn.metrics import f1_score
+
+    docs = [{"id": str(k), "text": f"@CHEMICAL$ x{k} @GENE$ .", "labels": [lab]}
+            for k, lab in enumerate(["CPR:3", "CPR:4", "false", "CPR:9", "false", "CPR:3"])]
+    inst = T.re_masked_instances(docs, "chemprot", "chemprot", seed=0)
+    gold_lab = [d["labels"][0] for d in docs]
+    pick = ["CPR:3", "CPR:9", "false", "CPR:9", "CPR:4", None]  # last: no letter at all
+    recs = []
+    for i, p in zip(inst, pick):
+        if p is None:
+            recs.append(rec(i, "I am not sure."))
+        else:
+            recs.append(rec(i, i.options[i.gold["option_labels"].index(p)]))
+    off = score_records(recs, "official")
+    y_pred = [p if p is not None else "false" for p in pick]
+    positives = ["CPR:3", "CPR:4", "CPR:5", "CPR:6", "CPR:9"]
+    assert off["score"] == pytest.approx(100 * f1_score(gold_lab, y_pred, labels=positives, average="micro"))
+    assert off["unparseable"] == 1
+    paper = score_records(recs, "paper")
+    # the quirk: no letter -> options[0]; the no-relation key is left out of Overall
+    fallback = recs[-1]["gold"]["option_keys"][0]
+    assert paper["per_key"][fallback]["NP"] >= 1
+    assert paper["overall"]["NT"] == 4  # 6 gold minus the 2 negatives
+
+
+def test_qa_nli_substring_and_accuracy():
+    qa = T.qa_instances([{"id": str(k), "question": "q?", "context": "c", "choices": ["yes", "no", "maybe"],
+                          "answer": [a]} for k, a in enumerate(["yes", "no", "maybe", "yes"])], "pubmedqa")
+    preds = [qa[0].answer, "The answer is " + qa[1].answer + " because", "maybe", "(Z) nonsense"]
+    recs = [rec(i, p) for i, p in zip(qa, preds)]
+    paper = score_records(recs, "paper")
+    assert paper["score"] == pytest.approx(50.0)  # 'maybe' alone is not the gold option string "(X) maybe"
+    off = score_records(recs, "official")
+    assert off["score"] == pytest.approx(75.0)  # official falls back to the option wording
+    assert off["unparseable"] == 1
+
+
+def test_hoc_micro_and_blue_example_based():
+    from sklearn.metrics import f1_score
+
+    labels = T.L.HOC_HALLMARKS
+    golds = [[labels[0], labels[1]], [labels[2]], []]
+    inst = T.dc_instances([{"id": str(k), "text": "t", "labels": g} for k, g in enumerate(golds)], "hoc", labels, "cancer hallmark")
+    picks = [[labels[0]], [labels[2], labels[3]], []]
+    recs = []
+    for i, p in zip(inst, picks):
+        lines = [o for o in i.options if o.split(") ", 1)[1] in p]
+        recs.append(rec(i, "\n".join(lines) or "None"))
+    Y = np.array([[l in g for l in labels] for g in golds])
+    Yp = np.array([[l in p for l in labels] for p in picks])
+    off = score_records(recs, "official")
+    assert off["score"] == pytest.approx(100 * f1_score(Y, Yp, average="micro"))
+    # BLUE example-based: p = (1 + .5 + 1)/3, r = (.5 + 1 + 1)/3
+    p, r = 2.5 / 3, 2.5 / 3
+    assert off["blue_example_f1"] == pytest.approx(100 * 2 * p * r / (p + r))
+
+
+def test_sts_pearson_matches_scipy():
+    from scipy.stats import pearsonr
+
+    scores = [0.4, 1.2, 2.6, 3.8, 3.1]
+    inst = T.sts_instances([{"id": str(k), "text_1": "a", "text_2": "b", "label": s} for k, s in enumerate(scores)],
+                           "biosses", "biosses")
+    pred_scores = [0, 2, 2, 4, 4]
+    recs = [rec(i, next(o for o, l in zip(i.options, i.gold["option_labels"]) if int(l) == p)) for i, p in zip(inst, pred_scores)]
+    assert score_records(recs, "official")["score"] == pytest.approx(100 * pearsonr(scores, pred_scores)[0])
+    gold_int = [round(s) for s in scores]
+    assert score_records(recs, "paper")["score"] == pytest.approx(100 * pearsonr(gold_int, pred_scores)[0])
+
+
+# ------------------------------------------------------------------ whole sets: perfect = 100, garbage = 0
+@pytest.fixture(scope="module")
+def eval_sets(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    build_eval("all", ROOT / "data/eval_samples", out, log=lambda s: None)
+    return out
+
+
+def _with_predictions(eval_dir, out_dir, fn):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in eval_dir.glob("*.jsonl"):
+        with open(out_dir / f.name, "w") as w:
+            for line in f.read_text().splitlines():
+                r = json.loads(line)
+                r["prediction"] = fn(r)
+                w.write(json.dumps(r) + "\n")
+
+
+def test_perfect_predictions_score_100_and_garbage_0(eval_sets, tmp_path):
+    _with_predictions(eval_sets, tmp_path / "perfect", lambda r: r["messages"][-1]["content"])
+    _with_predictions(eval_sets, tmp_path / "garbage", lambda r: "\x00 lorem ipsum ((( ")
+    _with_predictions(eval_sets, tmp_path / "empty", lambda r: "")
+    res = run_score({"perfect": tmp_path / "perfect", "garbage": tmp_path / "garbage", "empty": tmp_path / "empty"},
+                    tmp_path / "report", manifest=eval_sets / "manifest.json")
+    for name, d in res["perfect"]["datasets"].items():
+        for mode in ("paper", "official"):
+            if name == "BioSSES" and mode == "official":
+                continue  # ordinal options against the annotators' mean score: below 100 by construction
+            assert d[mode]["score"] == pytest.approx(100.0), (name, mode)
+    from scipy.stats import pearsonr
+
+    bs = [json.loads(l) for l in (eval_sets / "BioSSES.jsonl").read_text().splitlines()]
+    g = [r["gold"]["score"] for r in bs]
+    assert res["perfect"]["datasets"]["BioSSES"]["official"]["score"] == pytest.approx(
+        100 * pearsonr(g, [round(x) for x in g])[0])
+    for sysname in ("garbage", "empty"):
+        for name, d in res[sysname]["datasets"].items():
+            if name in ("PubMedQA", "BioASQ", "MedNLI") or d["paper"].get("pearson") is not None:
+                continue  # accuracy/pearson of a constant fallback is not 0 by construction
+            assert d["official"]["score"] == pytest.approx(0.0), (sysname, name)
+    assert res["perfect"]["aggregates_paper"]["BLURB score"] == pytest.approx(100.0)
+    assert res["perfect"]["datasets"]["BC2GM"]["gold_count"] == 10
+    md = (tmp_path / "report" / "table5_paper.md").read_text()
+    assert "| NER | Entity-level F1 | BC2GM † | 6,322 |" in md and "61.5" in md
+    assert (tmp_path / "report" / "scores_paper.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "table5_official.csv").exists()
+
+
+def test_aggregates():
+    s = {n: 50.0 for n in ["BC5-chemical", "BC5-disease", "NCBI-disease", "BC2GM", "JNLPBA", "EBM PICO", "ChemProt",
+                           "DDI", "GAD", "BioSSES", "HoC", "PubMedQA", "BioASQ"]}
+    s["HoC"] = 80.0
+    a = aggregates(s)
+    assert a["BLURB score"] == pytest.approx((50 * 5 + 80) / 6)
+    assert a["BLURB macro avg (paper)"] == pytest.approx((50 * 12 + 80) / 13)
+    assert aggregates({"HoC": 1.0})["BLURB score"] is None  # not all six types present
+
+
+def test_build_eval_counts_and_skips(tmp_path):
+    logs = []
+    m = build_eval("blue", ROOT / "data/eval_samples", tmp_path / "e", log=logs.append)
+    assert set(m["sets"]) == {"BC5-chemical", "BC5-disease", "HoC", "DDI", "ChemProt", "i2b2-2010", "MedNLI", "BioSSES"}
+    assert m["sets"]["BC5-chemical"]["paper_count"] == 5385
+    m = build_eval("all", tmp_path / "nothing", tmp_path / "e2", log=logs.append)
+    assert not m["sets"] and "MedNLI" in m["skipped"]
+    assert any("skip MedNLI: expected" in l and "restricted" in l for l in logs)
+    m = build_eval("blurb", ROOT / "data/eval_samples", tmp_path / "e3", shots=2, log=logs.append)
+    first = json.loads((tmp_path / "e3" / "BC2GM.jsonl").read_text().splitlines()[0])
+    assert "Example 2:" in first["messages"][1]["content"]
