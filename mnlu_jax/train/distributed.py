@@ -1,0 +1,31 @@
+"""Multi-host setup: `jax.distributed.initialize` for TPU pods, SLURM GPU clusters or an explicit coordinator.
+
+- TPU VM pods: `jax.distributed.initialize()` reads the TPU metadata itself.
+- SLURM: coordinator = first host of SLURM_JOB_NODELIST (port MNLU_COORDINATOR_PORT, default 12355), process id
+  SLURM_PROCID, count SLURM_NTASKS (jax's own SLURM cluster detection does the same).
+- explicit: MNLU_COORDINATOR=host:port, MNLU_NUM_PROCESSES, MNLU_PROCESS_ID (used by launch/local_multiprocess.sh;
+  on CPU also set MNLU_CPU_COLLECTIVES=gloo).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+
+def initialize(mode: str = "auto") -> None:
+    if mode == "none":
+        return
+    if os.environ.get("MNLU_CPU_COLLECTIVES"):
+        jax.config.update("jax_cpu_collectives_implementation", os.environ["MNLU_CPU_COLLECTIVES"])
+    if "MNLU_COORDINATOR" in os.environ:
+        jax.distributed.initialize(coordinator_address=os.environ["MNLU_COORDINATOR"],
+                                   num_processes=int(os.environ["MNLU_NUM_PROCESSES"]),
+                                   process_id=int(os.environ["MNLU_PROCESS_ID"]))
+        return
+    if mode == "explicit":
+        raise ValueError("distributed=explicit needs MNLU_COORDINATOR, MNLU_NUM_PROCESSES and MNLU_PROCESS_ID")
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES") or \
+            os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()  # jax detects SLURM and TPU pods from the environment

@@ -1,0 +1,272 @@
+"""The training loop: mesh, sharded state, data, Orbax checkpoints with resume, preemption, logging.
+
+Read top to bottom: setup -> (restore) -> for each batch: step, log, maybe checkpoint -> final save/export.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from mnlu_jax.config import save_config
+from mnlu_jax.data.loader import count_batches, make_dataset
+from mnlu_jax.data.schema import read_instances
+from mnlu_jax.data.tokenize import tokenize_all
+from mnlu_jax.model.config import ModelConfig
+from mnlu_jax.model.mistral import init_params
+from mnlu_jax.sharding import batch_sharding, make_mesh, param_shardings
+from mnlu_jax.train import distributed
+from mnlu_jax.train.config import TrainConfig
+from mnlu_jax.train.step import flops_per_token, make_optimizer, peak_tflops, train_step
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def _instances(path: str | Path):
+    p = Path(path)
+    files = sorted(p.glob("train-*.jsonl")) if p.is_dir() else [p]
+    if not files:
+        raise FileNotFoundError(f"data.path {p}: no train-*.jsonl shards (run mnlu-jax build-data first)")
+    return [i for f in files for i in read_instances(f)]
+
+
+def load_model_and_tokenizer(cfg: TrainConfig, instances, out: Path):
+    from mnlu_jax.weights.convert import load_model, load_tokenizer
+
+    m = cfg.model
+    if m.source == "random":
+        if not m.config:
+            raise ValueError("model.source=random needs model.config (ModelConfig fields)")
+        config = ModelConfig(**m.config)
+        params = jax.tree_util.tree_map(np.asarray, init_params(config, jax.random.PRNGKey(cfg.seed), m.param_dtype))
+        if m.tokenizer:
+            tok = load_tokenizer(m.tokenizer)
+        else:
+            from mnlu_jax.data.tiny_tokenizer import instance_texts, train_tiny_tokenizer
+
+            tok = train_tiny_tokenizer(instance_texts(instances), vocab_size=min(m.tokenizer_vocab, config.vocab_size))
+        tok_src = None
+    else:
+        params, config, tok_src = load_model(m.source, dtype=m.param_dtype)
+        tok = load_tokenizer(m.tokenizer or tok_src)
+    if len(tok) > config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tok)} tokens but the model's vocabulary is {config.vocab_size}")
+    config = config.replace(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, remat_policy=m.remat_policy,
+                            scan_layers=m.scan_layers)
+    if jax.process_index() == 0:
+        tok.save_pretrained(str(out / "tokenizer"))
+    return params, config, tok, tok_src
+
+
+def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
+    import orbax.checkpoint as ocp
+
+    distributed.initialize(cfg.distributed)
+    out = Path(cfg.output_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        save_config(cfg, out / "config.yaml")
+
+    instances = _instances(cfg.data.path)
+    params, config, tok, tok_src = load_model_and_tokenizer(cfg, instances, out)
+    examples, trunc = tokenize_all(instances, tok, cfg.data.chat_template, cfg.data.max_seq_length + 1)
+    seq = cfg.data.max_seq_length
+    steps_per_run = count_batches(examples, seq, cfg.global_batch_size, cfg.data.seed, cfg.epochs)
+    total_steps = min(steps_per_run, cfg.max_steps) if cfg.max_steps else steps_per_run
+    if total_steps == 0:
+        raise ValueError(f"no full batch of {cfg.global_batch_size} packed sequences; lower global_batch_size")
+
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    p_shard = param_shardings(config, mesh)
+    b_shard = batch_sharding(mesh)
+    tx, sched = make_optimizer(cfg.optim, total_steps)
+    params = jax.tree_util.tree_map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: np.asarray(x[idx])),
+                                    params, p_shard)
+    state = {"params": params, "opt_state": jax.jit(tx.init)(params), "step": jnp.int32(0),
+             "rng": jax.random.key_data(jax.random.PRNGKey(cfg.seed))}
+    state = _on_mesh(state, mesh)
+    state_shard = jax.tree_util.tree_map(lambda x: x.sharding, state)
+    step_fn = jax.jit(functools.partial(train_step, config=config, tx=tx, grad_accum=cfg.optim.grad_accum),
+                      in_shardings=(state_shard, b_shard), out_shardings=(state_shard, None), donate_argnums=(0,))
+
+    data = make_dataset(examples, seq, cfg.global_batch_size, cfg.data.seed, cfg.epochs,
+                        jax.process_index(), jax.process_count())
+    it = iter(data)
+    mngr = ocp.CheckpointManager(out / "checkpoints", options=ocp.CheckpointManagerOptions(
+        max_to_keep=cfg.checkpoint.keep, enable_async_checkpointing=cfg.checkpoint.async_save))
+    start = 0
+    if mngr.latest_step() is not None:
+        start = mngr.latest_step()
+        abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        restored = mngr.restore(start, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                               data=ocp.args.JsonRestore()))
+        state = restored["state"]
+        it.set_state(restored["data"])
+        print(f"resumed from step {start} ({out / 'checkpoints'})")
+
+    def save(step: int, force: bool = False) -> None:
+        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(it.get_state())),
+                  force=force)
+
+    stop = {"signal": None}
+    prev = signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))
+
+    fpt = flops_per_token(config, seq)
+    peak = cfg.peak_tflops_per_device or peak_tflops(jax.devices()[0])
+    writer = _tensorboard(out) if cfg.tensorboard and jax.process_index() == 0 else None
+    wandb_run = _wandb(cfg) if cfg.wandb_project and jax.process_index() == 0 else None
+    metrics_f = open(out / "metrics.jsonl", "a") if jax.process_index() == 0 else None
+    bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", disable=not progress or jax.process_index())
+    last_good = mngr.latest_step()
+    history = []
+    t_last = time.perf_counter()
+    step = start
+    try:
+        while step < total_steps:
+            local = next(it)
+            batch = {k: jax.make_array_from_process_local_data(b_shard, np.asarray(v)) for k, v in local.items()}
+            state, m = step_fn(state, batch)
+            step += 1
+            if step % cfg.log_every == 0 or step == total_steps:
+                loss = float(m["loss"])
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss is {loss} at step {step}; stopped. Last good checkpoint: "
+                        f"{'step ' + str(last_good) if last_good is not None else 'none'} in {out / 'checkpoints'}")
+                now = time.perf_counter()
+                dt = (now - t_last) / cfg.log_every if step > start + 1 else now - t_last
+                t_last = now
+                tokens_per_s = cfg.global_batch_size * seq / max(dt, 1e-9)
+                rec = {"step": step, "loss": loss, "learning_rate": float(sched(step - 1)),
+                       "grad_norm": float(m["grad_norm"]), "trained_tokens": float(m["tokens"]),
+                       "tokens_per_s": tokens_per_s, "step_time_s": dt}
+                if peak:
+                    rec["mfu"] = tokens_per_s * fpt / (peak * 1e12 * jax.device_count())
+                history.append(rec)
+                if metrics_f:
+                    metrics_f.write(json.dumps(rec) + "\n")
+                    metrics_f.flush()
+                if writer:
+                    for k, v in rec.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, step)
+                if wandb_run:
+                    wandb_run.log(rec, step=step)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:.0f}")
+            bar.update(1)
+            if step % cfg.checkpoint.every_steps == 0 or step == total_steps:
+                save(step)
+                last_good = step
+            if stop["signal"] is not None:
+                save(step, force=True)
+                mngr.wait_until_finished()
+                print(f"received signal {stop['signal']}: saved step {step} to {out / 'checkpoints'}; exiting")
+                return {"preempted": True, "step": step, "history": history}
+        mngr.wait_until_finished()
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+        bar.close()
+        if metrics_f:
+            metrics_f.close()
+        if writer:
+            writer.close()
+    _finish(cfg, state["params"], config, out, tok_src)
+    summary = {"steps": step, "total_steps": total_steps, "truncated": dict(trunc), "history": history,
+               "flops_per_token": fpt}
+    if jax.process_index() == 0:
+        (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+        _plot_loss(out)
+    return summary
+
+
+def _on_mesh(tree, mesh):
+    """Replicate over the mesh every leaf that is not laid out on it yet (optimizer counters, step, rng)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    n = mesh.devices.size
+
+    def fix(x):
+        if len(x.sharding.device_set) == n:
+            return x
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, NamedSharding(mesh, PartitionSpec()), lambda idx: host[idx])
+
+    return jax.tree_util.tree_map(fix, tree)
+
+
+def _finish(cfg: TrainConfig, params, config: ModelConfig, out: Path, tok_src) -> None:
+    """Our checkpoint at out/final (all processes write their shards through Orbax) and, if asked, an HF export
+    at out/hf (gathered to process 0). The marker file is written last, so a crash leaves no valid-looking dir."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+    from jax.experimental import multihost_utils
+
+    from mnlu_jax.weights.convert import MARKER, export_hf
+
+    final = out / "final"
+    if jax.process_index() == 0:
+        for d in (final, out / "hf"):
+            if d.exists():
+                shutil.rmtree(d)
+    multihost_utils.sync_global_devices("mnlu_jax: final dir cleared")
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(final / "params", params)
+    ckptr.wait_until_finished()
+    final_cfg = config.replace(compute_dtype="float32", remat_policy="none")
+    host = None
+    if cfg.export_hf:
+        host = jax.tree_util.tree_map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), params)
+    if jax.process_index() == 0:
+        (final / "config.json").write_text(json.dumps(final_cfg.to_hf_dict(), indent=2))
+        for f in (out / "tokenizer").iterdir():
+            shutil.copy2(f, final / f.name)
+        (final / MARKER).write_text(json.dumps({"format": 1, "source": "mnlu-jax train"}, indent=2))
+        if host is not None:
+            export_hf(host, final_cfg, out / "hf", tokenizer_dir=out / "tokenizer", progress=False)
+    multihost_utils.sync_global_devices("mnlu_jax: final outputs written")
+
+
+def _tensorboard(out: Path):
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        print("tensorboardX not installed: no TensorBoard events (pip install tensorboardX)")
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _wandb(cfg: TrainConfig):
+    import wandb  # optional: only when wandb_project is set
+
+    from mnlu_jax.config import to_dict
+
+    return wandb.init(project=cfg.wandb_project, config=to_dict(cfg), dir=cfg.output_dir)
+
+
+def _plot_loss(out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    if not recs:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in recs], [r["loss"] for r in recs])
+    ax.set(xlabel="step", ylabel="loss (assistant tokens)", title="training loss")
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=100)
+    plt.close(fig)

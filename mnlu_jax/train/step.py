@@ -1,0 +1,88 @@
+"""Optimizer, loss and the jitted train step (pure functions over the state pytree)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mnlu_jax.model.config import ModelConfig
+from mnlu_jax.model.mistral import forward
+from mnlu_jax.train.config import OptimSection
+
+# Peak dense bf16 TFLOP/s per device, for MFU when the config does not say.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v5p": 459.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0,
+               "TPU v4": 275.0, "TPU v6 lite": 918.0, "TPU v6e": 918.0}
+
+
+def peak_tflops(device) -> float | None:
+    kind = getattr(device, "device_kind", "")
+    for k, v in PEAK_TFLOPS.items():
+        if k.lower() in kind.lower():
+            return v
+    return None
+
+
+def flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward): the matmuls (Q, K and V with GQA's key/value
+    heads, O, the three MLP matmuls, the LM head) plus causal attention scores and values (half of S per query)."""
+    d, f, v, nl = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
+    hd, h, kvh = config.dim_per_head, config.num_attention_heads, config.kv_heads
+    matmul_params = nl * (d * h * hd + 2 * d * kvh * hd + h * hd * d + 3 * d * f) + d * v
+    attention = nl * 2 * 2 * h * hd * (seq_len / 2)  # QK^T and PV, causal average context S/2
+    return 3 * (2 * matmul_params + attention)
+
+
+def _decay_mask(params: Any) -> Any:
+    # No weight decay on norms (and embeddings keep decay like HF's default only for matrices ≥ 2-D kernels).
+    return jax.tree_util.tree_map_with_path(lambda p, x: "norm" not in jax.tree_util.keystr(p), params)
+
+
+def make_optimizer(o: OptimSection, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    warmup = int(round(o.warmup_ratio * total_steps))
+    if o.schedule == "cosine":
+        sched = optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, max(warmup, 1), max(total_steps, warmup + 1), 0.0)
+    elif o.schedule == "constant":
+        sched = optax.join_schedules([optax.linear_schedule(0.0, o.learning_rate, max(warmup, 1)),
+                                      optax.constant_schedule(o.learning_rate)], [max(warmup, 1)])
+    else:
+        raise ValueError(f"optim.schedule {o.schedule!r}: expected cosine or constant")
+    tx = optax.chain(
+        optax.clip_by_global_norm(o.grad_clip) if o.grad_clip else optax.identity(),
+        optax.adamw(sched, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=_decay_mask),
+    )
+    return tx, sched
+
+
+def loss_sums(params, config: ModelConfig, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Sum of token cross-entropies weighted by the assistant mask, and the sum of weights."""
+    logits, _ = forward(params, config, batch["inputs"], batch["positions"], batch["segment_ids"])
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, batch["targets"][..., None].astype(jnp.int32), axis=-1)[..., 0]
+    w = batch["weights"].astype(jnp.float32)
+    return (nll * w).sum(), w.sum()
+
+
+def train_step(state: dict, batch: dict[str, jax.Array], *, config: ModelConfig, tx: optax.GradientTransformation,
+               grad_accum: int) -> tuple[dict, dict]:
+    """One optimizer step. With grad_accum > 1 the batch is split into micro-batches (scan) and the loss is the
+    exact token-weighted mean over the whole batch."""
+    def micro(carry, mb):
+        g_acc, l_acc, w_acc = carry
+        (l, w), g = jax.value_and_grad(lambda p: loss_sums(p, config, mb), has_aux=True)(state["params"])
+        return (jax.tree_util.tree_map(jnp.add, g_acc, g), l_acc + l, w_acc + w), None
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, state["params"])
+    if grad_accum == 1:
+        (grads, lsum, wsum), _ = micro((zeros, 0.0, 0.0), batch)
+    else:
+        mbs = jax.tree_util.tree_map(lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
+        (grads, lsum, wsum), _ = jax.lax.scan(micro, (zeros, jnp.float32(0), jnp.float32(0)), mbs)
+    denom = jnp.maximum(wsum, 1.0)
+    grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": lsum / denom, "grad_norm": optax.tree.norm(grads), "tokens": wsum}
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}, metrics
