@@ -44,7 +44,7 @@ def test_tiny_mistral_matches_hf_generate_with_window(tiny):
     for p, r in zip(prompts, results):
         assert r.tokens == hf_greedy(hf, p, 20, config.eos_ids)
     # compilations are bounded by the buckets, not by the number of prompts
-    assert {s for s in gen.compiled_shapes} <= {("prefill", 16), ("prefill", 32)}
+    assert {s[:2] for s in gen.compiled_shapes} <= {("prefill", 16), ("prefill", 32)}
 
 
 def test_batch_invariance(tiny):

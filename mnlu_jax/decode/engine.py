@@ -31,7 +31,8 @@ from mnlu_jax.model.mistral import forward, init_cache, to_dtype
 class DecodeConfig:
     batch_size: int = 8
     max_new_tokens: int = 256
-    buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
+    # Prompt-length buckets: finer steps waste less prefill compute on padding; each is one compilation.
+    buckets: tuple[int, ...] = (32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
     prefill_batch: int = 4
     chunk_steps: int = 16
     stop_ids: tuple[int, ...] = ()
@@ -45,11 +46,11 @@ class Result:
     finish_reason: str  # "stop" (EOS/stop id) or "length"
 
 
-def _prefill(params, ids, pos, seg, *, config: ModelConfig, cache_len: int):
+def _prefill(params, ids, pos, seg, *, config: ModelConfig, cache_len: int):  # noqa: D417
     """Prefill a group: returns the first generated token per row and the group's filled cache rows."""
     b, t = ids.shape
     cache = init_cache(config, b, cache_len)
-    logits, cache = forward(params, config, ids, pos, seg, cache=cache, cache_index=0)
+    logits, cache = forward(params, config, ids, pos, seg, cache=cache, cache_index=0, last_only=True)
     return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
 
 
@@ -95,11 +96,12 @@ class Generator:
         self.dc = decode
         stop = tuple(decode.stop_ids) or config.eos_ids
         self.stop_ids = tuple(int(s) for s in stop)
-        self.cache_len = max(decode.buckets) + decode.max_new_tokens
         self.mesh = mesh
         self.params = params
         cfg = config
-        self._prefill = jax.jit(functools.partial(_prefill, config=cfg, cache_len=self.cache_len))
+        # The cache is as long as the longest prompt's bucket plus the new tokens of each `stream` call, so short
+        # prompts do not pay for attention over the largest bucket (one compilation per distinct length).
+        self._prefill = jax.jit(functools.partial(_prefill, config=cfg), static_argnames=("cache_len",))
         self._insert = jax.jit(_insert, donate_argnums=(0,))
         self._chunk = jax.jit(
             functools.partial(_decode_chunk, config=cfg, steps=decode.chunk_steps, stop_ids=self.stop_ids),
@@ -114,8 +116,8 @@ class Generator:
         raise ValueError(f"prompt of {n} tokens is longer than the largest bucket {max(self.dc.buckets)}; "
                          "truncate it or add a bucket")
 
-    def _empty_cache(self):
-        cache = init_cache(self.config, self.dc.batch_size, self.cache_len)
+    def _empty_cache(self, cache_len: int):
+        cache = init_cache(self.config, self.dc.batch_size, cache_len)
         if self.mesh is not None:
             from mnlu_jax.sharding import tree_shardings
 
@@ -131,7 +133,10 @@ class Generator:
         B = dc.batch_size
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # long prompts first
         queue = list(order)
-        cache = self._empty_cache()
+        if not prompts:
+            return
+        cache_len = self.bucket_for(max(len(p) for p in prompts)) + dc.max_new_tokens
+        cache = self._empty_cache(cache_len)
         tokens = np.zeros(B, np.int32)
         positions = np.zeros(B, np.int32)
         write_idx = np.zeros(B, np.int32)
@@ -148,7 +153,8 @@ class Generator:
                 while queue and len(group) < min(dc.prefill_batch, len(free)) and \
                         self.bucket_for(len(prompts[queue[0]])) == bucket:
                     group.append(queue.pop(0))
-                P = dc.prefill_batch
+                # rows of the prefill call: the next power of two >= the group (bounded compilations, little waste)
+                P = min(dc.prefill_batch, 1 << (len(group) - 1).bit_length())
                 ids = np.full((P, bucket), dc.pad_id, np.int32)
                 pos = np.zeros((P, bucket), np.int32)
                 seg = np.zeros((P, bucket), np.int32)
@@ -157,8 +163,8 @@ class Generator:
                     ids[r, bucket - len(p):] = p
                     pos[r, bucket - len(p):] = np.arange(len(p))
                     seg[r, bucket - len(p):] = 1
-                first, gcache = self._prefill(self.params, ids, pos, seg)
-                self.compiled_shapes.add(("prefill", bucket))
+                first, gcache = self._prefill(self.params, ids, pos, seg, cache_len=cache_len)
+                self.compiled_shapes.add(("prefill", bucket, cache_len, P))
                 slots = np.full(P, B, np.int32)  # B = out of range = dropped
                 taken = free[:len(group)]
                 free = free[len(group):]

@@ -199,6 +199,19 @@ def _write(buf: jax.Array, new: jax.Array, index: jax.Array | int) -> jax.Array:
     return jax.vmap(lambda b, n, i: jax.lax.dynamic_update_slice(b, n, (i,) + zeros))(buf, new, index)
 
 
+def _write_layer(buf: jax.Array, new: jax.Array, layer: jax.Array | int, index: jax.Array | int) -> jax.Array:
+    """Write `new` (B, T, ...) into layer `layer` of `buf` (L, B, S, ...) at slot `index` (int or per row (B,)).
+
+    Only the new tokens are written (a scatter into the loop-carried buffer, done in place by XLA), never the
+    whole layer slice: decoding costs O(new tokens), not O(cache), in cache writes."""
+    index = jnp.asarray(index, jnp.int32)
+    b, t = new.shape[:2]
+    slots = (index[:, None] if index.ndim == 1 else index) + jnp.arange(t, dtype=jnp.int32)[None, :]
+    slots = jnp.broadcast_to(slots, (b, t))
+    rows = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, t))
+    return buf.at[layer, rows, slots].set(new, mode="drop")
+
+
 def forward(
     params: Params,
     config: ModelConfig,
@@ -208,8 +221,9 @@ def forward(
     cache: Params | None = None,
     cache_index: jax.Array | int = 0,
     return_hidden: bool = False,
+    last_only: bool = False,
 ) -> tuple[jax.Array, Params | None]:
-    """Logits (B, T, vocab) in fp32, and the updated cache when one is given.
+    """Logits (B, T, vocab) in fp32 (B, 1, vocab with `last_only`), and the updated cache when one is given.
 
     With a cache, the T new tokens are written at slots [cache_index, cache_index + T) of every row (or of
     row b at [cache_index[b], …) when `cache_index` has shape (B,), as continuous batching needs) and
@@ -235,42 +249,39 @@ def forward(
         k_pos, k_seg = positions, segment_ids
     mask = attention_mask(positions, segment_ids, k_pos, k_seg, config.sliding_window)
 
-    def layer(h, xs):
-        lp, ck, cv = xs
+    def layer(carry, xs):
+        h, ck_all, cv_all = carry
+        lp, i = xs
         a = lp["self_attn"]
         x = rms_norm(h, lp["input_layernorm"]["weight"], config.rms_norm_eps)
         q = (x @ a["q_proj"]["kernel"].astype(dtype)).reshape(b, t, nh, hd)
         k = (x @ a["k_proj"]["kernel"].astype(dtype)).reshape(b, t, kvh, hd)
         v = (x @ a["v_proj"]["kernel"].astype(dtype)).reshape(b, t, kvh, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if ck is not None:
-            ck = _write(ck, k.astype(ck.dtype), cache_index)
-            cv = _write(cv, v.astype(cv.dtype), cache_index)
-            k, v = ck.astype(dtype), cv.astype(dtype)
+        if ck_all is not None:
+            ck_all = _write_layer(ck_all, k.astype(ck_all.dtype), i, cache_index)
+            cv_all = _write_layer(cv_all, v.astype(cv_all.dtype), i, cache_index)
+            k, v = ck_all[i].astype(dtype), cv_all[i].astype(dtype)
         o = attend(q, k, v, mask) @ a["o_proj"]["kernel"].astype(dtype)
         h = h + o
         x = rms_norm(h, lp["post_attention_layernorm"]["weight"], config.rms_norm_eps)
         mp = lp["mlp"]
         gate = jax.nn.silu(x @ mp["gate_proj"]["kernel"].astype(dtype))
         h = h + (gate * (x @ mp["up_proj"]["kernel"].astype(dtype))) @ mp["down_proj"]["kernel"].astype(dtype)
-        return h, (ck, cv)
+        return (h, ck_all, cv_all), None
 
     layer = _remat(layer, config.remat_policy)
     layers = m["layers"]
-    ck_all = cache["k"] if cache is not None else None
-    cv_all = cache["v"] if cache is not None else None
+    carry = (h, cache["k"] if cache is not None else None, cache["v"] if cache is not None else None)
     if config.scan_layers:
-        h, (ck_all, cv_all) = jax.lax.scan(layer, h, (layers, ck_all, cv_all))
+        carry, _ = jax.lax.scan(layer, carry, (layers, jnp.arange(config.num_hidden_layers, dtype=jnp.int32)))
     else:
-        new_k, new_v = [], []
         for i in range(config.num_hidden_layers):
-            lp = jax.tree_util.tree_map(lambda x: x[i], layers)
-            h, (ck, cv) = layer(h, (lp, None if ck_all is None else ck_all[i], None if cv_all is None else cv_all[i]))
-            new_k.append(ck)
-            new_v.append(cv)
-        if cache is not None:
-            ck_all, cv_all = jnp.stack(new_k), jnp.stack(new_v)
+            carry, _ = layer(carry, (jax.tree_util.tree_map(lambda x: x[i], layers), i))
+    h, ck_all, cv_all = carry
 
+    if last_only:
+        h = h[:, -1:]
     h = rms_norm(h, m["norm"]["weight"], config.rms_norm_eps)
     if return_hidden:
         logits = h
