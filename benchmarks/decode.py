@@ -58,7 +58,7 @@ def main():
         prompts = prompts_for(tok, bs)
         n_tok = bs * args.new_tokens
         # ours: stop ids disabled so every row generates exactly new_tokens
-        gen = Generator(params, config, DecodeConfig(batch_size=bs, max_new_tokens=args.new_tokens, buckets=(64, 128),
+        gen = Generator(params, config, DecodeConfig(batch_size=bs, max_new_tokens=args.new_tokens,
                                                      prefill_batch=min(bs, 8), chunk_steps=16, stop_ids=(-1,)))
         t = time.perf_counter()
         gen.generate(prompts)  # compiles

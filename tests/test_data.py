@@ -258,3 +258,17 @@ def test_packing_segments_and_iterator_restore(sample_build, tiny_tok):
     p0 = next(iter(make_dataset(examples, 256, 4, 0, 1, process_index=0, process_count=2)))
     p1 = next(iter(make_dataset(examples, 256, 4, 0, 1, process_index=1, process_count=2)))
     np.testing.assert_array_equal(np.concatenate([p0["inputs"], p1["inputs"]]), first["inputs"])
+
+
+def test_ablation_configs_reuse_the_full_mix(tmp_path):
+    """configs/paper/ablations/* take their datasets from mnlu_instruct.yaml (base_config) and filter them."""
+    from mnlu_jax.config import load_config
+    from mnlu_jax.data.build import MixConfig
+
+    cfg = load_config(MixConfig, ROOT / "configs/paper/ablations/re_k3.yaml")
+    assert cfg.base_config == "../mnlu_instruct.yaml" and cfg.tasks == ["RE", "NLI", "NER"] and cfg.total_instances == 50000
+    # a small ablation over the sample mix, through the same mechanism
+    (tmp_path / "abl.yaml").write_text(f"base_config: {ROOT / 'configs/data/sample.yaml'}\ntotal_instances: 30\n"
+                                       "balance: task\ntasks: [NLI, STS, DC]\n")
+    stats = run_build(tmp_path / "abl.yaml", tmp_path / "out")
+    assert set(stats["tasks"]) == {"NLI", "STS", "DC"} and stats["total"] == 30

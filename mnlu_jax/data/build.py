@@ -54,6 +54,7 @@ class MixConfig:
     domains: list[str] | None = None             # keep only these domains (BioMed / Clinical / Both)
     shard_size: int = 10000                      # instances per JSONL shard
     base_dir: str | None = None                  # paths are relative to this (default: the config's folder)
+    base_config: str | None = None               # take `datasets` from this mixer (ablations reuse the full mix)
 
 
 def _task_family(task: str) -> str:
@@ -176,6 +177,13 @@ def run_build(config_path: str | Path, out: str | Path, overrides: list[str] | N
               tokenizer: str | None = None, max_seq_length: int = 2048) -> dict:
     cfg = load_config(MixConfig, config_path, overrides)
     base = Path(cfg.base_dir) if cfg.base_dir else Path(config_path).parent
+    if cfg.base_config:
+        if cfg.datasets:
+            raise DataError(f"{config_path}: give either datasets or base_config, not both")
+        parent = Path(config_path).parent / cfg.base_config
+        inner = load_config(MixConfig, parent)
+        cfg.datasets = inner.datasets
+        base = Path(inner.base_dir) if inner.base_dir else parent.parent
     instances, notes = build_mix(cfg, base)
     truncation = None
     if tokenizer:

@@ -1,0 +1,116 @@
+"""Wall time and peak RSS of our streaming DARE merge vs mergekit 0.1.5 on the same pair of checkpoints.
+
+Creates two Mistral-shaped bf16 checkpoints locally (a base and a "fine-tune" = base + small noise), then runs:
+  ours:     mnlu-jax merge --method dare --drop-rate 0.2 (models [base, ft], average)  = MergeLM's mask_merging
+  mergekit: dare_linear, rescale false, density 0.8, weight 0.625 (the same math, see reference notes)
+each in its own process; peak RSS is that process's ru_maxrss. `--preset 7b` records our peak RSS on a 7B shape.
+
+    python benchmarks/merge.py [--preset 1b] [--workdir /tmp/mnlu_merge_bench] [--no-reference]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import write_result  # noqa: E402
+
+PRESETS = {
+    "1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
+               num_key_value_heads=8),
+    "7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8),
+}
+
+
+def make_pair(preset: str, work: Path) -> tuple[Path, Path, int]:
+    import ml_dtypes
+    import numpy as np
+
+    from mnlu_jax.model.config import ModelConfig
+    from mnlu_jax.weights import names as N
+    from mnlu_jax.weights.safetensors_io import write_sharded
+
+    config = ModelConfig(**PRESETS[preset], model_type="mistral", sliding_window=4096, torch_dtype="bfloat16")
+    entries = N.entries(config)
+    specs = [(e.hf_name, e.hf_shape, np.dtype(ml_dtypes.bfloat16)) for e in entries]
+    out = []
+    for name, noise in (("base", 0.0), ("ft", 0.002)):
+        d = work / name
+        if not (d / "config.json").exists():
+            d.mkdir(parents=True, exist_ok=True)
+
+            def produce(n, noise=noise):
+                rng = np.random.default_rng(abs(hash(n)) % 2**32)
+                x = rng.standard_normal(int(np.prod(next(s for t, s, _ in specs if t == n))), dtype=np.float32) * 0.02
+                if noise:
+                    x += np.random.default_rng(7).standard_normal(x.size, dtype=np.float32) * noise
+                return x.reshape(next(s for t, s, _ in specs if t == n)).astype(ml_dtypes.bfloat16)
+
+            write_sharded(d, specs, produce, max_shard_bytes=2 * 2**30)
+            (d / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
+        out.append(d)
+    return out[0], out[1], config.num_params()
+
+
+def measured(cmd: list[str]) -> tuple[float, float]:
+    """Run `cmd` in a child of a fresh Python process; return (wall seconds, peak RSS GiB of that child)."""
+    probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+             "r = subprocess.run(sys.argv[1:]); dt = time.perf_counter() - t; "
+             "print('MEASURED', dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)")
+    p = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True)
+    line = next((l for l in p.stdout.splitlines() if l.startswith("MEASURED")), None)
+    if line is None:
+        raise RuntimeError(f"{cmd[0]} failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    _, dt, rss_kb, rc = line.split()
+    if int(rc) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {rc}:\n{p.stderr[-3000:]}")
+    return float(dt), int(rss_kb) / 2**20
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="1b", choices=list(PRESETS))
+    ap.add_argument("--workdir", default="/tmp/mnlu_merge_bench")
+    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
+    a = ap.parse_args()
+    work = Path(a.workdir) / a.preset
+    t = time.perf_counter()
+    base, ft, n_params = make_pair(a.preset, work)
+    create_s = time.perf_counter() - t
+    shutil.rmtree(work / "ours", ignore_errors=True)
+    ours_s, ours_rss = measured([sys.executable, "-m", "mnlu_jax", "merge", "--base", str(base), "--models", str(base),
+                                 str(ft), "--method", "dare", "--drop-rate", "0.2", "--seed", "0", "--out",
+                                 str(work / "ours")])
+    res = {"preset": a.preset, "params": n_params, "dtype": "bfloat16", "checkpoint_gib": n_params * 2 / 2**30,
+           "create_seconds": create_s, "ours": {"seconds": ours_s, "peak_rss_gib": ours_rss}}
+    if not a.no_reference:
+        import yaml
+
+        cfg = {"merge_method": "dare_linear", "base_model": str(base), "dtype": "bfloat16",
+               "parameters": {"rescale": False, "normalize": False},
+               "models": [{"model": str(ft), "parameters": {"weight": 0.625, "density": 0.8}}]}
+        (work / "mergekit.yaml").write_text(yaml.safe_dump(cfg))
+        shutil.rmtree(work / "mergekit", ignore_errors=True)
+        mk_s, mk_rss = measured(["mergekit-yaml", str(work / "mergekit.yaml"), str(work / "mergekit"),
+                                 "--random-seed", "0", "--quiet"])
+        res["mergekit"] = {"seconds": mk_s, "peak_rss_gib": mk_rss}
+        res["wall_time_ratio_ours_over_mergekit"] = ours_s / mk_s
+        res["rss_ratio_ours_over_mergekit"] = ours_rss / mk_rss
+    res["target"] = "<= 0.5x mergekit wall time and <= mergekit peak RSS"
+    write_result(f"merge_{a.preset}", res)
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
