@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeat", type=int, default=20, help="fraction multiplier: each dataset repeated this many times")
+    ap.add_argument("--repeat", type=int, default=20, help="build the sample mix this many times (files re-read each time)")
     a = ap.parse_args()
     from mnlu_jax.config import load_config
     from mnlu_jax.data.build import MixConfig, build_mix
@@ -30,10 +30,11 @@ def main():
     from mnlu_jax.data.tokenize import tokenize_all
 
     cfg = load_config(MixConfig, ROOT / "configs/data/sample.yaml")
-    for d in cfg.datasets:
-        d.fraction *= a.repeat
+    inst = []
     t = time.perf_counter()
-    inst, _ = build_mix(cfg, ROOT / "configs/data")
+    for _ in range(a.repeat):
+        built, _ = build_mix(cfg, ROOT / "configs/data")
+        inst += built
     build_s = time.perf_counter() - t
     tok = train_tiny_tokenizer(instance_texts(inst[:500]), vocab_size=512)
     t = time.perf_counter()

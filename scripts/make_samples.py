@@ -106,6 +106,22 @@ def make_pico(out: Path, rng: random.Random) -> None:
                         lines.append(f"{t}\t{'O' if typ is None else 'I-' + typ}")
                 lines.append("")
         write(out / "pico" / f"{split}.tsv", "\n".join(lines))
+    # The same kind of abstracts in EBM-NLP's own release layout (tokens + one label file per element).
+    for k in range(4):
+        drug, dis = rng.choice(DRUGS), rng.choice(DISEASES)
+        parts = [("We randomized", None), (f"adults with {dis}", "participants"), ("to", None), (drug, "interventions"),
+                 ("or placebo and measured", None), ("pain scores", "outcomes"), (".", None)]
+        toks, labs = [], {"participants": [], "interventions": [], "outcomes": []}
+        for text, typ in parts:
+            for t in tokens_of(text):
+                toks.append(t)
+                for name in labs:
+                    labs[name].append("1" if typ == name else "0")
+        pmid = str(6100 + k)
+        write(out / "ebmnlp" / "documents" / f"{pmid}.tokens", "\n".join(toks) + "\n")
+        for name, lab in labs.items():
+            write(out / "ebmnlp" / "annotations" / "aggregated" / "starting_spans" / name / "test" / "gold" /
+                  f"{pmid}.AGGREGATED.ann", "\n".join(lab) + "\n")
 
 
 def make_brat(out: Path, rng: random.Random) -> None:

@@ -120,7 +120,7 @@ def test_every_reader_on_samples():
              "pubmedqa": SAMPLES / "pubmedqa/ori_pqal.json", "nli_jsonl": SAMPLES / "nli/mednli_test.jsonl",
              "blue_re": SAMPLES / "blue_re/gad_test.tsv", "classification_tsv": SAMPLES / "hoc/test.tsv",
              "sts_tsv": SAMPLES / "sts/biosses_test.tsv", "qa_tsv": SAMPLES / "bioasq/test.tsv",
-             "summ_jsonl": SAMPLES / "summ/pubmedsum_sample.jsonl"}
+             "summ_jsonl": SAMPLES / "summ/pubmedsum_sample.jsonl", "ebmnlp": SAMPLES / "ebmnlp"}
     assert set(cases) == set(READERS)
     for name, path in cases.items():
         docs = READERS[name](path)
@@ -130,6 +130,8 @@ def test_every_reader_on_samples():
                 assert " ".join(d["text"][s:t] for s, t in e["offsets"]) == " ".join(e["text"]), (name, e)
     pq = READERS["pubmedqa"](SAMPLES / "pubmedqa/ori_pqal.json", ground_truth=SAMPLES / "pubmedqa/test_ground_truth.json")
     assert len(pq) == len(json.loads((SAMPLES / "pubmedqa/test_ground_truth.json").read_text()))
+    ebm = READERS["ebmnlp"](SAMPLES / "ebmnlp")
+    assert {e["type"] for e in ebm[0]["entities"]} == {"Participants", "Interventions", "Outcomes"}
     i12 = READERS["i2b2_2012"](SAMPLES / "i2b2_2012")  # 1-based offsets detected
     assert i12[0]["entities"][0]["text"][0] in i12[0]["text"]
 

@@ -229,6 +229,7 @@ def test_perfect_predictions_score_100_and_garbage_0(eval_sets, tmp_path):
     assert "| NER | Entity-level F1 | BC2GM † | 6,322 |" in md and "61.5" in md
     assert (tmp_path / "report" / "scores_paper.png").stat().st_size > 1000
     assert (tmp_path / "report" / "table5_official.csv").exists()
+    assert (tmp_path / "report" / "charts_paper" / "BC2GM.png").exists()
 
 
 def test_aggregates():

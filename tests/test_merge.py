@@ -246,3 +246,19 @@ def test_cli_merge_and_stats(hf_pair, tmp_path):
     row = next(r for r in rows if r["tensor"] == "model.norm.weight")
     assert row["delta_norm_1"] == 0.0 and row["zero_fraction_1"] == 1.0 and row["delta_norm_0"] > 0
     assert (tmp_path / "st" / "merge_stats.png").exists()
+
+
+def test_models_equal_to_base_are_elided_without_changing_the_result(hf_pair, tmp_path):
+    base, ft = hf_pair
+    only_base = _flat(merge_checkpoints(base, [base], MergeSpec("dare", drop_rate=0.3), tmp_path / "b", progress=False))
+    b = _flat(base)
+    assert all(only_base[n].tobytes() == b[n].tobytes() for n in b)
+    # the paper's [base, ft]: elided base == computed base (same keys, same denominator)
+    spec = MergeSpec("dare", drop_rate=0.2, seed=5)
+    elided = _flat(merge_checkpoints(base, [base, ft], spec, tmp_path / "e", progress=False))
+    import shutil as sh
+
+    copy = tmp_path / "base_copy"
+    sh.copytree(base, copy)  # a different path: not elided
+    computed = _flat(merge_checkpoints(base, [copy, ft], spec, tmp_path / "c", progress=False))
+    assert all(elided[n].tobytes() == computed[n].tobytes() for n in elided)

@@ -165,3 +165,18 @@ def test_orbax_checkpoint_restores_in_bf16(tmp_path, tiny_mistral_dir):
     hf_to_flax(tiny_mistral_dir, tmp_path / "ours", progress=False)
     p = load_params(tmp_path / "ours" / "params", dtype="bfloat16")
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(p))
+
+
+def test_missing_source_and_offline_hub_id_are_clear_errors(tmp_path, monkeypatch):
+    from mnlu_jax.weights.convert import resolve_source
+
+    with pytest.raises(FileNotFoundError, match="no such file or directory"):
+        resolve_source(tmp_path / "nope")
+    import huggingface_hub
+
+    def offline(*a, **k):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(FileNotFoundError, match="BioMistral/BioMistral-7B-DARE: not a local path, and downloading"):
+        resolve_source("BioMistral/BioMistral-7B-DARE")

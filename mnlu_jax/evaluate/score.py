@@ -136,6 +136,22 @@ def plot_bars(results: dict[str, dict], path: Path, mode: str = "paper") -> None
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    # one small chart per dataset: the paper's five systems and ours
+    charts = path.parent / f"charts_{mode}"
+    charts.mkdir(exist_ok=True)
+    for n in names:
+        labels = [*PAPER_SYSTEMS, *systems]
+        vals = [v or 0 for v in PAPER_TABLE5[n]] + [results[s]["datasets"][n][mode]["score"] if n in results[s]["datasets"]
+                                                   else 0 for s in systems]
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.bar(range(len(labels)), vals, color=["#bbbbbb"] * len(PAPER_SYSTEMS) + ["#1f77b4"] * len(systems))
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{n} ({BY_NAME[n].metric}, {mode} mode)")
+        ax.set_ylim(0, 100)
+        fig.tight_layout()
+        fig.savefig(charts / f"{n.replace(' ', '_')}.png", dpi=80)
+        plt.close(fig)
 
 
 def write_report(results: dict[str, dict], out: str | Path) -> dict:

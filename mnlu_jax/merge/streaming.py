@@ -7,6 +7,7 @@ anything `TensorSource` reads) or our Orbax checkpoints (loaded whole; convert t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -134,6 +135,18 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
             shape = (rows[n],) + tuple(shape[1:])
         specs.append((n, tuple(shape), target or b.dtype(n)))
     out_dtype_of = {n: dt for n, _, dt in specs}
+    # A model that is the base itself has a zero delta: skip its reads and masks (half the work of the paper's
+    # [base, fine-tune] merge) unless the method needs it (linear averages raw weights). Keys keep the original
+    # model indices, so the result is bitwise the same as computing it.
+    n_all = len(ms)
+    weights = list(spec.weights) if spec.weights else [1.0] * n_all
+    same = [i for i, m in enumerate(models) if spec.method != "linear" and Path(m).resolve() == Path(base).resolve()]
+    live = [i for i in range(n_all) if i not in same] or [0]
+    same = [i for i in same if i not in live]
+    run_spec = spec
+    if same and live != list(range(n_all)):
+        run_spec = dataclasses.replace(spec, weights=tuple(weights[i] for i in live),
+                                       elided_weight=spec.elided_weight + sum(weights[i] for i in same))
     with atomic_dir(out) as tmp, tqdm(total=len(names), desc=f"merge ({spec.method})", unit="tensor",
                                       disable=not progress) as bar:
         def produce(name: str) -> np.ndarray:
@@ -143,8 +156,9 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
             if (pattern and pattern.search(name)) or not _is_float(bt.dtype):
                 res = np.asarray(bt).astype(odt)
             else:
-                mts = tuple(_fit_rows(m.get(name), r) for m in ms)
-                res = np.asarray(_merge_jit(bt, mts, keys_for(spec, name, len(mts)), spec, odt))
+                mts = tuple(_fit_rows(ms[i].get(name), r) for i in live)
+                keys = keys_for(spec, name, n_all)
+                res = np.asarray(_merge_jit(bt, mts, None if keys is None else keys[np.asarray(live)], run_spec, odt))
             bar.update(1)
             return res
 

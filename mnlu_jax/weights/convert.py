@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -66,15 +67,32 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
 # ---------------------------------------------------------------------------------------------
 # Sources of HF-named tensors
 # ---------------------------------------------------------------------------------------------
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "generation_config.json", "tokenizer*",
+                "special_tokens_map.json", "chat_template*", "*.model", "vocab.json", "merges.txt"]
+
+
+def resolve_source(src: str | Path) -> Path:
+    """A local path as is; a Hugging Face Hub id ("org/name", no such local path) is downloaded (weights in
+    safetensors, config and tokenizer files only) into the HF cache and its snapshot directory returned."""
+    p = Path(src)
+    if p.exists():
+        return p
+    if HUB_ID.match(str(src)):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(str(src), allow_patterns=HUB_PATTERNS))
+        except Exception as e:  # offline, unknown repo, gated model ...
+            raise FileNotFoundError(f"{src}: not a local path, and downloading it from the Hugging Face Hub failed: {e}") from e
+    raise FileNotFoundError(f"{src}: no such file or directory")
 class TensorSource:
     """HF-named tensors from any supported source, read lazily, plus its config and tokenizer."""
 
     def __init__(self, src: str | Path):
-        self.src = Path(src)
+        self.src = resolve_source(src)
         self.tokenizer_dir: Path | None = None
         self.gguf: Path | None = None
-        if not self.src.exists():
-            raise FileNotFoundError(f"{self.src}: no such file or directory")
         if self.src.is_file() and self.src.suffix == ".gguf":
             from mnlu_jax.weights.gguf_io import gguf_config, gguf_tensors
 

@@ -5,7 +5,7 @@ READERS maps the name used in mixer/eval configs to the reader function `reader(
 
 from mnlu_jax.data.formats.bioc import read_bioc
 from mnlu_jax.data.formats.brat import read_brat
-from mnlu_jax.data.formats.conll import read_iob, read_pico_tsv
+from mnlu_jax.data.formats.conll import read_ebmnlp, read_iob, read_pico_tsv
 from mnlu_jax.data.formats.i2b2 import read_i2b2_2010, read_i2b2_2012
 from mnlu_jax.data.formats.jsonfmt import read_nli_jsonl, read_pubmedqa
 from mnlu_jax.data.formats.pubtator import read_pubtator
@@ -14,6 +14,7 @@ from mnlu_jax.data.formats.tsv import read_blue_re, read_classification_tsv, rea
 READERS = {
     "iob": read_iob,
     "pico_tsv": read_pico_tsv,
+    "ebmnlp": read_ebmnlp,
     "brat": read_brat,
     "bioc": read_bioc,
     "pubtator": read_pubtator,

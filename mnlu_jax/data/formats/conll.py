@@ -118,3 +118,54 @@ def read_pico_tsv(path: str | Path) -> list[dict]:
         cur.append(sent)
     flush()
     return docs
+
+
+def read_ebmnlp(path: str | Path, split: str = "test/gold", annotations: str = "aggregated/starting_spans") -> list[dict]:
+    """EBM-NLP in its own release layout (`ebm_nlp_2_00/`):
+
+        documents/<pmid>.tokens                     one token per line
+        annotations/<annotations>/{participants,interventions,outcomes}/<split>/<pmid>.AGGREGATED.ann
+                                                    one label per token line (0 = outside, non-zero = inside)
+    The PMIDs are those with annotation files for `split` (`train` or `test/gold`). Each abstract becomes one kb
+    document (tokens joined by spaces); consecutive non-zero tokens of an element form one span.
+    """
+    root = Path(path)
+    kinds = {"participants": "Participants", "interventions": "Interventions", "outcomes": "Outcomes"}
+    ann_dirs = {k: root / "annotations" / annotations / k / split for k in kinds}
+    for k, d in ann_dirs.items():
+        if not d.is_dir():
+            raise DataError(f"{root}: expected EBM-NLP annotation directory {d}")
+    pmids = sorted({p.name.split(".")[0] for p in ann_dirs["participants"].glob("*.ann")})
+    if not pmids:
+        raise DataError(f"{ann_dirs['participants']}: no .ann files")
+    docs = []
+    for pmid in pmids:
+        tok_file = root / "documents" / f"{pmid}.tokens"
+        if not tok_file.exists():
+            raise DataError(f"{tok_file}: missing tokens for annotated PMID {pmid}")
+        tokens = tok_file.read_text(encoding="utf-8").split()
+        offsets, pos = [], 0
+        for t in tokens:
+            offsets.append((pos, pos + len(t)))
+            pos += len(t) + 1
+        text = " ".join(tokens)
+        ents = []
+        for k, typ in kinds.items():
+            ann = ann_dirs[k] / f"{pmid}.AGGREGATED.ann"
+            if not ann.exists():
+                continue
+            labels = ann.read_text().split()
+            if len(labels) != len(tokens):
+                raise DataError(f"{ann}: {len(labels)} labels for {len(tokens)} tokens in {tok_file.name}")
+            start = None
+            for i, lab in enumerate(labels + ["0"]):
+                if lab != "0" and start is None:
+                    start = i
+                elif lab == "0" and start is not None:
+                    s, e = offsets[start][0], offsets[i - 1][1]
+                    ents.append({"id": f"T{len(ents) + 1}", "type": typ, "offsets": [[s, e]], "text": [text[s:e]]})
+                    start = None
+        ents.sort(key=lambda e: e["offsets"][0][0])
+        docs.append({"schema": "kb", "id": pmid, "text": text, "entities": ents, "relations": [], "events": [],
+                     "attributes": [], "tokens": tokens})
+    return docs
