@@ -86,14 +86,22 @@ def write_jsonl(path: str | Path, records: Iterable[Any]) -> int:
     return n
 
 
-def read_instances(path: str | Path) -> Iterator[Instance]:
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; invalid JSON or a non-object names the file and line."""
     path = Path(path)
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                d = json.loads(line)
+                obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from e
-            yield Instance.from_dict(d, f"{path}:{n}")
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{n}: expected a JSON object")
+            yield n, obj
+
+
+def read_instances(path: str | Path) -> Iterator[Instance]:
+    for n, d in iter_jsonl(path):
+        yield Instance.from_dict(d, f"{path}:{n}")

@@ -101,7 +101,7 @@ def ner_instance(doc: dict, dataset: str, types: Sequence[str], seed: int = 0, l
     names = {t: L.expand(t, label_map) for t in order}
     answer, gold_spans = span_lines(doc["entities"], order, names)
     gold = {"entities": gold_spans,
-            "offsets": [[e["type"] and names.get(e["type"], e["type"]), e["offsets"][0][0], e["offsets"][-1][1]]
+            "offsets": [[names[e["type"]], e["offsets"][0][0], e["offsets"][-1][1]]
                         for e in doc["entities"] if e["type"] in names]}
     if style == "medtuned":
         return _medtuned_ner(doc, dataset, order, names, gold, task)

@@ -15,26 +15,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from mnlu_jax.data.schema import iter_jsonl
 from mnlu_jax.data.chat import prompt_messages, render, resolve_template
 from mnlu_jax.decode.engine import DecodeConfig, Generator, cast_params
 from mnlu_jax.weights.convert import load_model, load_tokenizer
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    out = []
-    path = Path(path)
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from e
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object")
-            out.append(rec)
-    return out
+    return [rec for _, rec in iter_jsonl(path)]
 
 
 def done_ids(path: Path) -> set[str]:

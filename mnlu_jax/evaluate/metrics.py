@@ -157,10 +157,6 @@ def paper_classification(records: list[dict]) -> dict:
             "unparseable": unparseable, "errors": errors}
 
 
-def _option_score(opts: list[str], labels: list[str], i: int) -> float:
-    return float(labels[i])
-
-
 def paper_sts(records: list[dict]) -> dict:
     gold, pred, unparseable = [], [], 0
     for r in records:
@@ -169,8 +165,8 @@ def paper_sts(records: list[dict]) -> dict:
         if i is None:
             unparseable += 1
             i = 0
-        gold.append(_option_score(opts, labels, opts.index(r["gold"]["labels"][0])))
-        pred.append(_option_score(opts, labels, i))
+        gold.append(float(labels[opts.index(r["gold"]["labels"][0])]))
+        pred.append(float(labels[i]))
     s = _pearson(gold, pred)
     return {"score": s, "pearson": s, "n": len(records), "unparseable": unparseable, "errors": []}
 

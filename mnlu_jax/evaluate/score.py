@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mnlu_jax.evaluate.metrics import score_records
-from mnlu_jax.data.schema import Instance
+from mnlu_jax.data.schema import Instance, iter_jsonl
 from mnlu_jax.evaluate.sets import BY_NAME, EVAL_SETS, gold_count
 
 # The paper's Table 5 (zero-shot; NER 2-shot for the open models): ChatGPT (1-shot), GPT-4, LLaMA-3.1-8B,
@@ -39,13 +39,7 @@ def load_predictions(path: str | Path) -> dict[str, list[dict]]:
         raise FileNotFoundError(f"{path}: no prediction .jsonl files")
     by: dict[str, list[dict]] = defaultdict(list)
     for f in files:
-        for n, line in enumerate(f.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{f}:{n}: invalid JSON ({e.msg})") from e
+        for n, r in iter_jsonl(f):
             for k in ("dataset", "type", "options", "gold", "prediction"):
                 if k not in r:
                     raise ValueError(f"{f}:{n}: record lacks {k!r} (expected an eval instance plus 'prediction')")

@@ -36,7 +36,6 @@ class ModelConfig:
     compute_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"  # none | full | save_dots
-    attention_impl: str = "xla"  # xla (masked einsum); the mask carries segments and the window
 
     @property
     def kv_heads(self) -> int:

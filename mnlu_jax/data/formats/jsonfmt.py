@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError
+from mnlu_jax.data.schema import DataError, iter_jsonl
 
 
 def read_pubmedqa(path: str | Path, ground_truth: str | Path | None = None) -> list[dict]:
@@ -44,13 +44,7 @@ def read_pubmedqa(path: str | Path, ground_truth: str | Path | None = None) -> l
 def read_nli_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     docs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from e
+    for n, r in iter_jsonl(path):
         for k in ("sentence1", "sentence2", "gold_label"):
             if k not in r:
                 raise DataError(f"{path}:{n}: missing field {k!r}")

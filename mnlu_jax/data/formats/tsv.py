@@ -10,10 +10,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError
+from mnlu_jax.data.schema import DataError, iter_jsonl
 
 
 def _rows(path: Path):
@@ -95,13 +94,7 @@ def read_qa_tsv(path: str | Path) -> list[dict]:
 def read_summ_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     docs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from e
+    for n, r in iter_jsonl(path):
         if "text" not in r or "summary" not in r:
             raise DataError(f"{path}:{n}: expected fields 'text' and 'summary'")
         docs.append({"schema": "text", "id": str(r.get("id", n)), "text": r["text"], "labels": [], "summary": r["summary"]})
