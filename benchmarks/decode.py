@@ -43,7 +43,7 @@ def main():
     import transformers
 
     from mnlu_jax.decode.engine import DecodeConfig, Generator
-    from mnlu_jax.pipeline import smollm2_path
+    from mnlu_jax.weights.convert import smollm2_path
     from mnlu_jax.weights.convert import load_model, load_tokenizer
 
     threads = os.cpu_count()

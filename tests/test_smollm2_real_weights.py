@@ -73,3 +73,9 @@ def test_gguf_to_flax_checkpoint(smollm2_path, tmp_path):
     params, config, _ = load_model(out)
     assert str(params["model"]["embed_tokens"]["weight"].dtype) == "bfloat16"
     assert load_tokenizer(out).chat_template
+
+
+def test_smollm2_alias_resolves_to_the_packaged_gguf(smollm2_path):
+    from mnlu_jax.weights.convert import resolve_source
+
+    assert resolve_source("smollm2") == smollm2_path

