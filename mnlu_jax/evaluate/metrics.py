@@ -157,18 +157,25 @@ def paper_classification(records: list[dict]) -> dict:
             "unparseable": unparseable, "errors": errors}
 
 
-def paper_sts(records: list[dict]) -> dict:
+def _sts(records: list[dict], pick, use_annotator_score: bool) -> dict:
+    """Pearson x 100 between gold and predicted option scores; no option found -> the first option's score.
+    Paper mode compares option scores on both sides; official mode compares with the annotators' mean score."""
     gold, pred, unparseable = [], [], 0
     for r in records:
         opts, labels = r["options"], r["gold"]["option_labels"]
-        i = P.first_option_in_option_order(r["prediction"], opts)
+        i = pick(r["prediction"], opts)
         if i is None:
             unparseable += 1
             i = 0
-        gold.append(float(labels[opts.index(r["gold"]["labels"][0])]))
+        gold_option_score = float(labels[opts.index(r["gold"]["labels"][0])])
+        gold.append(float(r["gold"].get("score", gold_option_score)) if use_annotator_score else gold_option_score)
         pred.append(float(labels[i]))
     s = _pearson(gold, pred)
     return {"score": s, "pearson": s, "n": len(records), "unparseable": unparseable, "errors": []}
+
+
+def paper_sts(records: list[dict]) -> dict:
+    return _sts(records, P.first_option_in_option_order, use_annotator_score=False)
 
 
 # ------------------------------------------------------------------------------------------------ official mode
@@ -259,17 +266,7 @@ def official_accuracy(records: list[dict]) -> dict:
 
 
 def official_sts(records: list[dict]) -> dict:
-    gold, pred, unparseable = [], [], 0
-    for r in records:
-        opts, labels = r["options"], r["gold"]["option_labels"]
-        i = P.first_option_in_text(r["prediction"], opts)
-        if i is None:
-            unparseable += 1
-            i = 0
-        gold.append(float(r["gold"].get("score", labels[opts.index(r["gold"]["labels"][0])])))
-        pred.append(float(labels[i]))
-    s = _pearson(gold, pred)
-    return {"score": s, "pearson": s, "n": len(records), "unparseable": unparseable, "errors": []}
+    return _sts(records, P.first_option_in_text, use_annotator_score=True)
 
 
 # ------------------------------------------------------------------------------------------------ dispatch
