@@ -180,3 +180,24 @@ def test_missing_source_and_offline_hub_id_are_clear_errors(tmp_path, monkeypatc
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(FileNotFoundError, match="BioMistral/BioMistral-7B-DARE: not a local path, and downloading"):
         resolve_source("BioMistral/BioMistral-7B-DARE")
+
+
+def test_flax_module_wraps_the_same_pytree_with_logical_axes(tiny_mistral_dir):
+    import flax.linen as nn
+
+    from mnlu_jax.model.flax_module import MistralForCausalLM
+    from mnlu_jax.sharding import DEFAULT_RULES, make_mesh
+
+    params, config, _ = load_model(tiny_mistral_dir)
+    model = MistralForCausalLM(config)
+    ids = jnp.asarray(np.random.default_rng(0).integers(3, 128, size=(2, 12)))
+    a, _ = model.apply({"params": params}, ids)
+    b, _ = forward(params, config, ids)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    variables = model.init(jax.random.PRNGKey(0), ids)
+    specs = nn.get_partition_spec(variables)
+    assert tuple(specs["params"]["model"]["layers"]["mlp"]["up_proj"]["kernel"]) == ("layers", "embed", "mlp")
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    sh = nn.logical_to_mesh_sharding(specs, mesh, DEFAULT_RULES)
+    assert tuple(sh["params"]["model"]["layers"]["mlp"]["up_proj"]["kernel"].spec) == (None, "fsdp", "tensor")
+    assert jax.tree_util.tree_structure(nn.unbox(variables)["params"]) == jax.tree_util.tree_structure(params)
