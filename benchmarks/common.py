@@ -8,7 +8,8 @@ import platform
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# MNLU_BENCH_RESULTS redirects results (e.g. to the folder a remote GPU run sends back).
+RESULTS = Path(os.environ.get("MNLU_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def machine() -> dict:

@@ -58,6 +58,18 @@ def test_batch_invariance(tiny):
     assert alone == together == reversed_ == big
 
 
+@pytest.mark.parametrize("fuse", [False, True])
+def test_unrolled_layer_loop_gives_the_same_tokens(tiny, fuse):
+    params, config, _, prompts = tiny
+    base = dict(batch_size=4, max_new_tokens=16, buckets=(16, 32), prefill_batch=2, chunk_steps=4)
+    scan = [r.tokens for r in Generator(params, config, DecodeConfig(**base)).generate(prompts)]
+    unrolled = [r.tokens for r in Generator(params, config, DecodeConfig(**base, layer_loop="unrolled",
+                                                                         fuse_projections=fuse)).generate(prompts)]
+    assert unrolled == scan
+    with pytest.raises(ValueError, match="layer_loop"):
+        Generator(params, config, DecodeConfig(**base, layer_loop="while"))
+
+
 def test_stop_ids_and_length(tiny):
     params, config, _, prompts = tiny
     base = Generator(params, config, DecodeConfig(batch_size=2, max_new_tokens=10, buckets=(32,))).generate(prompts[:2])

@@ -201,3 +201,46 @@ def test_flax_module_wraps_the_same_pytree_with_logical_axes(tiny_mistral_dir):
     sh = nn.logical_to_mesh_sharding(specs, mesh, DEFAULT_RULES)
     assert tuple(sh["params"]["model"]["layers"]["mlp"]["up_proj"]["kernel"].spec) == (None, "fsdp", "tensor")
     assert jax.tree_util.tree_structure(nn.unbox(variables)["params"]) == jax.tree_util.tree_structure(params)
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_flash_attention_mask_translation(window):
+    """The cuDNN path's arguments (segment mask + index causality + left window) select exactly the keys of our
+    position-based mask on packed rows. Checked through jax.nn.dot_product_attention's XLA implementation, which
+    takes the same arguments (cuDNN itself needs an NVIDIA GPU: benchmarks/train_mfu.py runs it there)."""
+    from mnlu_jax.model.mistral import attend, attend_flash, attention_mask
+
+    rng = np.random.default_rng(0)
+    b, t, h, kvh, hd = 2, 14, 4, 2, 8
+    q = jnp.asarray(rng.normal(size=(b, t, h, hd)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(b, t, kvh, hd)), jnp.float32)
+    v = jnp.asarray(rng.normal(size=(b, t, kvh, hd)), jnp.float32)
+    seg = jnp.asarray([[1] * 6 + [2] * 5 + [0] * 3, [1] * 14])
+    pos = jnp.asarray([list(range(6)) + list(range(5)) + [0] * 3, list(range(14))])
+    ref = np.asarray(attend(q, k, v, attention_mask(pos, seg, pos, seg, window)))
+    got = np.asarray(attend_flash(q, k, v, seg, seg, window, implementation="xla"))
+    real = np.asarray(seg) > 0
+    np.testing.assert_allclose(got[real], ref[real], rtol=1e-5, atol=1e-6)
+    assert np.isfinite(got).all()  # padding rows attend among themselves: no empty softmax, no NaN
+    other = np.asarray(attend_flash(q, k, v, seg, seg, 3 if window else 5, implementation="xla"))
+    assert np.abs(other[real] - ref[real]).max() > 1e-3  # a different window is visibly different
+
+
+def test_unknown_attention_impl_is_an_error(tiny_mistral_dir):
+    params, config, _ = load_model(tiny_mistral_dir)
+    with pytest.raises(ValueError, match="attention_impl 'flash'"):
+        forward(params, config.replace(attention_impl="flash"), jnp.ones((1, 4), jnp.int32))
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_unstacked_layers_give_the_same_logits(tiny_mistral_dir, fuse):
+    from mnlu_jax.model.mistral import unstack_layers
+
+    params, config, _ = load_model(tiny_mistral_dir)
+    ids = jnp.asarray(np.random.default_rng(1).integers(3, 128, size=(2, 19)))
+    ref, _ = forward(params, config, ids)
+    unstacked = unstack_layers(params, fuse=fuse)
+    assert len(unstacked["model"]["layers"]) == config.num_hidden_layers
+    assert ("qkv_proj" in unstacked["model"]["layers"][0]["self_attn"]) == fuse
+    got, _ = forward(unstacked, config, ids)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mnlu_jax.model.config import ModelConfig
-from mnlu_jax.model.mistral import forward, init_cache, to_dtype
+from mnlu_jax.model.mistral import forward, init_cache, to_dtype, unstack_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,10 @@ class DecodeConfig:
     chunk_steps: int = 16
     stop_ids: tuple[int, ...] = ()
     pad_id: int = 0
+    # "scan": lax.scan over stacked layers (fast compile); "unrolled": per-layer weight buffers in a Python loop
+    # (each matmul reads its weight in place; the choice for memory-bound small-batch decoding on accelerators).
+    layer_loop: str = "scan"
+    fuse_projections: bool = True  # with "unrolled": Q/K/V and gate/up as one matmul each (see unstack_layers)
 
 
 @dataclasses.dataclass
@@ -97,7 +101,9 @@ class Generator:
         stop = tuple(decode.stop_ids) or config.eos_ids
         self.stop_ids = tuple(int(s) for s in stop)
         self.mesh = mesh
-        self.params = params
+        if decode.layer_loop not in ("scan", "unrolled"):
+            raise ValueError(f"layer_loop {decode.layer_loop!r}: expected scan or unrolled")
+        self.params = unstack_layers(params, decode.fuse_projections) if decode.layer_loop == "unrolled" else params
         cfg = config
         # The cache is as long as the longest prompt's bucket plus the new tokens of each `stream` call, so short
         # prompts do not pay for attention over the largest bucket (one compilation per distinct length).

@@ -165,6 +165,49 @@ def attend(q, k, v, mask) -> jax.Array:
     return out.reshape(b, t, h * hd)
 
 
+def attend_flash(q, k, v, q_seg, k_seg, sliding_window: int | None, implementation: str = "cudnn") -> jax.Array:
+    """cuDNN flash attention for cache-free calls (training batches: packed or right-padded rows).
+
+    Causality is by index, which equals causality by position when positions increase within each segment
+    (true for packed and right-padded rows; left-padded decoding goes through the cache path instead).
+    Padding tokens (segment 0) attend among themselves so that no softmax row is empty (an empty row would
+    give NaN, and 0 * NaN poisons the loss); their outputs carry zero loss weight and real tokens never see them."""
+    b, t, h, hd = q.shape
+    mask = (q_seg[:, :, None] == k_seg[:, None, :])[:, None]  # (B, 1, T, S), broadcast over heads
+    window = (sliding_window - 1, 0) if sliding_window is not None and sliding_window < k.shape[1] else None
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, local_window_size=window,
+                                       implementation=implementation)
+    return out.reshape(b, t, h * hd)
+
+
+ATTENTION_IMPLS = ("xla", "cudnn")
+
+
+def unstack_layers(params: Params, fuse: bool = True) -> Params:
+    """Stacked layers (L, ...) -> a list of L per-layer pytrees, for an unrolled layer loop (decoding).
+
+    At small batch a decode step reads every weight once per token, so it is bound by memory bandwidth: with
+    per-layer buffers each matmul reads its weight in place (slicing a stacked array inside a loop may copy the
+    slice first), and with `fuse` Q/K/V become one (embed, q+2kv) matrix and gate/up one (embed, 2*mlp) matrix,
+    so a layer runs four weight-streaming matmuls instead of seven, each long enough to reach full bandwidth.
+    The split outputs are the same numbers (each output column is its own dot product)."""
+    layers = params["model"]["layers"]
+    if isinstance(layers, (list, tuple)):
+        return params
+    n = jax.tree_util.tree_leaves(layers)[0].shape[0]
+    per_layer = []
+    for i in range(n):
+        lp = jax.tree_util.tree_map(lambda x: x[i], layers)
+        if fuse:
+            a, mp = lp["self_attn"], lp["mlp"]
+            qkv = jnp.concatenate([a["q_proj"]["kernel"], a["k_proj"]["kernel"], a["v_proj"]["kernel"]], axis=-1)
+            gate_up = jnp.concatenate([mp["gate_proj"]["kernel"], mp["up_proj"]["kernel"]], axis=-1)
+            lp = {**lp, "self_attn": {"qkv_proj": {"kernel": qkv}, "o_proj": a["o_proj"]},
+                  "mlp": {"gate_up_proj": {"kernel": gate_up}, "down_proj": mp["down_proj"]}}
+        per_layer.append(lp)
+    return {**params, "model": {**params["model"], "layers": per_layer}}
+
+
 def _remat(fn, policy: str):
     if policy == "none":
         return fn
@@ -231,6 +274,8 @@ def forward(
     """
     b, t = input_ids.shape
     dtype = to_dtype(config.compute_dtype)
+    if config.attention_impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl {config.attention_impl!r}: expected one of {ATTENTION_IMPLS}")
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     if segment_ids is None:
@@ -247,6 +292,7 @@ def forward(
         k_seg = _write(cache["seg"], segment_ids, cache_index)
     else:
         k_pos, k_seg = positions, segment_ids
+    # The cuDNN path builds its own (segment-only) mask; XLA never materialises an unused one.
     mask = attention_mask(positions, segment_ids, k_pos, k_seg, config.sliding_window)
 
     def layer(carry, xs):
@@ -254,26 +300,42 @@ def forward(
         lp, i = xs
         a = lp["self_attn"]
         x = rms_norm(h, lp["input_layernorm"]["weight"], config.rms_norm_eps)
-        q = (x @ a["q_proj"]["kernel"].astype(dtype)).reshape(b, t, nh, hd)
-        k = (x @ a["k_proj"]["kernel"].astype(dtype)).reshape(b, t, kvh, hd)
-        v = (x @ a["v_proj"]["kernel"].astype(dtype)).reshape(b, t, kvh, hd)
+        if "qkv_proj" in a:  # fused for decoding (unstack_layers)
+            qkv = x @ a["qkv_proj"]["kernel"].astype(dtype)
+            q, k, v = jnp.split(qkv, [nh * hd, (nh + kvh) * hd], axis=-1)
+            q, k, v = q.reshape(b, t, nh, hd), k.reshape(b, t, kvh, hd), v.reshape(b, t, kvh, hd)
+        else:
+            q = (x @ a["q_proj"]["kernel"].astype(dtype)).reshape(b, t, nh, hd)
+            k = (x @ a["k_proj"]["kernel"].astype(dtype)).reshape(b, t, kvh, hd)
+            v = (x @ a["v_proj"]["kernel"].astype(dtype)).reshape(b, t, kvh, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if ck_all is not None:
             ck_all = _write_layer(ck_all, k.astype(ck_all.dtype), i, cache_index)
             cv_all = _write_layer(cv_all, v.astype(cv_all.dtype), i, cache_index)
             k, v = ck_all[i].astype(dtype), cv_all[i].astype(dtype)
-        o = attend(q, k, v, mask) @ a["o_proj"]["kernel"].astype(dtype)
+            o = attend(q, k, v, mask)
+        elif config.attention_impl == "cudnn":
+            o = attend_flash(q, k, v, segment_ids, segment_ids, config.sliding_window)
+        else:
+            o = attend(q, k, v, mask)
+        o = o @ a["o_proj"]["kernel"].astype(dtype)
         h = h + o
         x = rms_norm(h, lp["post_attention_layernorm"]["weight"], config.rms_norm_eps)
         mp = lp["mlp"]
-        gate = jax.nn.silu(x @ mp["gate_proj"]["kernel"].astype(dtype))
-        h = h + (gate * (x @ mp["up_proj"]["kernel"].astype(dtype))) @ mp["down_proj"]["kernel"].astype(dtype)
+        if "gate_up_proj" in mp:
+            gate, up = jnp.split(x @ mp["gate_up_proj"]["kernel"].astype(dtype), 2, axis=-1)
+        else:
+            gate, up = x @ mp["gate_proj"]["kernel"].astype(dtype), x @ mp["up_proj"]["kernel"].astype(dtype)
+        h = h + (jax.nn.silu(gate) * up) @ mp["down_proj"]["kernel"].astype(dtype)
         return (h, ck_all, cv_all), None
 
     layer = _remat(layer, config.remat_policy)
     layers = m["layers"]
     carry = (h, cache["k"] if cache is not None else None, cache["v"] if cache is not None else None)
-    if config.scan_layers:
+    if isinstance(layers, (list, tuple)):  # unstacked (see unstack_layers): unrolled, each weight its own buffer
+        for i, lp in enumerate(layers):
+            carry, _ = layer(carry, (lp, i))
+    elif config.scan_layers:
         carry, _ = jax.lax.scan(layer, carry, (layers, jnp.arange(config.num_hidden_layers, dtype=jnp.int32)))
     else:
         for i in range(config.num_hidden_layers):

@@ -62,27 +62,36 @@ def loss_sums(params, config: ModelConfig, batch: dict[str, jax.Array]) -> tuple
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, batch["targets"][..., None].astype(jnp.int32), axis=-1)[..., 0]
     w = batch["weights"].astype(jnp.float32)
-    return (nll * w).sum(), w.sum()
+    # where, not a product: a non-finite loss at a zero-weight position (padding) must not poison the sum
+    return jnp.where(w > 0, nll * w, 0.0).sum(), w.sum()
 
 
 def train_step(state: dict, batch: dict[str, jax.Array], *, config: ModelConfig, tx: optax.GradientTransformation,
                grad_accum: int) -> tuple[dict, dict]:
     """One optimizer step. With grad_accum > 1 the batch is split into micro-batches (scan) and the loss is the
-    exact token-weighted mean over the whole batch."""
-    def micro(carry, mb):
-        g_acc, l_acc, w_acc = carry
-        (l, w), g = jax.value_and_grad(lambda p: loss_sums(p, config, mb), has_aux=True)(state["params"])
-        return (jax.tree_util.tree_map(jnp.add, g_acc, g), l_acc + l, w_acc + w), None
+    exact token-weighted mean over the whole batch.
 
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, state["params"])
+    The denominator (the batch's total loss weight) depends on the data alone, so it is computed first and the
+    loss is divided by it inside the differentiated function: gradients come out already normalised, with no
+    extra pass over them (and, without accumulation, no zero-filled accumulator either)."""
+    denom = jnp.maximum(batch["weights"].astype(jnp.float32).sum(), 1.0)
+
+    def mean_loss(p, mb):
+        lsum, wsum = loss_sums(p, config, mb)
+        return lsum / denom, wsum
+
     if grad_accum == 1:
-        (grads, lsum, wsum), _ = micro((zeros, 0.0, 0.0), batch)
+        (loss, wsum), grads = jax.value_and_grad(mean_loss, has_aux=True)(state["params"], batch)
     else:
+        def micro(carry, mb):
+            g_acc, l_acc, w_acc = carry
+            (l, w), g = jax.value_and_grad(mean_loss, has_aux=True)(state["params"], mb)
+            return (jax.tree_util.tree_map(jnp.add, g_acc, g), l_acc + l, w_acc + w), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, state["params"])
         mbs = jax.tree_util.tree_map(lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
-        (grads, lsum, wsum), _ = jax.lax.scan(micro, (zeros, jnp.float32(0), jnp.float32(0)), mbs)
-    denom = jnp.maximum(wsum, 1.0)
-    grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
+        (grads, loss, wsum), _ = jax.lax.scan(micro, (zeros, jnp.float32(0), jnp.float32(0)), mbs)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": lsum / denom, "grad_norm": optax.tree.norm(grads), "tokens": wsum}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": wsum}
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}, metrics
