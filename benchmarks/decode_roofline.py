@@ -109,7 +109,7 @@ def time_variant(params, config, loop: str, prompt_len: int, steps: int, chunk: 
         per_call.append(time.perf_counter() - t)
     per_call.sort()
     step_s = per_call[len(per_call) // 2] / chunk
-    cache_bytes = sum(cache[k].size * cache[k].dtype.itemsize for k in ("k", "v"))
+    cache_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves((cache["k"], cache["v"])))
     return {"layer_loop": loop, "step_ms": step_s * 1e3, "first_call_s": first_s, "tokens": len(res[0].tokens),
             "cache_len": cache_len, "cache_bytes": cache_bytes}
 

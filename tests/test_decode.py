@@ -80,9 +80,11 @@ def test_stop_ids_and_length(tiny):
     assert all(len(r.tokens) <= 10 for r in base)
 
 
-def test_sharded_equals_single_device(tiny):
+@pytest.mark.parametrize("layer_loop", ["scan", "unrolled"])
+def test_sharded_equals_single_device(tiny, layer_loop):
     params, config, _, prompts = tiny
-    dc = DecodeConfig(batch_size=4, max_new_tokens=10, buckets=(32,), prefill_batch=4, chunk_steps=5)
+    dc = DecodeConfig(batch_size=4, max_new_tokens=10, buckets=(32,), prefill_batch=4, chunk_steps=5,
+                      layer_loop=layer_loop)
     single = [r.tokens for r in Generator(params, config, dc).generate(prompts)]
     mesh = make_mesh(data=2, fsdp=1, tensor=2, devices=jax.devices()[:4])
     sp = shard_params(params, config, mesh)

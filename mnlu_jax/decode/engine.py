@@ -32,7 +32,8 @@ class DecodeConfig:
     batch_size: int = 8
     max_new_tokens: int = 256
     # Prompt-length buckets: finer steps waste less prefill compute on padding; each is one compilation.
-    buckets: tuple[int, ...] = (32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+    buckets: tuple[int, ...] = (16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768,
+                                1024, 1280, 1536, 2048)
     prefill_batch: int = 4
     chunk_steps: int = 16
     stop_ids: tuple[int, ...] = ()
@@ -50,10 +51,10 @@ class Result:
     finish_reason: str  # "stop" (EOS/stop id) or "length"
 
 
-def _prefill(params, ids, pos, seg, *, config: ModelConfig, cache_len: int):  # noqa: D417
+def _prefill(params, ids, pos, seg, *, config: ModelConfig, cache_len: int, per_layer: bool = False):  # noqa: D417
     """Prefill a group: returns the first generated token per row and the group's filled cache rows."""
     b, t = ids.shape
-    cache = init_cache(config, b, cache_len)
+    cache = init_cache(config, b, cache_len, per_layer=per_layer)
     logits, cache = forward(params, config, ids, pos, seg, cache=cache, cache_index=0, last_only=True)
     return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
 
@@ -61,6 +62,8 @@ def _prefill(params, ids, pos, seg, *, config: ModelConfig, cache_len: int):  # 
 def _insert(cache, group_cache, slots):
     """Copy the group's cache rows into `slots` of the main cache (slots >= batch are dropped)."""
     def put(big, small, axis):
+        if isinstance(big, (list, tuple)):  # per-layer buffers: batch is their first axis
+            return [put(b, sm, 0) for b, sm in zip(big, small)]
         idx = (slice(None),) * axis + (slots,)
         return big.at[idx].set(small, mode="drop")
 
@@ -103,11 +106,15 @@ class Generator:
         self.mesh = mesh
         if decode.layer_loop not in ("scan", "unrolled"):
             raise ValueError(f"layer_loop {decode.layer_loop!r}: expected scan or unrolled")
+        # Host (numpy) weights go to the device once here, not at every jitted call.
+        params = jax.tree_util.tree_map(lambda x: jax.device_put(x) if isinstance(x, np.ndarray) else x, params)
         self.params = unstack_layers(params, decode.fuse_projections) if decode.layer_loop == "unrolled" else params
         cfg = config
         # The cache is as long as the longest prompt's bucket plus the new tokens of each `stream` call, so short
         # prompts do not pay for attention over the largest bucket (one compilation per distinct length).
-        self._prefill = jax.jit(functools.partial(_prefill, config=cfg), static_argnames=("cache_len",))
+        self._per_layer_cache = decode.layer_loop == "unrolled"
+        self._prefill = jax.jit(functools.partial(_prefill, config=cfg, per_layer=self._per_layer_cache),
+                                static_argnames=("cache_len",))
         self._insert = jax.jit(_insert, donate_argnums=(0,))
         self._chunk = jax.jit(
             functools.partial(_decode_chunk, config=cfg, steps=decode.chunk_steps, stop_ids=self.stop_ids),
@@ -123,12 +130,14 @@ class Generator:
                          "truncate it or add a bucket")
 
     def _empty_cache(self, cache_len: int):
-        cache = init_cache(self.config, self.dc.batch_size, cache_len)
+        cache = init_cache(self.config, self.dc.batch_size, cache_len, per_layer=self._per_layer_cache)
         if self.mesh is not None:
             from mnlu_jax.sharding import tree_shardings
 
-            axes = {"k": ("layers", "batch", "length", "kv_heads", None), "v": ("layers", "batch", "length", "kv_heads", None),
-                    "pos": ("batch", "length"), "seg": ("batch", "length")}
+            kv = ("layers", "batch", "kv_heads", "length", None)
+            if self._per_layer_cache:
+                kv = [kv[1:]] * self.config.num_hidden_layers
+            axes = {"k": kv, "v": kv, "pos": ("batch", "length"), "seg": ("batch", "length")}
             cache = jax.device_put(cache, tree_shardings(axes, cache, self.mesh))
         return cache
 

@@ -221,13 +221,22 @@ def _remat(fn, policy: str):
 # ---------------------------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------------------------
-def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any = None) -> Params:
-    """An empty KV cache: keys/values per layer plus each slot's position and segment (0 = empty)."""
+def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any = None, per_layer: bool = False) -> Params:
+    """An empty KV cache: keys/values per layer plus each slot's position and segment (0 = empty).
+
+    Keys/values are laid out (layers, batch, kv_heads, length, head_dim): attention contracts over head_dim
+    (scores) and length (values) with batch and kv_heads as batch dimensions, so this layout feeds both
+    matmuls as stored, without transposing the cache at every step. With `per_layer` (for unrolled layers,
+    see unstack_layers) "k" and "v" are lists of per-layer (batch, kv_heads, length, head_dim) buffers, which
+    attention reads in place instead of slicing them out of a stacked array."""
     dtype = to_dtype(dtype or config.compute_dtype)
-    shape = (config.num_hidden_layers, batch, length, config.kv_heads, config.dim_per_head)
+    shape = (batch, config.kv_heads, length, config.dim_per_head)
+    if per_layer:
+        kv = {n: [jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers)] for n in ("k", "v")}
+    else:
+        kv = {n: jnp.zeros((config.num_hidden_layers,) + shape, dtype) for n in ("k", "v")}
     return {
-        "k": jnp.zeros(shape, dtype),
-        "v": jnp.zeros(shape, dtype),
+        **kv,
         "pos": jnp.zeros((batch, length), jnp.int32),
         "seg": jnp.zeros((batch, length), jnp.int32),
     }
@@ -242,17 +251,32 @@ def _write(buf: jax.Array, new: jax.Array, index: jax.Array | int) -> jax.Array:
     return jax.vmap(lambda b, n, i: jax.lax.dynamic_update_slice(b, n, (i,) + zeros))(buf, new, index)
 
 
-def _write_layer(buf: jax.Array, new: jax.Array, layer: jax.Array | int, index: jax.Array | int) -> jax.Array:
-    """Write `new` (B, T, ...) into layer `layer` of `buf` (L, B, S, ...) at slot `index` (int or per row (B,)).
+def _write_layer(buf: jax.Array, new: jax.Array, layer: jax.Array | int | None, index: jax.Array | int) -> jax.Array:
+    """Write `new` (B, T, KVH, hd) into layer `layer` of `buf` (L, B, KVH, S, hd) at slot `index` (int or per row);
+    with `layer` None, `buf` is one layer's (B, KVH, S, hd) buffer.
 
     Only the new tokens are written (a scatter into the loop-carried buffer, done in place by XLA), never the
     whole layer slice: decoding costs O(new tokens), not O(cache), in cache writes."""
     index = jnp.asarray(index, jnp.int32)
-    b, t = new.shape[:2]
+    b, t, kvh = new.shape[:3]
     slots = (index[:, None] if index.ndim == 1 else index) + jnp.arange(t, dtype=jnp.int32)[None, :]
-    slots = jnp.broadcast_to(slots, (b, t))
-    rows = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, t))
-    return buf.at[layer, rows, slots].set(new, mode="drop")
+    slots = jnp.broadcast_to(slots, (b, t))[:, None, :]                      # (B, 1, T)
+    rows = jnp.arange(b, dtype=jnp.int32)[:, None, None]                      # (B, 1, 1)
+    heads = jnp.arange(kvh, dtype=jnp.int32)[None, :, None]                   # (1, KVH, 1)
+    idx = (rows, heads, slots) if layer is None else (layer, rows, heads, slots)
+    return buf.at[idx].set(new.transpose(0, 2, 1, 3), mode="drop")
+
+
+def attend_cache(q, k, v, mask) -> jax.Array:
+    """Attention over a cache layer. q: (B,T,H,hd); k,v: (B,KVH,S,hd) as stored; mask: (B,T,S)."""
+    b, t, h, hd = q.shape
+    kvh = k.shape[1]
+    q = q.reshape(b, t, kvh, h // kvh, hd)
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
+    return out.reshape(b, t, h * hd)
 
 
 def forward(
@@ -312,8 +336,10 @@ def forward(
         if ck_all is not None:
             ck_all = _write_layer(ck_all, k.astype(ck_all.dtype), i, cache_index)
             cv_all = _write_layer(cv_all, v.astype(cv_all.dtype), i, cache_index)
-            k, v = ck_all[i].astype(dtype), cv_all[i].astype(dtype)
-            o = attend(q, k, v, mask)
+            if i is None:  # per-layer buffers
+                o = attend_cache(q, ck_all.astype(dtype), cv_all.astype(dtype), mask)
+            else:
+                o = attend_cache(q, ck_all[i].astype(dtype), cv_all[i].astype(dtype), mask)
         elif config.attention_impl == "cudnn":
             o = attend_flash(q, k, v, segment_ids, segment_ids, config.sliding_window)
         else:
@@ -331,10 +357,19 @@ def forward(
 
     layer = _remat(layer, config.remat_policy)
     layers = m["layers"]
+    if cache is not None and isinstance(cache["k"], (list, tuple)) and not isinstance(layers, (list, tuple)):
+        raise ValueError("a per-layer KV cache needs per-layer weights (unstack_layers); got stacked layers")
     carry = (h, cache["k"] if cache is not None else None, cache["v"] if cache is not None else None)
     if isinstance(layers, (list, tuple)):  # unstacked (see unstack_layers): unrolled, each weight its own buffer
-        for i, lp in enumerate(layers):
-            carry, _ = layer(carry, (lp, i))
+        if cache is not None and isinstance(cache["k"], (list, tuple)):
+            h, ks, vs = carry
+            ks, vs = list(ks), list(vs)
+            for i, lp in enumerate(layers):
+                (h, ks[i], vs[i]), _ = layer((h, ks[i], vs[i]), (lp, None))
+            carry = (h, ks, vs)
+        else:
+            for i, lp in enumerate(layers):
+                carry, _ = layer(carry, (lp, i))
     elif config.scan_layers:
         carry, _ = jax.lax.scan(layer, carry, (layers, jnp.arange(config.num_hidden_layers, dtype=jnp.int32)))
     else:

@@ -63,7 +63,7 @@ def load_model_and_tokenizer(cfg: TrainConfig, instances, out: Path):
     if len(tok) > config.vocab_size:
         raise ValueError(f"tokenizer has {len(tok)} tokens but the model's vocabulary is {config.vocab_size}")
     config = config.replace(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, remat_policy=m.remat_policy,
-                            scan_layers=m.scan_layers)
+                            scan_layers=m.scan_layers, attention_impl=m.attention_impl)
     if jax.process_index() == 0:
         tok.save_pretrained(str(out / "tokenizer"))
     return params, config, tok, tok_src
@@ -224,7 +224,7 @@ def _finish(cfg: TrainConfig, params, config: ModelConfig, out: Path, tok_src) -
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(final / "params", params)
     ckptr.wait_until_finished()
-    final_cfg = config.replace(compute_dtype="float32", remat_policy="none")
+    final_cfg = config.replace(compute_dtype="float32", remat_policy="none", attention_impl="xla")
     host = None
     if cfg.export_hf:
         host = jax.tree_util.tree_map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), params)

@@ -59,8 +59,11 @@ def make_optimizer(o: OptimSection, total_steps: int) -> tuple[optax.GradientTra
 def loss_sums(params, config: ModelConfig, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """Sum of token cross-entropies weighted by the assistant mask, and the sum of weights."""
     logits, _ = forward(params, config, batch["inputs"], batch["positions"], batch["segment_ids"])
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, batch["targets"][..., None].astype(jnp.int32), axis=-1)[..., 0]
+    # nll = logsumexp - target logit, the target picked by a comparison with an iota rather than a gather: the
+    # backward is then elementwise (softmax - onehot) instead of a scatter into a zero-filled (B, T, vocab) array.
+    vocab_ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    target_logit = jnp.sum(jnp.where(vocab_ids == batch["targets"][..., None].astype(jnp.int32), logits, 0.0), axis=-1)
+    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
     w = batch["weights"].astype(jnp.float32)
     # where, not a product: a non-finite loss at a zero-weight position (padding) must not poison the sum
     return jnp.where(w > 0, nll * w, 0.0).sum(), w.sum()
