@@ -154,15 +154,8 @@ def attention_mask(q_pos, q_seg, k_pos, k_seg, sliding_window: int | None) -> ja
 
 
 def attend(q, k, v, mask) -> jax.Array:
-    """Grouped-query attention. q: (B,T,H,hd); k,v: (B,S,KVH,hd); mask: (B,T,S)."""
-    b, t, h, hd = q.shape
-    kvh = k.shape[2]
-    q = q.reshape(b, t, kvh, h // kvh, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h * hd)
+    """Grouped-query attention on projected keys/values. q: (B,T,H,hd); k,v: (B,S,KVH,hd); mask: (B,T,S)."""
+    return attend_cache(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask)
 
 
 def attend_flash(q, k, v, q_seg, k_seg, sliding_window: int | None, implementation: str = "cudnn") -> jax.Array:
@@ -268,7 +261,8 @@ def _write_layer(buf: jax.Array, new: jax.Array, layer: jax.Array | int | None, 
 
 
 def attend_cache(q, k, v, mask) -> jax.Array:
-    """Attention over a cache layer. q: (B,T,H,hd); k,v: (B,KVH,S,hd) as stored; mask: (B,T,S)."""
+    """Grouped-query attention with keys/values in the cache's layout. q: (B,T,H,hd); k,v: (B,KVH,S,hd);
+    mask: (B,T,S)."""
     b, t, h, hd = q.shape
     kvh = k.shape[1]
     q = q.reshape(b, t, kvh, h // kvh, hd)
