@@ -77,7 +77,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
     dc = DecodeConfig(batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, buckets=_buckets(a.buckets),
                       prefill_batch=min(a.prefill_batch, a.batch_size), chunk_steps=a.chunk_steps,
-                      layer_loop=a.layer_loop)
+                      layer_loop=a.layer_loop, prefix_cache=not a.no_prefix_cache)
     stats = run_generate(a.model, a.input, a.out, dc, chat_template=a.chat_template, dtype=a.dtype,
                          drop_system=a.drop_system)
     print(json.dumps({k: v for k, v in stats.items() if k != "compiled"}, indent=2))
@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--layer-loop", default="scan", choices=["scan", "unrolled"],
                    help="unrolled: per-layer weights (small-batch decoding on GPUs: 2.3x faster per step on an H100 "
                         "for a 7B model) with fused Q/K/V and gate/up; twice the weight memory while converting")
+    g.add_argument("--no-prefix-cache", action="store_true",
+                   help="prefill every prompt whole instead of computing heads shared by several prompts once")
     g.set_defaults(func=cmd_generate)
 
     for register in _extra_registrations():

@@ -30,6 +30,7 @@ class DecodeSection:
     buckets: list[int] = dataclasses.field(default_factory=lambda: [128, 256, 512])
     chunk_steps: int = 16
     dtype: str = "float32"
+    prefix_cache: bool = True  # shared prompt heads computed once (DecodeConfig.prefix_cache)
 
 
 @dataclasses.dataclass
@@ -93,7 +94,7 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
     st = Stages(names, out / "stages.json")
     dec = DecodeConfig(batch_size=cfg.decode.batch_size, max_new_tokens=cfg.decode.max_new_tokens,
                        buckets=tuple(cfg.decode.buckets), prefill_batch=min(4, cfg.decode.batch_size),
-                       chunk_steps=cfg.decode.chunk_steps)
+                       chunk_steps=cfg.decode.chunk_steps, prefix_cache=cfg.decode.prefix_cache)
 
     st.run("data", lambda: run_build(cfg.data_config, out / "data"), (out / "data" / "stats.json").exists())
 

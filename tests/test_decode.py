@@ -5,7 +5,7 @@ import pytest
 
 import jax
 
-from mnlu_jax.decode.engine import DecodeConfig, Generator, shard_params
+from mnlu_jax.decode.engine import DecodeConfig, Generator, plan_prefixes, shard_params
 from mnlu_jax.sharding import make_mesh
 from mnlu_jax.weights.convert import load_model
 from tests.conftest import make_tiny_hf
@@ -56,6 +56,66 @@ def test_batch_invariance(tiny):
     big = [r.tokens for r in Generator(params, config, DecodeConfig(batch_size=8, max_new_tokens=12, buckets=(32,),
                                                                     prefill_batch=4, chunk_steps=5)).generate(prompts)]
     assert alone == together == reversed_ == big
+
+
+def test_plan_prefixes_picks_the_longest_shared_block_head():
+    a = list(range(100, 140))                       # 40 tokens
+    b = a[:32] + [7] * 10                           # shares 2 blocks of 16 with a
+    c = a[:16] + [8] * 20                           # shares 1 block with a and b
+    d = [9] * 16                                    # shares nothing; a 16-token prompt has no head of whole blocks
+    e = a[:32]                                      # equal to b's head, but must keep a token for its tail
+    assert plan_prefixes([a, b, c, d, e], 16) == [32, 32, 16, 0, 16]
+    # a head chosen by one prompt only is not worth computing: that prompt falls back to a shared shorter one
+    f = a[:16] + [5] * 40
+    g = f[:48] + [6]
+    assert plan_prefixes([a, c, f, g], 16) == [16, 16, 48, 48]
+    x = a[:32] + [1] * 20
+    y = a[:32] + [2] * 4                            # shares 32 with x and z, but they both take 48
+    z = x[:48] + [3]
+    assert plan_prefixes([x, y, z], 16) == [48, 0, 48]
+    assert plan_prefixes([a, b], 64) == [0, 0]
+    with pytest.raises(ValueError, match="prefix_block"):
+        plan_prefixes([a], 0)
+
+
+@pytest.fixture(scope="module")
+def shared_head_prompts():
+    """Prompts like one evaluation set's: a common instruction head (longer than the sliding window), then
+    each its own text; two heads, one of them shared by a single pair."""
+    rng = np.random.default_rng(1)
+    head_a, head_b = list(rng.integers(3, 128, size=37)), list(rng.integers(3, 128, size=21))
+    prompts = [head_a + list(rng.integers(3, 128, size=n)) for n in (4, 11, 19, 2, 26)]
+    prompts += [head_b + list(rng.integers(3, 128, size=n)) for n in (9, 1)]
+    prompts += [list(rng.integers(3, 128, size=14))]
+    return prompts
+
+
+@pytest.mark.parametrize("layer_loop", ["scan", "unrolled"])
+def test_prefix_cache_gives_the_same_tokens_as_full_prefill(tiny, shared_head_prompts, layer_loop):
+    params, config, hf, _ = tiny
+    prompts = shared_head_prompts
+    base = dict(batch_size=3, max_new_tokens=10, buckets=(16, 32, 64), prefill_batch=2, chunk_steps=4,
+                layer_loop=layer_loop)
+    gen = Generator(params, config, DecodeConfig(**base, prefix_cache=True))
+    cached = [r.tokens for r in gen.generate(prompts)]
+    full = [r.tokens for r in Generator(params, config, DecodeConfig(**base, prefix_cache=False)).generate(prompts)]
+    assert cached == full
+    assert cached == [hf_greedy(hf, p, 10, config.eos_ids) for p in prompts]
+    # heads were computed once each (32 and 16 tokens) and reused by every prompt that starts with them
+    assert gen.stats["head_tokens_reused"] == 5 * 32 + 2 * 16
+    assert {s[0] for s in gen.compiled_shapes} == {"prefill", "head", "tail"}
+    assert {s[1] for s in gen.compiled_shapes if s[0] == "head"} == {16, 32}
+
+
+def test_prefix_cache_batch_invariance(tiny, shared_head_prompts):
+    params, config, _, _ = tiny
+    prompts = shared_head_prompts
+    dc = DecodeConfig(batch_size=2, max_new_tokens=8, buckets=(16, 32, 64), prefill_batch=2, chunk_steps=3)
+    one = [r.tokens for r in Generator(params, config, dc).generate(prompts)]
+    reversed_ = [r.tokens for r in Generator(params, config, dc).generate(prompts[::-1])][::-1]
+    wide = DecodeConfig(batch_size=8, max_new_tokens=8, buckets=(16, 32, 64), prefill_batch=4, chunk_steps=5)
+    big = [r.tokens for r in Generator(params, config, wide).generate(prompts)]
+    assert one == reversed_ == big
 
 
 @pytest.mark.parametrize("fuse", [False, True])
@@ -120,3 +180,5 @@ def test_smollm2_matches_hf_generate_on_16_chat_prompts(smollm2_path):
         matches += r.tokens == ref
     # fp32 on both sides; allow no mismatches
     assert matches == 16
+    # the chat header and the shared instructions were computed once (prefix caching is on by default)
+    assert gen.stats["head_tokens_reused"] >= 16 * 16

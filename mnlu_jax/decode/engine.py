@@ -7,9 +7,18 @@ keys/values copied into free slots; then all slots advance together, `chunk_step
 jitted call. Between chunks, finished rows (EOS, a stop id, or `max_new_tokens`) give their slot to the
 next prompt, so one long answer never holds the batch hostage.
 
-Batch invariance: a prompt's padding depends only on its own length (its bucket), every row attends over
-the same cache length with masked slots contributing exact zeros, and each row of a matmul is computed
-independently, so its tokens do not depend on its slot or on the other prompts.
+Prefix caching: prompts of one evaluation set share a long head (system prompt, task instruction, label
+list). Before decoding, `plan_prefixes` gives each prompt the longest block-aligned head it shares with
+another prompt of the input; that head's keys/values are computed once (a one-row prefill), kept while
+prompts still need them, and copied in front of each such prompt, whose prefill then covers only its own
+tail. A row's cache is laid out [head, left-padded to a bucket | tail, left-padded to a bucket | new tokens];
+padding slots have segment 0, and masks go by stored positions, so the gaps are invisible.
+
+Batch invariance: a prompt's padding depends only on its own length (its bucket) and its split only on the
+input set (never on batch size, slot or order), every row attends over the same cache length with masked
+slots contributing exact zeros, and each row of a matmul is computed independently, so its tokens do not
+depend on its slot or on the prompts that share its batch. With `prefix_cache=False` a prompt's computation
+does not depend on the input set either.
 """
 
 from __future__ import annotations
@@ -42,6 +51,9 @@ class DecodeConfig:
     # (each matmul reads its weight in place; the choice for memory-bound small-batch decoding on accelerators).
     layer_loop: str = "scan"
     fuse_projections: bool = True  # with "unrolled": Q/K/V and gate/up as one matmul each (see unstack_layers)
+    # Shared prompt heads computed once (see the module docstring); `prefix_block` is the split granularity.
+    prefix_cache: bool = True
+    prefix_block: int = 16
 
 
 @dataclasses.dataclass
@@ -57,6 +69,57 @@ def _prefill(params, ids, pos, seg, *, config: ModelConfig, cache_len: int, per_
     cache = init_cache(config, b, cache_len, per_layer=per_layer)
     logits, cache = forward(params, config, ids, pos, seg, cache=cache, cache_index=0, last_only=True)
     return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
+
+
+def _prefill_tail(params, head, ids, pos, seg, *, config: ModelConfig, cache_len: int, per_layer: bool = False):
+    """Prefill prompt tails behind cached heads: `head` holds P rows of head keys/values/positions/segments
+    (length Lh); the tails are written from slot Lh on and attend to the head and to themselves."""
+    b, _ = ids.shape
+    cache = init_cache(config, b, cache_len, per_layer=per_layer)
+    cache = jax.tree_util.tree_map(lambda c, h: jax.lax.dynamic_update_slice(c, h, (0,) * c.ndim), cache, head)
+    head_len = head["pos"].shape[1]
+    logits, cache = forward(params, config, ids, pos, seg, cache=cache, cache_index=head_len, last_only=True)
+    return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
+
+
+def _stack_rows(caches: list) -> dict:
+    """Concatenate one-row caches along the batch axis (axis 1 of stacked (L, B, ...) keys/values, else 0)."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=1 if xs[0].ndim == 5 else 0), *caches)
+
+
+def _head_keys(prompt: Sequence[int], block: int) -> list[tuple[int, int]]:
+    """(length, chained hash) of each whole-block head of `prompt` that leaves at least one token: O(length)."""
+    keys, h = [], 0
+    for m in range(block, len(prompt), block):
+        h = hash((h, tuple(int(t) for t in prompt[m - block:m])))
+        keys.append((m, h))
+    return keys
+
+
+def plan_prefixes(prompts: Sequence[Sequence[int]], block: int) -> list[int]:
+    """For each prompt, the length of the longest head of whole `block`-token blocks (leaving at least one
+    token) that some other prompt of the input starts with; 0 when it shares none. A head chosen by only one
+    prompt falls back to the longest shorter head that at least two prompts chose (or 0), so every head that
+    is computed is used at least twice. Heads are matched here by chained block hashes; the engine keys the
+    computed heads by their tokens, so a hash collision would cost a recomputation, never a wrong head."""
+    if block <= 0:
+        raise ValueError(f"prefix_block must be positive, got {block}")
+    keys = [_head_keys(p, block) for p in prompts]
+    counts: dict[tuple[int, int], int] = {}
+    for ks in keys:
+        for k in ks:
+            counts[k] = counts.get(k, 0) + 1
+    chosen = [max((k for k in ks if counts[k] > 1), default=None) for ks in keys]
+    users: dict[tuple[int, int], int] = {}
+    for k in chosen:
+        if k is not None:
+            users[k] = users.get(k, 0) + 1
+    out = []
+    for ks, k in zip(keys, chosen):
+        # lowering a singleton never changes another head's user count (its head had only itself)
+        usable = [kk for kk in ks if k is not None and kk[0] <= k[0] and users.get(kk, 0) >= 2]
+        out.append(usable[-1][0] if usable else 0)
+    return out
 
 
 def _insert(cache, group_cache, slots):
@@ -115,12 +178,17 @@ class Generator:
         self._per_layer_cache = decode.layer_loop == "unrolled"
         self._prefill = jax.jit(functools.partial(_prefill, config=cfg, per_layer=self._per_layer_cache),
                                 static_argnames=("cache_len",))
+        self._prefill_tail = jax.jit(functools.partial(_prefill_tail, config=cfg, per_layer=self._per_layer_cache),
+                                     static_argnames=("cache_len",))
         self._insert = jax.jit(_insert, donate_argnums=(0,))
         self._chunk = jax.jit(
             functools.partial(_decode_chunk, config=cfg, steps=decode.chunk_steps, stop_ids=self.stop_ids),
             donate_argnums=(1,))
         self.compiled_shapes: set[tuple] = set()  # (kind, shape) pairs seen: bounded by the bucket count
-        self.stats = {"prefill_calls": 0, "chunk_calls": 0, "generated_tokens": 0, "seconds": 0.0}
+        # prefill_tokens: prompt positions computed (padding included); head_tokens_reused: prompt tokens read
+        # from a shared head's cache instead
+        self.stats = {"prefill_calls": 0, "chunk_calls": 0, "generated_tokens": 0, "seconds": 0.0,
+                      "prefill_tokens": 0, "head_tokens_reused": 0}
 
     def bucket_for(self, n: int) -> int:
         for b in sorted(self.dc.buckets):
@@ -146,11 +214,20 @@ class Generator:
         """Yield a Result per prompt as soon as it finishes (not in input order)."""
         dc = self.dc
         B = dc.batch_size
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # long prompts first
-        queue = list(order)
         if not prompts:
             return
-        cache_len = self.bucket_for(max(len(p) for p in prompts)) + dc.max_new_tokens
+        heads = plan_prefixes(prompts, dc.prefix_block) if dc.prefix_cache else [0] * len(prompts)
+        # per prompt: (head bucket, tail bucket); a prompt without a shared head is all tail
+        shapes = [(self.bucket_for(m), self.bucket_for(len(p) - m)) if m else (0, self.bucket_for(len(p)))
+                  for p, m in zip(prompts, heads)]
+        head_users: dict[tuple, int] = {}
+        for p, m in zip(prompts, heads):
+            if m:
+                head_users[tuple(p[:m])] = head_users.get(tuple(p[:m]), 0) + 1
+        head_store: dict[tuple, dict] = {}  # head tokens -> its one-row cache, while prompts still need it
+        # long layouts first; one shape's prompts together so that prefill groups fill up
+        queue = sorted(range(len(prompts)), key=lambda i: (-sum(shapes[i]), shapes[i], i))
+        cache_len = max(sum(sh) for sh in shapes) + dc.max_new_tokens
         cache = self._empty_cache(cache_len)
         tokens = np.zeros(B, np.int32)
         positions = np.zeros(B, np.int32)
@@ -162,25 +239,13 @@ class Generator:
         while queue or active.any():
             free = [s for s in range(B) if not active[s]]
             while queue and free:
-                # one prefill group: prompts of the same bucket, up to prefill_batch and the free slots
-                bucket = self.bucket_for(len(prompts[queue[0]]))
+                # one prefill group: prompts of the same layout, up to prefill_batch and the free slots
+                shape = shapes[queue[0]]
                 group = []
-                while queue and len(group) < min(dc.prefill_batch, len(free)) and \
-                        self.bucket_for(len(prompts[queue[0]])) == bucket:
+                while queue and len(group) < min(dc.prefill_batch, len(free)) and shapes[queue[0]] == shape:
                     group.append(queue.pop(0))
-                # rows of the prefill call: the next power of two >= the group (bounded compilations, little waste)
-                P = min(dc.prefill_batch, 1 << (len(group) - 1).bit_length())
-                ids = np.full((P, bucket), dc.pad_id, np.int32)
-                pos = np.zeros((P, bucket), np.int32)
-                seg = np.zeros((P, bucket), np.int32)
-                for r, i in enumerate(group):
-                    p = np.asarray(prompts[i], np.int32)
-                    ids[r, bucket - len(p):] = p
-                    pos[r, bucket - len(p):] = np.arange(len(p))
-                    seg[r, bucket - len(p):] = 1
-                first, gcache = self._prefill(self.params, ids, pos, seg, cache_len=cache_len)
-                self.compiled_shapes.add(("prefill", bucket, cache_len, P))
-                slots = np.full(P, B, np.int32)  # B = out of range = dropped
+                first, gcache = self._prefill_group(prompts, group, heads, shape, cache_len, head_store, head_users)
+                slots = np.full(first.shape[0], B, np.int32)  # B = out of range = dropped
                 taken = free[:len(group)]
                 free = free[len(group):]
                 slots[:len(group)] = taken
@@ -193,7 +258,7 @@ class Generator:
                     slot_prompt[s] = i
                     tokens[s] = tok
                     positions[s] = len(prompts[i])
-                    write_idx[s] = bucket
+                    write_idx[s] = sum(shape)
                     active[s] = tok not in self.stop_ids and dc.max_new_tokens > 1
                     if not active[s]:
                         yield self._finish(i, outputs.pop(i), slot_prompt, s)
@@ -224,6 +289,52 @@ class Generator:
             if progress is not None:
                 progress(self.stats["generated_tokens"], len(prompts) - len(queue) - int(active.sum()))
         self.stats["seconds"] += time.perf_counter() - t0
+
+    def _prefill_group(self, prompts, group, heads, shape, cache_len, head_store, head_users):
+        """Prefill one group of prompts with the same layout: the whole prompt, or its tail behind a cached head."""
+        dc = self.dc
+        head_len, tail_len = shape
+        # rows of the prefill call: the next power of two >= the group (bounded compilations, little waste)
+        P = min(dc.prefill_batch, 1 << (len(group) - 1).bit_length())
+        ids = np.full((P, tail_len), dc.pad_id, np.int32)
+        pos = np.zeros((P, tail_len), np.int32)
+        seg = np.zeros((P, tail_len), np.int32)
+        for r, i in enumerate(group):
+            m = heads[i]
+            tail = np.asarray(prompts[i][m:], np.int32)
+            ids[r, tail_len - len(tail):] = tail
+            pos[r, tail_len - len(tail):] = np.arange(m, len(prompts[i]))
+            seg[r, tail_len - len(tail):] = 1
+        self.stats["prefill_tokens"] += P * tail_len
+        if not head_len:
+            self.compiled_shapes.add(("prefill", tail_len, cache_len, P))
+            return self._prefill(self.params, ids, pos, seg, cache_len=cache_len)
+        rows = [self._head_cache(tuple(prompts[i][:heads[i]]), head_len, head_store, head_users) for i in group]
+        rows += rows[:1] * (P - len(rows))  # filler rows: computed, then dropped by the insert
+        self.compiled_shapes.add(("tail", head_len, tail_len, cache_len, P))
+        return self._prefill_tail(self.params, _stack_rows(rows), ids, pos, seg, cache_len=cache_len)
+
+    def _head_cache(self, head: tuple, head_len: int, head_store: dict, head_users: dict):
+        """The one-row cache of a shared head (left-padded to `head_len`), computed at its first use and
+        released after its last."""
+        entry = head_store.get(head)
+        if entry is None:
+            ids = np.full((1, head_len), self.dc.pad_id, np.int32)
+            pos = np.zeros((1, head_len), np.int32)
+            seg = np.zeros((1, head_len), np.int32)
+            ids[0, head_len - len(head):] = head
+            pos[0, head_len - len(head):] = np.arange(len(head))
+            seg[0, head_len - len(head):] = 1
+            _, cache = self._prefill(self.params, ids, pos, seg, cache_len=head_len)
+            self.compiled_shapes.add(("head", head_len))
+            self.stats["prefill_calls"] += 1
+            self.stats["prefill_tokens"] += head_len
+            entry = head_store[head] = {"cache": cache, "left": head_users[head]}
+        self.stats["head_tokens_reused"] += len(head)
+        entry["left"] -= 1
+        if entry["left"] == 0:
+            del head_store[head]
+        return entry["cache"]
 
     def _finish(self, i: int, toks: list[int], slot_prompt: list[int], s: int) -> Result:
         slot_prompt[s] = -1

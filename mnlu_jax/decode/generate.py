@@ -102,6 +102,7 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
     if not todo:
         return stats
     prompts = encode_records(todo, tokenizer, chat_template, drop_system, max(gen.dc.buckets), str(input_path))
+    before = dict(gen.stats)
     tokens0, secs0 = gen.stats["generated_tokens"], gen.stats["seconds"]
     bar = tqdm(total=len(todo), desc=f"generate {Path(input_path).stem}", unit="prompt", disable=not progress)
     with open(out_path, "a") as f:
@@ -118,5 +119,7 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
     bar.close()
     stats.update(generated_tokens=gen.stats["generated_tokens"] - tokens0, seconds=gen.stats["seconds"] - secs0,
                  compiled=sorted(gen.compiled_shapes), prefill_calls=gen.stats["prefill_calls"],
-                 chunk_calls=gen.stats["chunk_calls"])
+                 chunk_calls=gen.stats["chunk_calls"],
+                 prefill_tokens=gen.stats["prefill_tokens"] - before["prefill_tokens"],
+                 head_tokens_reused=gen.stats["head_tokens_reused"] - before["head_tokens_reused"])
     return stats

@@ -85,12 +85,13 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     e.add_argument("--name", default="ours", help="system name in the report")
     e.add_argument("--layer-loop", default="scan", choices=["scan", "unrolled"], help="as for generate")
+    e.add_argument("--no-prefix-cache", action="store_true", help="as for generate")
 
     def evaluate(a):
         from mnlu_jax.evaluate.score import markdown, table5
         dc = DecodeConfig(batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
                           buckets=tuple(int(x) for x in a.buckets.split(",")), prefill_batch=min(4, a.batch_size),
-                          layer_loop=a.layer_loop)
+                          layer_loop=a.layer_loop, prefix_cache=not a.no_prefix_cache)
         run_evaluate(a.model, a.eval_dir, a.out, dc, a.chat_template, a.drop_system, a.dtype, a.name)
         print((Path(a.out) / "table5_paper.md").read_text())
         return 0
