@@ -153,6 +153,16 @@ def test_sharded_equals_single_device(tiny, layer_loop):
     assert sharded == single
 
 
+def test_sharded_prefix_cache_equals_single_device(tiny, shared_head_prompts):
+    params, config, _, _ = tiny
+    dc = DecodeConfig(batch_size=4, max_new_tokens=6, buckets=(16, 32, 64), prefill_batch=2, chunk_steps=3)
+    single = [r.tokens for r in Generator(params, config, dc).generate(shared_head_prompts)]
+    mesh = make_mesh(data=2, fsdp=1, tensor=2, devices=jax.devices()[:4])
+    gen = Generator(shard_params(params, config, mesh), config, dc, mesh=mesh)
+    assert [r.tokens for r in gen.generate(shared_head_prompts)] == single
+    assert gen.stats["head_tokens_reused"] > 0
+
+
 @pytest.mark.slow
 def test_smollm2_matches_hf_generate_on_16_chat_prompts(smollm2_path):
     from mnlu_jax.weights.convert import load_tokenizer
