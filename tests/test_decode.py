@@ -105,6 +105,10 @@ def test_prefix_cache_gives_the_same_tokens_as_full_prefill(tiny, shared_head_pr
     assert gen.stats["head_tokens_reused"] == 5 * 32 + 2 * 16
     assert {s[0] for s in gen.compiled_shapes} == {"prefill", "head", "tail"}
     assert {s[1] for s in gen.compiled_shapes if s[0] == "head"} == {16, 32}
+    # with one coarse bucket a split saves no prefill and would only lengthen the cache: no heads are used
+    coarse = Generator(params, config, DecodeConfig(**{**base, "buckets": (64,)}, prefix_cache=True))
+    assert [r.tokens for r in coarse.generate(prompts)] == full
+    assert coarse.stats["head_tokens_reused"] == 0
 
 
 def test_prefix_cache_batch_invariance(tiny, shared_head_prompts):
@@ -181,7 +185,7 @@ def test_smollm2_matches_hf_generate_on_16_chat_prompts(smollm2_path):
                                            add_generation_prompt=True), add_special_tokens=False)["input_ids"]
                for q in questions]
     assert len(prompts) == 16 and len({len(p) for p in prompts}) > 4
-    gen = Generator(params, config, DecodeConfig(batch_size=8, max_new_tokens=24, buckets=(64, 128),
+    gen = Generator(params, config, DecodeConfig(batch_size=8, max_new_tokens=24, buckets=(16, 32, 48, 64, 128),
                                                  prefill_batch=4, chunk_steps=8, stop_ids=config.eos_ids))
     ours = gen.generate(prompts)
     matches = 0

@@ -9,7 +9,8 @@ next prompt, so one long answer never holds the batch hostage.
 
 Prefix caching: prompts of one evaluation set share a long head (system prompt, task instruction, label
 list). Before decoding, `plan_prefixes` gives each prompt the longest block-aligned head it shares with
-another prompt of the input; that head's keys/values are computed once (a one-row prefill), kept while
+another prompt of the input (kept only where the tail falls into a smaller bucket than the whole prompt,
+and only if the head still serves two prompts); that head's keys/values are computed once (a one-row prefill), kept while
 prompts still need them, and copied in front of each such prompt, whose prefill then covers only its own
 tail. A row's cache is laid out [head, left-padded to a bucket | tail, left-padded to a bucket | new tokens];
 padding slots have segment 0, and masks go by stored positions, so the gaps are invisible.
@@ -216,7 +217,8 @@ class Generator:
         B = dc.batch_size
         if not prompts:
             return
-        heads = plan_prefixes(prompts, dc.prefix_block) if dc.prefix_cache else [0] * len(prompts)
+        heads = self._useful_heads(prompts, plan_prefixes(prompts, dc.prefix_block)) if dc.prefix_cache \
+            else [0] * len(prompts)
         # per prompt: (head bucket, tail bucket); a prompt without a shared head is all tail
         shapes = [(self.bucket_for(m), self.bucket_for(len(p) - m)) if m else (0, self.bucket_for(len(p)))
                   for p, m in zip(prompts, heads)]
@@ -289,6 +291,17 @@ class Generator:
             if progress is not None:
                 progress(self.stats["generated_tokens"], len(prompts) - len(queue) - int(active.sum()))
         self.stats["seconds"] += time.perf_counter() - t0
+
+    def _useful_heads(self, prompts, heads: list[int]) -> list[int]:
+        """Keep a planned head only where the tail's bucket is smaller than the whole prompt's (with coarse
+        buckets a split can save nothing and only lengthen the cache), and only heads still used twice."""
+        heads = [m if m and self.bucket_for(len(p) - m) < self.bucket_for(len(p)) else 0
+                 for p, m in zip(prompts, heads)]
+        users: dict[tuple, int] = {}
+        for p, m in zip(prompts, heads):
+            if m:
+                users[tuple(p[:m])] = users.get(tuple(p[:m]), 0) + 1
+        return [m if m and users[tuple(p[:m])] >= 2 else 0 for p, m in zip(prompts, heads)]
 
     def _prefill_group(self, prompts, group, heads, shape, cache_len, head_store, head_users):
         """Prefill one group of prompts with the same layout: the whole prompt, or its tail behind a cached head."""
