@@ -52,13 +52,11 @@ def evalset_prompts(tok, per_set: int):
 
     with tempfile.TemporaryDirectory() as d:
         manifest = build_eval("all", ROOT / "data" / "eval_samples", d, log=lambda *_: None)
-        prompts, names = [], []
-        for name, info in manifest["sets"].items():
+        prompts = []
+        for info in manifest["sets"].values():
             path = Path(d) / info["file"]
-            recs = read_jsonl(path)[:per_set]
-            prompts += encode_records(recs, tok, None, False, 2048, str(path))
-            names += [name] * len(recs)
-    return prompts, names
+            prompts += encode_records(read_jsonl(path)[:per_set], tok, None, False, 2048, str(path))
+    return prompts
 
 
 def run_ours(params, config, prompts, bs, new_tokens, prefix_cache):
@@ -120,7 +118,7 @@ def main():
     rows = []
     for workload in args.workloads.split(","):
         if workload == "evalset":
-            all_prompts, _ = evalset_prompts(tok, args.per_set)
+            all_prompts = evalset_prompts(tok, args.per_set)
         elif workload != "synthetic":
             raise SystemExit(f"--workloads: unknown workload {workload!r} (expected synthetic, evalset)")
         for bs in [int(x) for x in args.batches.split(",")]:

@@ -36,13 +36,13 @@ def ours(cfg_kw, batch, seq, steps, dtype):
     from mnlu_jax.model.config import ModelConfig
     from mnlu_jax.model.mistral import init_params
     from mnlu_jax.train.config import OptimSection
-    from mnlu_jax.train.step import flops_per_token, make_optimizer, peak_tflops, train_step
+    from mnlu_jax.train.step import flops_per_token, init_state, make_optimizer, peak_tflops, train_step
 
     config = ModelConfig(**cfg_kw, model_type="mistral", compute_dtype=dtype, param_dtype="float32",
                          remat_policy="none" if dtype == "float32" else "save_dots")
     params = init_params(config, jax.random.PRNGKey(0))
     tx, _ = make_optimizer(OptimSection(learning_rate=1e-4, warmup_ratio=0.0, grad_clip=0.0), steps + 3)
-    state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0), "rng": jnp.zeros(2, jnp.uint32)}
+    state = init_state(params, tx)
     import functools
 
     step = jax.jit(functools.partial(train_step, config=config, tx=tx, grad_accum=1), donate_argnums=(0,))

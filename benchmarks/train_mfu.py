@@ -84,21 +84,19 @@ def run_variant(preset: str, seq: int, steps: int, attention: str, remat: str, b
     import functools
 
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from mnlu_jax.model.config import ModelConfig
     from mnlu_jax.model.mistral import init_params
     from mnlu_jax.train.config import OptimSection
-    from mnlu_jax.train.step import flops_per_token, make_optimizer, peak_tflops, train_step
+    from mnlu_jax.train.step import flops_per_token, init_state, make_optimizer, peak_tflops, train_step
 
     config = ModelConfig(**PRESETS[preset], model_type="mistral", param_dtype="float32", compute_dtype="bfloat16",
                          remat_policy=remat, attention_impl=attention)
     params = jax.jit(lambda k: init_params(config, k))(jax.random.PRNGKey(0))
     tx, _ = make_optimizer(OptimSection(learning_rate=1e-4, warmup_ratio=0.1, grad_clip=1.0, grad_accum=accum),
                            steps + 10)
-    state = {"params": params, "opt_state": jax.jit(tx.init)(params), "step": jnp.int32(0),
-             "rng": jnp.zeros(2, jnp.uint32)}
+    state = init_state(params, tx)
     step = jax.jit(functools.partial(train_step, config=config, tx=tx, grad_accum=accum), donate_argnums=(0,))
     rng = np.random.default_rng(0)
     batches = [jax.device_put(packed_batch(rng, batch * accum, seq, config.vocab_size)) for _ in range(2)]

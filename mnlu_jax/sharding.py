@@ -82,7 +82,6 @@ def param_shardings(config, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules=DEFAULT_RULES) -> NamedSharding:
-    axes = ("batch",) + ("length",) * (ndim - 1)
     table = dict(rules)
     names = tuple(a for a in table["batch"] if mesh.shape[a] > 1)
     spec = [names if names else None] + [None] * (ndim - 1)

@@ -9,10 +9,9 @@ next prompt, so one long answer never holds the batch hostage.
 
 Prefix caching: prompts of one evaluation set share a long head (system prompt, task instruction, label
 list). Before decoding, `plan_prefixes` gives each prompt the longest block-aligned head it shares with
-another prompt of the input (kept only where the tail falls into a smaller bucket than the whole prompt,
-and only if the head still serves two prompts); that head's keys/values are computed once (a one-row prefill), kept while
-prompts still need them, and copied in front of each such prompt, whose prefill then covers only its own
-tail. A row's cache is laid out [head, left-padded to a bucket | tail, left-padded to a bucket | new tokens];
+another prompt of the input and whose tail falls into a smaller bucket than the whole prompt; that head's
+keys/values are computed once (a one-row prefill), kept while prompts still need them, and copied in front
+of each such prompt, whose prefill then covers only its own tail. A row's cache is laid out [head, left-padded to a bucket | tail, left-padded to a bucket | new tokens];
 padding slots have segment 0, and masks go by stored positions, so the gaps are invisible.
 
 Batch invariance: a prompt's padding depends only on its own length (its bucket) and its split only on the
@@ -27,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -83,6 +82,20 @@ def _prefill_tail(params, head, ids, pos, seg, *, config: ModelConfig, cache_len
     return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
 
 
+def _left_pad(rows: list[tuple[Sequence[int], int]], n_rows: int, length: int, pad_id: int):
+    """Token ids, positions and segments (1 = real) of shape (n_rows, length) for prefill: each (tokens, first
+    position) row right-aligned; missing rows and the left padding are segment 0."""
+    ids = np.full((n_rows, length), pad_id, np.int32)
+    pos = np.zeros((n_rows, length), np.int32)
+    seg = np.zeros((n_rows, length), np.int32)
+    for r, (toks, start) in enumerate(rows):
+        n = len(toks)
+        ids[r, length - n:] = np.asarray(toks, np.int32)
+        pos[r, length - n:] = np.arange(start, start + n)
+        seg[r, length - n:] = 1
+    return ids, pos, seg
+
+
 def _stack_rows(caches: list) -> dict:
     """Concatenate one-row caches along the batch axis (axis 1 of stacked (L, B, ...) keys/values, else 0)."""
     return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=1 if xs[0].ndim == 5 else 0), *caches)
@@ -97,12 +110,14 @@ def _head_keys(prompt: Sequence[int], block: int) -> list[tuple[int, int]]:
     return keys
 
 
-def plan_prefixes(prompts: Sequence[Sequence[int]], block: int) -> list[int]:
+def plan_prefixes(prompts: Sequence[Sequence[int]], block: int,
+                  worth_it: Callable[[int, int], bool] = lambda prompt_len, head_len: True) -> list[int]:
     """For each prompt, the length of the longest head of whole `block`-token blocks (leaving at least one
-    token) that some other prompt of the input starts with; 0 when it shares none. A head chosen by only one
-    prompt falls back to the longest shorter head that at least two prompts chose (or 0), so every head that
-    is computed is used at least twice. Heads are matched here by chained block hashes; the engine keys the
-    computed heads by their tokens, so a hash collision would cost a recomputation, never a wrong head."""
+    token) that some other prompt of the input starts with and that `worth_it(prompt length, head length)`
+    accepts; 0 when there is none. A head chosen by only one prompt falls back to the longest shorter head that
+    at least two prompts chose (or 0), so every head that is computed is used at least twice. Heads are matched
+    here by chained block hashes; the engine keys the computed heads by their tokens, so a hash collision would
+    cost a recomputation, never a wrong head."""
     if block <= 0:
         raise ValueError(f"prefix_block must be positive, got {block}")
     keys = [_head_keys(p, block) for p in prompts]
@@ -110,17 +125,14 @@ def plan_prefixes(prompts: Sequence[Sequence[int]], block: int) -> list[int]:
     for ks in keys:
         for k in ks:
             counts[k] = counts.get(k, 0) + 1
-    chosen = [max((k for k in ks if counts[k] > 1), default=None) for ks in keys]
+    # each prompt's candidate heads: shared with another prompt and worth splitting at, shortest first
+    candidates = [[k for k in ks if counts[k] > 1 and worth_it(len(p), k[0])] for p, ks in zip(prompts, keys)]
     users: dict[tuple[int, int], int] = {}
-    for k in chosen:
-        if k is not None:
-            users[k] = users.get(k, 0) + 1
-    out = []
-    for ks, k in zip(keys, chosen):
-        # lowering a singleton never changes another head's user count (its head had only itself)
-        usable = [kk for kk in ks if k is not None and kk[0] <= k[0] and users.get(kk, 0) >= 2]
-        out.append(usable[-1][0] if usable else 0)
-    return out
+    for cs in candidates:
+        if cs:
+            users[cs[-1]] = users.get(cs[-1], 0) + 1
+    # lowering a singleton never changes another head's user count (its head had only itself)
+    return [max((k[0] for k in cs if users.get(k, 0) >= 2), default=0) for cs in candidates]
 
 
 def _insert(cache, group_cache, slots):
@@ -217,8 +229,10 @@ class Generator:
         B = dc.batch_size
         if not prompts:
             return
-        heads = self._useful_heads(prompts, plan_prefixes(prompts, dc.prefix_block)) if dc.prefix_cache \
-            else [0] * len(prompts)
+        # a split only pays where the tail falls into a smaller bucket than the whole prompt (with coarse buckets
+        # it would save no prefill and only lengthen the cache)
+        heads = plan_prefixes(prompts, dc.prefix_block, lambda n, m: self.bucket_for(n - m) < self.bucket_for(n)) \
+            if dc.prefix_cache else [0] * len(prompts)
         # per prompt: (head bucket, tail bucket); a prompt without a shared head is all tail
         shapes = [(self.bucket_for(m), self.bucket_for(len(p) - m)) if m else (0, self.bucket_for(len(p)))
                   for p, m in zip(prompts, heads)]
@@ -292,32 +306,13 @@ class Generator:
                 progress(self.stats["generated_tokens"], len(prompts) - len(queue) - int(active.sum()))
         self.stats["seconds"] += time.perf_counter() - t0
 
-    def _useful_heads(self, prompts, heads: list[int]) -> list[int]:
-        """Keep a planned head only where the tail's bucket is smaller than the whole prompt's (with coarse
-        buckets a split can save nothing and only lengthen the cache), and only heads still used twice."""
-        heads = [m if m and self.bucket_for(len(p) - m) < self.bucket_for(len(p)) else 0
-                 for p, m in zip(prompts, heads)]
-        users: dict[tuple, int] = {}
-        for p, m in zip(prompts, heads):
-            if m:
-                users[tuple(p[:m])] = users.get(tuple(p[:m]), 0) + 1
-        return [m if m and users[tuple(p[:m])] >= 2 else 0 for p, m in zip(prompts, heads)]
-
     def _prefill_group(self, prompts, group, heads, shape, cache_len, head_store, head_users):
         """Prefill one group of prompts with the same layout: the whole prompt, or its tail behind a cached head."""
         dc = self.dc
         head_len, tail_len = shape
         # rows of the prefill call: the next power of two >= the group (bounded compilations, little waste)
         P = min(dc.prefill_batch, 1 << (len(group) - 1).bit_length())
-        ids = np.full((P, tail_len), dc.pad_id, np.int32)
-        pos = np.zeros((P, tail_len), np.int32)
-        seg = np.zeros((P, tail_len), np.int32)
-        for r, i in enumerate(group):
-            m = heads[i]
-            tail = np.asarray(prompts[i][m:], np.int32)
-            ids[r, tail_len - len(tail):] = tail
-            pos[r, tail_len - len(tail):] = np.arange(m, len(prompts[i]))
-            seg[r, tail_len - len(tail):] = 1
+        ids, pos, seg = _left_pad([(prompts[i][heads[i]:], heads[i]) for i in group], P, tail_len, dc.pad_id)
         self.stats["prefill_tokens"] += P * tail_len
         if not head_len:
             self.compiled_shapes.add(("prefill", tail_len, cache_len, P))
@@ -332,12 +327,7 @@ class Generator:
         released after its last."""
         entry = head_store.get(head)
         if entry is None:
-            ids = np.full((1, head_len), self.dc.pad_id, np.int32)
-            pos = np.zeros((1, head_len), np.int32)
-            seg = np.zeros((1, head_len), np.int32)
-            ids[0, head_len - len(head):] = head
-            pos[0, head_len - len(head):] = np.arange(len(head))
-            seg[0, head_len - len(head):] = 1
+            ids, pos, seg = _left_pad([(head, 0)], 1, head_len, self.dc.pad_id)
             _, cache = self._prefill(self.params, ids, pos, seg, cache_len=head_len)
             self.compiled_shapes.add(("head", head_len))
             self.stats["prefill_calls"] += 1

@@ -103,7 +103,6 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
         return stats
     prompts = encode_records(todo, tokenizer, chat_template, drop_system, max(gen.dc.buckets), str(input_path))
     before = dict(gen.stats)
-    tokens0, secs0 = gen.stats["generated_tokens"], gen.stats["seconds"]
     bar = tqdm(total=len(todo), desc=f"generate {Path(input_path).stem}", unit="prompt", disable=not progress)
     with open(out_path, "a") as f:
         for res in gen.stream(prompts):
@@ -115,11 +114,9 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
             f.flush()
             bar.update(1)
             elapsed = max(bar.format_dict["elapsed"], 1e-9)
-            bar.set_postfix(tok_s=f"{(gen.stats['generated_tokens'] - tokens0) / elapsed:.1f}")
+            bar.set_postfix(tok_s=f"{(gen.stats['generated_tokens'] - before['generated_tokens']) / elapsed:.1f}")
     bar.close()
-    stats.update(generated_tokens=gen.stats["generated_tokens"] - tokens0, seconds=gen.stats["seconds"] - secs0,
-                 compiled=sorted(gen.compiled_shapes), prefill_calls=gen.stats["prefill_calls"],
-                 chunk_calls=gen.stats["chunk_calls"],
-                 prefill_tokens=gen.stats["prefill_tokens"] - before["prefill_tokens"],
-                 head_tokens_reused=gen.stats["head_tokens_reused"] - before["head_tokens_reused"])
+    delta = {k: gen.stats[k] - before[k] for k in ("generated_tokens", "seconds", "prefill_tokens", "head_tokens_reused")}
+    stats.update(delta, compiled=sorted(gen.compiled_shapes), prefill_calls=gen.stats["prefill_calls"],
+                 chunk_calls=gen.stats["chunk_calls"])
     return stats

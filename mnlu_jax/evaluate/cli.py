@@ -88,7 +88,6 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--no-prefix-cache", action="store_true", help="as for generate")
 
     def evaluate(a):
-        from mnlu_jax.evaluate.score import markdown, table5
         dc = DecodeConfig(batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
                           buckets=tuple(int(x) for x in a.buckets.split(",")), prefill_batch=min(4, a.batch_size),
                           layer_loop=a.layer_loop, prefix_cache=not a.no_prefix_cache)

@@ -350,10 +350,8 @@ def forward(
         if ck_all is not None:
             ck_all = _write_layer(ck_all, k.astype(ck_all.dtype), i, cache_index)
             cv_all = _write_layer(cv_all, v.astype(cv_all.dtype), i, cache_index)
-            if i is None:  # per-layer buffers
-                o = attend_cache(q, ck_all.astype(dtype), cv_all.astype(dtype), mask)
-            else:
-                o = attend_cache(q, ck_all[i].astype(dtype), cv_all[i].astype(dtype), mask)
+            ck, cv = (ck_all, cv_all) if i is None else (ck_all[i], cv_all[i])  # None: per-layer buffers
+            o = attend_cache(q, ck.astype(dtype), cv.astype(dtype), mask)
         elif config.attention_impl == "cudnn":
             o = attend_flash(q, k, v, segment_ids, segment_ids, config.sliding_window)
         else:
@@ -374,16 +372,14 @@ def forward(
     if cache is not None and isinstance(cache["k"], (list, tuple)) and not isinstance(layers, (list, tuple)):
         raise ValueError("a per-layer KV cache needs per-layer weights (unstack_layers); got stacked layers")
     carry = (h, cache["k"] if cache is not None else None, cache["v"] if cache is not None else None)
-    if isinstance(layers, (list, tuple)):  # unstacked (see unstack_layers): unrolled, each weight its own buffer
-        if cache is not None and isinstance(cache["k"], (list, tuple)):
-            h, ks, vs = carry
-            ks, vs = list(ks), list(vs)
-            for i, lp in enumerate(layers):
-                (h, ks[i], vs[i]), _ = layer((h, ks[i], vs[i]), (lp, None))
-            carry = (h, ks, vs)
-        else:
-            for i, lp in enumerate(layers):
-                carry, _ = layer(carry, (lp, i))
+    if isinstance(layers, (list, tuple)) and cache is not None and isinstance(cache["k"], (list, tuple)):
+        h, ks, vs = carry[0], list(carry[1]), list(carry[2])  # per-layer weights and per-layer cache buffers
+        for i, lp in enumerate(layers):
+            (h, ks[i], vs[i]), _ = layer((h, ks[i], vs[i]), (lp, None))
+        carry = (h, ks, vs)
+    elif isinstance(layers, (list, tuple)):  # unstacked (see unstack_layers): unrolled, each weight its own buffer
+        for i, lp in enumerate(layers):
+            carry, _ = layer(carry, (lp, i))
     elif config.scan_layers:
         carry, _ = jax.lax.scan(layer, carry, (layers, jnp.arange(config.num_hidden_layers, dtype=jnp.int32)))
     else:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -26,7 +25,7 @@ from mnlu_jax.model.mistral import init_params
 from mnlu_jax.sharding import batch_sharding, make_mesh, param_shardings
 from mnlu_jax.train import distributed
 from mnlu_jax.train.config import TrainConfig
-from mnlu_jax.train.step import flops_per_token, make_optimizer, peak_tflops, train_step
+from mnlu_jax.train.step import flops_per_token, init_state, make_optimizer, peak_tflops, train_step
 
 
 class TrainingDiverged(RuntimeError):
@@ -93,8 +92,7 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
     tx, sched = make_optimizer(cfg.optim, total_steps)
     params = jax.tree_util.tree_map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: np.asarray(x[idx])),
                                     params, p_shard)
-    state = {"params": params, "opt_state": jax.jit(tx.init)(params), "step": jnp.int32(0),
-             "rng": jax.random.key_data(jax.random.PRNGKey(cfg.seed))}
+    state = init_state(params, tx, jax.random.key_data(jax.random.PRNGKey(cfg.seed)))
     state = _on_mesh(state, mesh)
     state_shard = jax.tree_util.tree_map(lambda x: x.sharding, state)
     step_fn = jax.jit(functools.partial(train_step, config=config, tx=tx, grad_accum=cfg.optim.grad_accum),

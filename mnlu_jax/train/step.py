@@ -69,6 +69,12 @@ def loss_sums(params, config: ModelConfig, batch: dict[str, jax.Array]) -> tuple
     return jnp.where(w > 0, nll * w, 0.0).sum(), w.sum()
 
 
+def init_state(params, tx: optax.GradientTransformation, rng: jax.Array | None = None) -> dict:
+    """The state `train_step` consumes: parameters, optimizer state, step counter and RNG key data."""
+    return {"params": params, "opt_state": jax.jit(tx.init)(params), "step": jnp.int32(0),
+            "rng": jnp.zeros(2, jnp.uint32) if rng is None else rng}
+
+
 def train_step(state: dict, batch: dict[str, jax.Array], *, config: ModelConfig, tx: optax.GradientTransformation,
                grad_accum: int) -> tuple[dict, dict]:
     """One optimizer step. With grad_accum > 1 the batch is split into micro-batches (scan) and the loss is the
