@@ -2,9 +2,11 @@
 
 Same Mistral-shaped model (random init, fp32), same batch, sequence length, AdamW hyper-parameters and loss
 (cross-entropy on every token), torch threads = cores. Each side runs warm-up steps first (ours: compilation).
+Ours computes the loss with the fused LM head + cross-entropy in chunks of `--loss-chunk` positions (the
+single-device setting; see mnlu_jax/train/loss.py).
 On a GPU machine, `--preset 1b --dtype bfloat16` measures MFU of a ~1B-parameter config instead.
 
-    python benchmarks/train.py [--steps 10] [--batch 8] [--seq 256]
+    python benchmarks/train.py [--steps 5] [--rounds 3] [--batch 8] [--seq 256]
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ PRESETS = {
 }
 
 
-def ours(cfg_kw, batch, seq, steps, dtype):
+def ours(cfg_kw, batch, seq, dtype, loss_chunk):
+    """Build our jitted step; return (run(n) -> seconds for n steps, facts)."""
+    import functools
+
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -39,33 +44,34 @@ def ours(cfg_kw, batch, seq, steps, dtype):
     from mnlu_jax.train.step import flops_per_token, init_state, make_optimizer, peak_tflops, train_step
 
     config = ModelConfig(**cfg_kw, model_type="mistral", compute_dtype=dtype, param_dtype="float32",
-                         remat_policy="none" if dtype == "float32" else "save_dots")
+                         remat_policy="none" if dtype == "float32" else "save_dots", loss_chunk=loss_chunk)
     params = init_params(config, jax.random.PRNGKey(0))
-    tx, _ = make_optimizer(OptimSection(learning_rate=1e-4, warmup_ratio=0.0, grad_clip=0.0), steps + 3)
-    state = init_state(params, tx)
-    import functools
-
+    tx, _ = make_optimizer(OptimSection(learning_rate=1e-4, warmup_ratio=0.0, grad_clip=0.0), 1000)
+    state = {"s": init_state(params, tx)}
     step = jax.jit(functools.partial(train_step, config=config, tx=tx, grad_accum=1), donate_argnums=(0,))
     rng = np.random.default_rng(0)
     ids = rng.integers(0, config.vocab_size, size=(batch, seq + 1)).astype(np.int32)
     b = {"inputs": jnp.asarray(ids[:, :-1]), "targets": jnp.asarray(ids[:, 1:]), "weights": jnp.ones((batch, seq)),
          "segment_ids": jnp.ones((batch, seq), jnp.int32), "positions": jnp.tile(jnp.arange(seq), (batch, 1))}
-    for _ in range(2):
-        state, m = step(state, b)
-    jax.block_until_ready(m)
-    t = time.perf_counter()
-    for _ in range(steps):
-        state, m = step(state, b)
-    jax.block_until_ready(m)
-    dt = (time.perf_counter() - t) / steps
-    tps = batch * seq / dt
-    peak = peak_tflops(jax.devices()[0])
-    mfu = tps * flops_per_token(config, seq) / (peak * 1e12 * jax.device_count()) if peak else None
-    return {"tokens_per_s": tps, "step_s": dt, "loss": float(m["loss"]), "mfu": mfu, "params": config.num_params(),
-            "device": jax.devices()[0].device_kind}
+    step = step.lower(state["s"], b).compile()
+    facts = {"params": config.num_params(), "device": jax.devices()[0].device_kind, "loss_chunk": loss_chunk,
+             "flops_per_token": flops_per_token(config, seq), "peak_tflops": peak_tflops(jax.devices()[0]),
+             "devices": jax.device_count(),
+             # XLA's scratch for one step: activations, logits, gradients
+             "temp_mib": step.memory_analysis().temp_size_in_bytes / 2**20}
+
+    def run(n):
+        t = time.perf_counter()
+        for _ in range(n):
+            state["s"], m = step(state["s"], b)
+        jax.block_until_ready(m)
+        facts["loss"] = float(m["loss"])
+        return time.perf_counter() - t
+
+    return run, facts
 
 
-def reference(cfg_kw, batch, seq, steps):
+def reference(cfg_kw, batch, seq):
     import torch
     import transformers
 
@@ -76,38 +82,62 @@ def reference(cfg_kw, batch, seq, steps):
     model.config._attn_implementation = "sdpa"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     ids = torch.randint(0, cfg.vocab_size, (batch, seq + 1))
+    facts = {}
 
-    def one():
-        out = model(input_ids=ids[:, :-1], labels=None)
-        loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, cfg.vocab_size), ids[:, 1:].reshape(-1))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
+    def run(n):
+        t = time.perf_counter()
+        for _ in range(n):
+            out = model(input_ids=ids[:, :-1], labels=None)
+            loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, cfg.vocab_size), ids[:, 1:].reshape(-1))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        facts["loss"] = float(loss)
+        return time.perf_counter() - t
 
-    for _ in range(2):
-        one()
-    t = time.perf_counter()
-    for _ in range(steps):
-        loss = one()
-    dt = (time.perf_counter() - t) / steps
-    return {"tokens_per_s": batch * seq / dt, "step_s": dt, "loss": float(loss)}
+    return run, facts
+
+
+def measure(sides: dict, batch: int, seq: int, steps: int, rounds: int) -> dict:
+    """Warm every side up, then alternate rounds of `steps` steps between the sides (a pause between sides lets
+    the previous one's threads go idle), so a change in the machine's speed during the run hits all sides alike.
+    Step time = the median over rounds."""
+    for run, _ in sides.values():
+        run(2)
+    times = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, (run, _) in sides.items():
+            time.sleep(0.5)
+            times[name].append(run(steps) / steps)
+    out = {}
+    for name, (_, facts) in sides.items():
+        dt = sorted(times[name])[len(times[name]) // 2]
+        out[name] = {"tokens_per_s": batch * seq / dt, "step_s": dt, "round_step_s": times[name], **facts}
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="small", choices=list(PRESETS))
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=5, help="steps per round")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--loss-chunk", type=int, default=32, help="positions per chunk of the fused loss (0: one piece)")
     ap.add_argument("--no-reference", action="store_true")
     a = ap.parse_args()
     cfg_kw = PRESETS[a.preset]
-    res = {"preset": a.preset, "model": cfg_kw, "batch": a.batch, "seq": a.seq, "dtype": a.dtype, "steps": a.steps,
-           "ours": ours(cfg_kw, a.batch, a.seq, a.steps, a.dtype)}
+    sides = {"ours": ours(cfg_kw, a.batch, a.seq, a.dtype, a.loss_chunk)}
+    if a.loss_chunk:  # the one-piece setting (the default on multi-device meshes), for its time and memory
+        sides["ours_loss_one_piece"] = ours(cfg_kw, a.batch, a.seq, a.dtype, 0)
     if not a.no_reference:
-        res["pytorch_transformers"] = reference(cfg_kw, a.batch, a.seq, a.steps)
+        sides["pytorch_transformers"] = reference(cfg_kw, a.batch, a.seq)
+    res = {"preset": a.preset, "model": cfg_kw, "batch": a.batch, "seq": a.seq, "dtype": a.dtype, "steps": a.steps,
+           "rounds": a.rounds, **measure(sides, a.batch, a.seq, a.steps, a.rounds)}
+    for side in (v for v in res.values() if isinstance(v, dict) and v.get("peak_tflops")):
+        side["mfu"] = side["tokens_per_s"] * side["flops_per_token"] / (side["peak_tflops"] * 1e12 * side["devices"])
+    if not a.no_reference:
         res["speedup"] = res["ours"]["tokens_per_s"] / res["pytorch_transformers"]["tokens_per_s"]
     res["target"] = ">= 1.5x the PyTorch + transformers loop on CPU; 50% MFU for the 1b preset on one H100"
     write_result(f"train_{a.preset}_{a.dtype}", res)

@@ -36,6 +36,9 @@ class ModelConfig:
     compute_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"  # none | full | save_dots
+    # Training loss: sequence positions per chunk of the fused LM head + cross-entropy (train/loss.py);
+    # 0 = the whole sequence in one piece.
+    loss_chunk: int = 0
     # Attention without a KV cache (training, scoring): "xla" (einsum + mask, any backend) or "cudnn"
     # (cuDNN flash attention through jax.nn.dot_product_attention; NVIDIA GPUs, bf16/fp16 compute).
     attention_impl: str = "xla"

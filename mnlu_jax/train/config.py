@@ -20,6 +20,7 @@ class ModelSection:
     compute_dtype: str = "bfloat16"
     remat_policy: str = "full"             # none | full | save_dots
     scan_layers: bool = True
+    loss_chunk: int = 0                    # positions per chunk of the fused LM head + loss (0: one piece)
     attention_impl: str = "xla"            # xla | cudnn (cuDNN flash attention: NVIDIA GPUs, bf16 compute)
 
 

@@ -11,6 +11,7 @@ import optax
 from mnlu_jax.model.config import ModelConfig
 from mnlu_jax.model.mistral import forward
 from mnlu_jax.train.config import OptimSection
+from mnlu_jax.train.loss import lm_head_nll_sum
 
 # Peak dense bf16 TFLOP/s per device, for MFU when the config does not say.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v5p": 459.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0,
@@ -57,16 +58,15 @@ def make_optimizer(o: OptimSection, total_steps: int) -> tuple[optax.GradientTra
 
 
 def loss_sums(params, config: ModelConfig, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """Sum of token cross-entropies weighted by the assistant mask, and the sum of weights."""
-    logits, _ = forward(params, config, batch["inputs"], batch["positions"], batch["segment_ids"])
-    # nll = logsumexp - target logit, the target picked by a comparison with an iota rather than a gather: the
-    # backward is then elementwise (softmax - onehot) instead of a scatter into a zero-filled (B, T, vocab) array.
-    vocab_ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-    target_logit = jnp.sum(jnp.where(vocab_ids == batch["targets"][..., None].astype(jnp.int32), logits, 0.0), axis=-1)
-    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
+    """Sum of token cross-entropies weighted by the assistant mask, and the sum of weights.
+
+    The LM head and the cross-entropy run fused (train/loss.py): the gradient is formed in the forward pass,
+    chunk by chunk, and the (tokens x vocab) logits are never kept for the backward pass."""
+    hidden, _ = forward(params, config, batch["inputs"], batch["positions"], batch["segment_ids"], return_hidden=True)
+    tied = config.tie_word_embeddings
+    kernel = params["model"]["embed_tokens"]["weight"] if tied else params["lm_head"]["kernel"]
     w = batch["weights"].astype(jnp.float32)
-    # where, not a product: a non-finite loss at a zero-weight position (padding) must not poison the sum
-    return jnp.where(w > 0, nll * w, 0.0).sum(), w.sum()
+    return lm_head_nll_sum(hidden, kernel, batch["targets"], w, tied, config.loss_chunk), w.sum()
 
 
 def init_state(params, tx: optax.GradientTransformation, rng: jax.Array | None = None) -> dict:

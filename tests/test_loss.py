@@ -1,0 +1,97 @@
+"""The fused LM head + cross-entropy (train/loss.py) against plain autodiff of the unfused definition."""
+
+import functools
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from mnlu_jax.model.config import tiny_config
+from mnlu_jax.model.mistral import forward, init_params
+from mnlu_jax.train.loss import lm_head_nll_sum
+from mnlu_jax.train.step import loss_sums
+
+
+def reference_nll_sum(h, kernel, targets, weights, tied):
+    logits = (h @ (kernel.T if tied else kernel).astype(h.dtype)).astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(weights > 0, nll * weights, 0.0))
+
+
+def problem(tied, b=3, t=20, d=16, v=50, seed=0):
+    ks = jax.random.split(jax.random.PRNGKey(seed), 4)
+    h = jax.random.normal(ks[0], (b, t, d))
+    kernel = jax.random.normal(ks[1], (v, d) if tied else (d, v))
+    targets = jax.random.randint(ks[2], (b, t), 0, v)
+    # assistant-mask-like weights: zeros (prompt/padding), ones, and a fractional weight
+    weights = (jax.random.uniform(ks[3], (b, t)) > 0.4).astype(jnp.float32).at[0, 3].set(0.5)
+    return h, kernel, targets, weights
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("chunk", [0, 4, 7, 20, 64])  # one piece, dividing, ragged (padded), whole, longer than T
+def test_value_and_gradients_match_autodiff(tied, chunk):
+    h, kernel, targets, weights = problem(tied)
+    ref, (gh_ref, gk_ref) = jax.value_and_grad(reference_nll_sum, argnums=(0, 1))(h, kernel, targets, weights, tied)
+    fused = jax.jit(jax.value_and_grad(lm_head_nll_sum, argnums=(0, 1)), static_argnums=(4, 5))
+    val, (gh, gk) = fused(h, kernel, targets, weights, tied, chunk)
+    np.testing.assert_allclose(val, ref, rtol=1e-5)
+    np.testing.assert_allclose(gh, gh_ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gk, gk_ref, rtol=1e-4, atol=1e-5)
+    assert gh.shape == h.shape and gk.shape == kernel.shape and gk.dtype == kernel.dtype
+    # the primal alone (no gradient) gives the same number
+    np.testing.assert_allclose(jax.jit(lm_head_nll_sum, static_argnums=(4, 5))(h, kernel, targets, weights, tied, chunk),
+                               ref, rtol=1e-5)
+
+
+def test_cotangent_scales_gradients_and_zero_weights_get_none():
+    h, kernel, targets, weights = problem(False)
+    gh = jax.grad(lambda h: 0.25 * lm_head_nll_sum(h, kernel, targets, weights))(h)
+    gh_ref = jax.grad(lambda h: 0.25 * reference_nll_sum(h, kernel, targets, weights, False))(h)
+    np.testing.assert_allclose(gh, gh_ref, rtol=1e-4, atol=1e-6)
+    # positions with zero weight receive exactly zero gradient, and huge logits there do not poison anything
+    assert np.all(np.asarray(gh)[np.asarray(weights) == 0] == 0)
+    # huge logits at a zero-weight position (padding) do not poison the loss or the gradients
+    i, j = map(int, np.argwhere(np.asarray(weights) == 0)[0])
+    val, grads = jax.value_and_grad(lm_head_nll_sum, argnums=(0, 1))(h.at[i, j].set(1e30), kernel, targets, weights)
+    assert np.isfinite(float(val)) and all(np.isfinite(np.asarray(g)).all() for g in grads)
+    np.testing.assert_allclose(val, reference_nll_sum(h, kernel, targets, weights, False), rtol=1e-5)
+
+
+def test_bfloat16_compute_close_to_autodiff():
+    h, kernel, targets, weights = problem(False, t=32)
+    hb = h.astype(jnp.bfloat16)
+    ref, (gh_ref, gk_ref) = jax.value_and_grad(reference_nll_sum, argnums=(0, 1))(hb, kernel, targets, weights, False)
+    val, (gh, gk) = jax.value_and_grad(lm_head_nll_sum, argnums=(0, 1))(hb, kernel, targets, weights, False, 8)
+    assert gh.dtype == jnp.bfloat16 and gk.dtype == jnp.float32
+    np.testing.assert_allclose(val, ref, rtol=2e-2)
+    np.testing.assert_allclose(np.asarray(gh, np.float32), np.asarray(gh_ref, np.float32), atol=3e-2)
+    np.testing.assert_allclose(gk, gk_ref, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_model_loss_gradients_equal_unfused_model(tied):
+    """Through the whole model: gradients of the fused loss = autodiff of forward()'s logits and log-softmax."""
+    config = tiny_config(tie_word_embeddings=tied)
+    params = init_params(config, jax.random.PRNGKey(1))
+    b, t = 2, 24
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(0, config.vocab_size, (b, t + 1)), jnp.int32)
+    batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": jnp.asarray(rng.random((b, t)) > 0.3, jnp.float32),
+             "segment_ids": jnp.ones((b, t), jnp.int32), "positions": jnp.tile(jnp.arange(t), (b, 1))}
+
+    def unfused(p):
+        logits, _ = forward(p, config, batch["inputs"], batch["positions"], batch["segment_ids"])
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["targets"][..., None], axis=-1)[..., 0]
+        return jnp.sum(nll * batch["weights"])
+
+    ref_val, ref_grads = jax.value_and_grad(unfused)(params)
+    for chunk in (0, 5):
+        cfg = config.replace(loss_chunk=chunk)
+        (val, wsum), grads = jax.value_and_grad(functools.partial(loss_sums, config=cfg, batch=batch), has_aux=True)(params)
+        np.testing.assert_allclose(val, ref_val, rtol=1e-5)
+        assert float(wsum) == float(batch["weights"].sum())
+        jax.tree_util.tree_map(lambda a, r: np.testing.assert_allclose(a, r, rtol=2e-4, atol=2e-6), grads, ref_grads)
