@@ -226,6 +226,30 @@ def test_flash_attention_mask_translation(window):
     assert np.abs(other[real] - ref[real]).max() > 1e-3  # a different window is visibly different
 
 
+@pytest.mark.parametrize("window", [None, 7, 40])
+def test_causal_blocks_equal_full_attention(window):
+    """Blocked cache-free attention (each query block against the keys it can see) = the full masked product on
+    packed, left-padded and right-padded rows, with ragged last blocks and windows shorter and longer than a block."""
+    from mnlu_jax.model.mistral import attend, attend_causal_blocks, attention_mask
+
+    rng = np.random.default_rng(0)
+    b, t, h, kvh, hd = 3, 75, 4, 2, 8
+    q, k, v = (jnp.asarray(rng.normal(size=(b, t, n, hd)), jnp.float32) for n in (h, kvh, kvh))
+    seg = np.zeros((b, t), np.int32)
+    pos = np.zeros((b, t), np.int32)
+    seg[0, :30], seg[0, 30:61], pos[0, :30], pos[0, 30:61] = 1, 2, np.arange(30), np.arange(31)  # packed + padding
+    seg[1, 11:], pos[1, 11:] = 1, np.arange(t - 11)                                                # left-padded
+    seg[2, :50], pos[2, :50] = 1, np.arange(50)                                                    # right-padded
+    seg, pos = jnp.asarray(seg), jnp.asarray(pos)
+    mask = attention_mask(pos, seg, pos, seg, window)
+    ref = np.asarray(attend(q, k, v, mask))
+    real = np.asarray(seg) > 0
+    for max_blocks in (1, 2, 16):  # block = max(32, ceil(t / max_blocks)): 1, 2 or 3 blocks (the last ragged)
+        got = np.asarray(attend_causal_blocks(q, k, v, mask, window, max_blocks=max_blocks))
+        np.testing.assert_allclose(got[real], ref[real], rtol=1e-5, atol=1e-6)
+        assert np.isfinite(got).all()
+
+
 def test_unknown_attention_impl_is_an_error(tiny_mistral_dir):
     params, config, _ = load_model(tiny_mistral_dir)
     with pytest.raises(ValueError, match="attention_impl 'flash'"):
