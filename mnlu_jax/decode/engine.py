@@ -11,8 +11,9 @@ Prefix caching: prompts of one evaluation set share a long head (system prompt, 
 list). Before decoding, `plan_prefixes` gives each prompt the longest block-aligned head it shares with
 another prompt of the input and whose tail falls into a smaller bucket than the whole prompt; that head's
 keys/values are computed once (a one-row prefill), kept while prompts still need them, and copied in front
-of each such prompt, whose prefill then covers only its own tail. A row's cache is laid out [head, left-padded to a bucket | tail, left-padded to a bucket | new tokens];
-padding slots have segment 0, and masks go by stored positions, so the gaps are invisible.
+of each such prompt, whose prefill then covers only its own tail. A row's cache is laid out
+[head, left-padded to a bucket | tail, left-padded to a bucket | new tokens]; padding slots have segment 0, and
+masks go by stored positions, so the gaps are invisible.
 
 Batch invariance: a prompt's padding depends only on its own length (its bucket) and its split only on the
 input set (never on batch size, slot or order), every row attends over the same cache length with masked
@@ -23,6 +24,7 @@ does not depend on the input set either.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import time
@@ -121,18 +123,12 @@ def plan_prefixes(prompts: Sequence[Sequence[int]], block: int,
     if block <= 0:
         raise ValueError(f"prefix_block must be positive, got {block}")
     keys = [_head_keys(p, block) for p in prompts]
-    counts: dict[tuple[int, int], int] = {}
-    for ks in keys:
-        for k in ks:
-            counts[k] = counts.get(k, 0) + 1
+    counts = collections.Counter(k for ks in keys for k in ks)
     # each prompt's candidate heads: shared with another prompt and worth splitting at, shortest first
     candidates = [[k for k in ks if counts[k] > 1 and worth_it(len(p), k[0])] for p, ks in zip(prompts, keys)]
-    users: dict[tuple[int, int], int] = {}
-    for cs in candidates:
-        if cs:
-            users[cs[-1]] = users.get(cs[-1], 0) + 1
+    users = collections.Counter(cs[-1] for cs in candidates if cs)
     # lowering a singleton never changes another head's user count (its head had only itself)
-    return [max((k[0] for k in cs if users.get(k, 0) >= 2), default=0) for cs in candidates]
+    return [max((k[0] for k in cs if users[k] >= 2), default=0) for cs in candidates]
 
 
 def _insert(cache, group_cache, slots):
@@ -180,6 +176,7 @@ class Generator:
         stop = tuple(decode.stop_ids) or config.eos_ids
         self.stop_ids = tuple(int(s) for s in stop)
         self.mesh = mesh
+        self._buckets = sorted(decode.buckets)  # bucket_for runs per prompt and per candidate head
         if decode.layer_loop not in ("scan", "unrolled"):
             raise ValueError(f"layer_loop {decode.layer_loop!r}: expected scan or unrolled")
         # Host (numpy) weights go to the device once here, not at every jitted call.
@@ -204,10 +201,10 @@ class Generator:
                       "prefill_tokens": 0, "head_tokens_reused": 0}
 
     def bucket_for(self, n: int) -> int:
-        for b in sorted(self.dc.buckets):
+        for b in self._buckets:
             if n <= b:
                 return b
-        raise ValueError(f"prompt of {n} tokens is longer than the largest bucket {max(self.dc.buckets)}; "
+        raise ValueError(f"prompt of {n} tokens is longer than the largest bucket {self._buckets[-1]}; "
                          "truncate it or add a bucket")
 
     def _empty_cache(self, cache_len: int):
@@ -236,10 +233,7 @@ class Generator:
         # per prompt: (head bucket, tail bucket); a prompt without a shared head is all tail
         shapes = [(self.bucket_for(m), self.bucket_for(len(p) - m)) if m else (0, self.bucket_for(len(p)))
                   for p, m in zip(prompts, heads)]
-        head_users: dict[tuple, int] = {}
-        for p, m in zip(prompts, heads):
-            if m:
-                head_users[tuple(p[:m])] = head_users.get(tuple(p[:m]), 0) + 1
+        head_users = collections.Counter(tuple(p[:m]) for p, m in zip(prompts, heads) if m)
         head_store: dict[tuple, dict] = {}  # head tokens -> its one-row cache, while prompts still need it
         # long layouts first; one shape's prompts together so that prefill groups fill up
         queue = sorted(range(len(prompts)), key=lambda i: (-sum(shapes[i]), shapes[i], i))

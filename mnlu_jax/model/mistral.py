@@ -154,7 +154,8 @@ def attention_mask(q_pos, q_seg, k_pos, k_seg, sliding_window: int | None) -> ja
 
 
 def attend(q, k, v, mask) -> jax.Array:
-    """Grouped-query attention on projected keys/values. q: (B,T,H,hd); k,v: (B,S,KVH,hd); mask: (B,T,S)."""
+    """Grouped-query attention on projected keys/values, as one full masked product (the reference the blocked
+    and cuDNN paths are tested against). q: (B,T,H,hd); k,v: (B,S,KVH,hd); mask: (B,T,S)."""
     return attend_cache(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask)
 
 
