@@ -90,7 +90,7 @@ def shared_head_prompts():
     return prompts
 
 
-@pytest.mark.parametrize("layer_loop", ["scan", "unrolled"])
+@pytest.mark.parametrize("layer_loop", ["scan", "unrolled", "feature_major"])
 def test_prefix_cache_gives_the_same_tokens_as_full_prefill(tiny, shared_head_prompts, layer_loop):
     params, config, hf, _ = tiny
     prompts = shared_head_prompts
@@ -126,10 +126,13 @@ def test_prefix_cache_batch_invariance(tiny, shared_head_prompts):
 def test_unrolled_layer_loop_gives_the_same_tokens(tiny, fuse):
     params, config, _, prompts = tiny
     base = dict(batch_size=4, max_new_tokens=16, buckets=(16, 32), prefill_batch=2, chunk_steps=4)
-    scan = [r.tokens for r in Generator(params, config, DecodeConfig(**base)).generate(prompts)]
+    scan = [r.tokens for r in Generator(params, config, DecodeConfig(**base, layer_loop="scan")).generate(prompts)]
     unrolled = [r.tokens for r in Generator(params, config, DecodeConfig(**base, layer_loop="unrolled",
                                                                          fuse_projections=fuse)).generate(prompts)]
     assert unrolled == scan
+    feature_major = Generator(params, config, DecodeConfig(**base, layer_loop="feature_major"))
+    assert [r.tokens for r in feature_major.generate(prompts)] == scan
+    assert Generator(params, config, DecodeConfig(**base)).layer_loop == "feature_major"  # "auto" on CPU devices
     with pytest.raises(ValueError, match="layer_loop"):
         Generator(params, config, DecodeConfig(**base, layer_loop="while"))
 
@@ -144,7 +147,7 @@ def test_stop_ids_and_length(tiny):
     assert all(len(r.tokens) <= 10 for r in base)
 
 
-@pytest.mark.parametrize("layer_loop", ["scan", "unrolled"])
+@pytest.mark.parametrize("layer_loop", ["scan", "unrolled", "feature_major"])
 def test_sharded_equals_single_device(tiny, layer_loop):
     params, config, _, prompts = tiny
     dc = DecodeConfig(batch_size=4, max_new_tokens=10, buckets=(32,), prefill_batch=4, chunk_steps=5,

@@ -84,7 +84,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--drop-system", action="store_true")
     e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     e.add_argument("--name", default="ours", help="system name in the report")
-    e.add_argument("--layer-loop", default="scan", choices=["scan", "unrolled"], help="as for generate")
+    e.add_argument("--layer-loop", default="auto", choices=["auto", "scan", "unrolled", "feature_major"],
+                   help="as for generate")
     e.add_argument("--no-prefix-cache", action="store_true", help="as for generate")
 
     def evaluate(a):
