@@ -137,6 +137,20 @@ def test_unrolled_layer_loop_gives_the_same_tokens(tiny, fuse):
         Generator(params, config, DecodeConfig(**base, layer_loop="while"))
 
 
+def test_prefill_groups_are_powers_of_two_without_filler_rows(tiny):
+    params, config, _, _ = tiny
+    rng = np.random.default_rng(3)
+    prompts = [list(rng.integers(3, 128, size=n)) for n in (10, 11, 12, 13, 14, 20)]  # five in bucket 16, one in 32
+    gen = Generator(params, config, DecodeConfig(batch_size=8, max_new_tokens=3, buckets=(16, 32), prefill_batch=8,
+                                                 prefix_cache=False))
+    gen.generate(prompts)
+    assert gen.stats["prefill_tokens"] == 5 * 16 + 32        # every computed row is a prompt
+    assert sorted((s[1], s[-1]) for s in gen.compiled_shapes) == [(16, 1), (16, 4), (32, 1)]  # 5 = 4 + 1
+    for bad in ("prefill_batch", "batch_size", "chunk_steps", "max_new_tokens"):
+        with pytest.raises(ValueError, match=bad):
+            Generator(params, config, DecodeConfig(**{bad: 0}))
+
+
 def test_stop_ids_and_length(tiny):
     params, config, _, prompts = tiny
     base = Generator(params, config, DecodeConfig(batch_size=2, max_new_tokens=10, buckets=(32,))).generate(prompts[:2])

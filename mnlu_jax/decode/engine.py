@@ -79,23 +79,37 @@ def _greedy(params, config: ModelConfig, ids, pos, seg, cache, cache_index, feat
     return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
 
 
+def _pad_length(cache, cache_len: int):
+    """Empty slots (segment 0) appended to every row of a cache, up to `cache_len`. The prompt is prefilled
+    into a cache just as long as itself, so its attention does not scan the slots of the tokens to come."""
+    def pad(x, axis):
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, cache_len - x.shape[axis])
+        return jnp.pad(x, widths)
+
+    return {"k": jax.tree_util.tree_map(lambda x: pad(x, x.ndim - 2), cache["k"]),
+            "v": jax.tree_util.tree_map(lambda x: pad(x, x.ndim - 2), cache["v"]),
+            "pos": pad(cache["pos"], 1), "seg": pad(cache["seg"], 1)}
+
+
 def _prefill(params, ids, pos, seg, *, config: ModelConfig, cache_len: int, per_layer: bool = False,  # noqa: D417
              feature_major: bool = False):
     """Prefill a group: returns the first generated token per row and the group's filled cache rows."""
     b, t = ids.shape
-    cache = init_cache(config, b, cache_len, per_layer=per_layer)
-    return _greedy(params, config, ids, pos, seg, cache, 0, feature_major)
+    cache = init_cache(config, b, t, per_layer=per_layer)
+    first, cache = _greedy(params, config, ids, pos, seg, cache, 0, feature_major)
+    return first, _pad_length(cache, cache_len)
 
 
 def _prefill_tail(params, head, ids, pos, seg, *, config: ModelConfig, cache_len: int, per_layer: bool = False,
                   feature_major: bool = False):
     """Prefill prompt tails behind cached heads: `head` holds P rows of head keys/values/positions/segments
     (length Lh); the tails are written from slot Lh on and attend to the head and to themselves."""
-    b, _ = ids.shape
-    cache = init_cache(config, b, cache_len, per_layer=per_layer)
-    cache = jax.tree_util.tree_map(lambda c, h: jax.lax.dynamic_update_slice(c, h, (0,) * c.ndim), cache, head)
+    b, t = ids.shape
     head_len = head["pos"].shape[1]
-    return _greedy(params, config, ids, pos, seg, cache, head_len, feature_major)
+    cache = _pad_length(head, head_len + t)
+    first, cache = _greedy(params, config, ids, pos, seg, cache, head_len, feature_major)
+    return first, _pad_length(cache, cache_len)
 
 
 def _left_pad(rows: list[tuple[Sequence[int], int]], n_rows: int, length: int, pad_id: int):
@@ -146,7 +160,7 @@ def plan_prefixes(prompts: Sequence[Sequence[int]], block: int,
 
 
 def _insert(cache, group_cache, slots):
-    """Copy the group's cache rows into `slots` of the main cache (slots >= batch are dropped)."""
+    """Copy the group's cache rows into `slots` of the main cache."""
     def put(big, small, axis):
         if isinstance(big, (list, tuple)):  # per-layer buffers: batch is their first axis
             return [put(b, sm, 0) for b, sm in zip(big, small)]
@@ -193,6 +207,9 @@ class Generator:
         loop = decode.layer_loop
         if loop not in LAYER_LOOPS:
             raise ValueError(f"layer_loop {loop!r}: expected one of {LAYER_LOOPS}")
+        for name in ("batch_size", "prefill_batch", "chunk_steps", "max_new_tokens"):
+            if getattr(decode, name) < 1:
+                raise ValueError(f"DecodeConfig.{name} must be at least 1, got {getattr(decode, name)}")
         if loop == "auto":
             platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
             loop = "feature_major" if platform == "cpu" else "scan"
@@ -275,17 +292,16 @@ class Generator:
         while queue or active.any():
             free = [s for s in range(B) if not active[s]]
             while queue and free:
-                # one prefill group: prompts of the same layout, up to prefill_batch and the free slots
+                # one prefill group: prompts of the same layout, as many as the largest power of two that fits
+                # prefill_batch, the free slots and the run of that layout in the queue (so the calls' row counts
+                # are few, which bounds compilations, and no call computes filler rows: 5 prompts go as 4 + 1)
                 shape = shapes[queue[0]]
-                group = []
-                while queue and len(group) < min(dc.prefill_batch, len(free)) and shapes[queue[0]] == shape:
-                    group.append(queue.pop(0))
+                run = next((j for j, i in enumerate(queue) if shapes[i] != shape), len(queue))
+                size = 1 << (min(dc.prefill_batch, len(free), run).bit_length() - 1)
+                group, queue = queue[:size], queue[size:]
                 first, gcache = self._prefill_group(prompts, group, heads, shape, cache_len, head_store, head_users)
-                slots = np.full(first.shape[0], B, np.int32)  # B = out of range = dropped
-                taken = free[:len(group)]
-                free = free[len(group):]
-                slots[:len(group)] = taken
-                cache = self._insert(cache, gcache, jnp.asarray(slots))
+                taken, free = free[:size], free[size:]
+                cache = self._insert(cache, gcache, jnp.asarray(taken, jnp.int32))
                 first = np.asarray(first)
                 self.stats["prefill_calls"] += 1
                 for r, (i, s) in enumerate(zip(group, taken)):
@@ -330,15 +346,13 @@ class Generator:
         """Prefill one group of prompts with the same layout: the whole prompt, or its tail behind a cached head."""
         dc = self.dc
         head_len, tail_len = shape
-        # rows of the prefill call: the next power of two >= the group (bounded compilations, little waste)
-        P = min(dc.prefill_batch, 1 << (len(group) - 1).bit_length())
+        P = len(group)  # a power of two (see stream)
         ids, pos, seg = _left_pad([(prompts[i][heads[i]:], heads[i]) for i in group], P, tail_len, dc.pad_id)
         self.stats["prefill_tokens"] += P * tail_len
         if not head_len:
             self.compiled_shapes.add(("prefill", tail_len, cache_len, P))
             return self._prefill(self.params, ids, pos, seg, cache_len=cache_len)
         rows = [self._head_cache(tuple(prompts[i][:heads[i]]), head_len, head_store, head_users) for i in group]
-        rows += rows[:1] * (P - len(rows))  # filler rows: computed, then dropped by the insert
         self.compiled_shapes.add(("tail", head_len, tail_len, cache_len, P))
         return self._prefill_tail(self.params, _stack_rows(rows), ids, pos, seg, cache_len=cache_len)
 
