@@ -175,6 +175,17 @@ def _insert(cache, group_cache, slots):
     }
 
 
+def _compact(cache, rows, *, length: int):
+    """The cache's `rows` (along its batch axis), each cut to its first `length` slots."""
+    def cut(x, batch_axis: int, length_axis: int):
+        return jax.lax.slice_in_dim(jnp.take(x, rows, axis=batch_axis), 0, length, axis=length_axis)
+
+    # keys/values: stacked (L, B, KVH, S, hd) or per-layer lists of (B, KVH, S, hd)
+    kv = lambda x: cut(x, x.ndim - 4, x.ndim - 2)  # noqa: E731
+    return {"k": jax.tree_util.tree_map(kv, cache["k"]), "v": jax.tree_util.tree_map(kv, cache["v"]),
+            "pos": cut(cache["pos"], 0, 1), "seg": cut(cache["seg"], 0, 1)}
+
+
 def _decode_chunk(params, cache, tokens, positions, write_idx, active, *, config: ModelConfig, steps: int,
                   stop_ids: tuple[int, ...], feature_major: bool = False):
     """`steps` greedy steps for every slot. Inactive slots compute but write nothing visible (segment 0)."""
@@ -234,6 +245,7 @@ class Generator:
         self._prefill_tail = jax.jit(functools.partial(_prefill_tail, **model, per_layer=self._per_layer_cache),
                                      static_argnames=("cache_len",))
         self._insert = jax.jit(_insert, donate_argnums=(0,))
+        self._compact = jax.jit(_compact, static_argnames=("length",))
         self._chunk = jax.jit(
             functools.partial(_decode_chunk, **model, steps=decode.chunk_steps, stop_ids=self.stop_ids),
             donate_argnums=(1,))
@@ -290,7 +302,7 @@ class Generator:
         outputs: dict[int, list[int]] = {}
         t0 = time.perf_counter()
         while queue or active.any():
-            free = [s for s in range(B) if not active[s]]
+            free = [s for s in range(len(active)) if not active[s]]
             while queue and free:
                 # one prefill group: prompts of the same layout, as many as the largest power of two that fits
                 # prefill_batch, the free slots and the run of that layout in the queue (so the calls' row counts
@@ -316,6 +328,17 @@ class Generator:
                         yield self._finish(i, outputs.pop(i), slot_prompt, s)
             if not active.any():
                 continue
+            live = [int(x) for x in np.flatnonzero(active)]
+            rows, length = self._shrink_plan(live, len(active), [shapes[slot_prompt[r]] for r in live],
+                                             shapes[queue[0]] if queue else None, cache_len)
+            if rows is not None:  # a smaller batch and/or a shorter cache from here on (see _shrink_plan)
+                cache = self._compact(cache, jnp.asarray(rows, jnp.int32), length=length)
+                n = len(live)
+                tokens, positions, write_idx = tokens[rows], positions[rows], write_idx[rows]
+                active = np.arange(len(rows)) < n  # rows past the live ones repeat a live row: keep them idle
+                slot_prompt = [slot_prompt[r] for r in live] + [-1] * (len(rows) - n)
+                cache_len = length
+            self.compiled_shapes.add(("decode", len(active), cache_len))
             cache, tok_d, pos_d, widx_d, act_d, out = self._chunk(
                 self.params, cache, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(write_idx),
                 jnp.asarray(active))
@@ -323,7 +346,7 @@ class Generator:
             out = np.asarray(out)
             tokens, positions, write_idx = np.array(tok_d), np.array(pos_d), np.array(widx_d)
             new_active = np.array(act_d)
-            for s in range(B):
+            for s in range(len(active)):
                 if not active[s]:
                     continue
                 i = slot_prompt[s]
@@ -341,6 +364,24 @@ class Generator:
             if progress is not None:
                 progress(self.stats["generated_tokens"], len(prompts) - len(queue) - int(active.sum()))
         self.stats["seconds"] += time.perf_counter() - t0
+
+    def _shrink_plan(self, live: list[int], batch: int, live_shapes: list, next_shape, cache_len: int):
+        """(rows, length) to shrink the decode batch and cache to, or (None, cache_len) to keep them.
+
+        The queue runs longest layouts first, so the cache can shorten as it drains: once every live row and every
+        queued prompt fits in three quarters of it (layout + max_new_tokens), it is cut to that. Once the queue is
+        empty, the live rows move to the first slots of a batch of the next power of two (at least as many), so
+        the last few prompts of a run do not pay for a full batch. Each shrink is one more compiled decode shape,
+        at most a logarithmic number per run; the rows' tokens do not change (batch invariance)."""
+        needed = max(sum(sh) for sh in live_shapes + ([next_shape] if next_shape else [])) + self.dc.max_new_tokens
+        length = needed if needed <= 0.75 * cache_len else cache_len
+        size = batch
+        if next_shape is None:
+            size = min(batch, 1 << (len(live) - 1).bit_length())
+        if size == batch and length == cache_len:
+            return None, cache_len
+        rows = live + live[:1] * (size - len(live)) if size < batch else list(range(batch))
+        return rows, length
 
     def _prefill_group(self, prompts, group, heads, shape, cache_len, head_store, head_users):
         """Prefill one group of prompts with the same layout: the whole prompt, or its tail behind a cached head."""
