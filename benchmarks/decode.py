@@ -10,16 +10,19 @@ same thread count as the machine's cores, batch sizes 1, 8 and 32, two workloads
   a user would feed them: consecutive left-padded batches of the batch size. Ours takes the whole list.
 
 Ours runs twice per row, with prefix caching (the default) and without, each timed after a warm-up call that
-compiles every shape (compilation reported separately). `identical` counts prompts whose tokens equal
+compiles every shape (compilation reported separately). With `--rounds N` transformers and both of ours take turns
+N times and each side's median is reported (this VM's speed drifts by tens of percent within minutes). `identical` counts prompts whose tokens equal
 transformers' (left-padded batches may flip near-ties on the transformers side, so it is reported, not asserted).
 
     python benchmarks/decode.py [--new-tokens 32] [--batches 1,8,32] [--workloads synthetic,evalset] [--per-set 3]
+                                [--rounds 3] [--name decode]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -59,7 +62,8 @@ def evalset_prompts(tok, per_set: int):
     return prompts
 
 
-def run_ours(params, config, prompts, bs, new_tokens, prefix_cache):
+def build_ours(params, config, prompts, bs, new_tokens, prefix_cache):
+    """A warmed-up generator (every shape compiled) and the seconds that took."""
     from mnlu_jax.decode.engine import DecodeConfig, Generator
 
     # stop ids disabled so every row generates exactly new_tokens
@@ -67,14 +71,17 @@ def run_ours(params, config, prompts, bs, new_tokens, prefix_cache):
                                                  chunk_steps=16, stop_ids=(-1,), prefix_cache=prefix_cache))
     t = time.perf_counter()
     gen.generate(prompts)  # compiles every shape
-    compile_s = time.perf_counter() - t
+    return gen, time.perf_counter() - t
+
+
+def run_ours(gen, prompts, new_tokens):
     for k in ("prefill_tokens", "head_tokens_reused"):
         gen.stats[k] = 0
     t = time.perf_counter()
     res = gen.generate(prompts)
     seconds = time.perf_counter() - t
     assert all(len(r.tokens) == new_tokens for r in res)
-    return [r.tokens for r in res], seconds, compile_s, dict(gen.stats)
+    return [r.tokens for r in res], seconds, dict(gen.stats)
 
 
 def run_hf(hf, tok, prompts, bs, new_tokens):
@@ -102,6 +109,8 @@ def main():
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--workloads", default="synthetic,evalset")
     ap.add_argument("--per-set", type=int, default=3, help="evalset: prompts taken from each evaluation set")
+    ap.add_argument("--rounds", type=int, default=1, help="timed rounds per side, alternating; medians reported")
+    ap.add_argument("--name", default="decode", help="results file benchmarks/results/NAME.json")
     args = ap.parse_args()
     import torch
     import transformers
@@ -124,15 +133,29 @@ def main():
         for bs in [int(x) for x in args.batches.split(",")]:
             prompts = synthetic_prompts(tok, bs) if workload == "synthetic" else all_prompts
             n_tok = len(prompts) * args.new_tokens
-            ref, hf_s = run_hf(hf, tok, prompts, bs, args.new_tokens)
+            gens = {pc: build_ours(params, config, prompts, bs, args.new_tokens, pc) for pc in (True, False)}
+            # rounds alternate between the sides (this VM's speed drifts by tens of percent within minutes);
+            # each side's median round is reported
+            hf_rounds, ours_rounds = [], {True: [], False: []}
+            for _ in range(args.rounds):
+                ref, s = run_hf(hf, tok, prompts, bs, args.new_tokens)
+                hf_rounds.append(s)
+                for pc, (gen, _) in gens.items():
+                    ours_rounds[pc].append(run_ours(gen, prompts, args.new_tokens))
+            hf_s = statistics.median(hf_rounds)
             row = {"workload": workload, "batch_size": bs, "prompts": len(prompts),
                    "prompt_tokens": sum(len(p) for p in prompts),
                    "prompt_lengths": [min(len(p) for p in prompts), max(len(p) for p in prompts)],
-                   "new_tokens_per_prompt": args.new_tokens, "hf_tokens_per_s": n_tok / hf_s, "hf_seconds": hf_s}
+                   "new_tokens_per_prompt": args.new_tokens, "rounds": args.rounds,
+                   "hf_tokens_per_s": n_tok / hf_s, "hf_seconds": hf_s, "hf_seconds_rounds": hf_rounds}
             for prefix_cache in (True, False):
                 tag = "ours" if prefix_cache else "ours_no_prefix_cache"
-                toks, s, compile_s, stats = run_ours(params, config, prompts, bs, args.new_tokens, prefix_cache)
+                rounds = ours_rounds[prefix_cache]
+                toks, _, stats = rounds[0]
+                s = statistics.median(r[1] for r in rounds)
+                compile_s = gens[prefix_cache][1]
                 row.update({f"{tag}_tokens_per_s": n_tok / s, f"{tag}_seconds": s, f"{tag}_compile_s": compile_s,
+                            f"{tag}_seconds_rounds": [r[1] for r in rounds],
                             f"{tag}_speedup": hf_s / s, f"{tag}_identical": sum(a == b for a, b in zip(toks, ref)),
                             f"{tag}_prefill_tokens": stats["prefill_tokens"],
                             f"{tag}_head_tokens_reused": stats["head_tokens_reused"]})
@@ -140,7 +163,7 @@ def main():
             print(row, flush=True)
             rows.append(row)
     at32 = {r["workload"]: r["speedup"] for r in rows if r["batch_size"] == 32}
-    write_result("decode", {"model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised, fp32)", "threads": threads,
+    write_result(args.name, {"model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised, fp32)", "threads": threads,
                             "rows": rows, "target": ">= 3x transformers at batch 32 on a 2-core CPU",
                             "speedup_at_32": at32})
 
