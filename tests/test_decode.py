@@ -156,6 +156,17 @@ def test_prefill_groups_are_powers_of_two_without_filler_rows(tiny):
             Generator(params, config, DecodeConfig(**{bad: 0}))
 
 
+def test_shrink_plan_puts_the_live_rows_first(tiny):
+    params, config, _, _ = tiny
+    gen = Generator(params, config, DecodeConfig(batch_size=8, max_new_tokens=10, buckets=(16, 32, 64)))
+    # queue not empty: the batch stays, the cache is cut once everything left fits in 3/4 of it
+    assert gen._shrink_plan([0, 2, 5], 8, [(0, 16)] * 3, (0, 32), 74) == ([0, 2, 5, 1, 3, 4, 6, 7], 42)
+    assert gen._shrink_plan([0, 2, 5], 8, [(0, 16)] * 3, (0, 64), 74) == (None, 74)
+    # queue empty: the live rows first, then idle rows up to the next power of two
+    assert gen._shrink_plan([1, 6, 7], 8, [(0, 16), (16, 32), (0, 16)], None, 74) == ([1, 6, 7, 0], 74)  # 58 > 3/4
+    assert gen._shrink_plan([1, 2, 3, 4, 6], 8, [(0, 64)] * 5, None, 74) == (None, 74)
+
+
 def test_stop_ids_and_length(tiny):
     params, config, _, prompts = tiny
     base = Generator(params, config, DecodeConfig(batch_size=2, max_new_tokens=10, buckets=(32,))).generate(prompts[:2])
