@@ -1,5 +1,7 @@
 """Greedy decoder: token-for-token equality with transformers.generate, batch invariance, sharding."""
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -165,6 +167,29 @@ def test_shrink_plan_puts_the_live_rows_first(tiny):
     # queue empty: the live rows first, then idle rows up to the next power of two
     assert gen._shrink_plan([1, 6, 7], 8, [(0, 16), (16, 32), (0, 16)], None, 74) == ([1, 6, 7, 0], 74)  # 58 > 3/4
     assert gen._shrink_plan([1, 2, 3, 4, 6], 8, [(0, 64)] * 5, None, 74) == (None, 74)
+
+
+def test_rows_stopping_at_different_steps_keep_their_tokens(tiny):
+    """The longest prompt (slot 0) stops first while three short ones run on: the cache is cut around an idle
+    slot in front of live ones (and a run of mixed stops shrinks the batch too); every prompt must still get
+    exactly its own tokens, its unstopped output cut at the stop id."""
+    params, config, _, _ = tiny
+    rng = np.random.default_rng(5)
+    prompts = [list(rng.integers(3, 128, size=n)) for n in (30, 9, 7, 5)]
+    base = dict(batch_size=4, max_new_tokens=12, buckets=(16, 32), prefill_batch=4, chunk_steps=2)
+    full = [r.tokens for r in Generator(params, config, DecodeConfig(**base, stop_ids=(-1,))).generate(prompts)]
+    others = {t for toks in full[1:] for t in toks}
+    stop = next(t for t in full[0][1:4] if t not in others)  # ends the long prompt early, no other
+    gen = Generator(params, config, DecodeConfig(**base, stop_ids=(stop,)))
+    assert [r.tokens for r in gen.generate(prompts)] == [full[0][: full[0].index(stop)]] + full[1:]
+    assert ("decode", 4, 28) in gen.compiled_shapes  # cut from 32 + 12 to 16 + 12 slots, batch kept
+    # many prompts, one stop token ending several rows at their own steps
+    prompts = [list(rng.integers(3, 128, size=n)) for n in (30, 28, 26, 9, 7, 5, 12, 3, 14, 6)]
+    full = [r.tokens for r in Generator(params, config, DecodeConfig(**base, stop_ids=(-1,))).generate(prompts)]
+    stop = collections.Counter(t for toks in full for t in set(toks[1:8])).most_common(1)[0][0]
+    expected = [toks[: toks.index(stop)] if stop in toks else toks for toks in full]
+    assert [r.tokens for r in Generator(params, config, DecodeConfig(**base, stop_ids=(stop,))).generate(prompts)] \
+        == expected
 
 
 def test_stop_ids_and_length(tiny):
