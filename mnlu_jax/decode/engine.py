@@ -3,9 +3,10 @@
 Shapes are static so the number of compilations is bounded: one prefill per prompt-length bucket and group
 size, one insert per bucket, one decode chunk per (batch, cache length), of which a run uses a few. The cache
 starts with `batch_size` slots of `max_bucket + max_new_tokens` positions. A prompt is left-padded to its bucket,
-prefilled in a group of up to `prefill_batch` rows (a power of two), and its keys/values copied into free slots; then all slots advance together, `chunk_steps` greedy steps per
-jitted call. Between chunks, finished rows (EOS, a stop id, or `max_new_tokens`) give their slot to the
-next prompt, so one long answer never holds the batch hostage.
+prefilled in a group of up to `prefill_batch` rows (a power of two), and its keys/values copied into free
+slots; then all slots advance together, `chunk_steps` greedy steps per jitted call. Between chunks, finished
+rows (EOS, a stop id, or `max_new_tokens`) give their slot to the next prompt, so one long answer never holds
+the batch hostage; as the queue drains, the batch and the cache shrink to what is left.
 
 Prefix caching: prompts of one evaluation set share a long head (system prompt, task instruction, label
 list). Before decoding, `plan_prefixes` gives each prompt the longest block-aligned head it shares with
@@ -19,8 +20,8 @@ Batch invariance: a prompt's padding depends only on its own length (its bucket)
 input set (never on batch size, slot or order), masked cache slots contribute exact zeros, and each row of a
 matmul is computed independently, so its tokens do not depend on its slot, on the prompts that share its batch,
 or on the batch size and cache length it runs with (which shrink as a run drains: see `_shrink_plan`); tested
-alone, together, reversed and in wider batches, and against transformers. With `prefix_cache=False` a prompt's computation
-does not depend on the input set either.
+alone, together, reversed and in wider batches, and against transformers. With `prefix_cache=False` a
+prompt's computation does not depend on the input set either.
 """
 
 from __future__ import annotations
