@@ -3,7 +3,8 @@
 Same Mistral-shaped model (random init, fp32), same batch, sequence length, AdamW hyper-parameters and loss
 (cross-entropy on every token), torch threads = cores. Each side runs warm-up steps first (ours: compilation).
 Ours computes the loss with the fused LM head + cross-entropy in chunks of `--loss-chunk` positions (the
-single-device setting; see mnlu_jax/train/loss.py).
+single-device setting; see mnlu_jax/train/loss.py) and runs the layers as a Python loop (`scan_layers: false`, as
+configs/train/tiny.yaml); the layer scan and the one-piece loss are measured alongside as variants.
 On a GPU machine, `--preset 1b --dtype bfloat16` measures MFU of a ~1B-parameter config instead.
 
     python benchmarks/train.py [--steps 5] [--rounds 3] [--batch 8] [--seq 256]
@@ -30,7 +31,7 @@ PRESETS = {
 }
 
 
-def ours(cfg_kw, batch, seq, dtype, loss_chunk):
+def ours(cfg_kw, batch, seq, dtype, loss_chunk, scan_layers=False):
     """Build our jitted step; return (run(n) -> seconds for n steps, facts)."""
     import functools
 
@@ -44,7 +45,8 @@ def ours(cfg_kw, batch, seq, dtype, loss_chunk):
     from mnlu_jax.train.step import flops_per_token, init_state, make_optimizer, peak_tflops, train_step
 
     config = ModelConfig(**cfg_kw, model_type="mistral", compute_dtype=dtype, param_dtype="float32",
-                         remat_policy="none" if dtype == "float32" else "save_dots", loss_chunk=loss_chunk)
+                         remat_policy="none" if dtype == "float32" else "save_dots", loss_chunk=loss_chunk,
+                         scan_layers=scan_layers)
     params = init_params(config, jax.random.PRNGKey(0))
     tx, _ = make_optimizer(OptimSection(learning_rate=1e-4, warmup_ratio=0.0, grad_clip=0.0), 1000)
     state = {"s": init_state(params, tx)}
@@ -55,6 +57,7 @@ def ours(cfg_kw, batch, seq, dtype, loss_chunk):
          "segment_ids": jnp.ones((batch, seq), jnp.int32), "positions": jnp.tile(jnp.arange(seq), (batch, 1))}
     step = step.lower(state["s"], b).compile()
     facts = {"params": config.num_params(), "device": jax.devices()[0].device_kind, "loss_chunk": loss_chunk,
+             "scan_layers": scan_layers,
              "flops_per_token": flops_per_token(config, seq), "peak_tflops": peak_tflops(jax.devices()[0]),
              "devices": jax.device_count(),
              # XLA's scratch for one step: activations, logits, gradients
@@ -125,12 +128,18 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--loss-chunk", type=int, default=32, help="positions per chunk of the fused loss (0: one piece)")
+    ap.add_argument("--scan-layers", action="store_true",
+                    help="'ours' scans over the stacked layers (default: a Python loop, faster for shallow models on "
+                         "CPU; 'ours_scan' is measured too unless --no-variants)")
+    ap.add_argument("--no-variants", action="store_true", help="measure only 'ours' and the reference")
     ap.add_argument("--no-reference", action="store_true")
     a = ap.parse_args()
     cfg_kw = PRESETS[a.preset]
-    sides = {"ours": ours(cfg_kw, a.batch, a.seq, a.dtype, a.loss_chunk)}
-    if a.loss_chunk:  # the one-piece setting (the default on multi-device meshes), for its time and memory
-        sides["ours_loss_one_piece"] = ours(cfg_kw, a.batch, a.seq, a.dtype, 0)
+    sides = {"ours": ours(cfg_kw, a.batch, a.seq, a.dtype, a.loss_chunk, a.scan_layers)}
+    if not a.no_variants and not a.scan_layers:  # the layer scan (compile time flat in depth: deep models)
+        sides["ours_scan"] = ours(cfg_kw, a.batch, a.seq, a.dtype, a.loss_chunk, True)
+    if not a.no_variants and a.loss_chunk:  # the one-piece loss (the default on multi-device meshes)
+        sides["ours_loss_one_piece"] = ours(cfg_kw, a.batch, a.seq, a.dtype, 0, a.scan_layers)
     if not a.no_reference:
         sides["pytorch_transformers"] = reference(cfg_kw, a.batch, a.seq)
     res = {"preset": a.preset, "model": cfg_kw, "batch": a.batch, "seq": a.seq, "dtype": a.dtype, "steps": a.steps,

@@ -121,3 +121,42 @@ def test_dense_gradients_equal_plain_matmul(monkeypatch):
     monkeypatch.setattr(mistral, "dense", lambda x, kernel: x @ kernel)
     plain = grads()
     jax.tree_util.tree_map(lambda a, r: np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-6), with_dense, plain)
+
+
+def test_transposed_matmul_is_a_transpose_times_b():
+    """The weight-gradient product with its explicit (barrier-protected) transpose: a^T @ b, under jit too, and
+    with the sum taken in fp32 when asked (bf16 inputs)."""
+    from mnlu_jax.model.mistral import transposed_matmul
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (37, 6))
+    b = jax.random.normal(jax.random.PRNGKey(1), (37, 11))
+    ref = np.asarray(a).T.astype(np.float64) @ np.asarray(b).astype(np.float64)
+    for fn in (transposed_matmul, jax.jit(transposed_matmul)):
+        out = fn(a, b)
+        assert out.shape == (6, 11)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    out = transposed_matmul(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, ref, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("remat", ["none", "save_dots"])
+def test_unrolled_layers_give_the_scan_gradients(remat):
+    """scan_layers=False (a Python loop over the stacked layers: no stacked residual buffers, the faster choice on
+    CPU for shallow models) computes the same loss and gradients as the scan."""
+    config = tiny_config(remat_policy=remat, loss_chunk=4)
+    params = init_params(config, jax.random.PRNGKey(4))
+    b, t = 2, 12
+    rng = np.random.default_rng(2)
+    ids = jnp.asarray(rng.integers(0, config.vocab_size, (b, t + 1)), jnp.int32)
+    batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": jnp.ones((b, t), jnp.float32),
+             "segment_ids": jnp.ones((b, t), jnp.int32), "positions": jnp.tile(jnp.arange(t), (b, 1))}
+    out = {}
+    for scan in (True, False):
+        cfg = config.replace(scan_layers=scan)
+        loss_fn = functools.partial(loss_sums, config=cfg, batch=batch)
+        out[scan] = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+    (v_scan, _), g_scan = out[True]
+    (v_loop, _), g_loop = out[False]
+    np.testing.assert_allclose(v_loop, v_scan, rtol=1e-6)
+    jax.tree_util.tree_map(lambda a, r: np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-7), g_loop, g_scan)

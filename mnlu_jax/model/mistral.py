@@ -223,6 +223,17 @@ def unstack_layers(params: Params, fuse: bool = True) -> Params:
     return {**params, "model": {**params["model"], "layers": per_layer}}
 
 
+def transposed_matmul(a: jax.Array, b: jax.Array, preferred_element_type: Any = None) -> jax.Array:
+    """a^T @ b for a: (tokens, m), b: (tokens, n): the weight-gradient product, a sum over tokens.
+
+    Written as a dot over the leading axes of both operands, XLA:CPU runs it 1.3-2.3x slower than the same
+    product with `a` explicitly transposed first (2-core CPU, 2048 tokens: 256 x 768 10.8 -> 8.3 ms,
+    256 x 8192 169 -> 73 ms). XLA folds a plain transpose back into the dot's dimension numbers, so the
+    transposed operand goes through an optimization barrier; on layouts the compiler then picks, the transpose
+    is often no copy at all. Same products; the summation order, and so the last bits, may differ."""
+    return jnp.matmul(jax.lax.optimization_barrier(a.T), b, preferred_element_type=preferred_element_type)
+
+
 @jax.custom_vjp
 def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """x @ kernel (x: (..., in), kernel: (in, out)), with the weight gradient contracted as x^T @ dy.
@@ -241,7 +252,7 @@ def _dense_fwd(x, kernel):
 
 def _dense_bwd(residuals, grad_out):
     x, kernel = residuals
-    grad_kernel = jnp.einsum("nd,nf->df", x.reshape(-1, x.shape[-1]), grad_out.reshape(-1, grad_out.shape[-1]))
+    grad_kernel = transposed_matmul(x.reshape(-1, x.shape[-1]), grad_out.reshape(-1, grad_out.shape[-1]))
     grad_x = jnp.einsum("...f,df->...d", grad_out, kernel)
     return grad_x, grad_kernel
 

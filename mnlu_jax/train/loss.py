@@ -27,6 +27,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from mnlu_jax.model.mistral import transposed_matmul
+
 
 def _piece(h, kernel, targets, weights, tied: bool, with_grads: bool):
     """Weighted NLL sum of one piece (B, C) and, with `with_grads`, its gradients w.r.t. `h` and `kernel`."""
@@ -48,14 +50,21 @@ def _piece(h, kernel, targets, weights, tied: bool, with_grads: bool):
         return loss, None, None
     grad_logits = jnp.where(keep[..., None], (exp / total - is_target) * weights[..., None], 0.0).astype(dtype)
     grad_h = jnp.einsum("bcv,vd->bcd" if tied else "bcv,dv->bcd", grad_logits, w_c)
-    if tied:
-        grad_kernel = jnp.einsum("bcv,bcd->vd", grad_logits, h, preferred_element_type=jnp.float32)
-    else:
-        grad_kernel = jnp.einsum("bcd,bcv->dv", h, grad_logits, preferred_element_type=jnp.float32)
+    # (embed, vocab) for both layouts: h^T @ grad_logits with the small operand transposed is the fast form
+    # (see transposed_matmul); a tied (vocab, embed) gradient is transposed once, after the last chunk.
+    grad_kernel = transposed_matmul(h.reshape(-1, h.shape[-1]), grad_logits.reshape(-1, grad_logits.shape[-1]),
+                                    preferred_element_type=jnp.float32)
     return loss, grad_h, grad_kernel
 
 
 def _chunked(h, kernel, targets, weights, tied: bool, chunk: int, with_grads: bool):
+    loss, grad_h, grad_kernel = _chunks(h, kernel, targets, weights, tied, chunk, with_grads)
+    if with_grads and tied:  # accumulated as (embed, vocab), see _piece
+        grad_kernel = grad_kernel.T
+    return loss, grad_h, grad_kernel
+
+
+def _chunks(h, kernel, targets, weights, tied: bool, chunk: int, with_grads: bool):
     b, t, d = h.shape
     if chunk <= 0 or chunk >= t:
         return _piece(h, kernel, targets, weights, tied, with_grads)
@@ -76,7 +85,7 @@ def _chunked(h, kernel, targets, weights, tied: bool, chunk: int, with_grads: bo
             grad_kernel = grad_kernel + piece_grad_kernel
         return (loss + piece_loss, grad_kernel), grad_h
 
-    init = (jnp.float32(0.0), jnp.zeros(kernel.shape, jnp.float32) if with_grads else None)
+    init = (jnp.float32(0.0), jnp.zeros((d, kernel.size // d), jnp.float32) if with_grads else None)
     (loss, grad_kernel), grad_h = jax.lax.scan(body, init, (split(h), split(targets), split(weights)))
     if with_grads:
         grad_h = jnp.moveaxis(grad_h, 0, 1).reshape(b, t + pad, d)[:, :t]
