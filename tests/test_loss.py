@@ -135,6 +135,12 @@ def test_transposed_matmul_is_a_transpose_times_b():
         out = fn(a, b)
         assert out.shape == (6, 11)
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    with pytest.MonkeyPatch.context() as mp:  # the accelerator branch (plain contraction) traced here on CPU
+        mp.setattr(jax, "default_backend", lambda: "gpu")
+        # fresh wrappers: jit would reuse the trace of `transposed_matmul` made on the CPU branch above
+        np.testing.assert_allclose(jax.jit(lambda a, b: transposed_matmul(a, b))(a, b), ref, rtol=1e-5, atol=1e-5)
+        assert "optimization_barrier" not in str(jax.make_jaxpr(lambda a, b: transposed_matmul(a, b))(a, b))
+    assert "optimization_barrier" in str(jax.make_jaxpr(lambda a, b: transposed_matmul(a, b))(a, b))
     out = transposed_matmul(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(out, ref, rtol=5e-2, atol=5e-2)
