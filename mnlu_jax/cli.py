@@ -164,6 +164,9 @@ def _extra_registrations():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from mnlu_jax.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # before anything compiles; see compile_cache.py
     try:
         return args.func(args) or 0
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:

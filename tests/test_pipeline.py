@@ -63,3 +63,44 @@ def test_generate_resumes_after_a_crash(demo):
     assert stats["skipped"] == 3 and stats["total"] == len(lines)
     again = pred.read_text().splitlines()
     assert len(again) == len(lines) and len({json.loads(l)["id"] for l in again}) == len(lines)
+
+
+def test_compilation_cache_dir_choice(monkeypatch, tmp_path):
+    from mnlu_jax.compile_cache import ENV, cache_dir
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv(ENV, raising=False)
+    assert cache_dir() == tmp_path / "mnlu_jax" / "xla"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))
+    assert cache_dir() is None  # JAX's own variable wins and JAX reads it
+    for off in ("off", "0", ""):
+        monkeypatch.setenv(ENV, off)
+        assert cache_dir() is None
+    monkeypatch.setenv(ENV, str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+
+
+def test_compilation_cache_is_written_and_read_across_processes(tmp_path):
+    """The console script's cache, in fresh processes: the first compile writes an entry, the second loads it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import jax, jax.numpy as jnp\n"
+        "from mnlu_jax.compile_cache import enable_compilation_cache\n"
+        "enable_compilation_cache()\n"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+        "from jax._src import monitoring\n"
+        "hits = []\n"
+        "monitoring.register_event_listener(lambda e, **k: hits.append(e) if 'cache_hits' in e else None)\n"
+        "print(float(jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).sum()))\n"
+        "print('HITS', len(hits))\n"
+    )
+    env = {**os.environ, "MNLU_JAX_COMPILATION_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+            for _ in range(2)]
+    assert any((tmp_path / "cache").iterdir()), "no cache entry written"
+    hits = [int(r.stdout.split("HITS")[1]) for r in runs]
+    assert hits[0] == 0 and hits[1] >= 1, (hits, runs[1].stderr[-2000:])
