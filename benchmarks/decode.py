@@ -11,8 +11,9 @@ same thread count as the machine's cores, batch sizes 1, 8 and 32, two workloads
 
 Ours runs twice per row, with prefix caching (the default) and without, each timed after a warm-up call that
 compiles every shape (compilation reported separately). With `--rounds N` transformers and both of ours take turns
-N times and each side's median is reported (this VM's speed drifts by tens of percent within minutes). `identical` counts prompts whose tokens equal
-transformers' (left-padded batches may flip near-ties on the transformers side, so it is reported, not asserted).
+N times and each side's median is reported (this VM's speed drifts by tens of percent within minutes).
+`identical` counts prompts whose tokens equal transformers' (left-padded batches may flip near-ties on the
+transformers side, so it is reported, not asserted).
 
     python benchmarks/decode.py [--new-tokens 32] [--batches 1,8,32] [--workloads synthetic,evalset] [--per-set 3]
                                 [--rounds 3] [--name decode]

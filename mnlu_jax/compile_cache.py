@@ -34,7 +34,10 @@ def cache_dir() -> Path | None:
 
 def enable_compilation_cache(path: Path | None = None) -> Path | None:
     """Point JAX's persistent compilation cache at `path` (default: `cache_dir()`). Returns the directory used, or
-    None. A directory that cannot be created is reported on stderr and the run goes on without the cache."""
+    None. A directory that cannot be created is reported on stderr and the run goes on without the cache.
+
+    Before jax is imported this only sets `JAX_COMPILATION_CACHE_DIR` (which jax reads on import, and which child
+    processes inherit), so commands that never touch jax (build-data, score) do not pay for importing it."""
     path = cache_dir() if path is None else Path(path)
     if path is None:
         return None
@@ -43,7 +46,8 @@ def enable_compilation_cache(path: Path | None = None) -> Path | None:
     except OSError as e:
         print(f"mnlu-jax: compilation cache off ({ENV}={path}: {e})", file=sys.stderr)
         return None
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(path))
+    if "jax" in sys.modules:
+        sys.modules["jax"].config.update("jax_compilation_cache_dir", str(path))
+    else:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
     return path

@@ -104,3 +104,23 @@ def test_compilation_cache_is_written_and_read_across_processes(tmp_path):
     assert any((tmp_path / "cache").iterdir()), "no cache entry written"
     hits = [int(r.stdout.split("HITS")[1]) for r in runs]
     assert hits[0] == 0 and hits[1] >= 1, (hits, runs[1].stderr[-2000:])
+
+
+def test_compilation_cache_before_jax_is_imported_goes_through_the_environment(tmp_path):
+    """Commands that never import jax (build-data, score) must not import it for the cache; jax, imported later,
+    still uses the directory."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from mnlu_jax.compile_cache import enable_compilation_cache\n"
+        "enable_compilation_cache()\n"
+        "print('IMPORTED', 'jax' in sys.modules)\n"
+        "import jax\n"
+        "print('DIR', jax.config.jax_compilation_cache_dir)\n"
+    )
+    env = {**os.environ, "MNLU_JAX_COMPILATION_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert "IMPORTED False" in out and f"DIR {tmp_path / 'cache'}" in out

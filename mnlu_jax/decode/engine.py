@@ -81,17 +81,29 @@ def _greedy(params, config: ModelConfig, ids, pos, seg, cache, cache_index, feat
     return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
 
 
+def _map_cache(fn, *caches) -> dict:
+    """`fn(*arrays, batch_axis=, length_axis=)` applied field by field across caches of one layout: keys/values
+    stacked (L, B, KVH, S, hd) or per-layer lists of (B, KVH, S, hd), positions/segments (B, S)."""
+    def kv(*xs):
+        return fn(*xs, batch_axis=xs[0].ndim - 4, length_axis=xs[0].ndim - 2)
+
+    def rows(*xs):
+        return fn(*xs, batch_axis=0, length_axis=1)
+
+    return {"k": jax.tree_util.tree_map(kv, *(c["k"] for c in caches)),
+            "v": jax.tree_util.tree_map(kv, *(c["v"] for c in caches)),
+            "pos": rows(*(c["pos"] for c in caches)), "seg": rows(*(c["seg"] for c in caches))}
+
+
 def _pad_length(cache, cache_len: int):
     """Empty slots (segment 0) appended to every row of a cache, up to `cache_len`. The prompt is prefilled
     into a cache just as long as itself, so its attention does not scan the slots of the tokens to come."""
-    def pad(x, axis):
+    def pad(x, batch_axis, length_axis):
         widths = [(0, 0)] * x.ndim
-        widths[axis] = (0, cache_len - x.shape[axis])
+        widths[length_axis] = (0, cache_len - x.shape[length_axis])
         return jnp.pad(x, widths)
 
-    return {"k": jax.tree_util.tree_map(lambda x: pad(x, x.ndim - 2), cache["k"]),
-            "v": jax.tree_util.tree_map(lambda x: pad(x, x.ndim - 2), cache["v"]),
-            "pos": pad(cache["pos"], 1), "seg": pad(cache["seg"], 1)}
+    return _map_cache(pad, cache)
 
 
 def _prefill(params, ids, pos, seg, *, config: ModelConfig, cache_len: int, per_layer: bool = False,  # noqa: D417
@@ -114,9 +126,10 @@ def _prefill_tail(params, head, ids, pos, seg, *, config: ModelConfig, cache_len
     return first, _pad_length(cache, cache_len)
 
 
-def _left_pad(rows: list[tuple[Sequence[int], int]], n_rows: int, length: int, pad_id: int):
-    """Token ids, positions and segments (1 = real) of shape (n_rows, length) for prefill: each (tokens, first
-    position) row right-aligned; missing rows and the left padding are segment 0."""
+def _left_pad(rows: list[tuple[Sequence[int], int]], length: int, pad_id: int):
+    """Token ids, positions and segments (1 = real) of shape (len(rows), length) for prefill: each (tokens, first
+    position) row right-aligned; the left padding is segment 0."""
+    n_rows = len(rows)
     ids = np.full((n_rows, length), pad_id, np.int32)
     pos = np.zeros((n_rows, length), np.int32)
     seg = np.zeros((n_rows, length), np.int32)
@@ -129,8 +142,8 @@ def _left_pad(rows: list[tuple[Sequence[int], int]], n_rows: int, length: int, p
 
 
 def _stack_rows(caches: list) -> dict:
-    """Concatenate one-row caches along the batch axis (axis 1 of stacked (L, B, ...) keys/values, else 0)."""
-    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=1 if xs[0].ndim == 5 else 0), *caches)
+    """Concatenate one-row caches along the batch axis."""
+    return _map_cache(lambda *xs, batch_axis, length_axis: jnp.concatenate(xs, axis=batch_axis), *caches)
 
 
 def _head_keys(prompt: Sequence[int], block: int) -> list[tuple[int, int]]:
@@ -163,29 +176,18 @@ def plan_prefixes(prompts: Sequence[Sequence[int]], block: int,
 
 def _insert(cache, group_cache, slots):
     """Copy the group's cache rows into `slots` of the main cache."""
-    def put(big, small, axis):
-        if isinstance(big, (list, tuple)):  # per-layer buffers: batch is their first axis
-            return [put(b, sm, 0) for b, sm in zip(big, small)]
-        idx = (slice(None),) * axis + (slots,)
-        return big.at[idx].set(small, mode="drop")
+    def put(big, small, batch_axis, length_axis):
+        return big.at[(slice(None),) * batch_axis + (slots,)].set(small)
 
-    return {
-        "k": put(cache["k"], group_cache["k"], 1),
-        "v": put(cache["v"], group_cache["v"], 1),
-        "pos": put(cache["pos"], group_cache["pos"], 0),
-        "seg": put(cache["seg"], group_cache["seg"], 0),
-    }
+    return _map_cache(put, cache, group_cache)
 
 
 def _compact(cache, rows, *, length: int):
     """The cache's `rows` (along its batch axis), each cut to its first `length` slots."""
-    def cut(x, batch_axis: int, length_axis: int):
+    def cut(x, batch_axis, length_axis):
         return jax.lax.slice_in_dim(jnp.take(x, rows, axis=batch_axis), 0, length, axis=length_axis)
 
-    # keys/values: stacked (L, B, KVH, S, hd) or per-layer lists of (B, KVH, S, hd)
-    kv = lambda x: cut(x, x.ndim - 4, x.ndim - 2)  # noqa: E731
-    return {"k": jax.tree_util.tree_map(kv, cache["k"]), "v": jax.tree_util.tree_map(kv, cache["v"]),
-            "pos": cut(cache["pos"], 0, 1), "seg": cut(cache["seg"], 0, 1)}
+    return _map_cache(cut, cache)
 
 
 def _decode_chunk(params, cache, tokens, positions, write_idx, active, *, config: ModelConfig, steps: int,
@@ -384,7 +386,8 @@ class Generator:
         if size == batch and length == cache_len:
             return None, cache_len
         # the live rows first (the caller relies on it), then idle rows to fill the batch
-        idle = [r for r in range(batch) if r not in set(live)]
+        live_set = set(live)
+        idle = [r for r in range(batch) if r not in live_set]
         return live + idle[:size - len(live)], length
 
     def _prefill_group(self, prompts, group, heads, shape, cache_len, head_store, head_users):
@@ -392,7 +395,7 @@ class Generator:
         dc = self.dc
         head_len, tail_len = shape
         P = len(group)  # a power of two (see stream)
-        ids, pos, seg = _left_pad([(prompts[i][heads[i]:], heads[i]) for i in group], P, tail_len, dc.pad_id)
+        ids, pos, seg = _left_pad([(prompts[i][heads[i]:], heads[i]) for i in group], tail_len, dc.pad_id)
         self.stats["prefill_tokens"] += P * tail_len
         if not head_len:
             self.compiled_shapes.add(("prefill", tail_len, cache_len, P))
@@ -406,7 +409,7 @@ class Generator:
         released after its last."""
         entry = head_store.get(head)
         if entry is None:
-            ids, pos, seg = _left_pad([(head, 0)], 1, head_len, self.dc.pad_id)
+            ids, pos, seg = _left_pad([(head, 0)], head_len, self.dc.pad_id)
             _, cache = self._prefill(self.params, ids, pos, seg, cache_len=head_len)
             self.compiled_shapes.add(("head", head_len))
             self.stats["prefill_calls"] += 1

@@ -85,7 +85,8 @@ def _chunks(h, kernel, targets, weights, tied: bool, chunk: int, with_grads: boo
             grad_kernel = grad_kernel + piece_grad_kernel
         return (loss + piece_loss, grad_kernel), grad_h
 
-    init = (jnp.float32(0.0), jnp.zeros((d, kernel.size // d), jnp.float32) if with_grads else None)
+    vocab = kernel.shape[0] if tied else kernel.shape[1]
+    init = (jnp.float32(0.0), jnp.zeros((d, vocab), jnp.float32) if with_grads else None)  # (embed, vocab)
     (loss, grad_kernel), grad_h = jax.lax.scan(body, init, (split(h), split(targets), split(weights)))
     if with_grads:
         grad_h = jnp.moveaxis(grad_h, 0, 1).reshape(b, t + pad, d)[:, :t]
