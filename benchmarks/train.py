@@ -1,13 +1,15 @@
 """Training tokens/s of our jitted train step vs a PyTorch + transformers loop, same model and settings (CPU).
 
-Same Mistral-shaped model (random init, fp32), same batch, sequence length, AdamW hyper-parameters and loss
-(cross-entropy on every token), torch threads = cores. Each side runs warm-up steps first (ours: compilation).
+Same Mistral-shaped model (random init, fp32), same batch, sequence length, AdamW hyper-parameters and loss,
+torch threads = cores. The loss is on every token, or with `--loss-mask sft` on the answers of rows packed like SFT
+data (`sft_weights`; transformers gets labels -100 elsewhere; results in train_<preset>_<dtype>_sft.json).
+Each side runs warm-up steps first (ours: compilation).
 Ours computes the loss with the fused LM head + cross-entropy in chunks of `--loss-chunk` positions (the
 single-device setting; see mnlu_jax/train/loss.py) and runs the layers as a Python loop (`scan_layers: false`, as
 configs/train/tiny.yaml); the layer scan and the one-piece loss are measured alongside as variants.
 On a GPU machine, `--preset 1b --dtype bfloat16` measures MFU of a ~1B-parameter config instead.
 
-    python benchmarks/train.py [--steps 5] [--rounds 3] [--batch 8] [--seq 256]
+    python benchmarks/train.py [--steps 5] [--rounds 3] [--batch 8] [--seq 256] [--loss-mask all|sft]
 """
 
 from __future__ import annotations
@@ -31,7 +33,26 @@ PRESETS = {
 }
 
 
-def ours(cfg_kw, batch, seq, dtype, loss_chunk, scan_layers=False):
+def sft_weights(batch: int, seq: int, seed: int = 0):
+    """An SFT loss mask: rows first-fit packed (as mnlu_jax/data/loader.py packs) with single-turn examples, prompt
+    60-170 tokens and answer 5-30 (the spread of the shipped sample mix under SmolLM2's tokenizer, where 13 % of
+    the tokens are assistant tokens), weight 1 on the answers; what no example fills is padding (weight 0). Only
+    the mask follows the packing: both sides still attend causally over whole rows, as with every-token loss."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((batch, seq), np.float32)
+    used = [0] * batch
+    for _ in range(8 * batch * seq // 100):  # a stream of examples a few times the batch
+        prompt, answer = int(rng.integers(60, 171)), int(rng.integers(5, 31))
+        row = next((r for r in range(batch) if used[r] + prompt + answer <= seq), None)
+        if row is not None:
+            weights[row, used[row] + prompt:used[row] + prompt + answer] = 1.0
+            used[row] += prompt + answer
+    return weights
+
+
+def ours(cfg_kw, batch, seq, dtype, loss_chunk, scan_layers=False, weights=None):
     """Build our jitted step; return (run(n) -> seconds for n steps, facts)."""
     import functools
 
@@ -53,7 +74,8 @@ def ours(cfg_kw, batch, seq, dtype, loss_chunk, scan_layers=False):
     step = jax.jit(functools.partial(train_step, config=config, tx=tx, grad_accum=1), donate_argnums=(0,))
     rng = np.random.default_rng(0)
     ids = rng.integers(0, config.vocab_size, size=(batch, seq + 1)).astype(np.int32)
-    b = {"inputs": jnp.asarray(ids[:, :-1]), "targets": jnp.asarray(ids[:, 1:]), "weights": jnp.ones((batch, seq)),
+    b = {"inputs": jnp.asarray(ids[:, :-1]), "targets": jnp.asarray(ids[:, 1:]),
+         "weights": jnp.ones((batch, seq)) if weights is None else jnp.asarray(weights),
          "segment_ids": jnp.ones((batch, seq), jnp.int32), "positions": jnp.tile(jnp.arange(seq), (batch, 1))}
     step = step.lower(state["s"], b).compile()
     facts = {"params": config.num_params(), "device": jax.devices()[0].device_kind, "loss_chunk": loss_chunk,
@@ -74,7 +96,7 @@ def ours(cfg_kw, batch, seq, dtype, loss_chunk, scan_layers=False):
     return run, facts
 
 
-def reference(cfg_kw, batch, seq):
+def reference(cfg_kw, batch, seq, weights=None):
     import torch
     import transformers
 
@@ -85,13 +107,16 @@ def reference(cfg_kw, batch, seq):
     model.config._attn_implementation = "sdpa"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     ids = torch.randint(0, cfg.vocab_size, (batch, seq + 1))
+    labels = ids[:, 1:].clone()
+    if weights is not None:  # the HF way: -100 marks positions without loss (the logits are still computed)
+        labels[torch.from_numpy(weights) == 0] = -100
     facts = {}
 
     def run(n):
         t = time.perf_counter()
         for _ in range(n):
             out = model(input_ids=ids[:, :-1], labels=None)
-            loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, cfg.vocab_size), ids[:, 1:].reshape(-1))
+            loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, cfg.vocab_size), labels.reshape(-1))
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -131,25 +156,30 @@ def main():
     ap.add_argument("--scan-layers", action="store_true",
                     help="'ours' scans over the stacked layers (default: a Python loop, faster for shallow models on "
                          "CPU; 'ours_scan' is measured too unless --no-variants)")
+    ap.add_argument("--loss-mask", default="all", choices=["all", "sft"],
+                    help="all: loss on every token; sft: on answer tokens only (sft_weights), HF with labels -100")
     ap.add_argument("--no-variants", action="store_true", help="measure only 'ours' and the reference")
     ap.add_argument("--no-reference", action="store_true")
     a = ap.parse_args()
     cfg_kw = PRESETS[a.preset]
-    sides = {"ours": ours(cfg_kw, a.batch, a.seq, a.dtype, a.loss_chunk, a.scan_layers)}
+    w = sft_weights(a.batch, a.seq) if a.loss_mask == "sft" else None
+    sides = {"ours": ours(cfg_kw, a.batch, a.seq, a.dtype, a.loss_chunk, a.scan_layers, w)}
     if not a.no_variants and not a.scan_layers:  # the layer scan (compile time flat in depth: deep models)
-        sides["ours_scan"] = ours(cfg_kw, a.batch, a.seq, a.dtype, a.loss_chunk, True)
+        sides["ours_scan"] = ours(cfg_kw, a.batch, a.seq, a.dtype, a.loss_chunk, True, w)
     if not a.no_variants and a.loss_chunk:  # the one-piece loss (the default on multi-device meshes)
-        sides["ours_loss_one_piece"] = ours(cfg_kw, a.batch, a.seq, a.dtype, 0, a.scan_layers)
+        sides["ours_loss_one_piece"] = ours(cfg_kw, a.batch, a.seq, a.dtype, 0, a.scan_layers, w)
     if not a.no_reference:
-        sides["pytorch_transformers"] = reference(cfg_kw, a.batch, a.seq)
+        sides["pytorch_transformers"] = reference(cfg_kw, a.batch, a.seq, w)
     res = {"preset": a.preset, "model": cfg_kw, "batch": a.batch, "seq": a.seq, "dtype": a.dtype, "steps": a.steps,
-           "rounds": a.rounds, **measure(sides, a.batch, a.seq, a.steps, a.rounds)}
+           "rounds": a.rounds, "loss_mask": a.loss_mask,
+           "loss_token_fraction": 1.0 if w is None else float((w > 0).mean()),
+           **measure(sides, a.batch, a.seq, a.steps, a.rounds)}
     for side in (v for v in res.values() if isinstance(v, dict) and v.get("peak_tflops")):
         side["mfu"] = side["tokens_per_s"] * side["flops_per_token"] / (side["peak_tflops"] * 1e12 * side["devices"])
     if not a.no_reference:
         res["speedup"] = res["ours"]["tokens_per_s"] / res["pytorch_transformers"]["tokens_per_s"]
     res["target"] = ">= 1.5x the PyTorch + transformers loop on CPU; 50% MFU for the 1b preset on one H100"
-    write_result(f"train_{a.preset}_{a.dtype}", res)
+    write_result(f"train_{a.preset}_{a.dtype}" + ("_sft" if a.loss_mask == "sft" else ""), res)
 
 
 if __name__ == "__main__":

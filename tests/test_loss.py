@@ -48,6 +48,69 @@ def test_value_and_gradients_match_autodiff(tied, chunk):
                                ref, rtol=1e-5)
 
 
+def sft_like_weights(b, t):
+    """Answers at different places per row, one row without any, the fullest row with 9 weighted positions."""
+    w = np.zeros((b, t), np.float32)
+    w[0, 5:9] = 1.0
+    w[0, 15:20] = 1.0  # row 0: 9 positions, the last at the row's end
+    w[1, 2] = 0.5
+    return jnp.asarray(w)  # row 2: none
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_chunked_loss_runs_only_the_chunks_holding_weighted_positions(tied, monkeypatch):
+    """Weighted positions are gathered to the front of each row and chunks after the last of them are skipped:
+    same values and gradients as autodiff, and the head runs ceil(9 / 4) = 3 times, not ceil(20 / 4) = 5."""
+    import mnlu_jax.train.loss as loss_mod
+
+    h, kernel, targets, _ = problem(tied)
+    weights = sft_like_weights(*targets.shape)
+    calls = []
+    piece = loss_mod._piece
+
+    def counted(*args, **kw):
+        jax.debug.callback(lambda: calls.append(1))
+        return piece(*args, **kw)
+
+    monkeypatch.setattr(loss_mod, "_piece", counted)
+    ref, (gh_ref, gk_ref) = jax.value_and_grad(reference_nll_sum, argnums=(0, 1))(h, kernel, targets, weights, tied)
+    val, (gh, gk) = jax.jit(jax.value_and_grad(lm_head_nll_sum, argnums=(0, 1)), static_argnums=(4, 5))(
+        h, kernel, targets, weights, tied, 4)
+    jax.effects_barrier()
+    assert len(calls) == 3
+    np.testing.assert_allclose(val, ref, rtol=1e-5)
+    np.testing.assert_allclose(gh, gh_ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gk, gk_ref, rtol=1e-4, atol=1e-5)
+    assert np.all(np.asarray(gh)[np.asarray(weights) == 0] == 0)
+    # no weighted position at all: no chunk runs, and everything is zero
+    calls.clear()
+    val, (gh, gk) = jax.value_and_grad(lm_head_nll_sum, argnums=(0, 1))(h, kernel, targets, weights * 0, tied, 4)
+    jax.effects_barrier()
+    assert not calls and float(val) == 0.0 and not np.any(gh) and not np.any(gk)
+
+
+@pytest.mark.parametrize("merge_rows", [False, True])
+def test_model_loss_with_rows_merged_or_not_equals_unfused(merge_rows):
+    """loss_sums hands the chunked loss the batch row by row (sharded) or as one sequence (one device): the same
+    loss and gradients either way, equal to the unfused model's."""
+    config = tiny_config().replace(loss_chunk=4)
+    params = init_params(config, jax.random.PRNGKey(1))
+    b, t = 3, 20
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (b, t + 1)), jnp.int32)
+    batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": sft_like_weights(b, t),
+             "segment_ids": jnp.ones((b, t), jnp.int32), "positions": jnp.tile(jnp.arange(t), (b, 1))}
+
+    def unfused(p):
+        logits, _ = forward(p, config, batch["inputs"], batch["positions"], batch["segment_ids"])
+        return reference_nll_sum(logits, jnp.eye(config.vocab_size), batch["targets"], batch["weights"], False)
+
+    ref_val, ref_grads = jax.value_and_grad(unfused)(params)
+    (val, _), grads = jax.value_and_grad(
+        functools.partial(loss_sums, config=config, batch=batch, merge_rows=merge_rows), has_aux=True)(params)
+    np.testing.assert_allclose(val, ref_val, rtol=1e-5)
+    jax.tree_util.tree_map(lambda a, r: np.testing.assert_allclose(a, r, rtol=2e-4, atol=2e-6), grads, ref_grads)
+
+
 def test_cotangent_scales_gradients_and_zero_weights_get_none():
     h, kernel, targets, weights = problem(False)
     gh = jax.grad(lambda h: 0.25 * lm_head_nll_sum(h, kernel, targets, weights))(h)

@@ -20,7 +20,8 @@ class ModelSection:
     compute_dtype: str = "bfloat16"
     remat_policy: str = "full"             # none | full | save_dots
     scan_layers: bool = True
-    loss_chunk: int = 0                    # positions per chunk of the fused LM head + loss (0: one piece)
+    loss_chunk: int = 0                    # positions per row per chunk of the fused LM head + loss; chunks without
+                                           # loss-weighted (answer) positions are skipped (0: one piece, every position)
     attention_impl: str = "xla"            # xla | cudnn (cuDNN flash attention: NVIDIA GPUs, bf16 compute)
 
 

@@ -57,16 +57,28 @@ def make_optimizer(o: OptimSection, total_steps: int) -> tuple[optax.GradientTra
     return tx, sched
 
 
-def loss_sums(params, config: ModelConfig, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+def loss_sums(params, config: ModelConfig, batch: dict[str, jax.Array],
+              merge_rows: bool | None = None) -> tuple[jax.Array, jax.Array]:
     """Sum of token cross-entropies weighted by the assistant mask, and the sum of weights.
 
     The LM head and the cross-entropy run fused (train/loss.py): the gradient is formed in the forward pass,
-    chunk by chunk, and the (tokens x vocab) logits are never kept for the backward pass."""
+    chunk by chunk, and the (tokens x vocab) logits are never kept for the backward pass. With `merge_rows`
+    (default: when there is one device, so nothing is sharded) the chunked loss sees the batch as one sequence."""
     hidden, _ = forward(params, config, batch["inputs"], batch["positions"], batch["segment_ids"], return_hidden=True)
     tied = config.tie_word_embeddings
     kernel = params["model"]["embed_tokens"]["weight"] if tied else params["lm_head"]["kernel"]
     w = batch["weights"].astype(jnp.float32)
-    return lm_head_nll_sum(hidden, kernel, batch["targets"], w, tied, config.loss_chunk), w.sum()
+    targets = batch["targets"]
+    if merge_rows is None:
+        merge_rows = jax.device_count() == 1
+    chunk = config.loss_chunk
+    if chunk and merge_rows:
+        # Nothing is sharded, so the rows go to the chunked loss as one sequence: it gathers the assistant tokens of
+        # the whole batch, not row by row, into as few chunks as they fill (train/loss.py). A chunk still holds
+        # rows x loss_chunk positions (the same live logits; small chunks would starve the matmuls).
+        chunk *= hidden.shape[0]
+        hidden, targets, w = (x.reshape((1, -1) + x.shape[2:]) for x in (hidden, targets, w))
+    return lm_head_nll_sum(hidden, kernel, targets, w, tied, chunk), w.sum()
 
 
 def init_state(params, tx: optax.GradientTransformation, rng: jax.Array | None = None) -> dict:
