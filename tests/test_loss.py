@@ -95,16 +95,8 @@ def test_model_loss_with_rows_merged_or_not_equals_unfused(merge_rows):
     loss and gradients either way, equal to the unfused model's."""
     config = tiny_config().replace(loss_chunk=4)
     params = init_params(config, jax.random.PRNGKey(1))
-    b, t = 3, 20
-    ids = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (b, t + 1)), jnp.int32)
-    batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": sft_like_weights(b, t),
-             "segment_ids": jnp.ones((b, t), jnp.int32), "positions": jnp.tile(jnp.arange(t), (b, 1))}
-
-    def unfused(p):
-        logits, _ = forward(p, config, batch["inputs"], batch["positions"], batch["segment_ids"])
-        return reference_nll_sum(logits, jnp.eye(config.vocab_size), batch["targets"], batch["weights"], False)
-
-    ref_val, ref_grads = jax.value_and_grad(unfused)(params)
+    batch = model_batch(config, 3, 20, np.random.default_rng(0), sft_like_weights(3, 20))
+    ref_val, ref_grads = jax.value_and_grad(unfused_nll_sum)(params, config, batch)
     (val, _), grads = jax.value_and_grad(
         functools.partial(loss_sums, config=config, batch=batch, merge_rows=merge_rows), has_aux=True)(params)
     np.testing.assert_allclose(val, ref_val, rtol=1e-5)
@@ -136,26 +128,33 @@ def test_bfloat16_compute_close_to_autodiff():
     np.testing.assert_allclose(gk, gk_ref, rtol=5e-2, atol=5e-2)
 
 
+def model_batch(config, b, t, rng, weights=None):
+    """A batch of random token rows for `config`, one segment per row; loss weights given, or drawn from `rng` after
+    the tokens (about 70 % ones)."""
+    ids = jnp.asarray(rng.integers(0, config.vocab_size, (b, t + 1)), jnp.int32)
+    weights = rng.random((b, t)) > 0.3 if weights is None else weights
+    return {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": jnp.asarray(weights, jnp.float32),
+            "segment_ids": jnp.ones((b, t), jnp.int32), "positions": jnp.tile(jnp.arange(t), (b, 1))}
+
+
+def unfused_nll_sum(params, config, batch):
+    """The weighted NLL sum by plain autodiff of forward()'s logits and log-softmax."""
+    logits, _ = forward(params, config, batch["inputs"], batch["positions"], batch["segment_ids"])
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["targets"][..., None], axis=-1)[..., 0]
+    return jnp.sum(nll * batch["weights"])
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_model_loss_gradients_equal_unfused_model(tied):
     """Through the whole model: gradients of the fused loss = autodiff of forward()'s logits and log-softmax."""
     config = tiny_config(tie_word_embeddings=tied)
     params = init_params(config, jax.random.PRNGKey(1))
-    b, t = 2, 24
-    rng = np.random.default_rng(0)
-    ids = jnp.asarray(rng.integers(0, config.vocab_size, (b, t + 1)), jnp.int32)
-    batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weights": jnp.asarray(rng.random((b, t)) > 0.3, jnp.float32),
-             "segment_ids": jnp.ones((b, t), jnp.int32), "positions": jnp.tile(jnp.arange(t), (b, 1))}
-
-    def unfused(p):
-        logits, _ = forward(p, config, batch["inputs"], batch["positions"], batch["segment_ids"])
-        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["targets"][..., None], axis=-1)[..., 0]
-        return jnp.sum(nll * batch["weights"])
-
-    ref_val, ref_grads = jax.value_and_grad(unfused)(params)
+    batch = model_batch(config, 2, 24, np.random.default_rng(0))
+    ref_val, ref_grads = jax.value_and_grad(unfused_nll_sum)(params, config, batch)
     for chunk in (0, 5):
         cfg = config.replace(loss_chunk=chunk)
-        (val, wsum), grads = jax.value_and_grad(functools.partial(loss_sums, config=cfg, batch=batch), has_aux=True)(params)
+        loss = functools.partial(loss_sums, config=cfg, batch=batch)
+        (val, wsum), grads = jax.value_and_grad(loss, has_aux=True)(params)
         np.testing.assert_allclose(val, ref_val, rtol=1e-5)
         assert float(wsum) == float(batch["weights"].sum())
         jax.tree_util.tree_map(lambda a, r: np.testing.assert_allclose(a, r, rtol=2e-4, atol=2e-6), grads, ref_grads)

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,11 +83,15 @@ def test_compilation_cache_dir_choice(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "mine"
 
 
+def _run_with_cache(script: str, cache: Path) -> subprocess.CompletedProcess:
+    """`python -c script` in a fresh process with the console script's cache variable pointing at `cache`."""
+    env = {**os.environ, "MNLU_JAX_COMPILATION_CACHE": str(cache), "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+
+
 def test_compilation_cache_is_written_and_read_across_processes(tmp_path):
     """The console script's cache, in fresh processes: the first compile writes an entry, the second loads it."""
-    import subprocess
-    import sys
-
     script = (
         "import jax, jax.numpy as jnp\n"
         "from mnlu_jax.compile_cache import enable_compilation_cache\n"
@@ -97,10 +103,7 @@ def test_compilation_cache_is_written_and_read_across_processes(tmp_path):
         "print(float(jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).sum()))\n"
         "print('HITS', len(hits))\n"
     )
-    env = {**os.environ, "MNLU_JAX_COMPILATION_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu"}
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-            for _ in range(2)]
+    runs = [_run_with_cache(script, tmp_path / "cache") for _ in range(2)]
     assert any((tmp_path / "cache").iterdir()), "no cache entry written"
     hits = [int(r.stdout.split("HITS")[1]) for r in runs]
     assert hits[0] == 0 and hits[1] >= 1, (hits, runs[1].stderr[-2000:])
@@ -109,9 +112,6 @@ def test_compilation_cache_is_written_and_read_across_processes(tmp_path):
 def test_compilation_cache_before_jax_is_imported_goes_through_the_environment(tmp_path):
     """Commands that never import jax (build-data, score) must not import it for the cache; jax, imported later,
     still uses the directory."""
-    import subprocess
-    import sys
-
     script = (
         "import sys\n"
         "from mnlu_jax.compile_cache import enable_compilation_cache\n"
@@ -120,7 +120,5 @@ def test_compilation_cache_before_jax_is_imported_goes_through_the_environment(t
         "import jax\n"
         "print('DIR', jax.config.jax_compilation_cache_dir)\n"
     )
-    env = {**os.environ, "MNLU_JAX_COMPILATION_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu"}
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    out = _run_with_cache(script, tmp_path / "cache").stdout
     assert "IMPORTED False" in out and f"DIR {tmp_path / 'cache'}" in out

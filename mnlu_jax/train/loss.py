@@ -90,8 +90,9 @@ def _chunks(h, kernel, targets, weights, tied: bool, chunk: int, with_grads: boo
 
     def body(i, carry):
         loss, grad_kernel, grad_h = carry
-        piece = [jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis=1) for x in (h_s, targets_s, weights_s)]
-        piece_loss, piece_grad_h, piece_grad_kernel = _piece(*piece[:1], kernel, *piece[1:], tied, with_grads)
+        h_c, targets_c, weights_c = (jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis=1)
+                                     for x in (h_s, targets_s, weights_s))
+        piece_loss, piece_grad_h, piece_grad_kernel = _piece(h_c, kernel, targets_c, weights_c, tied, with_grads)
         if with_grads:
             grad_kernel = grad_kernel + piece_grad_kernel
             grad_h = jax.lax.dynamic_update_slice_in_dim(grad_h, piece_grad_h, i * chunk, axis=1)
