@@ -81,7 +81,7 @@ def matmul_ceiling_tflops(n: int = 8192) -> float:
 
 
 def run_variant(preset: str, seq: int, steps: int, attention: str, remat: str, batch: int, accum: int,
-                loss_chunk: int = 0) -> dict:
+                loss_chunk: int = 0, scan: int = 1, runs: int = 16) -> dict:
     import functools
 
     import jax
@@ -93,7 +93,8 @@ def run_variant(preset: str, seq: int, steps: int, attention: str, remat: str, b
     from mnlu_jax.train.step import flops_per_token, init_state, make_optimizer, peak_tflops, train_step
 
     config = ModelConfig(**PRESETS[preset], model_type="mistral", param_dtype="float32", compute_dtype="bfloat16",
-                         remat_policy=remat, attention_impl=attention, loss_chunk=loss_chunk)
+                         remat_policy=remat, attention_impl=attention, loss_chunk=loss_chunk,
+                         scan_layers=bool(scan), packed_attention_runs=runs)
     params = jax.jit(lambda k: init_params(config, k))(jax.random.PRNGKey(0))
     tx, _ = make_optimizer(OptimSection(learning_rate=1e-4, warmup_ratio=0.1, grad_clip=1.0, grad_accum=accum),
                            steps + 10)
@@ -121,7 +122,9 @@ def run_variant(preset: str, seq: int, steps: int, attention: str, remat: str, b
     fpt = flops_per_token(config, seq)
     dev = jax.devices()[0]
     peak = peak_tflops(dev)
-    out = {"attention": attention, "remat": remat, "loss_chunk": loss_chunk, "xla_flags": os.environ.get("XLA_FLAGS", ""), "micro_batch": batch, "grad_accum": accum, "seq": seq,
+    out = {"attention": attention, "remat": remat, "loss_chunk": loss_chunk, "scan_layers": bool(scan),
+           "packed_attention_runs": runs, "xla_flags": os.environ.get("XLA_FLAGS", ""), "micro_batch": batch,
+           "grad_accum": accum, "seq": seq,
            "tokens_per_step": tokens, "step_s": step_s, "tokens_per_s": tokens / step_s,
            "model_tflops_per_s": tokens * fpt / step_s / 1e12, "compile_s": compile_s,
            "loss_first_last": [losses[0], losses[-1]], "finite": bool(np.all(np.isfinite(losses))),
@@ -138,12 +141,13 @@ def run_variant(preset: str, seq: int, steps: int, attention: str, remat: str, b
 def parse_variants(text: str) -> list[dict]:
     out = []
     for part in filter(None, (p.strip() for p in text.split(";"))):
-        v = {"attention": "xla", "remat": "none", "batch": 8, "accum": 1, "loss_chunk": 0, "flags": ""}
+        v = {"attention": "xla", "remat": "none", "batch": 8, "accum": 1, "loss_chunk": 0, "scan": 1, "runs": 16,
+             "flags": ""}
         for kv in part.split(","):
             k, _, val = kv.partition("=")
             if k.strip() not in v:
                 raise ValueError(f"--variants: unknown key {k!r} in {part!r}; expected {', '.join(v)}")
-            v[k.strip()] = int(val) if k.strip() in ("batch", "accum", "loss_chunk") else val.strip()
+            v[k.strip()] = int(val) if k.strip() in ("batch", "accum", "loss_chunk", "scan", "runs") else val.strip()
         out.append(v)
     return out
 
@@ -162,7 +166,8 @@ def main():
     if a.one:
         v = json.loads(a.one)
         print("RESULT " + json.dumps(run_variant(a.preset, a.seq, a.steps, v["attention"], v["remat"], v["batch"],
-                                                 v["accum"], v.get("loss_chunk", 0))), flush=True)
+                                                 v["accum"], v.get("loss_chunk", 0), v.get("scan", 1),
+                                                 v.get("runs", 16))), flush=True)
         return
     rows = []
     for v in parse_variants(a.variants):

@@ -39,9 +39,14 @@ class ModelConfig:
     # Training loss: sequence positions per chunk of the fused LM head + cross-entropy (train/loss.py);
     # 0 = the whole sequence in one piece.
     loss_chunk: int = 0
-    # Attention without a KV cache (training, scoring): "xla" (einsum + mask, any backend) or "cudnn"
-    # (cuDNN flash attention through jax.nn.dot_product_attention; NVIDIA GPUs, bf16/fp16 compute).
+    # Attention without a KV cache (training, scoring): "xla" (einsum + mask, any backend), "cudnn" (cuDNN flash
+    # attention through jax.nn.dot_product_attention; NVIDIA GPUs, bf16/fp16 compute) or "auto" (cudnn where it
+    # runs, else xla).
     attention_impl: str = "xla"
+    # cuDNN on Hopper+: run slots per row for its packed (ragged) layout, in which each document attends within
+    # itself only; a batch whose fullest row has more runs of equal segment ids takes the segment-mask kernel
+    # (see mistral.attend_flash). 0: always the mask.
+    packed_attention_runs: int = 16
 
     @property
     def kv_heads(self) -> int:

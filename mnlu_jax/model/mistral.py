@@ -180,22 +180,92 @@ def attend_causal_blocks(q, k, v, mask, sliding_window: int | None = None, max_b
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
-def attend_flash(q, k, v, q_seg, k_seg, sliding_window: int | None, implementation: str = "cudnn") -> jax.Array:
+def _run_starts(segment_ids: jax.Array) -> jax.Array:
+    return jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+
+
+def segment_runs(segment_ids: jax.Array, max_runs: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The maximal runs of equal segment id in each row, in cuDNN's packed layout: run lengths (B, max_runs),
+    run start offsets (B, max_runs + 1), both -1 past a row's last run, and each row's number of runs (B,).
+
+    Every token lies in one run (padding, segment 0, is a run of its own), so no output is left unwritten; a row
+    with more than `max_runs` runs is reported by the count and must not take the packed path."""
+    b, t = segment_ids.shape
+    starts = _run_starts(segment_ids)
+    count = starts.sum(axis=1, dtype=jnp.int32)
+    offsets = jax.vmap(lambda s: jnp.nonzero(s, size=max_runs + 1, fill_value=t)[0])(starts).astype(jnp.int32)
+    lengths = offsets[:, 1:] - offsets[:, :-1]
+    index = jnp.arange(max_runs + 1, dtype=jnp.int32)[None, :]
+    offsets = jnp.where(index < count[:, None], offsets, -1)
+    lengths = jnp.where(index[:, :-1] < count[:, None], lengths, -1)
+    return lengths, offsets, count
+
+
+def _cudnn_packed_attention():
+    """JAX's cuDNN attention entry point with packed-layout support (private API), or None where unavailable:
+    a JAX without it, or a GPU older than Hopper (cuDNN packs sequences on compute capability 9.0+ only)."""
+    try:
+        from jax._src.cudnn.fused_attention_stablehlo import MaskType, dot_product_attention
+    except ImportError:
+        return None
+    capability = getattr(jax.devices()[0], "compute_capability", None)
+    if jax.default_backend() != "gpu" or capability is None or float(capability) < 9.0:
+        return None
+    return dot_product_attention, MaskType.PADDING_CAUSAL
+
+
+def attend_flash(q, k, v, q_seg, k_seg, sliding_window: int | None, implementation: str = "cudnn",
+                 packed_runs: int = 16) -> jax.Array:
     """cuDNN flash attention for cache-free calls (training batches: packed or right-padded rows).
 
     Causality is by index, which equals causality by position when positions increase within each segment
     (true for packed and right-padded rows; left-padded decoding goes through the cache path instead).
     Padding tokens (segment 0) attend among themselves so that no softmax row is empty (an empty row would
-    give NaN, and 0 * NaN poisons the loss); their outputs carry zero loss weight and real tokens never see them."""
+    give NaN, and 0 * NaN poisons the loss); their outputs carry zero loss weight and real tokens never see them.
+
+    On Hopper GPUs, self-attention over one set of segments runs in cuDNN's packed layout when every row has at
+    most `packed_runs` runs of equal segment ids (each run attends causally within itself: the same visibility as
+    the mask, given contiguous segments as the packer writes them), else with the segment mask: a lax.cond on the
+    device. The packed kernel skips the key blocks of other documents. Its cost grows with the static run slots:
+    on an H100, forward + backward for 8 x 2048 tokens, 16 query / 4 key-value heads of 128, documents averaging
+    400 tokens (≤ 11 runs a row), took 2.60 ms masked, 1.80 / 2.26 / 3.00 ms with 16 / 32 / 64 slots; averaging
+    100 tokens (29 runs), 2.70 ms masked, 2.50 ms with 32 slots."""
     b, t, h, hd = q.shape
-    mask = (q_seg[:, :, None] == k_seg[:, None, :])[:, None]  # (B, 1, T, S), broadcast over heads
     window = (sliding_window - 1, 0) if sliding_window is not None and sliding_window < k.shape[1] else None
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, local_window_size=window,
-                                       implementation=implementation)
+
+    def masked(q, k, v):
+        mask = (q_seg[:, :, None] == k_seg[:, None, :])[:, None]  # (B, 1, T, S), broadcast over heads
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, local_window_size=window,
+                                            implementation=implementation)
+
+    packed_api = _cudnn_packed_attention() if implementation == "cudnn" and q_seg is k_seg and packed_runs else None
+    if packed_api is None:
+        return masked(q, k, v).reshape(b, t, h * hd)
+    sdpa, mask_type = packed_api
+
+    lengths, offsets, count = segment_runs(q_seg, packed_runs)
+
+    def packed(q, k, v):
+        return sdpa(q, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets, kv_offsets=offsets,
+                    scale=1.0 / np.sqrt(hd), mask_type=mask_type,
+                    sliding_window_length=None if window is None else sliding_window)
+
+    out = jax.lax.cond(jnp.max(count) <= packed_runs, packed, masked, q, k, v)
     return out.reshape(b, t, h * hd)
 
 
-ATTENTION_IMPLS = ("xla", "cudnn")
+ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+
+
+def resolve_attention_impl(config: ModelConfig) -> str:
+    """"auto": cuDNN flash attention where it runs (an NVIDIA GPU, bf16 or fp16 compute), else XLA's, so one
+    config serves GPU clusters, TPU pods and CPUs."""
+    if config.attention_impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl {config.attention_impl!r}: expected one of {ATTENTION_IMPLS}")
+    if config.attention_impl != "auto":
+        return config.attention_impl
+    on_cuda = jax.default_backend() == "gpu" and "cuda" in jax.devices()[0].client.platform_version.lower()
+    return "cudnn" if on_cuda and config.compute_dtype in ("bfloat16", "float16") else "xla"
 
 
 def unstack_layers(params: Params, fuse: bool = True) -> Params:
@@ -266,13 +336,21 @@ def _dense_bwd(residuals, grad_out):
 dense.defvjp(_dense_fwd, _dense_bwd)
 
 
+def _save_dots_and_fused_attention(prim, *args, **params) -> bool:
+    """save_dots' policy: keep the weight matmuls' outputs, and cuDNN's fused attention forward (output and softmax
+    statistics). That attention is a custom call, not a dot: under the plain dots policy its forward ran a second
+    time in the backward pass (36 forward kernels for 18 layers in a 1B-parameter step's H100 profile)."""
+    return (prim.name == "dot_product_attention_fwd_wrapper"
+            or jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims(prim, *args, **params))
+
+
 def _remat(fn, policy: str):
     if policy == "none":
         return fn
     if policy == "full":
         return jax.checkpoint(fn)
     if policy == "save_dots":
-        return jax.checkpoint(fn, policy=jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims)
+        return jax.checkpoint(fn, policy=_save_dots_and_fused_attention)
     raise ValueError(f"remat_policy {policy!r}: expected none, full or save_dots")
 
 
@@ -377,8 +455,7 @@ def forward(
     """
     b, t = input_ids.shape
     dtype = to_dtype(config.compute_dtype)
-    if config.attention_impl not in ATTENTION_IMPLS:
-        raise ValueError(f"attention_impl {config.attention_impl!r}: expected one of {ATTENTION_IMPLS}")
+    attention_impl = resolve_attention_impl(config)
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     if segment_ids is None:
@@ -417,8 +494,9 @@ def forward(
             cv_all = _write_layer(cv_all, v.astype(cv_all.dtype), i, cache_index)
             ck, cv = (ck_all, cv_all) if i is None else (ck_all[i], cv_all[i])  # None: per-layer buffers
             o = attend_cache(q, ck.astype(dtype), cv.astype(dtype), mask)
-        elif config.attention_impl == "cudnn":
-            o = attend_flash(q, k, v, segment_ids, segment_ids, config.sliding_window)
+        elif attention_impl == "cudnn":
+            o = attend_flash(q, k, v, segment_ids, segment_ids, config.sliding_window,
+                             packed_runs=config.packed_attention_runs)
         else:
             o = attend_causal_blocks(q, k, v, mask, config.sliding_window)
         o = dense(o, a["o_proj"]["kernel"].astype(dtype))

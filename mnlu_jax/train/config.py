@@ -22,7 +22,9 @@ class ModelSection:
     scan_layers: bool = True
     loss_chunk: int = 0                    # positions per row per chunk of the fused LM head + loss; chunks without
                                            # loss-weighted (answer) positions are skipped (0: one piece, every position)
-    attention_impl: str = "xla"            # xla | cudnn (cuDNN flash attention: NVIDIA GPUs, bf16 compute)
+    attention_impl: str = "xla"            # xla | cudnn (cuDNN flash attention: NVIDIA GPUs, bf16 compute) | auto
+    packed_attention_runs: int = 16        # cudnn on Hopper+: documents (+ padding) per row for the packed layout;
+                                           # a batch with fuller rows uses the segment mask (0: always the mask)
 
 
 @dataclasses.dataclass
