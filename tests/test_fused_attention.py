@@ -30,7 +30,7 @@ def cudnn_traceable(monkeypatch):
     fa = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
     monkeypatch.setattr(fa, "check_cudnn_version", lambda: 91000)
     monkeypatch.setattr(fa, "check_compute_capability", lambda capability: True)
-    monkeypatch.setattr(mistral, "_cudnn_packed_attention",
+    monkeypatch.setattr(mistral, "cudnn_packed_attention_api",
                         lambda: (fa.dot_product_attention, fa.MaskType.PADDING_CAUSAL))
 
 
@@ -57,7 +57,7 @@ def test_save_dots_keeps_the_fused_attention_forward(cudnn_traceable, remat, pac
 
 
 def _hopper_cudnn() -> bool:
-    return mistral._cudnn_packed_attention() is not None
+    return mistral.cudnn_packed_attention_api() is not None
 
 
 @pytest.mark.skipif(not _hopper_cudnn(), reason="cuDNN packed attention needs a Hopper (or newer) NVIDIA GPU")
@@ -119,3 +119,14 @@ def test_auto_attention_resolves_per_backend():
         np.testing.assert_allclose(auto, xla, atol=5e-2, rtol=5e-2)
     else:
         np.testing.assert_array_equal(auto, xla)
+
+
+def test_max_runs_per_row_counts_documents_and_padding():
+    from mnlu_jax.train.loop import max_runs_per_row
+
+    seg = np.asarray([[1, 1, 2, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
+    assert max_runs_per_row(seg) == 4
+    assert max_runs_per_row(seg[1:]) == 1
+    assert max_runs_per_row(np.zeros((0, 8), np.int32)) == 0
+    lengths, offsets, count = segment_runs(jnp.asarray(seg), 4)
+    assert int(count.max()) == max_runs_per_row(seg)  # the host count agrees with the device one

@@ -44,6 +44,8 @@ def test_loss_falls_and_outputs_load(sample_data, tmp_path):
     s = run_train(cfg_for(sample_data, tmp_path / "run", "max_steps=30", "checkpoint.every_steps=10"), progress=False)
     losses = [r["loss"] for r in s["history"]]
     assert len(losses) == 30 and np.mean(losses[-5:]) < losses[0] - 1.0
+    # packed rows: several documents each, and never more runs than a 512-token row of ≥ 1-token documents holds
+    assert all(2 <= r["max_runs_per_row"] <= 512 for r in metrics(tmp_path / "run"))
     params, config, _ = load_model(tmp_path / "run" / "final")
     assert config.sliding_window == 32
     transformers = pytest.importorskip("transformers")

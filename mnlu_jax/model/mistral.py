@@ -201,7 +201,7 @@ def segment_runs(segment_ids: jax.Array, max_runs: int) -> tuple[jax.Array, jax.
     return lengths, offsets, count
 
 
-def _cudnn_packed_attention():
+def cudnn_packed_attention_api():
     """JAX's cuDNN attention entry point with packed-layout support (private API), or None where unavailable:
     a JAX without it, or a GPU older than Hopper (cuDNN packs sequences on compute capability 9.0+ only)."""
     try:
@@ -238,7 +238,7 @@ def attend_flash(q, k, v, q_seg, k_seg, sliding_window: int | None, implementati
         return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, local_window_size=window,
                                             implementation=implementation)
 
-    packed_api = _cudnn_packed_attention() if implementation == "cudnn" and q_seg is k_seg and packed_runs else None
+    packed_api = cudnn_packed_attention_api() if implementation == "cudnn" and q_seg is k_seg and packed_runs else None
     if packed_api is None:
         return masked(q, k, v).reshape(b, t, h * hd)
     sdpa, mask_type = packed_api

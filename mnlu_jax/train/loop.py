@@ -21,7 +21,7 @@ from mnlu_jax.data.loader import count_batches, make_dataset
 from mnlu_jax.data.schema import read_instances
 from mnlu_jax.data.tokenize import tokenize_all
 from mnlu_jax.model.config import ModelConfig
-from mnlu_jax.model.mistral import init_params
+from mnlu_jax.model.mistral import cudnn_packed_attention_api, init_params, resolve_attention_impl
 from mnlu_jax.sharding import batch_sharding, make_mesh, param_shardings
 from mnlu_jax.train import distributed
 from mnlu_jax.train.config import TrainConfig
@@ -123,6 +123,8 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
 
     fpt = flops_per_token(config, seq)
     peak = cfg.peak_tflops_per_device or peak_tflops(jax.devices()[0])
+    packed_runs = config.packed_attention_runs if _packed_attention_active(config) else None
+    max_runs, warned = 0, False
     writer = _tensorboard(out) if cfg.tensorboard and jax.process_index() == 0 else None
     wandb_run = _wandb(cfg) if cfg.wandb_project and jax.process_index() == 0 else None
     metrics_f = open(out / "metrics.jsonl", "a") if jax.process_index() == 0 else None
@@ -134,6 +136,12 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
     try:
         while step < total_steps:
             local = next(it)
+            max_runs = max(max_runs, max_runs_per_row(np.asarray(local["segment_ids"])))
+            if packed_runs is not None and max_runs > packed_runs and not warned:
+                warned = True
+                print(f"warning: step {step + 1}: packed rows hold up to {max_runs} runs of equal segment ids "
+                      f"(documents + padding) but model.packed_attention_runs is {packed_runs}; such batches take "
+                      f"cuDNN's slower segment-mask kernel (raise packed_attention_runs to cover them)")
             batch = {k: jax.make_array_from_process_local_data(b_shard, np.asarray(v)) for k, v in local.items()}
             state, m = step_fn(state, batch)
             step += 1
@@ -149,7 +157,8 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
                 tokens_per_s = cfg.global_batch_size * seq / max(dt, 1e-9)
                 rec = {"step": step, "loss": loss, "learning_rate": float(sched(step - 1)),
                        "grad_norm": float(m["grad_norm"]), "trained_tokens": float(m["tokens"]),
-                       "tokens_per_s": tokens_per_s, "step_time_s": dt}
+                       "tokens_per_s": tokens_per_s, "step_time_s": dt, "max_runs_per_row": max_runs}
+                max_runs = 0
                 if peak:
                     rec["mfu"] = tokens_per_s * fpt / (peak * 1e12 * jax.device_count())
                 history.append(rec)
@@ -187,6 +196,17 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
         (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
         _plot_loss(out)
     return summary
+
+
+def max_runs_per_row(segment_ids: np.ndarray) -> int:
+    """The most runs of equal segment ids (packed documents, and padding) in any row of a (B, T) batch: what cuDNN's
+    packed attention layout must hold (model.packed_attention_runs)."""
+    return int((1 + np.sum(segment_ids[:, 1:] != segment_ids[:, :-1], axis=1)).max()) if segment_ids.size else 0
+
+
+def _packed_attention_active(config: ModelConfig) -> bool:
+    return (resolve_attention_impl(config) == "cudnn" and config.packed_attention_runs > 0
+            and cudnn_packed_attention_api() is not None)
 
 
 def _on_mesh(tree, mesh):
