@@ -7,10 +7,12 @@ with the trainer's explicit FLOP count (`flops_per_token`: Q/K/V with GQA, O, th
 causal attention; x3 for forward + backward; remat recomputation is not counted, as is usual) and the
 datasheet dense bf16 peak. A large bf16 matmul is timed in the same run as the attainable ceiling.
 
-Each variant (attention implementation, remat policy, micro-batch) runs in its own process:
+Each variant runs in its own process; its keys: attention (xla | cudnn), remat (none | full | save_dots), batch
+(micro-batch rows), accum (gradient accumulation), loss_chunk, scan (1: lax.scan over stacked layers, 0: unrolled),
+runs (model.packed_attention_runs; 0: cuDNN's segment mask only), flags (named XLA flag sets, "cublas+lhs"):
 
     python benchmarks/train_mfu.py [--preset 1b] [--seq 2048] [--steps 10] \\
-        [--variants "attention=cudnn,remat=none,batch=8;attention=xla,remat=full,batch=4"]
+        [--variants "attention=cudnn,remat=none,batch=16,scan=0;attention=xla,remat=full,batch=4"]
 """
 
 from __future__ import annotations
@@ -157,8 +159,10 @@ def main():
     ap.add_argument("--preset", default="1b", choices=list(PRESETS))
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--variants", default="attention=cudnn,remat=none,batch=8;attention=cudnn,remat=save_dots,batch=8;"
-                                          "attention=xla,remat=full,batch=8")
+    ap.add_argument("--variants", default="attention=cudnn,remat=save_dots,batch=8;attention=cudnn,remat=save_dots,"
+                                          "batch=8,runs=0;attention=cudnn,remat=save_dots,batch=16;attention=cudnn,"
+                                          "remat=none,batch=8,scan=0;attention=cudnn,remat=none,batch=16,scan=0;"
+                                          "attention=cudnn,remat=save_dots,batch=16,scan=0")
     ap.add_argument("--name", default=None)
     ap.add_argument("--variant-timeout", type=float, default=300.0)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one variant, print JSON

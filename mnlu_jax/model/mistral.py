@@ -226,10 +226,10 @@ def attend_flash(q, k, v, q_seg, k_seg, sliding_window: int | None, implementati
     On Hopper GPUs, self-attention over one set of segments runs in cuDNN's packed layout when every row has at
     most `packed_runs` runs of equal segment ids (each run attends causally within itself: the same visibility as
     the mask, given contiguous segments as the packer writes them), else with the segment mask: a lax.cond on the
-    device. The packed kernel skips the key blocks of other documents. Its cost grows with the static run slots:
-    on an H100, forward + backward for 8 x 2048 tokens, 16 query / 4 key-value heads of 128, documents averaging
-    400 tokens (≤ 11 runs a row), took 2.60 ms masked, 1.80 / 2.26 / 3.00 ms with 16 / 32 / 64 slots; averaging
-    100 tokens (29 runs), 2.70 ms masked, 2.50 ms with 32 slots."""
+    device. The packed kernel skips the key blocks of other documents; its cost grows with the static run slots.
+    On an H100 (benchmarks/attention_packed.py), forward + backward for 8 x 2048 tokens, 16 query / 4 key-value
+    heads of 128, documents averaging 400 tokens (≤ 11 runs a row): 2.60 ms masked, 1.43 / 1.94 / 2.87 ms with
+    16 / 32 / 64 slots; averaging 100 tokens (29 runs): 2.69 ms masked, 1.81 / 2.97 ms with 32 / 64 slots."""
     b, t, h, hd = q.shape
     window = (sliding_window - 1, 0) if sliding_window is not None and sliding_window < k.shape[1] else None
 
