@@ -12,25 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import write_result  # noqa: E402
-
-
-def median_ms(f, *args, n: int = 20) -> float:
-    import jax
-
-    jax.block_until_ready(f(*args))
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2] * 1e3
+from benchmarks.common import median_seconds, write_result  # noqa: E402
 
 
 def main():
@@ -43,7 +29,8 @@ def main():
     import numpy as np
 
     from benchmarks.train_mfu import packed_batch
-    from mnlu_jax.model.mistral import attend_flash, segment_runs
+    from mnlu_jax.model.mistral import attend_flash
+    from mnlu_jax.train.loop import max_runs_per_row
 
     h, kvh, hd = 16, 4, 128
     rows = []
@@ -56,9 +43,9 @@ def main():
         dy = jax.random.normal(keys[3], (b, t, h * hd), jnp.float32)
         seg = np.array(packed_batch(np.random.default_rng(0), b, t, 1000, mean_doc=mean_doc)["segment_ids"])
         seg[:, -37:] = 0  # a padding tail
+        max_runs = max_runs_per_row(seg)
         seg = jnp.asarray(seg)
         dy = dy * (seg > 0)[..., None]
-        max_runs = int(jnp.max(segment_runs(seg, 1)[2]))
 
         def grads(impl, runs):
             def f(q, k, v):
@@ -68,14 +55,14 @@ def main():
 
         _, ref = grads("xla", 0)(q, k, v)
         row = {"rows": b, "length": t, "mean_document": mean_doc, "max_runs_per_row": max_runs,
-               "xla_ms": median_ms(grads("xla", 0), q, k, v)}
+               "xla_ms": 1e3 * median_seconds(grads("xla", 0), q, k, v, calls=20)}
         for runs in [0] + [int(r) for r in a.runs.split(",")]:
             f = grads("cudnn", runs)
             _, g = f(q, k, v)
             err = max(float(jnp.max(jnp.abs(x.astype(jnp.float32) - y.astype(jnp.float32)))
                             / jnp.max(jnp.abs(y.astype(jnp.float32)))) for x, y in zip(g, ref))
             name = "cudnn_mask" if runs == 0 else f"cudnn_packed_{runs}"
-            row[name] = {"ms": median_ms(f, q, k, v), "max_rel_grad_diff_vs_xla": err,
+            row[name] = {"ms": 1e3 * median_seconds(f, q, k, v, calls=20), "max_rel_grad_diff_vs_xla": err,
                          "path": "mask" if runs == 0 or max_runs > runs else "packed"}
         print(row, flush=True)
         rows.append(row)

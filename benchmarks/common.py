@@ -47,6 +47,21 @@ def machine() -> dict:
     return info
 
 
+def median_seconds(f, *args, calls: int = 10) -> float:
+    """Median wall time of `calls` calls of a jitted `f(*args)` after one warm-up call (compilation), each waited
+    for on the device."""
+    import jax
+
+    jax.block_until_ready(f(*args))
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
 def write_result(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **payload}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import median_seconds, write_result  # noqa: E402
 
 SHAPES = {
     "7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -46,17 +46,7 @@ def measured_bandwidth(gib: float = 4.0) -> dict:
         "sum_columns": (jax.jit(lambda a: jnp.sum(a, axis=0)), x.size * 4),
         "scale_copy": (jax.jit(lambda a: a * 1.0001), 2 * x.size * 4),  # read + write
     }
-    out = {}
-    for name, (f, nbytes) in kernels.items():
-        f(x).block_until_ready()
-        times = []
-        for _ in range(10):
-            t = time.perf_counter()
-            f(x).block_until_ready()
-            times.append(time.perf_counter() - t)
-        times.sort()
-        out[name] = nbytes / times[len(times) // 2]
-    return out
+    return {name: nbytes / median_seconds(f, x) for name, (f, nbytes) in kernels.items()}
 
 
 def random_params(config, dtype):

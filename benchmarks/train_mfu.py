@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import median_seconds, write_result  # noqa: E402
 
 PRESETS = {
     # 1.11B parameters: Mistral's shape scaled down (GQA 4:1, head_dim 128, SwiGLU 3.5x, vocab 32000).
@@ -71,15 +71,7 @@ def matmul_ceiling_tflops(n: int = 8192) -> float:
 
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, b).block_until_ready()
-    times = []
-    for _ in range(10):
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return 2 * n**3 / times[len(times) // 2] / 1e12
+    return 2 * n**3 / median_seconds(jax.jit(lambda x, y: x @ y), a, b) / 1e12
 
 
 def run_variant(preset: str, seq: int, steps: int, attention: str, remat: str, batch: int, accum: int,

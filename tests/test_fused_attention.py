@@ -105,7 +105,7 @@ def test_auto_attention_resolves_per_backend():
     config = ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, model_type="mistral", compute_dtype="bfloat16",
                          attention_impl="auto")
-    on_cuda = jax.default_backend() == "gpu" and "cuda" in jax.devices()[0].client.platform_version.lower()
+    on_cuda = mistral.on_nvidia_gpu()
     assert resolve_attention_impl(config) == ("cudnn" if on_cuda else "xla")
     assert resolve_attention_impl(config.replace(compute_dtype="float32")) == "xla"
     assert resolve_attention_impl(config.replace(attention_impl="cudnn")) == "cudnn"

@@ -201,6 +201,11 @@ def segment_runs(segment_ids: jax.Array, max_runs: int) -> tuple[jax.Array, jax.
     return lengths, offsets, count
 
 
+def on_nvidia_gpu() -> bool:
+    """Whether JAX's default backend is CUDA (cuDNN's home), not ROCm, a TPU or the CPU."""
+    return jax.default_backend() == "gpu" and "cuda" in jax.devices()[0].client.platform_version.lower()
+
+
 def cudnn_packed_attention_api():
     """JAX's cuDNN attention entry point with packed-layout support (private API), or None where unavailable:
     a JAX without it, or a GPU older than Hopper (cuDNN packs sequences on compute capability 9.0+ only)."""
@@ -208,8 +213,7 @@ def cudnn_packed_attention_api():
         from jax._src.cudnn.fused_attention_stablehlo import MaskType, dot_product_attention
     except ImportError:
         return None
-    capability = getattr(jax.devices()[0], "compute_capability", None)
-    if jax.default_backend() != "gpu" or capability is None or float(capability) < 9.0:
+    if not on_nvidia_gpu() or float(jax.devices()[0].compute_capability) < 9.0:
         return None
     return dot_product_attention, MaskType.PADDING_CAUSAL
 
@@ -264,8 +268,7 @@ def resolve_attention_impl(config: ModelConfig) -> str:
         raise ValueError(f"attention_impl {config.attention_impl!r}: expected one of {ATTENTION_IMPLS}")
     if config.attention_impl != "auto":
         return config.attention_impl
-    on_cuda = jax.default_backend() == "gpu" and "cuda" in jax.devices()[0].client.platform_version.lower()
-    return "cudnn" if on_cuda and config.compute_dtype in ("bfloat16", "float16") else "xla"
+    return "cudnn" if on_nvidia_gpu() and config.compute_dtype in ("bfloat16", "float16") else "xla"
 
 
 def unstack_layers(params: Params, fuse: bool = True) -> Params:
