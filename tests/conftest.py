@@ -42,7 +42,8 @@ def make_tiny_hf(path: Path, model_type: str = "mistral", dtype: str = "float32"
                   rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     common.update(kw)
     if model_type == "mistral":
-        cfg = transformers.MistralConfig(sliding_window=common.pop("sliding_window", 8), rope_theta=10000.0, **common)
+        cfg = transformers.MistralConfig(sliding_window=common.pop("sliding_window", 8),
+                                         rope_theta=common.pop("rope_theta", 10000.0), **common)
         model = transformers.MistralForCausalLM(cfg)
     else:
         cfg = transformers.LlamaConfig(tie_word_embeddings=common.pop("tie_word_embeddings", True), **common)

@@ -21,9 +21,17 @@ def _left_padded(rng, lengths, width):
     return jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(seg)
 
 
-@pytest.mark.parametrize("model_type", ["mistral", "llama"])  # llama: tied embeddings (the head is the embedding)
-def test_prefill_and_steps_match_the_token_major_model(tmp_path, model_type):
-    params, config, _ = load_model(make_tiny_hf(tmp_path / "m", model_type=model_type))
+LLAMA3 = dict(rope_theta=5e5, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
+
+
+# llama: tied embeddings (the head is the embedding); llama3: the same with Llama 3.1's RoPE scaling
+@pytest.mark.parametrize("model_type,rope", [("mistral", {}), ("llama", {}), ("llama", LLAMA3)],
+                         ids=["mistral", "llama", "llama3-rope"])
+def test_prefill_and_steps_match_the_token_major_model(tmp_path, model_type, rope):
+    rope = {k: v.copy() if isinstance(v, dict) else v for k, v in rope.items()}  # transformers edits the dict
+    params, config, _ = load_model(make_tiny_hf(tmp_path / "m", model_type=model_type, **rope))
+    assert (config.rope_scaling is not None) == bool(rope)
     assert config.tie_word_embeddings == (model_type == "llama")
     fm = to_feature_major(params, config)
     unrolled = unstack_layers(params, fuse=True)

@@ -268,3 +268,99 @@ def test_unstacked_layers_give_the_same_logits(tiny_mistral_dir, fuse):
     assert ("qkv_proj" in unstacked["model"]["layers"][0]["self_attn"]) == fuse
     got, _ = forward(unstacked, config, ids)
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  # with head_dim 16 and base 5e5 the wavelengths are 6.3, 32.5, 168, ... tokens: one above the
+                  # 64/1 cut (scaled), one between 64/4 and 64 (interpolated), one below 16 (kept)
+                  "original_max_position_embeddings": 64}
+
+
+@pytest.mark.parametrize("model_type,rope", [
+    ("mistral", dict(rope_theta=1e6)),  # Mistral v0.2+ base; transformers 5 writes it under rope_parameters only
+    ("llama", dict(rope_theta=5e5, rope_scaling=LLAMA3_SCALING)),  # Llama 3.1+
+    ("llama", dict(rope_scaling={"rope_type": "linear", "factor": 4.0})),
+], ids=["mistral-theta-1e6", "llama3-scaling", "linear-scaling"])
+def test_rope_variants_match_transformers(tmp_path, model_type, rope):
+    # copies: transformers adds rope_theta to the rope_scaling dict it is given
+    d = make_tiny_hf(tmp_path / "hf", model_type=model_type, **{k: v.copy() if isinstance(v, dict) else v
+                                                                  for k, v in rope.items()})
+    params, config, _ = load_model(d)
+    assert config.rope_theta == rope.get("rope_theta", 10000.0)
+    assert dict(config.rope_scaling or ()) == (rope.get("rope_scaling") or {})
+    ids = np.random.default_rng(4).integers(3, 128, size=(2, 40))
+    ref = hf_logits(d, ids)
+    ours, _ = forward(params, config, jnp.asarray(ids))
+    np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    # the variant is not a no-op on these inputs: plain RoPE gives other logits
+    plain, _ = forward(params, config.replace(rope_theta=10000.0, rope_scaling=None), jnp.asarray(ids))
+    assert not np.allclose(np.asarray(plain), ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+    # an export keeps the RoPE settings: transformers reads them back and gives the source's logits
+    hf_to_flax(d, tmp_path / "ours", progress=False)
+    flax_to_hf(tmp_path / "ours", tmp_path / "back", progress=False)
+    np.testing.assert_allclose(hf_logits(tmp_path / "back", ids), ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+
+
+def test_rope_frequencies_equal_transformers():
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from mnlu_jax.model.config import ModelConfig
+    from mnlu_jax.model.mistral import rope_frequencies
+
+    for scaling in (LLAMA3_SCALING, {**LLAMA3_SCALING, "original_max_position_embeddings": 8192, "factor": 32.0},
+                    {"rope_type": "linear", "factor": 2.0}):
+        hf = transformers.LlamaConfig(hidden_size=512, num_attention_heads=4, max_position_embeddings=131072,
+                                      rope_theta=5e5, rope_scaling=dict(scaling))
+        ref, _ = ROPE_INIT_FUNCTIONS[scaling["rope_type"]](hf, "cpu")
+        ours = rope_frequencies(ModelConfig.from_hf_dict(hf.to_dict()))
+        np.testing.assert_array_equal(ours, ref.numpy())
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "RoPE type 'yarn' is not supported"),
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "RoPE type 'dynamic' is not supported"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "needs .*low_freq_factor"),
+    ({"rope_theta": 1e4, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}, "conflicting RoPE bases"),
+])
+def test_unsupported_rope_settings_are_clear_errors(tmp_path, fields, message):
+    from mnlu_jax.model.config import ModelConfig
+
+    cfg = {"model_type": "llama", "vocab_size": 128, "hidden_size": 64, "intermediate_size": 96,
+           "num_hidden_layers": 2, "num_attention_heads": 4, **fields}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=f"config.json.*{message}"):
+        ModelConfig.from_json_file(path)
+
+
+def _write_gguf(path, rope_freqs: bool, scaling: dict | None = None):
+    gguf = pytest.importorskip("gguf")
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, value in (("vocab_size", 32), ("embedding_length", 16), ("feed_forward_length", 32),
+                       ("block_count", 1), ("attention.head_count", 2), ("attention.head_count_kv", 1)):
+        w.add_uint32(f"llama.{key}", value)
+    w.add_float32("llama.rope.freq_base", 1e4)
+    for key, value in (scaling or {}).items():
+        (w.add_string if isinstance(value, str) else w.add_float32)(f"llama.rope.scaling.{key}", value)
+    w.add_tensor("token_embd.weight", np.zeros((32, 16), np.float32))
+    if rope_freqs:
+        w.add_tensor("rope_freqs.weight", np.ones(4, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_gguf_rope_scaling(tmp_path):
+    from mnlu_jax.weights.gguf_io import gguf_config
+
+    cfg = gguf_config(_write_gguf(tmp_path / "linear.gguf", False, {"type": "linear", "factor": 4.0}))
+    assert dict(cfg.rope_scaling) == {"rope_type": "linear", "factor": 4.0}
+    assert gguf_config(_write_gguf(tmp_path / "plain.gguf", False)).rope_scaling is None
+    # llama.cpp's per-frequency factors (Llama 3.1 GGUFs) cannot be turned back into rope_scaling: refused, not
+    # skipped (skipping them would rotate every position wrongly)
+    with pytest.raises(ValueError, match="freqs.gguf.*rope_freqs.weight"):
+        gguf_config(_write_gguf(tmp_path / "freqs.gguf", True))
+    with pytest.raises(ValueError, match="yarn.gguf.*RoPE type 'yarn' is not supported"):
+        gguf_config(_write_gguf(tmp_path / "yarn.gguf", False, {"type": "yarn", "factor": 4.0}))

@@ -9,6 +9,34 @@ from typing import Any
 
 SUPPORTED_ARCHITECTURES = {"MistralForCausalLM": "mistral", "LlamaForCausalLM": "llama"}
 
+# RoPE variants whose frequencies do not depend on the sequence length, with the keys each needs besides its
+# type (transformers' modeling_rope_utils); "dynamic", "yarn", "longrope" are refused, never approximated.
+ROPE_SCALING_KEYS = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def normalize_rope_scaling(value: Any, source: str = "rope_scaling") -> tuple[tuple[str, Any], ...] | None:
+    """A config.json `rope_scaling` / `rope_parameters` dict -> sorted (key, value) pairs (hashable, so a config
+    stays a static jit argument), without `rope_theta`; None for plain RoPE. Unknown types raise."""
+    if value is None:
+        return None
+    items = dict(value)
+    items.pop("rope_theta", None)
+    kind = items.pop("rope_type", None) or items.pop("type", None) or "default"
+    items.pop("type", None)
+    if kind == "default":
+        return None
+    if kind not in ROPE_SCALING_KEYS:
+        raise ValueError(f"{source}: RoPE type {kind!r} is not supported (supported: default, "
+                         f"{', '.join(ROPE_SCALING_KEYS)}); its frequencies depend on the sequence length or need "
+                         "attention scaling that this model does not implement")
+    missing = [k for k in ROPE_SCALING_KEYS[kind] if items.get(k) is None]
+    if missing:
+        raise ValueError(f"{source}: RoPE type {kind!r} needs {missing}, got {dict(value)}")
+    return tuple(sorted({"rope_type": kind, **items}.items()))
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -24,6 +52,9 @@ class ModelConfig:
     max_position_embeddings: int = 32768
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    # None: plain RoPE; else config.json's rope_scaling as sorted (key, value) pairs (a dict is accepted and
+    # normalised): "linear" or "llama3" (Llama 3.1+), see mistral.rope_frequencies.
+    rope_scaling: tuple[tuple[str, Any], ...] | None = None
     sliding_window: int | None = None
     tie_word_embeddings: bool = False
     model_type: str = "mistral"
@@ -47,6 +78,11 @@ class ModelConfig:
     # itself only; a batch whose fullest row has more runs of equal segment ids takes the segment-mask kernel
     # (see mistral.attend_flash). 0: always the mask.
     packed_attention_runs: int = 16
+
+    def __post_init__(self):
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, tuple):
+            normalized = normalize_rope_scaling(self.rope_scaling, "ModelConfig.rope_scaling")
+            object.__setattr__(self, "rope_scaling", normalized)  # frozen: set once, here
 
     @property
     def kv_heads(self) -> int:
@@ -89,12 +125,10 @@ class ModelConfig:
                 raise ValueError(f"{source}: missing required field {key!r}")
         if hf.get("attention_bias") or hf.get("mlp_bias"):
             raise ValueError(f"{source}: attention_bias/mlp_bias=True is not supported (Mistral/Llama have no biases)")
-        rope_scaling = hf.get("rope_scaling")
-        if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) not in (None, "default"):
-            raise ValueError(f"{source}: rope_scaling {rope_scaling} is not supported; only plain RoPE")
         fields = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in hf.items() if k in fields}
         kw["model_type"] = model_type
+        kw["rope_theta"], kw["rope_scaling"] = _rope_from_hf(hf, source)
         if kw.get("num_key_value_heads") is None:
             kw["num_key_value_heads"] = hf["num_attention_heads"]
         if model_type == "llama":
@@ -137,11 +171,34 @@ class ModelConfig:
             "use_cache": True,
             "attention_dropout": 0.0,
         }
+        # The legacy keys (rope_theta, rope_scaling): transformers 4.x and 5.x and vLLM all read them.
+        out["rope_scaling"] = dict(self.rope_scaling) if self.rope_scaling else None
         if self.model_type == "mistral":
             out["sliding_window"] = self.sliding_window
         else:
-            out.update(attention_bias=False, mlp_bias=False, rope_scaling=None)
+            out.update(attention_bias=False, mlp_bias=False)
         return out
+
+
+def _rope_from_hf(hf: dict, source: str) -> tuple[float, tuple | None]:
+    """(rope_theta, normalised rope_scaling) from either config.json layout: transformers 5 writes
+    `rope_parameters` (theta inside, no top-level `rope_theta`), earlier versions `rope_theta` + `rope_scaling`.
+    Reading only the old keys would take a v5 file's theta as the 10,000 default without a word."""
+    params = hf.get("rope_parameters")
+    if params is not None and not (isinstance(params, dict) and ("rope_type" in params or "rope_theta" in params)):
+        raise ValueError(f"{source}: rope_parameters {params!r}: expected one dict with rope_type/rope_theta "
+                         "(per-layer-type RoPE is not supported)")
+    thetas = {k: float(v) for k, v in (("rope_theta", hf.get("rope_theta")),
+                                       ("rope_parameters.rope_theta", (params or {}).get("rope_theta")))
+              if v is not None}
+    if len(set(thetas.values())) > 1:
+        raise ValueError(f"{source}: conflicting RoPE bases {thetas}")
+    scalings = [(k, normalize_rope_scaling(v, f"{source}: {k}")) for k, v in
+                (("rope_scaling", hf.get("rope_scaling")), ("rope_parameters", params)) if v is not None]
+    if len({v for _, v in scalings}) > 1:
+        raise ValueError(f"{source}: rope_scaling and rope_parameters disagree: {dict(scalings)}")
+    theta = next(iter(thetas.values()), ModelConfig.rope_theta)
+    return theta, scalings[0][1] if scalings else None
 
 
 def tiny_config(**kw: Any) -> ModelConfig:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from mnlu_jax.model.config import ModelConfig
 from mnlu_jax.model.mistral import (Params, _write, _write_layer, apply_rope, attend_cache, attention_mask,
-                                    rope_tables, to_dtype, unstack_layers)
+                                    rope_frequencies, rope_tables, to_dtype, unstack_layers)
 
 
 def to_feature_major(params: Params, config: ModelConfig) -> Params:
@@ -74,7 +74,7 @@ def forward_feature_major(fm: Params, config: ModelConfig, input_ids: jax.Array,
     positions, segment_ids = positions.astype(jnp.int32), segment_ids.astype(jnp.int32)
     # (embed, N): column row * T + j holds token j of row `row`
     h = jnp.take(fm["embed"], input_ids.reshape(n), axis=0).astype(dtype).T
-    cos, sin = rope_tables(positions, hd, config.rope_theta, dtype)
+    cos, sin = rope_tables(positions, rope_frequencies(config), dtype)
     k_pos = _write(cache["pos"], positions, cache_index)
     k_seg = _write(cache["seg"], segment_ids, cache_index)
     mask = attention_mask(positions, segment_ids, k_pos, k_seg, config.sliding_window)

@@ -129,8 +129,35 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight.astype(x.dtype) * xf.astype(x.dtype)
 
 
-def rope_tables(positions: jax.Array, head_dim: int, theta: float, dtype: Any) -> tuple[jax.Array, jax.Array]:
-    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+def rope_frequencies(config: ModelConfig) -> np.ndarray:
+    """RoPE's inverse frequencies (head_dim/2,) in fp32, as transformers computes them (modeling_rope_utils):
+    theta^(-2i/d), divided by `factor` for "linear" scaling; for "llama3" scaling (Llama 3.1+) wavelengths longer
+    than original_max_position_embeddings / low_freq_factor are divided by `factor`, shorter than
+    .../high_freq_factor kept, and those between interpolated. Fixed per model: no sequence-length dependence."""
+    hd = config.dim_per_head
+    inv_freq = 1.0 / (np.float32(config.rope_theta) ** (np.arange(0, hd, 2, dtype=np.float32) / np.float32(hd)))
+    scaling = dict(config.rope_scaling or ())
+    kind = scaling.get("rope_type")
+    if kind == "linear":
+        inv_freq = inv_freq / np.float32(scaling["factor"])
+    elif kind == "llama3":
+        factor = np.float32(scaling["factor"])
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        # scalar / tensor in torch is reciprocal(tensor) * scalar: written the same way for the same rounding
+        wavelen = (1 / inv_freq) * np.float32(2 * np.pi)
+        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = ((1 / wavelen) * np.float32(old_len) - np.float32(low)) / np.float32(high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+        inv_freq = np.where(medium, smoothed, scaled)
+    elif kind is not None:
+        raise ValueError(f"rope_scaling type {kind!r} is not supported")
+    return inv_freq.astype(np.float32)
+
+
+def rope_tables(positions: jax.Array, inv_freq: np.ndarray, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """cos/sin (B, T, head_dim) for `positions` (B, T) and `rope_frequencies(config)`."""
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, T, hd/2)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
@@ -467,7 +494,7 @@ def forward(
     segment_ids = segment_ids.astype(jnp.int32)
     m = params["model"]
     h = jnp.take(m["embed_tokens"]["weight"], input_ids, axis=0).astype(dtype)
-    cos, sin = rope_tables(positions, config.dim_per_head, config.rope_theta, dtype)
+    cos, sin = rope_tables(positions, rope_frequencies(config), dtype)
     nh, kvh, hd = config.num_attention_heads, config.kv_heads, config.dim_per_head
 
     if cache is not None:

@@ -56,6 +56,18 @@ def gguf_config(path: str | Path) -> ModelConfig:
     n_vocab = _field(r, f"{p}.vocab_size") or len(r.fields["tokenizer.ggml.tokens"].data)
     d = _field(r, f"{p}.embedding_length")
     heads = _field(r, f"{p}.attention.head_count")
+    if "rope_freqs.weight" in names:
+        # llama.cpp stores Llama 3.1-style RoPE scaling as per-frequency factors, which do not give back the
+        # rope_scaling parameters a config.json needs; skipping them would change every position's rotation.
+        raise ValueError(f"{path}: tensor 'rope_freqs.weight' (llama3-style RoPE frequency factors) is not supported "
+                         "in GGUF files; convert from the Hugging Face checkpoint, whose config.json has rope_scaling")
+    scaling_type = _field(r, f"{p}.rope.scaling.type")
+    rope_scaling = None
+    if scaling_type not in (None, "none"):
+        rope_scaling = {"rope_type": scaling_type, "factor": _field(r, f"{p}.rope.scaling.factor")}
+        original = _field(r, f"{p}.rope.scaling.original_context_length")
+        if original is not None:
+            rope_scaling["original_max_position_embeddings"] = int(original)
     hf = {
         "model_type": "llama" if arch == "llama" else "mistral",
         "vocab_size": int(n_vocab),
@@ -68,6 +80,7 @@ def gguf_config(path: str | Path) -> ModelConfig:
         "max_position_embeddings": int(_field(r, f"{p}.context_length", 4096)),
         "rms_norm_eps": float(_field(r, f"{p}.attention.layer_norm_rms_epsilon", 1e-5)),
         "rope_theta": float(_field(r, f"{p}.rope.freq_base", 10000.0)),
+        "rope_scaling": rope_scaling,
         "sliding_window": _field(r, f"{p}.attention.sliding_window"),
         "tie_word_embeddings": "output.weight" not in names,
         "bos_token_id": _field(r, "tokenizer.ggml.bos_token_id"),
@@ -100,7 +113,7 @@ def gguf_tensors(path: str | Path, config: ModelConfig) -> Iterator[tuple[str, n
         elif stem in _GGUF_TO_HF:
             name = f"{_GGUF_TO_HF[stem]}.{kind}"
         elif stem == "rope_freqs":
-            continue  # RoPE scaling factors for llama3-style rope; refused by the config check
+            raise ValueError(f"{path}: tensor 'rope_freqs.weight' (llama3-style RoPE factors) is not supported")
         else:
             raise ValueError(f"{path}: unexpected GGUF tensor {t.name!r}")
         shape = tuple(int(x) for x in reversed(t.shape))  # GGUF lists dims fastest-first
