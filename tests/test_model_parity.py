@@ -299,6 +299,11 @@ def test_rope_variants_match_transformers(tmp_path, model_type, rope):
     hf_to_flax(d, tmp_path / "ours", progress=False)
     flax_to_hf(tmp_path / "ours", tmp_path / "back", progress=False)
     np.testing.assert_allclose(hf_logits(tmp_path / "back", ids), ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+    # the export uses the legacy keys (rope_theta + rope_scaling), which we read back to the same settings
+    exported = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert "rope_parameters" not in exported and exported["rope_theta"] == config.rope_theta
+    _, back, _ = load_model(tmp_path / "back")
+    assert (back.rope_theta, back.rope_scaling) == (config.rope_theta, config.rope_scaling)
 
 
 def test_rope_frequencies_equal_transformers():
@@ -321,8 +326,11 @@ def test_rope_frequencies_equal_transformers():
     ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "RoPE type 'dynamic' is not supported"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "needs .*low_freq_factor"),
     ({"rope_theta": 1e4, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}, "conflicting RoPE bases"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
+     "partial_rotary_factor 0.5 is not supported"),
+    ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
 ])
-def test_unsupported_rope_settings_are_clear_errors(tmp_path, fields, message):
+def test_unsupported_config_settings_are_clear_errors(tmp_path, fields, message):
     from mnlu_jax.model.config import ModelConfig
 
     cfg = {"model_type": "llama", "vocab_size": 128, "hidden_size": 64, "intermediate_size": 96,

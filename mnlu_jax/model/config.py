@@ -26,6 +26,9 @@ def normalize_rope_scaling(value: Any, source: str = "rope_scaling") -> tuple[tu
     items.pop("rope_theta", None)
     kind = items.pop("rope_type", None) or items.pop("type", None) or "default"
     items.pop("type", None)
+    partial = items.pop("partial_rotary_factor", 1.0)
+    if partial not in (None, 1, 1.0):
+        raise ValueError(f"{source}: partial_rotary_factor {partial} is not supported (RoPE over the whole head)")
     if kind == "default":
         return None
     if kind not in ROPE_SCALING_KEYS:
@@ -123,6 +126,8 @@ class ModelConfig:
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
             if key not in hf:
                 raise ValueError(f"{source}: missing required field {key!r}")
+        if hf.get("hidden_act", "silu") not in ("silu", "swish"):
+            raise ValueError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (SwiGLU uses silu)")
         if hf.get("attention_bias") or hf.get("mlp_bias"):
             raise ValueError(f"{source}: attention_bias/mlp_bias=True is not supported (Mistral/Llama have no biases)")
         fields = {f.name for f in dataclasses.fields(cls)}
