@@ -31,12 +31,19 @@ def smollm2_path() -> Path:
     return p
 
 
+# Llama 3.1's RoPE scaling at a tiny model's scale: with head_dim 16 and base 5e5 the wavelengths are 6.3, 32.5,
+# 168, ... tokens, so one frequency is kept (below 64/4), one interpolated (between 64/4 and 64/1), the rest scaled.
+LLAMA3_ROPE = dict(rope_theta=5e5, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
+
+
 def make_tiny_hf(path: Path, model_type: str = "mistral", dtype: str = "float32", seed: int = 0, **kw) -> Path:
     """Save a tiny random transformers model (GQA, 2 layers, window 8 for Mistral) to `path`."""
     torch = pytest.importorskip("torch")
     import transformers
 
     torch.manual_seed(seed)
+    kw = {k: v.copy() if isinstance(v, dict) else v for k, v in kw.items()}  # transformers edits rope dicts in place
     common = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                   rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0)

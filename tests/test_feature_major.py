@@ -7,7 +7,7 @@ import pytest
 from mnlu_jax.model.feature_major import forward_feature_major, to_feature_major
 from mnlu_jax.model.mistral import forward, init_cache, unstack_layers
 from mnlu_jax.weights.convert import load_model
-from tests.conftest import make_tiny_hf
+from tests.conftest import LLAMA3_ROPE, make_tiny_hf
 
 
 def _left_padded(rng, lengths, width):
@@ -21,15 +21,10 @@ def _left_padded(rng, lengths, width):
     return jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(seg)
 
 
-LLAMA3 = dict(rope_theta=5e5, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
-
-
 # llama: tied embeddings (the head is the embedding); llama3: the same with Llama 3.1's RoPE scaling
-@pytest.mark.parametrize("model_type,rope", [("mistral", {}), ("llama", {}), ("llama", LLAMA3)],
+@pytest.mark.parametrize("model_type,rope", [("mistral", {}), ("llama", {}), ("llama", LLAMA3_ROPE)],
                          ids=["mistral", "llama", "llama3-rope"])
 def test_prefill_and_steps_match_the_token_major_model(tmp_path, model_type, rope):
-    rope = {k: v.copy() if isinstance(v, dict) else v for k, v in rope.items()}  # transformers edits the dict
     params, config, _ = load_model(make_tiny_hf(tmp_path / "m", model_type=model_type, **rope))
     assert (config.rope_scaling is not None) == bool(rope)
     assert config.tie_word_embeddings == (model_type == "llama")

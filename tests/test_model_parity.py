@@ -13,7 +13,7 @@ from mnlu_jax.weights.convert import (
     flax_to_hf, hf_to_flax, load_model, load_params, params_from_tensors, TensorSource,
 )
 from mnlu_jax.weights.safetensors_io import SafetensorsCheckpoint
-from tests.conftest import make_tiny_hf
+from tests.conftest import LLAMA3_ROPE, make_tiny_hf
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -270,21 +270,13 @@ def test_unstacked_layers_give_the_same_logits(tiny_mistral_dir, fuse):
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
-LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                  # with head_dim 16 and base 5e5 the wavelengths are 6.3, 32.5, 168, ... tokens: one above the
-                  # 64/1 cut (scaled), one between 64/4 and 64 (interpolated), one below 16 (kept)
-                  "original_max_position_embeddings": 64}
-
-
 @pytest.mark.parametrize("model_type,rope", [
     ("mistral", dict(rope_theta=1e6)),  # Mistral v0.2+ base; transformers 5 writes it under rope_parameters only
-    ("llama", dict(rope_theta=5e5, rope_scaling=LLAMA3_SCALING)),  # Llama 3.1+
+    ("llama", LLAMA3_ROPE),  # Llama 3.1+
     ("llama", dict(rope_scaling={"rope_type": "linear", "factor": 4.0})),
 ], ids=["mistral-theta-1e6", "llama3-scaling", "linear-scaling"])
 def test_rope_variants_match_transformers(tmp_path, model_type, rope):
-    # copies: transformers adds rope_theta to the rope_scaling dict it is given
-    d = make_tiny_hf(tmp_path / "hf", model_type=model_type, **{k: v.copy() if isinstance(v, dict) else v
-                                                                  for k, v in rope.items()})
+    d = make_tiny_hf(tmp_path / "hf", model_type=model_type, **rope)
     params, config, _ = load_model(d)
     assert config.rope_theta == rope.get("rope_theta", 10000.0)
     assert dict(config.rope_scaling or ()) == (rope.get("rope_scaling") or {})
@@ -312,7 +304,8 @@ def test_rope_frequencies_equal_transformers():
     from mnlu_jax.model.config import ModelConfig
     from mnlu_jax.model.mistral import rope_frequencies
 
-    for scaling in (LLAMA3_SCALING, {**LLAMA3_SCALING, "original_max_position_embeddings": 8192, "factor": 32.0},
+    llama3 = LLAMA3_ROPE["rope_scaling"]
+    for scaling in (llama3, {**llama3, "original_max_position_embeddings": 8192, "factor": 32.0},
                     {"rope_type": "linear", "factor": 2.0}):
         hf = transformers.LlamaConfig(hidden_size=512, num_attention_heads=4, max_position_embeddings=131072,
                                       rope_theta=5e5, rope_scaling=dict(scaling))

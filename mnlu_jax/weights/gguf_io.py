@@ -112,8 +112,6 @@ def gguf_tensors(path: str | Path, config: ModelConfig) -> Iterator[tuple[str, n
             name = f"model.layers.{idx}.{_GGUF_TO_HF[sub]}.{kind}"
         elif stem in _GGUF_TO_HF:
             name = f"{_GGUF_TO_HF[stem]}.{kind}"
-        elif stem == "rope_freqs":
-            raise ValueError(f"{path}: tensor 'rope_freqs.weight' (llama3-style RoPE factors) is not supported")
         else:
             raise ValueError(f"{path}: unexpected GGUF tensor {t.name!r}")
         shape = tuple(int(x) for x in reversed(t.shape))  # GGUF lists dims fastest-first
