@@ -30,7 +30,7 @@ def main():
 
     from benchmarks.train_mfu import packed_batch
     from mnlu_jax.model.mistral import attend_flash
-    from mnlu_jax.train.loop import max_runs_per_row
+    from mnlu_jax.model.mistral import max_runs_per_row
 
     h, kvh, hd = 16, 4, 128
     rows = []

@@ -141,7 +141,7 @@ def parse_variants(text: str) -> list[dict]:
             k, _, val = kv.partition("=")
             if k.strip() not in v:
                 raise ValueError(f"--variants: unknown key {k!r} in {part!r}; expected {', '.join(v)}")
-            v[k.strip()] = int(val) if k.strip() in ("batch", "accum", "loss_chunk", "scan", "runs") else val.strip()
+            v[k.strip()] = int(val) if isinstance(v[k.strip()], int) else val.strip()
         out.append(v)
     return out
 
@@ -161,9 +161,8 @@ def main():
     a = ap.parse_args()
     if a.one:
         v = json.loads(a.one)
-        print("RESULT " + json.dumps(run_variant(a.preset, a.seq, a.steps, v["attention"], v["remat"], v["batch"],
-                                                 v["accum"], v.get("loss_chunk", 0), v.get("scan", 1),
-                                                 v.get("runs", 16))), flush=True)
+        v.pop("flags")  # applied to this process's environment by the parent
+        print("RESULT " + json.dumps(run_variant(a.preset, a.seq, a.steps, **v)), flush=True)
         return
     rows = []
     for v in parse_variants(a.variants):

@@ -122,7 +122,7 @@ def test_auto_attention_resolves_per_backend():
 
 
 def test_max_runs_per_row_counts_documents_and_padding():
-    from mnlu_jax.train.loop import max_runs_per_row
+    from mnlu_jax.model.mistral import max_runs_per_row
 
     seg = np.asarray([[1, 1, 2, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
     assert max_runs_per_row(seg) == 4

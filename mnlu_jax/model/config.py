@@ -24,8 +24,9 @@ def normalize_rope_scaling(value: Any, source: str = "rope_scaling") -> tuple[tu
         return None
     items = dict(value)
     items.pop("rope_theta", None)
-    kind = items.pop("rope_type", None) or items.pop("type", None) or "default"
-    items.pop("type", None)
+    kind = items.pop("rope_type", None)
+    legacy_kind = items.pop("type", None)  # the key's name before transformers 4.45
+    kind = kind or legacy_kind or "default"
     partial = items.pop("partial_rotary_factor", 1.0)
     if partial not in (None, 1, 1.0):
         raise ValueError(f"{source}: partial_rotary_factor {partial} is not supported (RoPE over the whole head)")

@@ -207,10 +207,6 @@ def attend_causal_blocks(q, k, v, mask, sliding_window: int | None = None, max_b
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
-def _run_starts(segment_ids: jax.Array) -> jax.Array:
-    return jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
-
-
 def segment_runs(segment_ids: jax.Array, max_runs: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The maximal runs of equal segment id in each row, in cuDNN's packed layout: run lengths (B, max_runs),
     run start offsets (B, max_runs + 1), both -1 past a row's last run, and each row's number of runs (B,).
@@ -218,7 +214,8 @@ def segment_runs(segment_ids: jax.Array, max_runs: int) -> tuple[jax.Array, jax.
     Every token lies in one run (padding, segment 0, is a run of its own), so no output is left unwritten; a row
     with more than `max_runs` runs is reported by the count and must not take the packed path."""
     b, t = segment_ids.shape
-    starts = _run_starts(segment_ids)
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
+                             axis=1)
     count = starts.sum(axis=1, dtype=jnp.int32)
     offsets = jax.vmap(lambda s: jnp.nonzero(s, size=max_runs + 1, fill_value=t)[0])(starts).astype(jnp.int32)
     lengths = offsets[:, 1:] - offsets[:, :-1]
@@ -226,6 +223,12 @@ def segment_runs(segment_ids: jax.Array, max_runs: int) -> tuple[jax.Array, jax.
     offsets = jnp.where(index < count[:, None], offsets, -1)
     lengths = jnp.where(index[:, :-1] < count[:, None], lengths, -1)
     return lengths, offsets, count
+
+
+def max_runs_per_row(segment_ids: np.ndarray) -> int:
+    """`segment_runs`' count on the host: the most runs of equal segment ids (packed documents, and padding) in
+    any row of a (B, T) batch, what cuDNN's packed layout must hold (model.packed_attention_runs)."""
+    return int((1 + np.sum(segment_ids[:, 1:] != segment_ids[:, :-1], axis=1)).max()) if segment_ids.size else 0
 
 
 def on_nvidia_gpu() -> bool:

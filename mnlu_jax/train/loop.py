@@ -21,7 +21,8 @@ from mnlu_jax.data.loader import count_batches, make_dataset
 from mnlu_jax.data.schema import read_instances
 from mnlu_jax.data.tokenize import tokenize_all
 from mnlu_jax.model.config import ModelConfig
-from mnlu_jax.model.mistral import cudnn_packed_attention_api, init_params, resolve_attention_impl
+from mnlu_jax.model.mistral import (cudnn_packed_attention_api, init_params, max_runs_per_row,
+                                    resolve_attention_impl)
 from mnlu_jax.sharding import batch_sharding, make_mesh, param_shardings
 from mnlu_jax.train import distributed
 from mnlu_jax.train.config import TrainConfig
@@ -196,12 +197,6 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
         (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
         _plot_loss(out)
     return summary
-
-
-def max_runs_per_row(segment_ids: np.ndarray) -> int:
-    """The most runs of equal segment ids (packed documents, and padding) in any row of a (B, T) batch: what cuDNN's
-    packed attention layout must hold (model.packed_attention_runs)."""
-    return int((1 + np.sum(segment_ids[:, 1:] != segment_ids[:, :-1], axis=1)).max()) if segment_ids.size else 0
 
 
 def _packed_attention_active(config: ModelConfig) -> bool:
