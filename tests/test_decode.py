@@ -202,6 +202,30 @@ def test_stop_ids_and_length(tiny):
     assert all(len(r.tokens) <= 10 for r in base)
 
 
+def test_generation_config_eos_ids_stop_like_hf(tiny, tmp_path):
+    """generation_config.json may list EOS ids that config.json lacks (Llama 3 Instruct's <|eot_id|>);
+    transformers' generate() stops on them, so `mnlu-jax generate` does too."""
+    import json
+    import types
+
+    from mnlu_jax.decode.generate import make_generator
+
+    params, config, hf, prompts = tiny
+    dc = DecodeConfig(batch_size=2, max_new_tokens=10, buckets=(32,))
+    base = Generator(params, config, dc).generate(prompts[:1])[0]
+    extra = base.tokens[3]
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, extra]}))
+    tokenizer = types.SimpleNamespace(eos_token_id=None, pad_token_id=0)
+    gen = make_generator(params, config, tokenizer, dc, model_dir=tmp_path)
+    assert gen.stop_ids == (2, extra)
+    res = gen.generate(prompts[:1])[0]
+    assert res.finish_reason == "stop" and res.tokens == hf_greedy(hf, prompts[0], 10, (2, extra))
+    assert make_generator(params, config, tokenizer, dc).stop_ids == (2,)  # no model_dir: config.json's only
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": "</s>"}))
+    with pytest.raises(ValueError, match="generation_config.json: eos_token_id must be an int or a list"):
+        make_generator(params, config, tokenizer, dc, model_dir=tmp_path)
+
+
 @pytest.mark.parametrize("layer_loop", ["scan", "unrolled", "feature_major"])
 def test_sharded_equals_single_device(tiny, layer_loop):
     params, config, _, prompts = tiny

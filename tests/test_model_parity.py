@@ -113,6 +113,22 @@ def test_round_trip_bitwise(tmp_path, dtype, model_type):
     np.testing.assert_array_equal(hf_logits(tmp_path / "back", ids), hf_logits(src, ids))
 
 
+def test_several_eos_ids_load_and_export(tmp_path):
+    """Llama 3 configs list several EOS ids: the config stays hashable (a static jit argument; a list made that
+    fail) and the export writes the list back."""
+    src = make_tiny_hf(tmp_path / "hf", model_type="llama", eos_token_id=[2, 3])
+    params, config, _ = load_model(src)
+    assert config.eos_ids == (2, 3)
+    ids = jnp.asarray(np.random.default_rng(0).integers(3, 128, size=(1, 6)))
+    logits = jax.jit(lambda p, x, config: forward(p, config, x)[0], static_argnames="config")(params, ids, config)
+    np.testing.assert_allclose(np.asarray(logits), hf_logits(src, np.asarray(ids)), rtol=1e-5, atol=1e-5)
+    hf_to_flax(src, tmp_path / "ours", progress=False)
+    flax_to_hf(tmp_path / "ours", tmp_path / "back", progress=False)
+    for name in ("config.json", "generation_config.json"):
+        assert json.loads((tmp_path / "back" / name).read_text())["eos_token_id"] == [2, 3], name
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "back").eos_token_id == [2, 3]
+
+
 def test_bin_checkpoint(tmp_path):
     src = make_tiny_hf(tmp_path / "hf")
     model = transformers.AutoModelForCausalLM.from_pretrained(src)

@@ -61,9 +61,27 @@ def encode_records(records: list[dict], tokenizer, template: str | None, drop_sy
     return out
 
 
-def make_generator(params, config, tokenizer, decode: DecodeConfig) -> Generator:
-    """A Generator whose stop ids include the tokenizer's EOS and whose padding is the tokenizer's pad id."""
-    stop = tuple(decode.stop_ids) or config.eos_ids
+def generation_config_eos(model_dir: str | Path) -> tuple[int, ...]:
+    """EOS ids of `generation_config.json` in `model_dir` (none if there is no such file). transformers' generate()
+    and vLLM stop on these, and they can list more than config.json does (Llama 3 Instruct: `<|eot_id|>`)."""
+    path = Path(model_dir) / "generation_config.json"
+    if not path.is_file():
+        return ()
+    try:
+        eos = json.loads(path.read_text()).get("eos_token_id")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{path}: expected a JSON object with an optional eos_token_id: {e}") from e
+    ids = [] if eos is None else [eos] if isinstance(eos, int) else eos
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        raise ValueError(f"{path}: eos_token_id must be an int or a list of ints, got {eos!r}")
+    return tuple(ids)
+
+
+def make_generator(params, config, tokenizer, decode: DecodeConfig, model_dir: str | Path | None = None) -> Generator:
+    """A Generator whose padding is the tokenizer's pad id and whose stop ids, unless `decode.stop_ids` names
+    them, are those of config.json and of `model_dir`'s generation_config.json; the tokenizer's EOS always stops."""
+    extra = generation_config_eos(model_dir) if model_dir is not None and Path(model_dir).is_dir() else ()
+    stop = tuple(decode.stop_ids) or config.eos_ids + tuple(i for i in extra if i not in config.eos_ids)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop:
         stop = stop + (tokenizer.eos_token_id,)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -76,6 +94,7 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
     """Generate for every record not yet in `out_path`. `model` is a path or a params pytree (then pass config=
     and tokenizer=; pass generator= to reuse compiled steps across files)."""
     if generator is None:
+        tok_src = None
         if isinstance(model, (str, Path)):
             params, config, tok_src = load_model(model)
             tokenizer = tokenizer or load_tokenizer(tok_src)
@@ -84,7 +103,7 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
             if config is None or tokenizer is None:
                 raise ValueError("passing params needs config= and tokenizer=")
         config = config.replace(compute_dtype=dtype)
-        generator = make_generator(cast_params(params, dtype), config, tokenizer, decode)
+        generator = make_generator(cast_params(params, dtype), config, tokenizer, decode, model_dir=tok_src)
     elif tokenizer is None:
         raise ValueError("passing generator= needs tokenizer=")
     gen = generator

@@ -22,12 +22,14 @@ def run_evaluate(model, eval_dir: str | Path, out: str | Path, decode: DecodeCon
 
     eval_dir, out = Path(eval_dir), Path(out)
     manifest = json.loads((eval_dir / "manifest.json").read_text())
+    tok_src = None
     if isinstance(model, (str, Path)):
         params, config, tok_src = load_model(model)
         tokenizer = tokenizer or load_tokenizer(tok_src)
     else:
         params = model
-    generator = make_generator(cast_params(params, dtype), config.replace(compute_dtype=dtype), tokenizer, decode)
+    generator = make_generator(cast_params(params, dtype), config.replace(compute_dtype=dtype), tokenizer, decode,
+                               model_dir=tok_src)
     pred_dir = out / "predictions"
     stats = {}
     for name, info in manifest["sets"].items():

@@ -63,7 +63,7 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     model_type: str = "mistral"
     bos_token_id: int | None = 1
-    eos_token_id: int | list[int] | None = 2
+    eos_token_id: int | tuple[int, ...] | None = 2  # Llama 3 lists several; a list is accepted, kept as a tuple
     pad_token_id: int | None = None
     torch_dtype: str = "bfloat16"
     # Compute choices that are not part of config.json.
@@ -84,9 +84,12 @@ class ModelConfig:
     packed_attention_runs: int = 16
 
     def __post_init__(self):
+        # frozen: fields are normalised once, here, to hashable values (a config is a static jit argument)
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, tuple):
             normalized = normalize_rope_scaling(self.rope_scaling, "ModelConfig.rope_scaling")
-            object.__setattr__(self, "rope_scaling", normalized)  # frozen: set once, here
+            object.__setattr__(self, "rope_scaling", normalized)
 
     @property
     def kv_heads(self) -> int:
@@ -171,7 +174,7 @@ class ModelConfig:
             "tie_word_embeddings": self.tie_word_embeddings,
             "hidden_act": "silu",
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
+            "eos_token_id": list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
             "pad_token_id": self.pad_token_id,
             "torch_dtype": self.torch_dtype,
             "use_cache": True,
