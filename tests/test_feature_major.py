@@ -21,12 +21,14 @@ def _left_padded(rng, lengths, width):
     return jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(seg)
 
 
-# llama: tied embeddings (the head is the embedding); llama3: the same with Llama 3.1's RoPE scaling
-@pytest.mark.parametrize("model_type,rope", [("mistral", {}), ("llama", {}), ("llama", LLAMA3_ROPE)],
-                         ids=["mistral", "llama", "llama3-rope"])
-def test_prefill_and_steps_match_the_token_major_model(tmp_path, model_type, rope):
-    params, config, _ = load_model(make_tiny_hf(tmp_path / "m", model_type=model_type, **rope))
-    assert (config.rope_scaling is not None) == bool(rope)
+# llama: tied embeddings (the head is the embedding); llama3: the same with Llama 3.1's RoPE scaling;
+# head_dim: 4 heads of 32 with hidden 64 (an explicit head_dim unlike hidden / heads)
+@pytest.mark.parametrize("model_type,extra", [("mistral", {}), ("llama", {}), ("llama", LLAMA3_ROPE),
+                                              ("mistral", {"head_dim": 32})],
+                         ids=["mistral", "llama", "llama3-rope", "mistral-head_dim"])
+def test_prefill_and_steps_match_the_token_major_model(tmp_path, model_type, extra):
+    params, config, _ = load_model(make_tiny_hf(tmp_path / "m", model_type=model_type, **extra))
+    assert (config.rope_scaling is not None) == ("rope_scaling" in extra)
     assert config.tie_word_embeddings == (model_type == "llama")
     fm = to_feature_major(params, config)
     unrolled = unstack_layers(params, fuse=True)

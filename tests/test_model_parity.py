@@ -29,11 +29,13 @@ def hf_logits(model_dir, ids, attention_mask=None, position_ids=None):
     return out.logits.numpy()
 
 
-@pytest.mark.parametrize("model_type", ["mistral", "llama"])
-def test_logits_match_transformers_unpadded(tmp_path, model_type):
-    d = make_tiny_hf(tmp_path / "hf", model_type=model_type)
+# head_dim 32 with hidden 64 and 4 heads: an explicit head_dim unlike hidden / heads (Mistral Nemo: 128 vs 160)
+@pytest.mark.parametrize("model_type,extra", [("mistral", {}), ("llama", {}), ("mistral", {"head_dim": 32})],
+                         ids=["mistral", "llama", "mistral-head_dim"])
+def test_logits_match_transformers_unpadded(tmp_path, model_type, extra):
+    d = make_tiny_hf(tmp_path / "hf", model_type=model_type, **extra)
     params, config, _ = load_model(d)
-    assert config.model_type == model_type
+    assert config.model_type == model_type and config.dim_per_head == extra.get("head_dim", 16)
     if model_type == "mistral":
         assert config.sliding_window == 8
     rng = np.random.default_rng(0)
