@@ -88,22 +88,30 @@ def make_generator(params, config, tokenizer, decode: DecodeConfig, model_dir: s
     return Generator(params, config, dataclasses.replace(decode, stop_ids=stop, pad_id=pad))
 
 
+def load_generator(model: Any, decode: DecodeConfig, dtype: str = "float32", tokenizer=None, config=None):
+    """(Generator, tokenizer) for `model`: a checkpoint path (ours, HF directory or GGUF file; the tokenizer and
+    generation_config.json come from it unless tokenizer= is given) or a params pytree (then pass config= and
+    tokenizer=)."""
+    tok_src = None
+    if isinstance(model, (str, Path)):
+        params, config, tok_src = load_model(model)
+        tokenizer = tokenizer or load_tokenizer(tok_src)
+    else:
+        params = model
+        if config is None or tokenizer is None:
+            raise ValueError("passing params needs config= and tokenizer=")
+    generator = make_generator(cast_params(params, dtype), config.replace(compute_dtype=dtype), tokenizer, decode,
+                               model_dir=tok_src)
+    return generator, tokenizer
+
+
 def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decode: DecodeConfig,
                  chat_template: str | None = None, dtype: str = "float32", drop_system: bool = False,
                  tokenizer=None, config=None, progress: bool = True, generator: Generator | None = None) -> dict:
     """Generate for every record not yet in `out_path`. `model` is a path or a params pytree (then pass config=
     and tokenizer=; pass generator= to reuse compiled steps across files)."""
     if generator is None:
-        tok_src = None
-        if isinstance(model, (str, Path)):
-            params, config, tok_src = load_model(model)
-            tokenizer = tokenizer or load_tokenizer(tok_src)
-        else:
-            params = model
-            if config is None or tokenizer is None:
-                raise ValueError("passing params needs config= and tokenizer=")
-        config = config.replace(compute_dtype=dtype)
-        generator = make_generator(cast_params(params, dtype), config, tokenizer, decode, model_dir=tok_src)
+        generator, tokenizer = load_generator(model, decode, dtype, tokenizer, config)
     elif tokenizer is None:
         raise ValueError("passing generator= needs tokenizer=")
     gen = generator

@@ -15,21 +15,12 @@ def run_evaluate(model, eval_dir: str | Path, out: str | Path, decode: DecodeCon
     """Decode every eval set in `eval_dir` (resumable per set) into `out/predictions/`, then score into `out/`.
 
     `model` is a checkpoint path (ours, HF or GGUF) or a params pytree (then pass `config` and `tokenizer`)."""
-    from mnlu_jax.decode.engine import cast_params
-    from mnlu_jax.decode.generate import make_generator, run_generate
+    from mnlu_jax.decode.generate import load_generator, run_generate
     from mnlu_jax.evaluate.score import run_score
-    from mnlu_jax.weights.convert import load_model, load_tokenizer
 
     eval_dir, out = Path(eval_dir), Path(out)
     manifest = json.loads((eval_dir / "manifest.json").read_text())
-    tok_src = None
-    if isinstance(model, (str, Path)):
-        params, config, tok_src = load_model(model)
-        tokenizer = tokenizer or load_tokenizer(tok_src)
-    else:
-        params = model
-    generator = make_generator(cast_params(params, dtype), config.replace(compute_dtype=dtype), tokenizer, decode,
-                               model_dir=tok_src)
+    generator, tokenizer = load_generator(model, decode, dtype, tokenizer, config)
     pred_dir = out / "predictions"
     stats = {}
     for name, info in manifest["sets"].items():
