@@ -29,8 +29,7 @@ def main():
     import numpy as np
 
     from benchmarks.train_mfu import packed_batch
-    from mnlu_jax.model.mistral import attend_flash
-    from mnlu_jax.model.mistral import max_runs_per_row
+    from mnlu_jax.model.mistral import attend_flash, max_runs_per_row
 
     h, kvh, hd = 16, 4, 128
     rows = []

@@ -80,8 +80,10 @@ def generation_config_eos(model_dir: str | Path) -> tuple[int, ...]:
 def make_generator(params, config, tokenizer, decode: DecodeConfig, model_dir: str | Path | None = None) -> Generator:
     """A Generator whose padding is the tokenizer's pad id and whose stop ids, unless `decode.stop_ids` names
     them, are those of config.json and of `model_dir`'s generation_config.json; the tokenizer's EOS always stops."""
-    extra = generation_config_eos(model_dir) if model_dir is not None and Path(model_dir).is_dir() else ()
-    stop = tuple(decode.stop_ids) or config.eos_ids + tuple(i for i in extra if i not in config.eos_ids)
+    stop = tuple(decode.stop_ids)
+    if not stop:  # a GGUF path has no generation_config.json beside it: generation_config_eos gives ()
+        extra = generation_config_eos(model_dir) if model_dir is not None else ()
+        stop = config.eos_ids + tuple(i for i in extra if i not in config.eos_ids)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop:
         stop = stop + (tokenizer.eos_token_id,)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
