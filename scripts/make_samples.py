@@ -168,12 +168,14 @@ def make_bioc(out: Path, rng: random.Random) -> None:
         add(gene, "GeneOrGeneProduct", 0, title, f"G{gene}")
         add(dis, "DiseaseOrPhenotypicFeature", 0, title, f"D{k}")
         add(chem, "ChemicalEntity", off2, abstract, f"C{k}")
-        rels = [("R0", "Association", "0", "1"), ("R1", "Negative_Correlation", "2", "0")]
+        # BioRED's layout: relations between concept ids (infons entity1/entity2), with a novelty flag
+        rels = [("R0", "Association", f"G{gene}", f"D{k}"), ("R1", "Negative_Correlation", f"C{k}", f"G{gene}")]
         ann_xml = "".join(
             f'<annotation id="{i}"><infon key="type">{t}</infon><infon key="identifier">{ident}</infon>'
             f'<location offset="{o}" length="{n}"/><text>{tx}</text></annotation>' for i, t, o, n, tx, ident in anns)
-        rel_xml = "".join(f'<relation id="{r}"><infon key="type">{t}</infon><node refid="{a}" role="Arg1"/>'
-                          f'<node refid="{b}" role="Arg2"/></relation>' for r, t, a, b in rels)
+        rel_xml = "".join(f'<relation id="{r}"><infon key="entity1">{a}</infon><infon key="entity2">{b}</infon>'
+                          f'<infon key="novel">No</infon><infon key="type">{t}</infon></relation>'
+                          for r, t, a, b in rels)
         docs_xml.append(f"<document><id>{9000 + k}</id><passage><infon key=\"type\">title</infon><offset>0</offset>"
                         f"<text>{title}</text></passage><passage><infon key=\"type\">abstract</infon><offset>{off2}</offset>"
                         f"<text>{abstract}</text>{ann_xml}</passage>{rel_xml}</document>")

@@ -166,6 +166,153 @@ def test_bad_inputs(tmp_path):
         READERS["nli_jsonl"](js)
 
 
+def _ents(docs):
+    return [[(e["type"], e["offsets"], e["text"]) for e in d["entities"]] for d in docs]
+
+
+def test_iobes_and_bilou_give_the_iob_entities(tmp_path):
+    # MTL-Bioinformatics-2016 ships every corpus as *-IOB and *-IOBES; both must read to the same entities
+    toks = ["Low", "dose", "aspirin", "and", "vitamin", "K", "lowered", "pain", "."]
+    iob = ["O", "O", "B-Chem", "O", "B-Chem", "I-Chem", "O", "B-Dis", "O"]
+    iobes = ["O", "O", "S-Chem", "O", "B-Chem", "E-Chem", "O", "S-Dis", "O"]
+    bilou = ["O", "O", "U-Chem", "O", "B-Chem", "L-Chem", "O", "U-Dis", "O"]
+    docs = {}
+    for name, tags in {"iob": iob, "iobes": iobes, "bilou": bilou}.items():
+        (tmp_path / f"{name}.tsv").write_text("\n".join(f"{t}\t{g}" for t, g in zip(toks, tags)) + "\n")
+        docs[name] = READERS["iob"](tmp_path / f"{name}.tsv")
+    assert _ents(docs["iob"]) == _ents(docs["iobes"]) == _ents(docs["bilou"])
+    assert [e[2] for e in _ents(docs["iob"])[0]] == [["aspirin"], ["vitamin K"], ["pain"]]
+    # an entity ended by E- is not continued by a following I- of the same type
+    (tmp_path / "e.tsv").write_text("vitamin\tB-Chem\nK\tE-Chem\nzinc\tI-Chem\n")
+    assert [e["text"] for e in READERS["iob"](tmp_path / "e.tsv")[0]["entities"]] == [["vitamin K"], ["zinc"]]
+    (tmp_path / "u.tsv").write_text("aspirin\tS\n")  # untyped, like B/I with default_type
+    assert READERS["iob"](tmp_path / "u.tsv", default_type="Chemical")[0]["entities"][0]["type"] == "Chemical"
+    (tmp_path / "pos.tsv").write_text("Aspirin\tNN\n")  # a POS-tagged file is not NER
+    with pytest.raises(DataError, match=r"pos\.tsv:1: tag 'NN'; expected O, B, I \(or IOBES"):
+        READERS["iob"](tmp_path / "pos.tsv")
+
+
+def _bioc_doc(doc_id, passages, relations, ann_infons="identifier"):
+    """A BioC XML document: passages [(offset, text, [(id, type, concept, offset, length, text)])]."""
+    out = f"<document><id>{doc_id}</id>"
+    for off, text, anns in passages:
+        out += f"<passage><offset>{off}</offset><text>{text}</text>"
+        for aid, typ, concept, o, n, t in anns:
+            out += (f'<annotation id="{aid}"><infon key="type">{typ}</infon><infon key="{ann_infons}">{concept}</infon>'
+                    f'<location offset="{o}" length="{n}"/><text>{t}</text></annotation>')
+        out += "</passage>"
+    return out + relations + "</document>"
+
+
+def _bioc_file(path, *docs):
+    path.write_text('<?xml version="1.0"?><collection><source>test</source>' + "".join(docs) + "</collection>")
+    return path
+
+
+def test_bioc_concept_relations_in_the_biored_and_bc5cdr_layouts(tmp_path):
+    title, abstract = "Zinc and rash.", "Zinc lotion eased the rash in two boys."
+    off = len(title) + 1
+    anns = [[("0", "Chemical", "C9", 0, 4, "Zinc"), ("1", "Disease", "D7", 9, 4, "rash")],
+            [("2", "Chemical", "C9", off, 4, "Zinc"), ("3", "Disease", "D7,D8", off + 22, 4, "rash")]]
+    # BioRED: entity1/entity2 infons naming concept ids, a novelty flag, comma-joined identifiers
+    biored = _bioc_doc("1", [(0, title, anns[0]), (off, abstract, anns[1])],
+                       '<relation id="R0"><infon key="entity1">C9</infon><infon key="entity2">D8</infon>'
+                       '<infon key="novel">No</infon><infon key="type">Negative_Correlation</infon></relation>'
+                       '<relation id="R1"><infon key="entity1">C9</infon><infon key="entity2">D404</infon>'
+                       '<infon key="type">Association</infon></relation>')
+    docs = READERS["bioc"](_bioc_file(tmp_path / "biored.xml", biored))
+    assert docs[0]["relations"] == [{"id": "R0", "type": "Negative_Correlation", "arg1": "0", "arg2": "3"}]
+    # D404: no mention carries it; kept aside and counted by the task builder, not dropped
+    assert docs[0]["unresolved_relations"] == [{"id": "R1", "type": "Association", "concept1": "C9",
+                                                "concept2": "D404"}]
+    inst, counts = T.re_kb_instances(docs, "biored", ["Negative_Correlation", "Association"], negative_ratio=0.0)
+    assert len(inst) == 1 and counts == {"relations_unresolved": 1, "pairs_ambiguous": 0}
+    # the same document as BioC JSON
+    js = {"documents": [{"id": "1", "passages": [
+        {"offset": o, "text": t, "annotations": [
+            {"id": a, "infons": {"type": ty, "identifier": c}, "text": x, "locations": [{"offset": lo, "length": n}]}
+            for a, ty, c, lo, n, x in an]} for (o, t), an in zip([(0, title), (off, abstract)], anns)],
+        "relations": [{"id": "R0", "infons": {"entity1": "C9", "entity2": "D8", "type": "Negative_Correlation"}}]}]}
+    (tmp_path / "biored.json").write_text(json.dumps(js))
+    assert READERS["bioc"](tmp_path / "biored.json")[0]["relations"] == docs[0]["relations"]
+    # BC5CDR: concept ids under MESH, the type under "relation", one infon per argument keyed by an entity type
+    bc5 = _bioc_doc("2", [(0, title, anns[0]), (off, abstract, anns[1])],
+                    '<relation id="R0"><infon key="relation">CID</infon><infon key="Chemical">C9</infon>'
+                    '<infon key="Disease">D7</infon></relation>', ann_infons="MESH")
+    d = READERS["bioc"](_bioc_file(tmp_path / "bc5.xml", bc5))[0]
+    assert d["relations"] == [{"id": "R0", "type": "CID", "arg1": "0", "arg2": "1"}]
+    assert d["entities"][3]["concept"] == "D7,D8"
+    bad = _bioc_doc("3", [(0, title, anns[0])], '<relation id="R9"><infon key="type">CID</infon>'
+                    '<infon key="Gene">G1</infon></relation>')
+    with pytest.raises(DataError, match=r"bad\.xml: document 3, relation R9: expected two nodes, infons entity1"):
+        READERS["bioc"](_bioc_file(tmp_path / "bad.xml", bad))
+    node = _bioc_doc("4", [(0, title, anns[0])], '<relation id="R1"><infon key="type">x</infon>'
+                     '<node refid="0" role="A"/><node refid="7" role="B"/></relation>')
+    with pytest.raises(DataError, match=r"document 4, relation R1: node refid '7' is not an annotation id"):
+        READERS["bioc"](_bioc_file(tmp_path / "node.xml", node))
+
+
+def test_bioc_passage_offsets_counting_escapes_are_repaired_with_a_warning(tmp_path, caplog):
+    # BC5CDR's BioC release counts "&apos;" as 6 characters in the next passage's offset, its annotations as 1
+    title = "Crohn's disease after zinc."
+    abstract = "A boy took zinc and got Crohn's disease."
+    real = len(title) + 1
+    crohn = "Crohn&apos;s disease"
+    anns = [("0", "Disease", "D1", 0, 15, crohn), ("1", "Chemical", "C1", real + 11, 4, "zinc"),
+            ("2", "Disease", "D1", real + 24, 15, crohn)]
+    doc = _bioc_doc("5", [(0, title.replace("'", "&apos;"), anns[:1]),
+                          (real + 5, abstract.replace("'", "&apos;"), anns[1:])], "")
+    with caplog.at_level("WARNING"):
+        d = READERS["bioc"](_bioc_file(tmp_path / "cdr.xml", doc))[0]
+    assert d["text"] == title + " " + abstract
+    assert [e["text"] for e in d["entities"]] == [["Crohn's disease"], ["zinc"], ["Crohn's disease"]]
+    assert "document 5: passage declared at offset 33 placed at 28" in caplog.text
+    # annotations that match neither placement stay an error naming the annotation
+    zinc_off_by_one = [("1", "Chemical", "C1", real + 12, 4, "zinc")]
+    off_by_one = _bioc_doc("6", [(0, title, anns[:1]), (real, abstract, zinc_off_by_one)],
+                           '<relation id="R0"><infon key="type">x</infon><node refid="0" role="A"/>'
+                           '<node refid="1" role="B"/></relation>')
+    with pytest.raises(DataError, match=r"document 6, annotation 1: span \[\[40, 44\]\] is 'inc ' in the text"):
+        READERS["bioc"](_bioc_file(tmp_path / "bad.xml", off_by_one))
+    # bad_spans=skip leaves it out, counted, and moves the relation that names it aside
+    with caplog.at_level("WARNING"):
+        d = READERS["bioc"](tmp_path / "bad.xml", bad_spans="skip")[0]
+    assert d["skipped_annotations"] == 1 and [e["id"] for e in d["entities"]] == ["0"]
+    assert d["relations"] == [] and d["unresolved_relations"][0]["id"] == "R0"
+    assert "annotation 1" in caplog.text and "skipped: bad_spans=skip" in caplog.text
+
+
+def test_pubtator_biored_layout_and_unresolved_concepts(tmp_path):
+    text = "Zinc and rash. Zinc lotion eased the rash."
+    lines = ["7|t|Zinc and rash.", "7|a|Zinc lotion eased the rash.",
+             "7\t0\t4\tZinc\tChemicalEntity\tC9", "7\t9\t13\trash\tDiseaseOrPhenotypicFeature\tD7,D8",
+             "7\t15\t19\tZinc\tChemicalEntity\tC9",
+             "7\tNegative_Correlation\tC9\tD8\tNovel",  # BioRED: a fifth field, the novelty flag
+             "7\tAssociation\tC9\tD404\tNo"]
+    assert text[9:13] == "rash"
+    (tmp_path / "b.txt").write_text("\n".join(lines) + "\n")
+    d = READERS["pubtator"](tmp_path / "b.txt")[0]
+    assert d["relations"] == [{"id": "R1", "type": "Negative_Correlation", "arg1": "T1", "arg2": "T2"}]
+    assert d["unresolved_relations"] == [{"id": "R2", "type": "Association", "concept1": "C9", "concept2": "D404"}]
+    (tmp_path / "m.txt").write_text("\n".join(lines[:3] + ["8\t9\t13\trash\tDisease\tD7"]) + "\n")
+    with pytest.raises(DataError, match=r"m\.txt:4: PMID '8' in the block of document '7'"):
+        READERS["pubtator"](tmp_path / "m.txt")
+
+
+def test_build_stats_list_what_was_left_out():
+    from mnlu_jax.data.build import statistics, stats_markdown
+
+    stats = statistics([], {"cdr": {"task": "RE", "documents": 3, "available": 0, "relations_unresolved": 2}})
+    assert stats["datasets"]["cdr"]["instances"] == 0  # a dataset that gave nothing is still listed
+    assert "| cdr | RE | 0 | 0 |" in stats_markdown(stats) and "relations unresolved 2" in stats_markdown(stats)
+
+
+def test_pubmedqa_bad_ground_truth_names_the_file(tmp_path):
+    (tmp_path / "gt.json").write_text('{"1": "yes",')
+    with pytest.raises(DataError, match=r"gt\.json: cannot read as JSON"):
+        READERS["pubmedqa"](SAMPLES / "pubmedqa/ori_pqal.json", ground_truth=tmp_path / "gt.json")
+
+
 def test_empty_answer_and_zero_trainable_tokens_are_errors(tiny_tok):
     inst = T.nli_instances([{"id": "p", "premise": "a", "hypothesis": "b", "label": "neutral"}], "x")[0][0]
     inst.messages[-1]["content"] = "  "

@@ -72,6 +72,9 @@ def dataset_instances(spec: DatasetSpec, seed: int, style: str, base: Path) -> t
         raise FileNotFoundError(f"dataset {spec.name}: {path} does not exist")
     docs = READERS[spec.reader](path, **spec.reader_options)
     notes: dict[str, Any] = {"documents": len(docs), "task": spec.task}
+    skipped = sum(d.get("skipped_annotations", 0) for d in docs)
+    if skipped:  # left out by a reader's bad_spans=skip (each logged)
+        notes["annotations_skipped"] = skipped
     t = spec.task
     if t in ("NER",):
         inst = T.ner_instances(docs, spec.name, spec.types, seed, spec.label_map, style=style,
@@ -87,7 +90,9 @@ def dataset_instances(spec: DatasetSpec, seed: int, style: str, base: Path) -> t
         if spec.relation_set:
             inst = T.re_masked_instances(docs, spec.name, spec.relation_set, seed, style)
         else:
-            inst = T.re_kb_instances(docs, spec.name, spec.relation_types, seed, spec.label_map, spec.negative_ratio, style)
+            inst, counts = T.re_kb_instances(docs, spec.name, spec.relation_types, seed, spec.label_map,
+                                             spec.negative_ratio, style)
+            notes.update(counts)
     elif t == "QA":
         inst = T.qa_instances(docs, spec.name, seed, style)
     elif t == "NLI":
@@ -144,6 +149,8 @@ def build_mix(cfg: MixConfig, base: Path) -> tuple[list[Instance], dict]:
 
 def statistics(instances: list[Instance], notes: dict, truncation: dict | None = None) -> dict:
     stats: dict[str, Any] = {"total": len(instances), "datasets": {}}
+    for name, note in notes.items():  # a dataset that gave no instance is listed too (with its reasons)
+        stats["datasets"][name] = {"task": note.get("task"), "instances": 0, "labels": collections.Counter()}
     for i in instances:
         d = stats["datasets"].setdefault(i.dataset, {"task": i.task, "instances": 0, "labels": collections.Counter()})
         d["instances"] += 1
@@ -163,12 +170,18 @@ def statistics(instances: list[Instance], notes: dict, truncation: dict | None =
     return stats
 
 
+# notes of dataset_instances that count what a corpus held but no instance could use
+LEFT_OUT = ("skipped_unlabeled", "relations_unresolved", "pairs_ambiguous", "annotations_skipped")
+
+
 def stats_markdown(stats: dict) -> str:
-    lines = ["| dataset | task | instances | available | fraction | truncated | top labels |", "|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | task | instances | available | fraction | truncated | left out | top labels |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, d in sorted(stats["datasets"].items()):
         top = ", ".join(f"{k} ({v})" for k, v in list(d["labels"].items())[:4])
+        left = ", ".join(f"{k.replace('_', ' ')} {d[k]}" for k in LEFT_OUT if d.get(k))
         lines.append(f"| {name} | {d['task']} | {d['instances']} | {d.get('available', '')} | {d.get('fraction', '')} | "
-                     f"{d.get('truncated', '')} | {top} |")
+                     f"{d.get('truncated', '')} | {left} | {top} |")
     lines += ["", "| task | instances |", "|---|---|"] + [f"| {t} | {n} |" for t, n in sorted(stats["tasks"].items())]
     return "\n".join(lines) + "\n"
 

@@ -1,8 +1,10 @@
 """The two record types that flow through the data stages.
 
 1. Interchange documents (what readers return), BigBio-like plain dicts, one of five schemas:
-   - kb:    {"schema": "kb", "id", "text", "entities": [{"id", "type", "offsets": [[s, e], ...], "text": [..]}],
-             "relations": [{"id", "type", "arg1", "arg2"}],
+   - kb:    {"schema": "kb", "id", "text", "entities": [{"id", "type", "offsets": [[s, e], ...], "text": [..],
+                                                  "concept": normalised id(s) or None}],
+             "relations": [{"id", "type", "arg1", "arg2"}],  (args: entity ids)
+             "unresolved_relations": [{"id", "type", "concept1", "concept2"}],  (optional: resolve_concept_relations)
              "events": [{"id", "type", "trigger": entity-id, "arguments": [{"role", "ref_id"}]}],
              "attributes": [{"id", "type", "ref_id", "value"}]}
    - qa:    {"schema": "qa", "id", "question", "context", "choices": [..], "answer": [..]}
@@ -20,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -70,6 +73,35 @@ def check_span(text: str, offsets: list[list[int]], expected: str | list[str] | 
         if " ".join(got) != " ".join(exp) and "".join(got).split() != " ".join(exp).split():
             raise DataError(f"{where}: span {offsets} is {' '.join(got)!r} in the text, annotation says {' '.join(exp)!r}")
     return got
+
+
+# BC5CDR joins a composite mention's concept ids with "|", BioRED with ",", PubTator3 and GNormPlus with ";"
+_CONCEPT_SEP = re.compile(r"[|,;]")
+
+
+def concept_ids(concept: str | None) -> list[str]:
+    """The concept ids one mention carries (empty for None or '')."""
+    return [c.strip() for c in _CONCEPT_SEP.split(concept or "") if c.strip()]
+
+
+def resolve_concept_relations(entities: list[dict], relations: list[tuple[str, str, str, str]]
+                              ) -> tuple[list[dict], list[dict]]:
+    """Relations annotated between concept ids (BC5CDR's CID, BioRED) -> relations between the first mentions that
+    carry those concepts, as `(id, type, concept 1, concept 2)` tuples come in. A relation naming a concept that
+    no mention of the document carries cannot be put to text; it is returned in the second list (the task
+    builders count it), not dropped: the real BC5CDR release has a few (a relation names a salt's MeSH id while
+    the mentions carry the parent compound's)."""
+    first: dict[str, str] = {}
+    for e in entities:
+        for c in concept_ids(e.get("concept")):
+            first.setdefault(c, e["id"])
+    resolved, unresolved = [], []
+    for rid, typ, c1, c2 in relations:
+        if c1 in first and c2 in first:
+            resolved.append({"id": rid, "type": typ, "arg1": first[c1], "arg2": first[c2]})
+        else:
+            unresolved.append({"id": rid, "type": typ, "concept1": c1, "concept2": c2})
+    return resolved, unresolved
 
 
 def write_jsonl(path: str | Path, records: Iterable[Any]) -> int:

@@ -286,19 +286,26 @@ def re_masked_instances(docs: list[dict], dataset: str, relation_set: str, seed:
 
 
 def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str] | None = None, seed: int = 0,
-                    label_map: dict | None = None, negative_ratio: float = 1.0, style: str = "mnlu") -> list[Instance]:
+                    label_map: dict | None = None, negative_ratio: float = 1.0, style: str = "mnlu"
+                    ) -> tuple[list[Instance], dict[str, int]]:
     """Relations annotated on entities (BRAT, BioC, PubTator, i2b2): one instance per related pair, plus
-    sampled unrelated pairs (negative_ratio per positive) answered with the no-relation option."""
+    sampled unrelated pairs (negative_ratio per positive) answered with the no-relation option. Returns also
+    counts of what could not become an instance: `relations_unresolved` (a concept-level relation naming a
+    concept no mention carries: `schema.resolve_concept_relations`) and `pairs_ambiguous` (both mentions read
+    the same, so the options would be identical)."""
     types = list(relation_types) if relation_types else sorted({r["type"] for d in docs for r in d["relations"]})
     out = []
+    counts = {"relations_unresolved": sum(len(d.get("unresolved_relations", [])) for d in docs), "pairs_ambiguous": 0}
     for d in docs:
         ents = {e["id"]: e for e in d["entities"]}
         rng = instance_rng(seed, dataset, d["id"] + "#neg")
         pairs = []
         related, related_concepts = set(), set()
         for r in d["relations"]:
-            if r.get("by_concept") or r["arg1"] not in ents or r["arg2"] not in ents:
-                continue
+            missing = [a for a in (r["arg1"], r["arg2"]) if a not in ents]
+            if missing:
+                raise DataError(f"{dataset}: document {d['id']}: relation {r['id']} names entity {missing[0]!r}, "
+                                "which the document does not have")
             if r["type"] not in types:
                 raise DataError(f"{dataset}: document {d['id']}: relation type {r['type']!r} not in {types}")
             pairs.append((r["arg1"], r["arg2"], r["type"], r["id"]))
@@ -324,14 +331,15 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
                 options, [f"'X' {L.expand(t, label_map)} 'Y'." for t in types] + [L.NO_RELATION.format(e1="X", e2="Y")],
                 list(types) + ["none"])}
             gold = options[types.index(typ)] if typ else options[-1]
-            if len(set(options)) != len(options):
-                continue  # identical mentions on both sides make the options ambiguous
+            if len(set(options)) != len(options):  # identical mentions on both sides: ambiguous options
+                counts["pairs_ambiguous"] += 1
+                continue
             head = (f"What is the relation between the {t1} entity '{e1}' and the {t2} entity '{e2}' from the medical "
                     f"text below?\nMedical text: {d['text']}")
             out.append(_choice_instance(f"{dataset}-{d['id']}-{rid}", dataset, "RE", head, options, [gold],
                                         instance_rng(seed, dataset, f"{d['id']}-{rid}"), style,
                                         extra_gold={"relation": typ or "none"}, labels=keys))
-    return out
+    return out, counts
 
 
 def qa_instances(docs: list[dict], dataset: str, seed: int = 0, style: str = "mnlu") -> list[Instance]:

@@ -1,47 +1,129 @@
-"""BioC XML and BioC JSON (BioRED, NLM-Gene, GNormPlus, DrugProt's BioC release).
+"""BioC XML and BioC JSON (BioRED, BC5CDR, NLM-Gene, GNormPlus, DrugProt's BioC release).
 
-A document has passages, each with an `offset` into the document and its `text`; annotations carry an
-`infon` "type" and one or more `location`s (offset, length, in document coordinates); relations (at passage
-or document level) carry an infon "type" and `node`s (refid, role). The document text is rebuilt by placing
-every passage at its offset (gaps filled with spaces), so annotation offsets index it directly.
+A document has passages, each with an `offset` into the document and its `text`; annotations carry an infon
+"type", a concept id (infon "identifier", or "MESH" in BC5CDR, "NCBI Gene" in GNormPlus: any of `CONCEPT_KEYS`,
+case-insensitive) and one or more `location`s (offset, length, in document coordinates). The document text is
+rebuilt by placing every passage at its offset (gaps filled with spaces), so annotation offsets index it directly.
+
+Relations (at passage or document level) carry an infon "type" (BC5CDR: "relation") and name their arguments in
+one of three ways: `node`s whose refids are annotation ids (mention level); infons "entity1" and "entity2" holding
+concept ids (BioRED); or one infon per argument keyed by an annotation type, e.g. Chemical=D008750 and
+Disease=D003866 (BC5CDR). Concept-level relations go to the first mention of each concept
+(`schema.resolve_concept_relations`).
+
+The BC5CDR BioC release counts the XML escape of an apostrophe in a title (`&apos;`, 6 characters) in the next
+passage's offset, while its annotation offsets count the character once. A passage whose annotations do not match
+the text at its declared offset, but all match with the passage placed one space after the previous one (where
+the PubTator release of the same corpus puts it), is placed there, with a warning naming the document; any other
+mismatch is an error naming the file, document and annotation. With `bad_spans="skip"` such an annotation is
+left out instead, with a warning naming it, and counted in the document's `skipped_annotations` (the BC5CDR BioC
+gold file has one: a composite mention's individual part one character off); a node-level relation that names
+it goes to `unresolved_relations`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError, check_span
+from mnlu_jax.data.schema import DataError, check_span, resolve_concept_relations
+
+log = logging.getLogger(__name__)
+
+CONCEPT_KEYS = ("identifier", "mesh", "ncbi gene", "ncbi gene identifier", "ncbi_gene", "concept_id")
+# relation infons that are neither its type nor an argument (BioRED's novelty, a system's score, curation notes)
+_RELATION_META = {"type", "relation", "novel", "score", "annotator", "updated_at", "note", "role1", "role2"}
 
 
-def _assemble(doc_id, passages, annotations, relations, where):
-    text = ""
-    for off, ptext in sorted(passages):
-        if off < len(text):
-            raise DataError(f"{where}: document {doc_id}: passage at offset {off} overlaps the previous one")
-        text += " " * (off - len(text)) + ptext
-    ents = []
-    for a in annotations:
-        offs = [[o, o + n] for o, n in a["locations"]]
-        got = check_span(text, offs, a["text"], f"{where}: document {doc_id}, annotation {a['id']}")
-        ents.append({"id": a["id"], "type": a["type"], "offsets": offs, "text": got, "concept": a.get("concept")})
-    ids = {e["id"] for e in ents}
-    rels = []
-    for r in relations:
-        nodes = r["nodes"]
+def _concept(infons: dict) -> str | None:
+    low = {k.lower(): v for k, v in infons.items() if k}
+    return next((low[k] for k in CONCEPT_KEYS if low.get(k)), None)
+
+
+def _relation(rid: str, infons: dict, nodes: list, ann_types: set[str], where: str) -> dict:
+    """One relation: {"id", "type", "nodes": [annotation ids]} or {"id", "type", "concepts": [concept ids]}."""
+    low = {k.lower(): v for k, v in infons.items() if k}
+    typ = low.get("type") or low.get("relation") or "Relation"
+    if nodes:
         if len(nodes) < 2:
-            raise DataError(f"{where}: document {doc_id}, relation {r['id']}: expected 2 nodes, got {len(nodes)}")
-        a1, a2 = nodes[0][0], nodes[1][0]
-        rel = {"id": r["id"], "type": r["type"], "arg1": a1, "arg2": a2}
-        # BioRED relations name concept ids (Entity1/Entity2 infons) rather than annotation ids
-        if a1 not in ids or a2 not in ids:
-            rel["by_concept"] = True
-        rels.append(rel)
-    return {"schema": "kb", "id": doc_id, "text": text, "entities": ents, "relations": rels, "events": [], "attributes": []}
+            raise DataError(f"{where}, relation {rid}: expected 2 nodes, got {len(nodes)}")
+        return {"id": rid, "type": typ, "nodes": [nodes[0], nodes[1]]}
+    if low.get("entity1") and low.get("entity2"):
+        return {"id": rid, "type": typ, "concepts": [low["entity1"], low["entity2"]]}
+    typed = [v for k, v in infons.items() if k in ann_types and k.lower() not in _RELATION_META and v]
+    if len(typed) == 2:
+        return {"id": rid, "type": typ, "concepts": typed}
+    raise DataError(f"{where}, relation {rid}: expected two nodes, infons entity1/entity2, or two infons keyed by "
+                    f"annotation types {sorted(ann_types)}; got infons {infons}")
 
 
-def _xml(path: Path) -> list[dict]:
+def _matches(text: str, ann: dict) -> bool:
+    try:
+        check_span(text, [[o, o + n] for o, n in ann["locations"]], ann["text"], "")
+    except DataError:
+        return False
+    return True
+
+
+def _assemble(doc_id: str, passages: list, relations: list, where: str, bad_spans: str) -> dict:
+    """passages: [(offset, text, [annotation])]; relations: [(id, infons, [node refids])]."""
+    where = f"{where}: document {doc_id}"
+    text, anns = "", []
+    for off, ptext, panns in sorted(passages, key=lambda p: p[0]):
+        if off < len(text):
+            raise DataError(f"{where}: passage at offset {off} overlaps the previous one")
+        placed = text + " " * (off - len(text)) + ptext
+        if text and off > len(text) + 1 and panns and not all(_matches(placed, a) for a in panns):
+            packed = text + " " + ptext
+            if all(_matches(packed, a) for a in panns):
+                log.warning("%s: passage declared at offset %d placed at %d, where all %d of its annotations match "
+                            "(escaped characters counted in the offset)", where, off, len(text) + 1, len(panns))
+                placed = packed
+        text = placed
+        anns += panns
+    ents, skipped = [], set()
+    for a in anns:
+        offs = [[o, o + n] for o, n in a["locations"]]
+        try:
+            got = check_span(text, offs, a["text"], f"{where}, annotation {a['id']}")
+        except DataError as e:
+            if bad_spans != "skip":
+                raise
+            log.warning("%s (skipped: bad_spans=skip)", e)
+            skipped.add(a["id"])
+            continue
+        ents.append({"id": a["id"], "type": a["type"], "offsets": offs, "text": got, "concept": a.get("concept")})
+    ids, ann_types = {e["id"] for e in ents}, {a["type"] for a in anns}
+    rels, by_concept, unresolved = [], [], []
+    for rid, infons, nodes in relations:
+        r = _relation(rid, infons, nodes, ann_types, where)
+        if "nodes" not in r:
+            by_concept.append((rid, r["type"], *r["concepts"]))
+            continue
+        missing = [x for x in r["nodes"] if x not in ids]
+        if any(x not in skipped for x in missing):
+            raise DataError(f"{where}, relation {rid}: node refid {missing[0]!r} is not an annotation id")
+        if missing:
+            unresolved.append({"id": rid, "type": r["type"], "concept1": None, "concept2": None,
+                               "nodes": r["nodes"]})
+            continue
+        rels.append({"id": rid, "type": r["type"], "arg1": r["nodes"][0], "arg2": r["nodes"][1]})
+    resolved, by_concept_unresolved = resolve_concept_relations(ents, by_concept)
+    return {"schema": "kb", "id": doc_id, "text": text, "entities": ents, "relations": rels + resolved,
+            "unresolved_relations": unresolved + by_concept_unresolved, "skipped_annotations": len(skipped),
+            "events": [], "attributes": []}
+
+
+def _xml_annotation(a) -> dict:
+    inf = {i.get("key"): i.text for i in a.findall("infon")}
+    locs = [(int(l.get("offset")), int(l.get("length"))) for l in a.findall("location")]
+    return {"id": a.get("id"), "type": inf.get("type", "Entity"), "locations": locs, "text": a.findtext("text"),
+            "concept": _concept(inf)}
+
+
+def _xml(path: Path, bad_spans: str) -> list[dict]:
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as e:
@@ -49,59 +131,61 @@ def _xml(path: Path) -> list[dict]:
     docs = []
     for d in root.iter("document"):
         doc_id = d.findtext("id", default="")
-        passages, anns, rels = [], [], []
-        for p in d.iter("passage"):
-            passages.append((int(p.findtext("offset", "0")), p.findtext("text", "")))
-        for a in d.iter("annotation"):
-            inf = {i.get("key"): i.text for i in a.findall("infon")}
-            locs = [(int(l.get("offset")), int(l.get("length"))) for l in a.findall("location")]
-            anns.append({"id": a.get("id"), "type": inf.get("type", "Entity"), "locations": locs,
-                         "text": a.findtext("text"), "concept": inf.get("identifier") or inf.get("Identifier")})
-        for r in d.iter("relation"):
-            inf = {i.get("key"): i.text for i in r.findall("infon")}
-            nodes = [(n.get("refid"), n.get("role")) for n in r.findall("node")]
-            if not nodes and "Entity1" in inf:
-                nodes = [(inf["Entity1"], "Arg1"), (inf["Entity2"], "Arg2")]
-            rels.append({"id": r.get("id"), "type": inf.get("type", "Relation"), "nodes": nodes})
-        docs.append(_assemble(doc_id, passages, anns, rels, str(path)))
+        passages = [(int(p.findtext("offset", "0")), p.findtext("text", ""),
+                     [_xml_annotation(a) for a in p.iter("annotation")]) for p in d.iter("passage")]
+        # annotations placed on the document rather than in a passage
+        doc_anns = [_xml_annotation(a) for a in d.findall("annotation")]
+        if doc_anns:
+            passages.append((float("inf"), "", doc_anns))  # sorts last, adds no text; checked against the whole
+        rels = [(r.get("id"), {i.get("key"): i.text for i in r.findall("infon")},
+                 [n.get("refid") for n in r.findall("node")]) for r in d.iter("relation")]
+        docs.append(_assemble(doc_id, _finite(passages), rels, str(path), bad_spans))
     return docs
 
 
-def _json(path: Path) -> list[dict]:
+def _finite(passages: list) -> list:
+    """Document-level annotations (offset inf) join the last passage, so they are checked against the full text
+    without moving any passage."""
+    if not passages or passages[-1][0] != float("inf"):
+        return passages
+    rest, extra = passages[:-1], passages[-1][2]
+    if not rest:
+        return [(0, "", extra)]
+    last = max(range(len(rest)), key=lambda i: rest[i][0])
+    off, text, anns = rest[last]
+    rest[last] = (off, text, anns + extra)
+    return rest
+
+
+def _json(path: Path, bad_spans: str) -> list[dict]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON ({e})") from e
     docs = []
     for d in data.get("documents", []):
-        passages, anns, rels = [], [], []
+        passages, rels = [], []
         for p in d.get("passages", []):
-            passages.append((int(p.get("offset", 0)), p.get("text", "")))
-            for a in p.get("annotations", []):
-                inf = a.get("infons", {})
-                anns.append({"id": a["id"], "type": inf.get("type", "Entity"), "text": a.get("text"),
-                             "locations": [(int(l["offset"]), int(l["length"])) for l in a.get("locations", [])],
-                             "concept": inf.get("identifier")})
+            anns = [{"id": a["id"], "type": a.get("infons", {}).get("type", "Entity"), "text": a.get("text"),
+                     "locations": [(int(l["offset"]), int(l["length"])) for l in a.get("locations", [])],
+                     "concept": _concept(a.get("infons", {}))} for a in p.get("annotations", [])]
+            passages.append((int(p.get("offset", 0)), p.get("text", ""), anns))
             rels += p.get("relations", [])
         rels += d.get("relations", [])
-        norm = []
-        for r in rels:
-            inf = r.get("infons", {})
-            nodes = [(n["refid"], n.get("role")) for n in r.get("nodes", [])]
-            if not nodes and "entity1" in {k.lower() for k in inf}:
-                low = {k.lower(): v for k, v in inf.items()}
-                nodes = [(low["entity1"], "Arg1"), (low["entity2"], "Arg2")]
-            norm.append({"id": r.get("id"), "type": inf.get("type", "Relation"), "nodes": nodes})
-        docs.append(_assemble(d.get("id", ""), passages, anns, norm, str(path)))
+        rels = [(r.get("id"), r.get("infons", {}), [n["refid"] for n in r.get("nodes", [])]) for r in rels]
+        docs.append(_assemble(d.get("id", ""), passages, rels, str(path), bad_spans))
     return docs
 
 
-def read_bioc(path: str | Path) -> list[dict]:
+def read_bioc(path: str | Path, bad_spans: str = "error") -> list[dict]:
+    """Every document of a BioC file, or of every .xml/.json file in a directory (sorted by name)."""
+    if bad_spans not in ("error", "skip"):
+        raise ValueError(f"bad_spans: expected 'error' or 'skip', got {bad_spans!r}")
     path = Path(path)
     files = [path] if path.is_file() else sorted(list(path.glob("*.xml")) + list(path.glob("*.json")))
     if not files:
         raise DataError(f"{path}: no BioC .xml or .json files")
     docs = []
     for f in files:
-        docs += _json(f) if f.suffix == ".json" else _xml(f)
+        docs += _json(f, bad_spans) if f.suffix == ".json" else _xml(f, bad_spans)
     return docs

@@ -3,7 +3,9 @@
 IOB layout (e.g. MTL-Bioinformatics-2016 `data/*-IOB/{train,devel,test}.tsv`): one token per line,
 `token<TAB>tag` (or whitespace; the tag is the last column), a blank line between sentences, optional
 `-DOCSTART-` lines. Tags are `B-Type`/`I-Type`/`O` (typed) or `B`/`I`/`O` (untyped; `default_type` names
-them). An `I-` that does not continue an entity of its type starts a new one (IOB1 tolerance).
+them). An `I-` that does not continue an entity of its type starts a new one (IOB1 tolerance). The IOBES (BIOES)
+and BILOU schemes are read too (MTL-Bioinformatics-2016 ships every corpus also as `*-IOBES/`): `S-`/`U-` is a
+one-token entity, `E-`/`L-` ends the entity it continues, so both files of a corpus give the same entities.
 Each sentence becomes one kb document whose text is the tokens joined by single spaces.
 
 BLURB PICO: `-DOCSTART-` starts an abstract, lines `token<TAB>tag` with tags I-PAR / I-INT / I-OUT / O,
@@ -18,6 +20,8 @@ from pathlib import Path
 from mnlu_jax.data.schema import DataError
 
 PICO_TYPES = {"PAR": "Participants", "INT": "Interventions", "OUT": "Outcomes"}
+# tag letter -> role: IOB2/IOB1 (B, I), IOBES (E end, S single) and BILOU (L last, U unit) in one table
+_SCHEME = {"B": "B", "I": "I", "E": "E", "S": "S", "L": "E", "U": "S"}
 
 
 def _sentences(path: Path):
@@ -66,17 +70,20 @@ def _spans(tokens, path: Path, default_type: str | None, pico: bool):
                 raise DataError(f"{path}:{n}: PICO tag {tag!r}; expected O or I-PAR/I-INT/I-OUT")
             bio, typ = "I", PICO_TYPES[tag[2:]]
         else:
-            if tag in ("B", "I"):
-                bio, typ = tag, default_type or "Entity"
-            elif len(tag) > 2 and tag[:2] in ("B-", "I-"):
-                bio, typ = tag[0], tag[2:]
+            if tag in _SCHEME:
+                bio, typ = _SCHEME[tag], default_type or "Entity"
+            elif len(tag) > 2 and tag[1] == "-" and tag[0] in _SCHEME:
+                bio, typ = _SCHEME[tag[0]], tag[2:]
             else:
-                raise DataError(f"{path}:{n}: tag {tag!r}; expected O, B, I, B-<type> or I-<type>")
-        if bio == "I" and cur is not None and cur["type"] == typ:
+                raise DataError(f"{path}:{n}: tag {tag!r}; expected O, B, I (or IOBES/BILOU's E, S, L, U), "
+                                "alone or as <letter>-<type>")
+        if bio in ("I", "E") and cur is not None and cur["type"] == typ:
             cur["offsets"][0][1] = offsets[i][1]
         else:
             cur = {"id": f"T{len(entities) + 1}", "type": typ, "offsets": [[offsets[i][0], offsets[i][1]]]}
             entities.append(cur)
+        if bio in ("E", "S"):  # the entity ends here: a following I- starts a new one
+            cur = None
     for e in entities:
         s, t = e["offsets"][0]
         e["text"] = [text[s:t]]

@@ -14,15 +14,22 @@ from pathlib import Path
 from mnlu_jax.data.schema import DataError, iter_jsonl
 
 
+def _load_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: cannot read as JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object keyed by PMID, got {type(data).__name__}")
+    return data
+
+
 def read_pubmedqa(path: str | Path, ground_truth: str | Path | None = None) -> list[dict]:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON ({e})") from e
+    data = _load_json(path)
     gt = None
     if ground_truth is not None:
-        gt = json.loads(Path(ground_truth).read_text())
+        gt = _load_json(Path(ground_truth))
         missing = [k for k in gt if k not in data]
         if missing:
             raise DataError(f"{ground_truth}: {len(missing)} PMIDs not in {path.name}, e.g. {missing[:3]}")

@@ -1,38 +1,36 @@
-"""PubTator (tmVar, BC5CDR): blocks separated by blank lines.
+"""PubTator (BC5CDR, BioRED, tmVar, NCBI-disease, GNormPlus): blocks separated by blank lines.
 
     <pmid>|t|<title>
     <pmid>|a|<abstract>
-    <pmid>\t<start>\t<end>\t<mention>\t<type>\t<concept id>     (offsets into title + ' ' + abstract)
-    <pmid>\t<relation type>\t<concept 1>\t<concept 2>            (e.g. CID chemical-induced disease)
-Relations name concept ids; each is resolved to the first mention of that concept.
+    <pmid>\t<start>\t<end>\t<mention>\t<type>[\t<concept id(s)>[\t...]]   (offsets into title + ' ' + abstract)
+    <pmid>\t<relation type>\t<concept 1>\t<concept 2>[\t...]             (BC5CDR: CID; BioRED: Association, ...)
+
+A mention's concept ids may be several, joined by '|' (BC5CDR composite mentions), ',' (BioRED) or ';'. Fields
+after the fourth of a relation line (BioRED's novelty flag, a system's score) are not used. Relations name
+concept ids; each is resolved to the first mention of that concept (`schema.resolve_concept_relations`); one
+naming a concept that no mention carries goes to the document's `unresolved_relations`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError, check_span
+from mnlu_jax.data.schema import DataError, check_span, resolve_concept_relations
 
 
 def read_pubtator(path: str | Path) -> list[dict]:
     path = Path(path)
     docs, cur = [], None
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
 
     def finish():
         if cur is None:
             return
-        by_concept = {}
-        for e in cur["entities"]:
-            for c in (e.get("concept") or "").split("|"):
-                by_concept.setdefault(c, e["id"])
-        rels = []
-        for i, (typ, c1, c2, n) in enumerate(cur.pop("_rels")):
-            if c1 not in by_concept or c2 not in by_concept:
-                raise DataError(f"{path}:{n}: relation {typ} names concept {c1 if c1 not in by_concept else c2} "
-                                "that no mention in the document carries")
-            rels.append({"id": f"R{i + 1}", "type": typ, "arg1": by_concept[c1], "arg2": by_concept[c2]})
-        cur["relations"] = rels
+        rels = [(f"R{i + 1}", typ, c1, c2) for i, (typ, c1, c2) in enumerate(cur.pop("_rels"))]
+        cur["relations"], cur["unresolved_relations"] = resolve_concept_relations(cur["entities"], rels)
         docs.append(cur)
 
     title = ""
@@ -53,14 +51,20 @@ def read_pubtator(path: str | Path) -> list[dict]:
         if cur is None:
             raise DataError(f"{path}:{n}: annotation line before any '<pmid>|t|' title line")
         parts = line.split("\t")
+        if parts[0] != cur["id"]:
+            raise DataError(f"{path}:{n}: PMID {parts[0]!r} in the block of document {cur['id']!r} "
+                            "(a blank line missing between documents?)")
         if len(parts) >= 5 and parts[1].isdigit():
+            if not parts[2].isdigit():
+                raise DataError(f"{path}:{n}: mention end offset {parts[2]!r} is not a number")
             s, e = int(parts[1]), int(parts[2])
             got = check_span(cur["text"], [[s, e]], parts[3], f"{path}:{n}")
             cur["entities"].append({"id": f"T{len(cur['entities']) + 1}", "type": parts[4], "offsets": [[s, e]],
-                                    "text": got, "concept": parts[5] if len(parts) > 5 else None})
-        elif len(parts) == 4:
-            cur["_rels"].append((parts[1], parts[2], parts[3], n))
+                                    "text": got, "concept": parts[5] if len(parts) > 5 and parts[5] else None})
+        elif len(parts) >= 4 and not parts[1].isdigit():
+            cur["_rels"].append((parts[1], parts[2], parts[3]))
         else:
-            raise DataError(f"{path}:{n}: expected a mention (6 tab-separated fields) or a relation (4), got {line[:60]!r}")
+            raise DataError(f"{path}:{n}: expected a mention (pmid, start, end, text, type[, concept]) or a relation "
+                            f"(pmid, type, concept 1, concept 2[, ...]), got {line[:60]!r}")
     finish()
     return docs
