@@ -226,7 +226,13 @@ def test_bioc_concept_relations_in_the_biored_and_bc5cdr_layouts(tmp_path):
     assert docs[0]["unresolved_relations"] == [{"id": "R1", "type": "Association", "concept1": "C9",
                                                 "concept2": "D404"}]
     inst, counts = T.re_kb_instances(docs, "biored", ["Negative_Correlation", "Association"], negative_ratio=0.0)
-    assert len(inst) == 1 and counts == {"relations_unresolved": 1, "pairs_ambiguous": 0}
+    assert len(inst) == 1 and counts == {"relations_unresolved": 1, "relations_not_on_entities": 0,
+                                         "pairs_ambiguous": 0}
+    # a relation on something that is not an entity mention (a BRAT event) is counted, not turned into a pair
+    on_event = [{**docs[0], "relations": docs[0]["relations"] + [{"id": "R5", "type": "Association",
+                                                                  "arg1": "E1", "arg2": "0"}]}]
+    inst, counts = T.re_kb_instances(on_event, "biored", ["Negative_Correlation", "Association"], negative_ratio=0.0)
+    assert len(inst) == 1 and counts["relations_not_on_entities"] == 1
     # the same document as BioC JSON
     js = {"documents": [{"id": "1", "passages": [
         {"offset": o, "text": t, "annotations": [

@@ -171,7 +171,8 @@ def statistics(instances: list[Instance], notes: dict, truncation: dict | None =
 
 
 # notes of dataset_instances that count what a corpus held but no instance could use
-LEFT_OUT = ("skipped_unlabeled", "relations_unresolved", "pairs_ambiguous", "annotations_skipped")
+LEFT_OUT = ("skipped_unlabeled", "relations_unresolved", "relations_not_on_entities", "pairs_ambiguous",
+            "annotations_skipped")
 
 
 def stats_markdown(stats: dict) -> str:

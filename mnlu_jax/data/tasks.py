@@ -291,21 +291,22 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
     """Relations annotated on entities (BRAT, BioC, PubTator, i2b2): one instance per related pair, plus
     sampled unrelated pairs (negative_ratio per positive) answered with the no-relation option. Returns also
     counts of what could not become an instance: `relations_unresolved` (a concept-level relation naming a
-    concept no mention carries: `schema.resolve_concept_relations`) and `pairs_ambiguous` (both mentions read
-    the same, so the options would be identical)."""
+    concept no mention carries: `schema.resolve_concept_relations`), `relations_not_on_entities` (an argument
+    is not an entity mention, e.g. a BRAT event) and `pairs_ambiguous` (both mentions read the same, so the
+    options would be identical)."""
     types = list(relation_types) if relation_types else sorted({r["type"] for d in docs for r in d["relations"]})
     out = []
-    counts = {"relations_unresolved": sum(len(d.get("unresolved_relations", [])) for d in docs), "pairs_ambiguous": 0}
+    counts = {"relations_unresolved": sum(len(d.get("unresolved_relations", [])) for d in docs),
+              "relations_not_on_entities": 0, "pairs_ambiguous": 0}
     for d in docs:
         ents = {e["id"]: e for e in d["entities"]}
         rng = instance_rng(seed, dataset, d["id"] + "#neg")
         pairs = []
         related, related_concepts = set(), set()
         for r in d["relations"]:
-            missing = [a for a in (r["arg1"], r["arg2"]) if a not in ents]
-            if missing:
-                raise DataError(f"{dataset}: document {d['id']}: relation {r['id']} names entity {missing[0]!r}, "
-                                "which the document does not have")
+            if r["arg1"] not in ents or r["arg2"] not in ents:  # e.g. a BRAT relation on an event (E1)
+                counts["relations_not_on_entities"] += 1
+                continue
             if r["type"] not in types:
                 raise DataError(f"{dataset}: document {d['id']}: relation type {r['type']!r} not in {types}")
             pairs.append((r["arg1"], r["arg2"], r["type"], r["id"]))
