@@ -103,8 +103,9 @@ def _assemble(doc_id: str, passages: list, relations: list, where: str, bad_span
             by_concept.append((rid, r["type"], *r["concepts"]))
             continue
         missing = [x for x in r["nodes"] if x not in ids]
-        if any(x not in skipped for x in missing):
-            raise DataError(f"{where}, relation {rid}: node refid {missing[0]!r} is not an annotation id")
+        unknown = [x for x in missing if x not in skipped]
+        if unknown:
+            raise DataError(f"{where}, relation {rid}: node refid {unknown[0]!r} is not an annotation id")
         if missing:
             unresolved.append({"id": rid, "type": r["type"], "concept1": None, "concept2": None,
                                "nodes": r["nodes"]})
