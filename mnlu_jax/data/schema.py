@@ -104,6 +104,17 @@ def resolve_concept_relations(entities: list[dict], relations: list[tuple[str, s
     return resolved, unresolved
 
 
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON file whose top level is an object (`what` names it in the error); any failure names the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: cannot read as JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected {what}, got a JSON {type(data).__name__}")
+    return data
+
+
 def write_jsonl(path: str | Path, records: Iterable[Any]) -> int:
     """Write atomically (temp file + rename). Records are Instances or dicts."""
     path = Path(path)

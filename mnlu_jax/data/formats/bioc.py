@@ -23,12 +23,11 @@ it goes to `unresolved_relations`.
 
 from __future__ import annotations
 
-import json
 import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError, check_span, resolve_concept_relations
+from mnlu_jax.data.schema import DataError, check_span, read_json_object, resolve_concept_relations
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +66,10 @@ def _matches(text: str, ann: dict) -> bool:
     return True
 
 
-def _assemble(doc_id: str, passages: list, relations: list, where: str, bad_spans: str) -> dict:
-    """passages: [(offset, text, [annotation])]; relations: [(id, infons, [node refids])]."""
+def _assemble(doc_id: str, passages: list, relations: list, where: str, bad_spans: str,
+              doc_anns: list = ()) -> dict:
+    """passages: [(offset, text, [annotation])]; relations: [(id, infons, [node refids])]; doc_anns: annotations
+    placed on the document rather than in a passage (checked against the whole text)."""
     where = f"{where}: document {doc_id}"
     text, anns = "", []
     for off, ptext, panns in sorted(passages, key=lambda p: p[0]):
@@ -83,6 +84,7 @@ def _assemble(doc_id: str, passages: list, relations: list, where: str, bad_span
                 placed = packed
         text = placed
         anns += panns
+    anns += doc_anns
     ents, skipped = [], set()
     for a in anns:
         offs = [[o, o + n] for o, n in a["locations"]]
@@ -134,37 +136,16 @@ def _xml(path: Path, bad_spans: str) -> list[dict]:
         doc_id = d.findtext("id", default="")
         passages = [(int(p.findtext("offset", "0")), p.findtext("text", ""),
                      [_xml_annotation(a) for a in p.iter("annotation")]) for p in d.iter("passage")]
-        # annotations placed on the document rather than in a passage
-        doc_anns = [_xml_annotation(a) for a in d.findall("annotation")]
-        if doc_anns:
-            passages.append((float("inf"), "", doc_anns))  # sorts last, adds no text; checked against the whole
         rels = [(r.get("id"), {i.get("key"): i.text for i in r.findall("infon")},
                  [n.get("refid") for n in r.findall("node")]) for r in d.iter("relation")]
-        docs.append(_assemble(doc_id, _finite(passages), rels, str(path), bad_spans))
+        docs.append(_assemble(doc_id, passages, rels, str(path), bad_spans,
+                              [_xml_annotation(a) for a in d.findall("annotation")]))
     return docs
 
 
-def _finite(passages: list) -> list:
-    """Document-level annotations (offset inf) join the last passage, so they are checked against the full text
-    without moving any passage."""
-    if not passages or passages[-1][0] != float("inf"):
-        return passages
-    rest, extra = passages[:-1], passages[-1][2]
-    if not rest:
-        return [(0, "", extra)]
-    last = max(range(len(rest)), key=lambda i: rest[i][0])
-    off, text, anns = rest[last]
-    rest[last] = (off, text, anns + extra)
-    return rest
-
-
 def _json(path: Path, bad_spans: str) -> list[dict]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON ({e})") from e
     docs = []
-    for d in data.get("documents", []):
+    for d in read_json_object(path, "a BioC collection").get("documents", []):
         passages, rels = [], []
         for p in d.get("passages", []):
             anns = [{"id": a["id"], "type": a.get("infons", {}).get("type", "Entity"), "text": a.get("text"),

@@ -8,28 +8,17 @@ is kept as label "-" and counted as skipped by the task builder).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError, iter_jsonl
-
-
-def _load_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: cannot read as JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object keyed by PMID, got {type(data).__name__}")
-    return data
+from mnlu_jax.data.schema import DataError, iter_jsonl, read_json_object
 
 
 def read_pubmedqa(path: str | Path, ground_truth: str | Path | None = None) -> list[dict]:
     path = Path(path)
-    data = _load_json(path)
+    data = read_json_object(path, "an object keyed by PMID")
     gt = None
     if ground_truth is not None:
-        gt = _load_json(Path(ground_truth))
+        gt = read_json_object(Path(ground_truth), "an object keyed by PMID")
         missing = [k for k in gt if k not in data]
         if missing:
             raise DataError(f"{ground_truth}: {len(missing)} PMIDs not in {path.name}, e.g. {missing[:3]}")
