@@ -192,6 +192,70 @@ def test_iobes_and_bilou_give_the_iob_entities(tmp_path):
         READERS["iob"](tmp_path / "pos.tsv")
 
 
+def test_blue_tsvs_written_by_csv_writer_are_unquoted(tmp_path):
+    # BLUE wrote its TSVs with csv.writer: a sentence holding a tab or a quote is wrapped in quotes, inner quotes
+    # doubled (its BioSSES dev file has such a row); a tab-split reader took the wrong columns or kept the quotes
+    import csv
+    from mnlu_jax.data.formats.tsv import split_tsv_line
+    s1, s2 = 'Loss of "X" drove growth.', "Cells grew\tfast after loss of X."
+    with open(tmp_path / "sts.tsv", "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["", "genre", "sentence1", "sentence2", "score"])  # pandas' unnamed index column first
+        w.writerow([0, "GENRE", s1, s2, "1.4"])
+        w.writerow([1, "GENRE", "A b.", "C d.", "3.0"])
+    docs = READERS["sts_tsv"](tmp_path / "sts.tsv")
+    assert [(d["id"], d["text_1"], d["text_2"], d["label"]) for d in docs] == [("0", s1, s2, 1.4),
+                                                                              ("1", "A b.", "C d.", 3.0)]
+    with open(tmp_path / "re.tsv", "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["index", "sentence", "label"])
+        w.writerow(["d1.T1.T2", 'The "@CHEMICAL$" blocks @GENE$.', "CPR:4"])
+    assert [(d["id"], d["text"], d["labels"]) for d in READERS["blue_re"](tmp_path / "re.tsv")] == [
+        ("d1.T1.T2", 'The "@CHEMICAL$" blocks @GENE$.', ["CPR:4"])]
+    # unquoted (GLUE-style) text keeps its quotes
+    assert split_tsv_line('"Yes" she said\t"q"\t') == ['"Yes" she said', "q", ""]
+    # a stray tab is an error naming the line, not a shifted column
+    (tmp_path / "bad.tsv").write_text("\tsentence1\tsentence2\tscore\n0\tA b.\tC\td.\t1.0\n")
+    with pytest.raises(DataError, match=r"bad\.tsv:2: 5 columns, the header has 4"):
+        READERS["sts_tsv"](tmp_path / "bad.tsv")
+    # BioBERT's GAD train files: sentence<TAB>label, no index, no header
+    (tmp_path / "gad.tsv").write_text("@GENE$ variants raise @DISEASE$ risk .\t1\n@GENE$ and @DISEASE$ .\t0\n")
+    assert [(d["id"], d["labels"]) for d in READERS["blue_re"](tmp_path / "gad.tsv")] == [("gad-1", ["1"]),
+                                                                                         ("gad-2", ["0"])]
+    (tmp_path / "mixed.tsv").write_text("1\t@GENE$ x @DISEASE$ .\t1\n@GENE$ y @DISEASE$ .\t0\n")
+    with pytest.raises(DataError, match=r"mixed\.tsv:2: .* got 2 column\(s\) after rows of 3"):
+        READERS["blue_re"](tmp_path / "mixed.tsv")
+
+
+def test_bionlp_shared_task_a1_a2_layout(tmp_path):
+    # GENIA GE / SeeDev / BB ship .txt + .a1 (entities) + .a2 (triggers, events); the reader used to want .ann only.
+    # A span across a line break is written with a space in the one-line text column.
+    text = "Aspirin blocked\nCOX two in the gut.\n"
+    (tmp_path / "d1.txt").write_text(text)
+    (tmp_path / "d1.a1").write_text("T1\tChemical 0 7\tAspirin\nT2\tProtein 16 19;20 23\tCOX two\n"
+                                    "T3\tTissue 31 34\tgut\n")
+    (tmp_path / "d1.a2").write_text("T4\tNegative_regulation 8 15\tblocked\n"
+                                    "E1\tNegative_regulation:T4 Theme:T2 Cause:T1\n"
+                                    # SeeDev: no trigger
+                                    "E2\tIs_Localized_In Functional_Molecule:T2 Target_Tissue:T3\n"
+                                    "E3\tRegulates Agent:T1 Target:T2 Site:T3\n")
+    (tmp_path / "d2.txt").write_text("Zinc.\n")
+    (tmp_path / "d2.a1").write_text("T1\tChemical 0 4\tZinc\n")  # a test-set document: no .a2
+    docs = READERS["brat"](tmp_path)
+    assert [d["id"] for d in docs] == ["d1", "d2"] and docs[0]["entities"][1]["text"] == ["COX", "two"]
+    assert [(e["id"], e["trigger"]) for e in docs[0]["events"]] == [("E1", "T4"), ("E2", None), ("E3", None)]
+    ev = T.event_instances(docs, "ge")
+    assert {i.task for i in ev} == {"ETE", "EAE"} and not any("E2" in i.id or "E3" in i.id for i in ev)
+    inst, counts = T.re_kb_instances(docs, "seedev", negative_ratio=0)
+    assert [i.gold["relation"] for i in inst] == ["Is_Localized_In"] and counts["events_not_binary"] == 1
+    (tmp_path / "d1.a2").write_text("E1\tNegative_regulation:T9 Theme:T2\n")
+    with pytest.raises(DataError, match=r"d1\.a2:1: event E1 refers to unknown annotation T9"):
+        READERS["brat"](tmp_path / "d1.a1")
+    (tmp_path / "d1.a2").write_text("T4\tNegative_regulation 8 14\tblocked\n")
+    with pytest.raises(DataError, match=r"d1\.a2:1: span"):
+        READERS["brat"](tmp_path)
+
+
 def _bioc_doc(doc_id, passages, relations, ann_infons="identifier"):
     """A BioC XML document: passages [(offset, text, [(id, type, concept, offset, length, text)])]."""
     out = f"<document><id>{doc_id}</id>"
@@ -227,7 +291,7 @@ def test_bioc_concept_relations_in_the_biored_and_bc5cdr_layouts(tmp_path):
                                                 "concept2": "D404"}]
     inst, counts = T.re_kb_instances(docs, "biored", ["Negative_Correlation", "Association"], negative_ratio=0.0)
     assert len(inst) == 1 and counts == {"relations_unresolved": 1, "relations_not_on_entities": 0,
-                                         "pairs_ambiguous": 0}
+                                         "pairs_ambiguous": 0, "events_not_binary": 0}
     # a relation on something that is not an entity mention (a BRAT event) is counted, not turned into a pair
     on_event = [{**docs[0], "relations": docs[0]["relations"] + [{"id": "R5", "type": "Association",
                                                                   "arg1": "E1", "arg2": "0"}]}]

@@ -81,6 +81,9 @@ def dataset_instances(spec: DatasetSpec, seed: int, style: str, base: Path) -> t
                                scoring_type="PICO" if spec.reader == "pico_tsv" else None)
     elif t in ("ETE", "EAE", "EAC", "EE"):
         inst = T.event_instances(docs, spec.name, seed, spec.label_map, spec.attribute_values)
+        without_trigger = sum(ev["trigger"] is None for d in docs for ev in d["events"])
+        if without_trigger:
+            notes["events_without_trigger"] = without_trigger
         if t != "EE":
             inst = [i for i in inst if i.task == t]
     elif t == "DC":
@@ -172,7 +175,7 @@ def statistics(instances: list[Instance], notes: dict, truncation: dict | None =
 
 # notes of dataset_instances that count what a corpus held but no instance could use
 LEFT_OUT = ("skipped_unlabeled", "relations_unresolved", "relations_not_on_entities", "pairs_ambiguous",
-            "annotations_skipped")
+            "annotations_skipped", "events_without_trigger", "events_not_binary")
 
 
 def stats_markdown(stats: dict) -> str:

@@ -159,8 +159,10 @@ def ner_instances(docs: list[dict], dataset: str, types: Sequence[str] | None = 
 
 def event_instances(docs: list[dict], dataset: str, seed: int = 0, label_map: dict | None = None,
                     attribute_values: dict[str, list[str]] | None = None) -> list[Instance]:
-    """ETE (triggers as NER), EAE (argument spans per role) and EAC (attribute values as options)."""
+    """ETE (triggers as NER), EAE (argument spans per role) and EAC (attribute values as options). Events without
+    a trigger (SeeDev's n-ary relations) have no span to ask about and are left out (`build` counts them)."""
     out: list[Instance] = []
+    docs = [dict(d, events=[ev for ev in d["events"] if ev["trigger"] is not None]) for d in docs]
     trig_types = sorted({next(e["type"] for e in d["entities"] if e["id"] == ev["trigger"])
                          for d in docs for ev in d["events"]})
     values: dict[str, set] = {}
@@ -292,12 +294,18 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
     sampled unrelated pairs (negative_ratio per positive) answered with the no-relation option. Returns also
     counts of what could not become an instance: `relations_unresolved` (a concept-level relation naming a
     concept no mention carries: `schema.resolve_concept_relations`), `relations_not_on_entities` (an argument
-    is not an entity mention, e.g. a BRAT event) and `pairs_ambiguous` (both mentions read the same, so the
-    options would be identical)."""
+    is not an entity mention, e.g. a BRAT event), `pairs_ambiguous` (both mentions read the same, so the
+    options would be identical) and `events_not_binary`. A trigger-less event with two arguments (SeeDev's binary
+    relations, `E1 Type Role:T1 Role:T2`) is a relation from its first argument to its second."""
+    docs = [dict(d, relations=d["relations"] + [
+        {"id": ev["id"], "type": ev["type"], "arg1": ev["arguments"][0]["ref_id"], "arg2": ev["arguments"][1]["ref_id"]}
+        for ev in d.get("events", []) if ev["trigger"] is None and len(ev["arguments"]) == 2]) for d in docs]
     types = list(relation_types) if relation_types else sorted({r["type"] for d in docs for r in d["relations"]})
     out = []
     counts = {"relations_unresolved": sum(len(d.get("unresolved_relations", [])) for d in docs),
-              "relations_not_on_entities": 0, "pairs_ambiguous": 0}
+              "relations_not_on_entities": 0, "pairs_ambiguous": 0,
+              "events_not_binary": sum(ev["trigger"] is None and len(ev["arguments"]) != 2
+                                       for d in docs for ev in d.get("events", []))}
     for d in docs:
         ents = {e["id"]: e for e in d["entities"]}
         rng = instance_rng(seed, dataset, d["id"] + "#neg")

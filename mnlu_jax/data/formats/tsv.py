@@ -1,18 +1,50 @@
 """Tab-separated corpora: BLUE relation sets, HoC-style classification, STS pairs, BioASQ, summarisation JSONL.
 
 - blue_re: `index<TAB>sentence<TAB>label`, entities masked as @GENE$ / @DISEASE$ / @DRUG$ / @CHEMICAL$
-  (ChemProt, DDI, i2b2-2010 in BLUE form; GAD with 0/1 labels). A header line starting with `index` is skipped.
+  (ChemProt, DDI, i2b2-2010 in BLUE form; GAD with 0/1 labels), or `sentence<TAB>label` (BioBERT's GAD/EU-ADR
+  train files, no index, no header). A header line starting with `index` is skipped; every row of a file has the
+  same number of columns.
 - classification_tsv: `id<TAB>text<TAB>labels` (labels joined by `label_sep`, default ';'; columns configurable).
-- sts_tsv: a header naming `sentence1`, `sentence2` and `score` (GLUE STS-B, BLUE BioSSES).
+- sts_tsv: a header naming `sentence1`, `sentence2` and `score` (GLUE STS-B, BLUE BioSSES; an unnamed first
+  column, pandas' index, is the id).
 - qa_tsv: BLURB BioASQ form `id<TAB>question<TAB>passage<TAB>yes|no`.
 - summ_jsonl: {"id", "text", "summary"} per line.
+
+BLUE wrote its TSVs with Python's `csv.writer`, which wraps a field holding a tab or a double quote in quotes and
+doubles the quotes inside (`"a ""b"" c"`; BLUE's BioSSES dev file has a sentence with a tab in it). Such a field
+is unquoted; a quote anywhere else is text, since GLUE-style files (STS-B) are written without quoting.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from mnlu_jax.data.schema import DataError, iter_jsonl
+
+# A csv.writer-quoted field: an opening quote, text in which every quote is doubled, a closing quote at the end of
+# the field. `"Hello" she said` does not match (the closing quote is not followed by a tab), so it stays text.
+_QUOTED_FIELD = re.compile(r'"((?:[^"]|"")*)"(?=\t|$)')
+
+
+def split_tsv_line(line: str) -> list[str]:
+    """One TSV line's fields, with csv.writer's quoting undone where a field carries it (see the module doc)."""
+    if '"' not in line:
+        return line.split("\t")
+    fields, i = [], 0
+    while True:
+        quoted = _QUOTED_FIELD.match(line, i) if line.startswith('"', i) else None
+        if quoted:
+            fields.append(quoted.group(1).replace('""', '"'))
+            i = quoted.end()
+        else:
+            tab = line.find("\t", i)
+            end = len(line) if tab < 0 else tab
+            fields.append(line[i:end])
+            i = end
+        if i >= len(line):
+            return fields
+        i += 1  # past the tab
 
 
 def _rows(path: Path):
@@ -22,18 +54,21 @@ def _rows(path: Path):
         raise DataError(f"{path}: cannot read ({e})") from e
     for n, line in enumerate(lines, 1):
         if line.strip():
-            yield n, line.split("\t")
+            yield n, split_tsv_line(line)
 
 
 def read_blue_re(path: str | Path) -> list[dict]:
     path = Path(path)
-    docs = []
+    docs, width = [], None
     for n, cols in _rows(path):
         if n == 1 and cols[0].lower() in ("index", "id"):
             continue
-        if len(cols) < 3:
-            raise DataError(f"{path}:{n}: expected index<TAB>sentence<TAB>label, got {len(cols)} column(s)")
-        docs.append({"schema": "text", "id": cols[0], "text": cols[1], "labels": [cols[-1].strip()]})
+        width = width or len(cols)
+        if len(cols) != width or width not in (2, 3):
+            raise DataError(f"{path}:{n}: expected index<TAB>sentence<TAB>label (or sentence<TAB>label on every row), "
+                            f"got {len(cols)} column(s)" + (f" after rows of {width}" if len(cols) != width else ""))
+        doc_id = cols[0] if width == 3 else f"{path.stem}-{n}"
+        docs.append({"schema": "text", "id": doc_id, "text": cols[-2], "labels": [cols[-1].strip()]})
     return docs
 
 
@@ -62,11 +97,12 @@ def read_sts_tsv(path: str | Path) -> list[dict]:
     except ValueError as e:
         raise DataError(f"{path}:1: header must name sentence1 and sentence2, got {header}") from e
     isc = header.index("score") if "score" in header else header.index("label") if "label" in header else None
-    iid = header.index("index") if "index" in header else None
+    iid = header.index("index") if "index" in header else 0 if header[0] == "" else None
     docs = []
     for n, cols in rows[1:]:
-        if len(cols) < len(header):
-            raise DataError(f"{path}:{n}: {len(cols)} columns, header has {len(header)}")
+        if len(cols) != len(header):
+            raise DataError(f"{path}:{n}: {len(cols)} columns, the header has {len(header)} (a tab inside a sentence "
+                            "must be in a quoted field)")
         score = None
         if isc is not None and cols[isc].strip():
             try:
