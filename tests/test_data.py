@@ -196,7 +196,6 @@ def test_blue_tsvs_written_by_csv_writer_are_unquoted(tmp_path):
     # BLUE wrote its TSVs with csv.writer: a sentence holding a tab or a quote is wrapped in quotes, inner quotes
     # doubled (its BioSSES dev file has such a row); a tab-split reader took the wrong columns or kept the quotes
     import csv
-    from mnlu_jax.data.formats.tsv import split_tsv_line
     s1, s2 = 'Loss of "X" drove growth.', "Cells grew\tfast after loss of X."
     with open(tmp_path / "sts.tsv", "w", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
@@ -212,8 +211,12 @@ def test_blue_tsvs_written_by_csv_writer_are_unquoted(tmp_path):
         w.writerow(["d1.T1.T2", 'The "@CHEMICAL$" blocks @GENE$.', "CPR:4"])
     assert [(d["id"], d["text"], d["labels"]) for d in READERS["blue_re"](tmp_path / "re.tsv")] == [
         ("d1.T1.T2", 'The "@CHEMICAL$" blocks @GENE$.', ["CPR:4"])]
-    # unquoted (GLUE-style) text keeps its quotes
-    assert split_tsv_line('"Yes" she said\t"q"\t') == ['"Yes" she said', "q", ""]
+    # GLUE's STS-B is not quoted: a file with a quote outside a quoted field keeps every quote as text, even where
+    # two columns would read as one quoted field
+    (tmp_path / "glue.tsv").write_text('index\tsentence1\tsentence2\tscore\n0\t"Oh, so good!\tSo bad!"\t1.0\n'
+                                       '1\t"A b."\tHe said "no" twice.\t2.0\n')
+    assert [(d["text_1"], d["text_2"]) for d in READERS["sts_tsv"](tmp_path / "glue.tsv")] == [
+        ('"Oh, so good!', 'So bad!"'), ('"A b."', 'He said "no" twice.')]
     # a stray tab is an error naming the line, not a shifted column
     (tmp_path / "bad.tsv").write_text("\tsentence1\tsentence2\tscore\n0\tA b.\tC\td.\t1.0\n")
     with pytest.raises(DataError, match=r"bad\.tsv:2: 5 columns, the header has 4"):
@@ -254,6 +257,18 @@ def test_bionlp_shared_task_a1_a2_layout(tmp_path):
     (tmp_path / "d1.a2").write_text("T4\tNegative_regulation 8 14\tblocked\n")
     with pytest.raises(DataError, match=r"d1\.a2:1: span"):
         READERS["brat"](tmp_path)
+
+
+def test_pubtator_mention_text_with_quotes_written_as_spaces(tmp_path):
+    # NCBI-disease's train file gives one mention's quote marks as spaces in the text column; any other difference
+    # (a letter, a shifted offset) is still an error
+    (tmp_path / "n.txt").write_text('7|t|Febrile seizures " plus " in kids.\n7|a|None.\n'
+                                    '7\t0\t25\tFebrile seizures   plus  \tSpecificDisease\tD1\n')
+    assert READERS["pubtator"](tmp_path / "n.txt")[0]["entities"][0]["text"] == ['Febrile seizures " plus "']
+    (tmp_path / "m.txt").write_text('7|t|Febrile seizures " plus " in kids.\n7|a|None.\n'
+                                    '7\t1\t26\tebrile seizures   plus  i\tSpecificDisease\tD1\n')
+    with pytest.raises(DataError, match=r"m\.txt:3: span"):
+        READERS["pubtator"](tmp_path / "m.txt")
 
 
 def _bioc_doc(doc_id, passages, relations, ann_infons="identifier"):

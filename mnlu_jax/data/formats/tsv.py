@@ -11,8 +11,11 @@
 - summ_jsonl: {"id", "text", "summary"} per line.
 
 BLUE wrote its TSVs with Python's `csv.writer`, which wraps a field holding a tab or a double quote in quotes and
-doubles the quotes inside (`"a ""b"" c"`; BLUE's BioSSES dev file has a sentence with a tab in it). Such a field
-is unquoted; a quote anywhere else is text, since GLUE-style files (STS-B) are written without quoting.
+doubles the quotes inside (`"a ""b"" c"`; BLUE's BioSSES dev file has a sentence with a tab in it). GLUE's STS-B
+is written without quoting, and its sentences hold quotes anywhere (`"Oh, you're such a good person!` then
+`You're such a bad person!"` in two columns). So the dialect is decided per file: a file in which every field that
+holds a quote is a well-formed quoted field is csv.writer's, and those fields are unquoted; any other file is split
+on tabs as it is.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from pathlib import Path
 from mnlu_jax.data.schema import DataError, iter_jsonl
 
 # A csv.writer-quoted field: an opening quote, text in which every quote is doubled, a closing quote at the end of
-# the field. `"Hello" she said` does not match (the closing quote is not followed by a tab), so it stays text.
+# the field.
 _QUOTED_FIELD = re.compile(r'"((?:[^"]|"")*)"(?=\t|$)')
 
 
-def split_tsv_line(line: str) -> list[str]:
-    """One TSV line's fields, with csv.writer's quoting undone where a field carries it (see the module doc)."""
+def split_quoted_tsv_line(line: str) -> list[str] | None:
+    """One line's fields with csv.writer's quoting undone; None if the line cannot be csv.writer's (a field holds a
+    quote without being a quoted field, like `"Yes" she said`)."""
     if '"' not in line:
         return line.split("\t")
     fields, i = [], 0
@@ -40,6 +44,8 @@ def split_tsv_line(line: str) -> list[str]:
         else:
             tab = line.find("\t", i)
             end = len(line) if tab < 0 else tab
+            if '"' in line[i:end]:
+                return None
             fields.append(line[i:end])
             i = end
         if i >= len(line):
@@ -52,9 +58,11 @@ def _rows(path: Path):
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read ({e})") from e
-    for n, line in enumerate(lines, 1):
-        if line.strip():
-            yield n, split_tsv_line(line)
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+    quoted = [split_quoted_tsv_line(line) for _, line in numbered]
+    if any(fields is None for fields in quoted):  # not csv.writer's: quotes are text (GLUE)
+        quoted = [line.split("\t") for _, line in numbered]
+    return [(n, fields) for (n, _), fields in zip(numbered, quoted)]
 
 
 def read_blue_re(path: str | Path) -> list[dict]:
