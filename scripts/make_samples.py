@@ -313,14 +313,23 @@ def make_blue(out: Path, rng: random.Random) -> None:
                 a = "@problem$" if lab == "PIP" else a
                 lines.append(f"{name}-{split}-{k}\t{a} {verbs[lab]} {b} in the reported patients .\t{lab}")
             write(out / "blue_re" / f"{name}_{split}.tsv", "\n".join(lines) + "\n")
+    # BLUE's and BLURB's own HoC form beside the generic one: a row per sentence, labels k_v in BLUE's
+    # alphabetical hallmark order, index <pmid>_s<i>
+    blue_order = sorted(HALLMARKS)
     for split, n in [("train", 20), ("test", 10)]:
-        lines = ["pmid\ttext\tlabels"]
+        lines, blue_lines = ["pmid\ttext\tlabels"], ["labels\tsentence\tindex"]
         for k in range(n):
             hs = rng.sample(HALLMARKS, rng.choice([0, 1, 1, 2]))
             gene = rng.choice(GENES)
-            body = " ".join(f"Loss of {gene} {HALLMARK_CUES[h]}." for h in hs) or f"{gene} expression was measured in tissue samples."
+            sentences = [(f"Loss of {gene} {HALLMARK_CUES[h]}.", {h}) for h in hs] or [
+                (f"{gene} expression was measured in tissue samples.", set())]
+            body = " ".join(t for t, _ in sentences)
             lines.append(f"{8000 + k}\t{body}\t{';'.join(hs)}")
+            for i, (t, hk) in enumerate(sentences):
+                flags = ",".join(f"{j}_{int(h in hk)}" for j, h in enumerate(blue_order))
+                blue_lines.append(f"{flags}\t{t}\t{8000 + k}_s{i}")
         write(out / "hoc" / f"{split}.tsv", "\n".join(lines) + "\n")
+        write(out / "hoc" / f"{split}_blue_form.tsv", "\n".join(blue_lines) + "\n")
     lines = ["id\ttext\tlabels"]
     for k in range(12):
         spec = ["Cardiology", "Neurology", "Orthopedics"][k % 3]
@@ -343,7 +352,7 @@ EVAL_LAYOUT = {  # eval-set layout of `mnlu-jax build-eval --data-root` <- sampl
     "BC5CDR-disease-IOB/train.tsv": "iob/disease/train.tsv", "BC5CDR-disease-IOB/test.tsv": "iob/disease/test.tsv",
     "NCBI-disease-IOB/train.tsv": "iob/disease/train.tsv", "NCBI-disease-IOB/test.tsv": "iob/disease/test.tsv",
     "JNLPBA/train.tsv": "iob/jnlpba/train.tsv", "JNLPBA/test.tsv": "iob/jnlpba/test.tsv",
-    "ebmnlp/test.tsv": "pico/test.tsv", "HoC/test.tsv": "hoc/test.tsv",
+    "ebmnlp/test.tsv": "pico/test.tsv", "HoC/test.tsv": "hoc/test_blue_form.tsv",
     "pubmedqa/ori_pqal.json": "pubmedqa/ori_pqal.json", "pubmedqa/test_ground_truth.json": "pubmedqa/test_ground_truth.json",
     "BioASQ/test.tsv": "bioasq/test.tsv", "GAD/test.tsv": "blue_re/gad_test.tsv", "DDI/test.tsv": "blue_re/ddi_test.tsv",
     "ChemProt/test.tsv": "blue_re/chemprot_test.tsv", "i2b2-2010/test.tsv": "blue_re/i2b2_2010_re_test.tsv",

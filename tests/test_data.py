@@ -119,6 +119,7 @@ def test_every_reader_on_samples():
              "i2b2_2010": SAMPLES / "i2b2_2010", "i2b2_2012": SAMPLES / "i2b2_2012",
              "pubmedqa": SAMPLES / "pubmedqa/ori_pqal.json", "nli_jsonl": SAMPLES / "nli/mednli_test.jsonl",
              "blue_re": SAMPLES / "blue_re/gad_test.tsv", "classification_tsv": SAMPLES / "hoc/test.tsv",
+             "hoc_tsv": SAMPLES / "hoc/test_blue_form.tsv",
              "sts_tsv": SAMPLES / "sts/biosses_test.tsv", "qa_tsv": SAMPLES / "bioasq/test.tsv",
              "summ_jsonl": SAMPLES / "summ/pubmedsum_sample.jsonl", "ebmnlp": SAMPLES / "ebmnlp"}
     assert set(cases) == set(READERS)

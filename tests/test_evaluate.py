@@ -11,6 +11,7 @@ from mnlu_jax.data import tasks as T
 from mnlu_jax.evaluate import parse as P
 from mnlu_jax.evaluate.metrics import score_records
 from mnlu_jax.evaluate.score import aggregates, run_score
+from mnlu_jax.data.schema import DataError
 from mnlu_jax.evaluate.sets import build_eval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,3 +254,35 @@ def test_build_eval_counts_and_skips(tmp_path):
     m = build_eval("blurb", ROOT / "data/eval_samples", tmp_path / "e3", shots=2, log=logs.append)
     first = json.loads((tmp_path / "e3" / "BC2GM.jsonl").read_text().splitlines()[0])
     assert "Example 2:" in first["messages"][1]["content"]
+
+
+def test_build_eval_reads_blurbs_own_file_forms(tmp_path):
+    # BLURB's release (checked on a public copy): HoC as labels/sentence/index rows per sentence with k_v labels,
+    # BIOSSES headed pair_id/sent1/sent2/score, JNLPBA tagged B/I/O without types, ChemProt/DDI with one mask for
+    # two overlapping mentions (in BLURB's lower-case chemprot/ directory); each used to fail or give no gold
+    root = tmp_path / "blurb"
+    for d in ("HoC", "BIOSSES", "JNLPBA", "chemprot", "DDI"):
+        (root / d).mkdir(parents=True)
+    (root / "HoC/test.tsv").write_text(
+        "labels\tsentence\tindex\n"
+        "0_0,1_0,2_0,3_0,4_0,5_0,6_1,7_0,8_0,9_0\tVEGF drove new vessels .\t111_s0\n"
+        "0_0,1_0,2_0,3_0,4_0,5_0,6_0,7_1,8_0,9_0\tCells escaped apoptosis .\t111_s1\n"
+        "0_0,1_0,2_0,3_0,4_0,5_0,6_0,7_0,8_0,9_0\tNothing here .\t222_s0\n")
+    (root / "BIOSSES/test.tsv").write_text("pair_id\tsent1\tsent2\tscore\n7\tA b.\tC d.\t2.5\n")
+    (root / "JNLPBA/test.tsv").write_text("-DOCSTART- 1\n\nIL-2\tB\nbinds\tO\nT\tB\ncells\tI\n.\tO\n")
+    (root / "chemprot/test.tsv").write_text("1.T1.T2\t@CHEM-GENE$ blockade in rats .\tfalse\n")
+    (root / "DDI/test.tsv").write_text("d1.s0.p0\tSome @DRUG-DRUG$ (e.g. x) were given .\tDDI-false\n")
+    m = build_eval("all", root, tmp_path / "out", log=lambda s: None)
+    assert {k: v["gold_count"] for k, v in m["sets"].items()} == {"HoC": 2, "BioSSES": 1, "JNLPBA": 2, "ChemProt": 1,
+                                                                   "DDI": 1}
+    hoc = [json.loads(x) for x in (tmp_path / "out/HoC.jsonl").read_text().splitlines()]
+    assert hoc[0]["messages"][-2]["content"].count("Cells escaped apoptosis") == 1
+    assert sorted(g.split(") ")[1] for g in hoc[0]["gold"]["labels"]) == ["Inducing angiogenesis",
+                                                                          "Resisting cell death"]
+    jnlpba = json.loads((tmp_path / "out/JNLPBA.jsonl").read_text().splitlines()[0])
+    assert jnlpba["messages"][-1]["content"] == "Protein, DNA, RNA, cell line or cell type: IL-2 ... T cells"
+    chem = json.loads((tmp_path / "out/ChemProt.jsonl").read_text())
+    assert "the Chemical entity '@CHEM-GENE$' and the Gene entity '@CHEM-GENE$'" in chem["messages"][-2]["content"]
+    (root / "HoC/test.tsv").write_text("labels\tsentence\tindex\n0_0,12_1\tX .\t1_s0\n")
+    with pytest.raises(DataError, match=r"HoC/test\.tsv:2: label '12_1'"):
+        build_eval("blurb", root, tmp_path / "out2", names=["HoC"], log=lambda s: None)

@@ -56,7 +56,9 @@ RE_OPTIONS: dict[str, dict[str, str]] = {
 }
 # BLUE masks entity mentions; the mask names the entity type.
 MASK_TYPES = {"@GENE$": "Gene", "@DISEASE$": "Disease", "@CHEMICAL$": "Chemical", "@DRUG$": "Drug",
-              "@problem$": "Medical problem", "@test$": "Medical test", "@treatment$": "Treatment"}
+              "@problem$": "Medical problem", "@test$": "Medical test", "@treatment$": "Treatment",
+              # one mask for two overlapping mentions (BLUE's ChemProt and DDI, e.g. a chemical inside a gene name)
+              "@CHEM-GENE$": ("Chemical", "Gene"), "@DRUG-DRUG$": ("Drug", "Drug")}
 
 # ---- document classification ------------------------------------------------------------------------
 HOC_HALLMARKS = [

@@ -258,22 +258,27 @@ def dc_instances(docs: list[dict], dataset: str, labels: Sequence[str], subject:
 
 
 def _mask_spans(text: str) -> list[str]:
-    return re.findall(r"@[A-Za-z]+\$", text)
+    return re.findall(r"@[A-Za-z]+(?:-[A-Za-z]+)?\$", text)
 
 
 def re_masked_instances(docs: list[dict], dataset: str, relation_set: str, seed: int = 0, style: str = "mnlu") -> list[Instance]:
-    """BLUE-form relation sentences: entities are masks (@GENE$ ...), labels are the relation ids."""
+    """BLUE-form relation sentences: entities are masks (@GENE$ ...), labels are the relation ids. Two overlapping
+    mentions share one mask (@CHEM-GENE$), which then stands for both entities."""
     templates = L.RE_OPTIONS[relation_set]
     out = []
     for d in docs:
         masks = _mask_spans(d["text"])
         if len(masks) < 2:
-            if len(masks) == 1 and d["text"].count(masks[0]) >= 2:
+            if len(masks) == 1 and ("-" in masks[0] or d["text"].count(masks[0]) >= 2):
                 masks = [masks[0], masks[0]]
             else:
-                raise DataError(f"{dataset}: sentence {d['id']}: expected two entity masks like @GENE$, found {masks}")
+                raise DataError(f"{dataset}: sentence {d['id']}: expected two entity masks like @GENE$ (or one like "
+                                f"@CHEM-GENE$), found {masks}")
         e1, e2 = masks[0], masks[1]
-        t1, t2 = L.MASK_TYPES.get(e1, e1.strip("@$")), L.MASK_TYPES.get(e2, e2.strip("@$"))
+        if e1 == e2 and "-" in e1:
+            t1, t2 = L.MASK_TYPES.get(e1, tuple(e1.strip("@$").split("-")))
+        else:
+            t1, t2 = L.MASK_TYPES.get(e1, e1.strip("@$")), L.MASK_TYPES.get(e2, e2.strip("@$"))
         label = d["labels"][0]
         if label not in templates:
             raise DataError(f"{dataset}: sentence {d['id']}: unknown relation label {label!r}; expected {list(templates)}")

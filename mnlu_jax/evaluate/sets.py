@@ -1,6 +1,7 @@
 """The 15 BLURB/BLUE test sets in the unified format (`mnlu-jax build-eval`).
 
-Expected layout under --data-root (the public file formats; see the README for where to get each):
+Expected layout under --data-root (the public file formats; see the README for where to get each; BLURB's own
+directory names, BC2GM/ BC5CDR-chem/ BC5CDR-disease/ NCBI-disease/ chemprot/, are read too):
 
     BC2GM-IOB/test.tsv  BC5CDR-chem-IOB/test.tsv  BC5CDR-disease-IOB/test.tsv  NCBI-disease-IOB/test.tsv
     JNLPBA/test.tsv     ebmnlp/test.tsv (BLURB PICO)    HoC/test.tsv    pubmedqa/ori_pqal.json + test_ground_truth.json
@@ -39,6 +40,10 @@ class EvalSet:
 def _ner(types: list[str], type_map: dict[str, str] | None = None, default_type: str | None = None):
     def build(root: Path, es: "EvalSet", shots: int, seed: int) -> list[Instance]:
         test = READERS["iob"](root / es.files[0], default_type=default_type, type_map=type_map)
+        set_types = types
+        if default_type and default_type not in types and {e["type"] for d in test for e in d["entities"]} == {
+                default_type}:
+            set_types = [default_type]  # an untyped file where a typed one was expected (BLURB's JNLPBA)
         train = None
         if shots:
             train_path = (root / es.files[0]).with_name("train.tsv")
@@ -47,8 +52,8 @@ def _ner(types: list[str], type_map: dict[str, str] | None = None, default_type:
             train = READERS["iob"](train_path, default_type=default_type, type_map=type_map)
         out = []
         for d in test:
-            sh = T.ner_shots(train, es.name, types, seed, None, k=shots, exclude_id=d["id"]) if shots else ()
-            out.append(T.ner_instance(d, es.name, types, seed, shots=sh))
+            sh = T.ner_shots(train, es.name, set_types, seed, None, k=shots, exclude_id=d["id"]) if shots else ()
+            out.append(T.ner_instance(d, es.name, set_types, seed, shots=sh))
         return out
     return build
 
@@ -60,7 +65,10 @@ def _pico(root, es, shots, seed):
 
 
 def _hoc(root, es, shots, seed):
-    docs = READERS["classification_tsv"](root / es.files[0])
+    # BLUE's and BLURB's own form (labels, sentence, index) or the generic id/text/labels TSV
+    head = (root / es.files[0]).read_text(encoding="utf-8").split("\n", 1)[0].lower().split("\t")
+    reader = "hoc_tsv" if {"labels", "sentence", "index"} <= {h.strip() for h in head} else "classification_tsv"
+    docs = READERS[reader](root / es.files[0])
     return T.dc_instances(docs, es.name, L.HOC_HALLMARKS, "cancer hallmark", seed)
 
 
@@ -89,6 +97,8 @@ def _biosses(root, es, shots, seed):
 
 
 JNLPBA_TYPES = {"protein": "Protein", "cell_type": "Cell type", "RNA": "RNA", "cell_line": "Cell line", "DNA": "DNA"}
+# BLURB's JNLPBA files tag B/I/O without the type (BLURB scores the five types as one)
+JNLPBA_UNTYPED = "Protein, DNA, RNA, cell line or cell type"
 EVAL_SETS: list[EvalSet] = [
     EvalSet("BC2GM", ("blurb",), "NER", "Entity-level F1", ("BC2GM-IOB/test.tsv",), 6322, "mentions", _ner(["Gene"], default_type="Gene")),
     EvalSet("BC5-chemical", ("blurb", "blue"), "NER", "Entity-level F1", ("BC5CDR-chem-IOB/test.tsv",), 5385, "mentions",
@@ -98,7 +108,7 @@ EVAL_SETS: list[EvalSet] = [
     EvalSet("NCBI-disease", ("blurb",), "NER", "Entity-level F1", ("NCBI-disease-IOB/test.tsv",), 955, "mentions",
             _ner(["Disease"], default_type="Disease")),
     EvalSet("JNLPBA", ("blurb",), "NER", "Entity-level F1", ("JNLPBA/test.tsv",), 8657, "mentions",
-            _ner(list(JNLPBA_TYPES.values()), type_map=JNLPBA_TYPES)),
+            _ner(list(JNLPBA_TYPES.values()), type_map=JNLPBA_TYPES, default_type=JNLPBA_UNTYPED)),
     EvalSet("EBM PICO", ("blurb",), "PICO", "Token-level F1", ("ebmnlp/test.tsv",), 24474, "tokens", _pico),
     EvalSet("HoC", ("blurb", "blue"), "DC", "F1", ("HoC/test.tsv",), 315, "documents", _hoc),
     EvalSet("PubMedQA", ("blurb",), "QA", "Acc", ("pubmedqa/ori_pqal.json", "pubmedqa/test_ground_truth.json"), 500,
@@ -122,6 +132,17 @@ def gold_count(es: EvalSet, instances: list[Instance]) -> int:
     return len(instances)
 
 
+# BLURB's release names some directories differently from MTL-Bioinformatics-2016 and BLUE; either layout is read
+BLURB_DIRS = {"BC2GM-IOB": "BC2GM", "BC5CDR-chem-IOB": "BC5CDR-chem", "BC5CDR-disease-IOB": "BC5CDR-disease",
+              "NCBI-disease-IOB": "NCBI-disease", "ChemProt": "chemprot"}
+
+
+def _blurb_name(root: Path, file: str) -> str:
+    top, _, rest = file.partition("/")
+    alt = f"{BLURB_DIRS[top]}/{rest}" if top in BLURB_DIRS else file
+    return alt if not (root / file).exists() and (root / alt).exists() else file
+
+
 def build_eval(benchmark: str, data_root: str | Path, out: str | Path, shots: int = 0, seed: int = 0,
                names: list[str] | None = None, log: Callable[[str], None] = print) -> dict:
     """Write `<out>/<name>.jsonl` per available set and `<out>/manifest.json` (counts beside the paper's)."""
@@ -134,6 +155,7 @@ def build_eval(benchmark: str, data_root: str | Path, out: str | Path, shots: in
             continue
         if names and es.name not in names:
             continue
+        es = dataclasses.replace(es, files=tuple(_blurb_name(root, f) for f in es.files))
         missing = [str(root / f) for f in es.files if not (root / f).exists()]
         if missing:
             why = "restricted: supply it under its data use agreement" if es.restricted else "not found"

@@ -9,7 +9,8 @@ from mnlu_jax.data.formats.conll import read_ebmnlp, read_iob, read_pico_tsv
 from mnlu_jax.data.formats.i2b2 import read_i2b2_2010, read_i2b2_2012
 from mnlu_jax.data.formats.jsonfmt import read_nli_jsonl, read_pubmedqa
 from mnlu_jax.data.formats.pubtator import read_pubtator
-from mnlu_jax.data.formats.tsv import read_blue_re, read_classification_tsv, read_sts_tsv, read_qa_tsv, read_summ_jsonl
+from mnlu_jax.data.formats.tsv import (read_blue_re, read_classification_tsv, read_hoc_tsv, read_qa_tsv,
+                                       read_sts_tsv, read_summ_jsonl)
 
 READERS = {
     "iob": read_iob,
@@ -24,6 +25,7 @@ READERS = {
     "nli_jsonl": read_nli_jsonl,
     "blue_re": read_blue_re,
     "classification_tsv": read_classification_tsv,
+    "hoc_tsv": read_hoc_tsv,
     "sts_tsv": read_sts_tsv,
     "qa_tsv": read_qa_tsv,
     "summ_jsonl": read_summ_jsonl,

@@ -5,8 +5,12 @@
   train files, no index, no header). A header line starting with `index` is skipped; every row of a file has the
   same number of columns.
 - classification_tsv: `id<TAB>text<TAB>labels` (labels joined by `label_sep`, default ';'; columns configurable).
-- sts_tsv: a header naming `sentence1`, `sentence2` and `score` (GLUE STS-B, BLUE BioSSES; an unnamed first
-  column, pandas' index, is the id).
+- hoc_tsv: BLUE's and BLURB's Hallmarks of Cancer files: header `labels<TAB>sentence<TAB>index`, one row per
+  sentence, index `<PMID>_s<k>`, labels `0_0,1_1,...` (hallmark k present or not, hallmarks in BLUE's alphabetical
+  order). Rows are joined into one document per PMID (sentences in file order, labels united): the benchmark
+  scores documents.
+- sts_tsv: a header naming `sentence1`/`sent1`, `sentence2`/`sent2` and `score` (GLUE STS-B, BLUE BioSSES, BLURB
+  BIOSSES; the id is `index`, `pair_id` or an unnamed first column, pandas' index).
 - qa_tsv: BLURB BioASQ form `id<TAB>question<TAB>passage<TAB>yes|no`.
 - summ_jsonl: {"id", "text", "summary"} per line.
 
@@ -94,18 +98,53 @@ def read_classification_tsv(path: str | Path, id_col: int = 0, text_col: int = 1
     return docs
 
 
+# BLUE's hallmark order (blue/eval_hoc.py): label k of a `k_v` pair in its HoC files
+HOC_BLUE_ORDER = ["Activating invasion and metastasis", "Avoiding immune destruction", "Cellular energetics",
+                  "Enabling replicative immortality", "Evading growth suppressors", "Genomic instability and mutation",
+                  "Inducing angiogenesis", "Resisting cell death", "Sustaining proliferative signaling",
+                  "Tumor promoting inflammation"]
+
+
+def read_hoc_tsv(path: str | Path) -> list[dict]:
+    path = Path(path)
+    rows = _rows(path)
+    header = [h.strip().lower() for h in rows[0][1]] if rows else []
+    if not {"labels", "sentence", "index"} <= set(header):
+        raise DataError(f"{path}:1: expected a header naming labels, sentence and index (BLUE/BLURB HoC), got {header}")
+    il, isent, iid = header.index("labels"), header.index("sentence"), header.index("index")
+    docs: dict[str, dict] = {}
+    for n, cols in rows[1:]:
+        if len(cols) != len(header):
+            raise DataError(f"{path}:{n}: {len(cols)} columns, the header has {len(header)}")
+        labels = set()
+        for pair in filter(None, cols[il].split(",")):
+            k, _, v = pair.partition("_")
+            if not (k.isdigit() and int(k) < len(HOC_BLUE_ORDER) and v in ("0", "1")):
+                raise DataError(f"{path}:{n}: label {pair!r}; expected k_0 or k_1, k in 0..{len(HOC_BLUE_ORDER) - 1}")
+            if v == "1":
+                labels.add(HOC_BLUE_ORDER[int(k)])
+        pmid = cols[iid].rsplit("_s", 1)[0]
+        doc = docs.setdefault(pmid, {"schema": "text", "id": pmid, "text": "", "labels": set()})
+        doc["text"] = f"{doc['text']} {cols[isent].strip()}".strip()
+        doc["labels"] |= labels
+    return [dict(d, labels=sorted(d["labels"])) for d in docs.values()]
+
+
 def read_sts_tsv(path: str | Path) -> list[dict]:
     path = Path(path)
     rows = list(_rows(path))
     if not rows:
         raise DataError(f"{path}: empty file")
     header = [h.strip().lower() for h in rows[0][1]]
-    try:
-        i1, i2 = header.index("sentence1"), header.index("sentence2")
-    except ValueError as e:
-        raise DataError(f"{path}:1: header must name sentence1 and sentence2, got {header}") from e
-    isc = header.index("score") if "score" in header else header.index("label") if "label" in header else None
-    iid = header.index("index") if "index" in header else 0 if header[0] == "" else None
+
+    def column(*names):
+        return next((header.index(x) for x in names if x in header), None)
+    i1, i2 = column("sentence1", "sent1"), column("sentence2", "sent2")
+    if i1 is None or i2 is None:
+        raise DataError(f"{path}:1: header must name sentence1 and sentence2 (or sent1 and sent2), got {header}")
+    isc = column("score", "label")
+    iid = column("index", "pair_id", "id")
+    iid = 0 if iid is None and header[0] == "" else iid
     docs = []
     for n, cols in rows[1:]:
         if len(cols) != len(header):
