@@ -261,6 +261,14 @@ def _mask_spans(text: str) -> list[str]:
     return re.findall(r"@[A-Za-z]+(?:-[A-Za-z]+)?\$", text)
 
 
+def _mask_type(mask: str, position: int) -> str:
+    """The entity type a mask names; a mask for two overlapping mentions (@CHEM-GENE$) names one per position."""
+    types = L.MASK_TYPES.get(mask, mask.strip("@$"))
+    if "-" in mask and isinstance(types, str):
+        types = tuple(types.split("-"))
+    return types[position] if isinstance(types, tuple) else types
+
+
 def re_masked_instances(docs: list[dict], dataset: str, relation_set: str, seed: int = 0, style: str = "mnlu") -> list[Instance]:
     """BLUE-form relation sentences: entities are masks (@GENE$ ...), labels are the relation ids. Two overlapping
     mentions share one mask (@CHEM-GENE$), which then stands for both entities."""
@@ -275,10 +283,7 @@ def re_masked_instances(docs: list[dict], dataset: str, relation_set: str, seed:
                 raise DataError(f"{dataset}: sentence {d['id']}: expected two entity masks like @GENE$ (or one like "
                                 f"@CHEM-GENE$), found {masks}")
         e1, e2 = masks[0], masks[1]
-        if e1 == e2 and "-" in e1:
-            t1, t2 = L.MASK_TYPES.get(e1, tuple(e1.strip("@$").split("-")))
-        else:
-            t1, t2 = L.MASK_TYPES.get(e1, e1.strip("@$")), L.MASK_TYPES.get(e2, e2.strip("@$"))
+        t1, t2 = _mask_type(e1, 0), _mask_type(e2, 1)
         label = d["labels"][0]
         if label not in templates:
             raise DataError(f"{dataset}: sentence {d['id']}: unknown relation label {label!r}; expected {list(templates)}")

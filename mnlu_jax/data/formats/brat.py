@@ -86,7 +86,7 @@ def _read_pair(ann: Path) -> dict:
             if a not in ids:
                 raise DataError(f"{line_of[r['id']]}: relation {r['id']} refers to unknown annotation {a}")
     for ev in doc["events"]:
-        for ref in [ev["trigger"]] * (ev["trigger"] is not None) + [a["ref_id"] for a in ev["arguments"]]:
+        for ref in ([ev["trigger"]] if ev["trigger"] is not None else []) + [a["ref_id"] for a in ev["arguments"]]:
             if ref not in ids:
                 raise DataError(f"{line_of[ev['id']]}: event {ev['id']} refers to unknown annotation {ref}")
     return doc
