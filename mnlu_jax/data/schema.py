@@ -113,6 +113,14 @@ def resolve_concept_relations(entities: list[dict], relations: list[tuple[str, s
     return resolved, unresolved
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file's contents; an unreadable or undecodable file is a DataError naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+
+
 def read_json_object(path: Path, what: str) -> dict:
     """A JSON file whose top level is an object (`what` names it in the error); any failure names the file."""
     try:

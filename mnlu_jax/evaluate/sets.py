@@ -66,8 +66,9 @@ def _pico(root, es, shots, seed):
 
 def _hoc(root, es, shots, seed):
     # BLUE's and BLURB's own form (labels, sentence, index) or the generic id/text/labels TSV
-    head = (root / es.files[0]).read_text(encoding="utf-8").split("\n", 1)[0].lower().split("\t")
-    reader = "hoc_tsv" if {"labels", "sentence", "index"} <= {h.strip() for h in head} else "classification_tsv"
+    with open(root / es.files[0], encoding="utf-8") as f:
+        head = {h.strip() for h in f.readline().lower().split("\t")}
+    reader = "hoc_tsv" if {"labels", "sentence", "index"} <= head else "classification_tsv"
     docs = READERS[reader](root / es.files[0])
     return T.dc_instances(docs, es.name, L.HOC_HALLMARKS, "cancer hallmark", seed)
 

@@ -17,18 +17,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError, check_span
+from mnlu_jax.data.schema import DataError, check_span, read_text
 
 
 def _annotation_lines(ann: Path):
     """(file, line number, line) over the .ann, or over the .a1 and then the .a2 when there is one."""
     files = [ann] + [a2 for a2 in [ann.with_suffix(".a2")] if ann.suffix == ".a1" and a2.exists()]
     for f in files:
-        try:
-            lines = f.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"{f}: cannot read ({e})") from e
-        for n, line in enumerate(lines, 1):
+        for n, line in enumerate(read_text(f).splitlines(), 1):
             yield f, n, line
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError
+from mnlu_jax.data.schema import DataError, read_text
 
 PICO_TYPES = {"PAR": "Participants", "INT": "Interventions", "OUT": "Outcomes"}
 # tag letter -> role: IOB2/IOB1 (B, I), IOBES (E end, S single) and BILOU (L last, U unit) in one table
@@ -27,11 +27,7 @@ _SCHEME = {"B": "B", "I": "I", "E": "E", "S": "S", "L": "E", "U": "S"}
 def _sentences(path: Path):
     """Yield (first line number, [(token, tag, line number)]) per sentence; `None` marks a -DOCSTART-."""
     sent, start = [], None
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from e
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if line.startswith("-DOCSTART-"):
             if sent:
                 yield start, sent

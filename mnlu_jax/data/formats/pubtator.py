@@ -15,16 +15,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError, check_span, resolve_concept_relations
+from mnlu_jax.data.schema import DataError, check_span, read_text, resolve_concept_relations
 
 
 def read_pubtator(path: str | Path) -> list[dict]:
     path = Path(path)
     docs, cur = [], None
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from e
+    lines = read_text(path).splitlines()
 
     def finish():
         if cur is None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError, iter_jsonl
+from mnlu_jax.data.schema import DataError, iter_jsonl, read_text
 
 # A csv.writer-quoted field: an opening quote, text in which every quote is doubled, a closing quote at the end of
 # the field.
@@ -57,16 +57,25 @@ def split_quoted_tsv_line(line: str) -> list[str] | None:
         i += 1  # past the tab
 
 
-def _rows(path: Path):
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from e
-    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+def _rows(path: Path) -> list[tuple[int, list[str]]]:
+    numbered = [(n, line) for n, line in enumerate(read_text(path).splitlines(), 1) if line.strip()]
     quoted = [split_quoted_tsv_line(line) for _, line in numbered]
     if any(fields is None for fields in quoted):  # not csv.writer's: quotes are text (GLUE)
         quoted = [line.split("\t") for _, line in numbered]
     return [(n, fields) for (n, _), fields in zip(numbered, quoted)]
+
+
+def _headed_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header's column names (stripped, lower-case) and the rows after it, each as wide as the header."""
+    rows = _rows(path)
+    if not rows:
+        raise DataError(f"{path}: empty file")
+    header = [h.strip().lower() for h in rows[0][1]]
+    for n, cols in rows[1:]:
+        if len(cols) != len(header):
+            raise DataError(f"{path}:{n}: {len(cols)} columns, the header has {len(header)} (a tab inside a sentence "
+                            "must be in a quoted field)")
+    return header, rows[1:]
 
 
 def read_blue_re(path: str | Path) -> list[dict]:
@@ -107,15 +116,12 @@ HOC_BLUE_ORDER = ["Activating invasion and metastasis", "Avoiding immune destruc
 
 def read_hoc_tsv(path: str | Path) -> list[dict]:
     path = Path(path)
-    rows = _rows(path)
-    header = [h.strip().lower() for h in rows[0][1]] if rows else []
+    header, rows = _headed_rows(path)
     if not {"labels", "sentence", "index"} <= set(header):
         raise DataError(f"{path}:1: expected a header naming labels, sentence and index (BLUE/BLURB HoC), got {header}")
     il, isent, iid = header.index("labels"), header.index("sentence"), header.index("index")
     docs: dict[str, dict] = {}
-    for n, cols in rows[1:]:
-        if len(cols) != len(header):
-            raise DataError(f"{path}:{n}: {len(cols)} columns, the header has {len(header)}")
+    for n, cols in rows:
         labels = set()
         for pair in filter(None, cols[il].split(",")):
             k, _, v = pair.partition("_")
@@ -132,10 +138,7 @@ def read_hoc_tsv(path: str | Path) -> list[dict]:
 
 def read_sts_tsv(path: str | Path) -> list[dict]:
     path = Path(path)
-    rows = list(_rows(path))
-    if not rows:
-        raise DataError(f"{path}: empty file")
-    header = [h.strip().lower() for h in rows[0][1]]
+    header, rows = _headed_rows(path)
 
     def column(*names):
         return next((header.index(x) for x in names if x in header), None)
@@ -146,10 +149,7 @@ def read_sts_tsv(path: str | Path) -> list[dict]:
     iid = column("index", "pair_id", "id")
     iid = 0 if iid is None and header[0] == "" else iid
     docs = []
-    for n, cols in rows[1:]:
-        if len(cols) != len(header):
-            raise DataError(f"{path}:{n}: {len(cols)} columns, the header has {len(header)} (a tab inside a sentence "
-                            "must be in a quoted field)")
+    for n, cols in rows:
         score = None
         if isc is not None and cols[isc].strip():
             try:
