@@ -368,6 +368,58 @@ def test_bioc_passage_offsets_counting_escapes_are_repaired_with_a_warning(tmp_p
     assert "annotation 1" in caplog.text and "skipped: bad_spans=skip" in caplog.text
 
 
+def test_bioc_bc5cdr_individual_mentions_of_composites_are_dropped_and_counted(tmp_path):
+    # BC5CDR BioC: a composite mention, then each part as an IndividualMention (one discontinuous, one one
+    # character off as in the gold file); its PubTator release and mention scorer have only the composite
+    from mnlu_jax.data.build import DatasetSpec, dataset_instances
+
+    text = "Renal and hepatic failure after cisplatin."
+    assert text[0:25] == "Renal and hepatic failure" and text[32:41] == "cisplatin"
+    ann = ('<annotation id="{}"><infon key="type">{}</infon>{}<infon key="MESH">{}</infon>{}<text>{}</text>'
+           '</annotation>')
+    role = '<infon key="CompositeRole">{}</infon>'.format
+    anns = (ann.format("0", "Disease", role("CompositeMention"), "D1|D2", '<location offset="0" length="25"/>',
+                       "Renal and hepatic failure")
+            + ann.format("1", "Disease", role("IndividualMention"), "D1",
+                         '<location offset="0" length="5"/><location offset="18" length="7"/>', "Renal failure")
+            + ann.format("2", "Disease", role("IndividualMention"), "D2", '<location offset="11" length="15"/>',
+                         "hepatic failure")
+            + ann.format("3", "Chemical", "", "C1", '<location offset="32" length="9"/>', "cisplatin"))
+    rels = ('<relation id="R0"><infon key="relation">CID</infon><infon key="Chemical">C1</infon>'
+            '<infon key="Disease">D2</infon></relation>'
+            '<relation id="R1"><infon key="type">x</infon><node refid="3" role="A"/><node refid="2" role="B"/>'
+            '</relation>')
+    doc = f"<document><id>9</id><passage><offset>0</offset><text>{text}</text>{anns}</passage>{rels}</document>"
+    path = _bioc_file(tmp_path / "cdr.xml", doc)
+    d = READERS["bioc"](path)[0]
+    assert [e["id"] for e in d["entities"]] == ["0", "3"] and d["individual_mentions_dropped"] == 2
+    # the concept relation goes to the composite mention (D1|D2); the node relation on a dropped part is set aside
+    assert [(r["type"], r["arg1"], r["arg2"]) for r in d["relations"]] == [("CID", "3", "0")]
+    assert [r["id"] for r in d["unresolved_relations"]] == ["R1"]
+    spec = DatasetSpec(name="cdr", reader="bioc", path=str(path), task="NER")
+    inst, notes = dataset_instances(spec, 0, "mnlu", tmp_path)
+    assert notes["individual_mentions_dropped"] == 2
+    assert inst[0].gold["entities"] == {"Disease": ["Renal and hepatic failure"], "Chemical": ["cisplatin"]}
+    # "keep" reads the parts as entities: the off-by-one part is then an error naming it
+    with pytest.raises(DataError, match=r"cdr\.xml: document 9, annotation 2: span \[\[11, 26\]\]"):
+        READERS["bioc"](path, individual_mentions="keep")
+    kept = READERS["bioc"](path, individual_mentions="keep", bad_spans="skip")[0]
+    assert [e["text"] for e in kept["entities"]] == [["Renal and hepatic failure"], ["Renal", "failure"],
+                                                      ["cisplatin"]]
+    with pytest.raises(ValueError, match="individual_mentions: expected 'drop' or 'keep'"):
+        READERS["bioc"](path, individual_mentions="no")
+    # BioC JSON carries the same infon
+    loc = lambda o, n: {"offset": o, "length": n}  # noqa: E731
+    js = {"documents": [{"id": "9", "passages": [{"offset": 0, "text": text, "annotations": [
+        {"id": "0", "infons": {"type": "Disease", "MESH": "D1|D2"}, "locations": [loc(0, 25)],
+         "text": "Renal and hepatic failure"},
+        {"id": "1", "infons": {"type": "Disease", "CompositeRole": "IndividualMention", "MESH": "D1"},
+         "locations": [loc(0, 5), loc(18, 7)], "text": "Renal failure"}]}]}]}
+    (tmp_path / "cdr.json").write_text(json.dumps(js))
+    d = READERS["bioc"](tmp_path / "cdr.json")[0]
+    assert [e["id"] for e in d["entities"]] == ["0"] and d["individual_mentions_dropped"] == 1
+
+
 def test_pubtator_biored_layout_and_unresolved_concepts(tmp_path):
     text = "Zinc and rash. Zinc lotion eased the rash."
     lines = ["7|t|Zinc and rash.", "7|a|Zinc lotion eased the rash.",

@@ -17,8 +17,16 @@ the text at its declared offset, but all match with the passage placed one space
 the PubTator release of the same corpus puts it), is placed there, with a warning naming the document; any other
 mismatch is an error naming the file, document and annotation. With `bad_spans="skip"` such an annotation is
 left out instead, with a warning naming it, and counted in the document's `skipped_annotations` (the BC5CDR BioC
-gold file has one: a composite mention's individual part one character off); a node-level relation that names
-it goes to `unresolved_relations`.
+gold file has one, a part of a composite mention one character off, which is dropped anyway unless parts are
+kept: below); a node-level relation that names it goes to `unresolved_relations`.
+
+BC5CDR's BioC release writes a composite mention ("renal and hepatic failure", infon CompositeRole =
+CompositeMention, concept ids joined by "|") and then each of its parts as its own annotation (CompositeRole =
+IndividualMention: "renal failure", often discontinuous, overlapping the composite). The PubTator release of the
+same corpus and BLURB's IOB files have the composite mention only, and the shared task's scorer ignores the parts, so
+`individual_mentions="drop"` (the default) leaves the parts out, counted in the document's
+`individual_mentions_dropped` (a node-level relation that names one goes to `unresolved_relations`); "keep"
+reads them as entities like any other annotation.
 """
 
 from __future__ import annotations
@@ -39,6 +47,11 @@ _RELATION_META = {"type", "relation", "novel", "score", "annotator", "updated_at
 def _concept(infons: dict) -> str | None:
     low = {k.lower(): v for k, v in infons.items() if k}
     return next((low[k] for k in CONCEPT_KEYS if low.get(k)), None)
+
+
+def _role(infons: dict) -> str | None:
+    """BC5CDR's CompositeRole infon (CompositeMention / IndividualMention), whatever the key's case."""
+    return next((v for k, v in infons.items() if k and k.lower() == "compositerole"), None)
 
 
 def _relation(rid: str, infons: dict, nodes: list, ann_types: set[str], where: str) -> dict:
@@ -66,11 +79,19 @@ def _matches(text: str, ann: dict) -> bool:
     return True
 
 
-def _assemble(doc_id: str, passages: list, relations: list, where: str, bad_spans: str,
+def _assemble(doc_id: str, passages: list, relations: list, where: str, bad_spans: str, individual_mentions: str,
               doc_anns: list = ()) -> dict:
     """passages: [(offset, text, [annotation])]; relations: [(id, infons, [node refids])]; doc_anns: annotations
     placed on the document rather than in a passage (checked against the whole text)."""
     where = f"{where}: document {doc_id}"
+    dropped = set()
+    if individual_mentions == "drop":  # before placing passages: a dropped part never decides where one goes
+        def kept(anns):
+            part = [(a.get("role") or "").lower() == "individualmention" for a in anns]
+            dropped.update(a["id"] for a, p in zip(anns, part) if p)
+            return [a for a, p in zip(anns, part) if not p]
+        passages = [(off, ptext, kept(panns)) for off, ptext, panns in passages]
+        doc_anns = kept(doc_anns)
     text, anns = "", []
     for off, ptext, panns in sorted(passages, key=lambda p: p[0]):
         if off < len(text):
@@ -105,7 +126,7 @@ def _assemble(doc_id: str, passages: list, relations: list, where: str, bad_span
             by_concept.append((rid, r["type"], *r["concepts"]))
             continue
         missing = [x for x in r["nodes"] if x not in ids]
-        unknown = [x for x in missing if x not in skipped]
+        unknown = [x for x in missing if x not in skipped and x not in dropped]
         if unknown:
             raise DataError(f"{where}, relation {rid}: node refid {unknown[0]!r} is not an annotation id")
         if missing:
@@ -116,17 +137,17 @@ def _assemble(doc_id: str, passages: list, relations: list, where: str, bad_span
     resolved, by_concept_unresolved = resolve_concept_relations(ents, by_concept)
     return {"schema": "kb", "id": doc_id, "text": text, "entities": ents, "relations": rels + resolved,
             "unresolved_relations": unresolved + by_concept_unresolved, "skipped_annotations": len(skipped),
-            "events": [], "attributes": []}
+            "individual_mentions_dropped": len(dropped), "events": [], "attributes": []}
 
 
 def _xml_annotation(a) -> dict:
     inf = {i.get("key"): i.text for i in a.findall("infon")}
     locs = [(int(l.get("offset")), int(l.get("length"))) for l in a.findall("location")]
     return {"id": a.get("id"), "type": inf.get("type", "Entity"), "locations": locs, "text": a.findtext("text"),
-            "concept": _concept(inf)}
+            "concept": _concept(inf), "role": _role(inf)}
 
 
-def _xml(path: Path, bad_spans: str) -> list[dict]:
+def _xml(path: Path, bad_spans: str, individual_mentions: str) -> list[dict]:
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as e:
@@ -138,36 +159,39 @@ def _xml(path: Path, bad_spans: str) -> list[dict]:
                      [_xml_annotation(a) for a in p.iter("annotation")]) for p in d.iter("passage")]
         rels = [(r.get("id"), {i.get("key"): i.text for i in r.findall("infon")},
                  [n.get("refid") for n in r.findall("node")]) for r in d.iter("relation")]
-        docs.append(_assemble(doc_id, passages, rels, str(path), bad_spans,
+        docs.append(_assemble(doc_id, passages, rels, str(path), bad_spans, individual_mentions,
                               [_xml_annotation(a) for a in d.findall("annotation")]))
     return docs
 
 
-def _json(path: Path, bad_spans: str) -> list[dict]:
+def _json(path: Path, bad_spans: str, individual_mentions: str) -> list[dict]:
     docs = []
     for d in read_json_object(path, "a BioC collection").get("documents", []):
         passages, rels = [], []
         for p in d.get("passages", []):
             anns = [{"id": a["id"], "type": a.get("infons", {}).get("type", "Entity"), "text": a.get("text"),
                      "locations": [(int(l["offset"]), int(l["length"])) for l in a.get("locations", [])],
-                     "concept": _concept(a.get("infons", {}))} for a in p.get("annotations", [])]
+                     "concept": _concept(a.get("infons", {})), "role": _role(a.get("infons", {}))}
+                    for a in p.get("annotations", [])]
             passages.append((int(p.get("offset", 0)), p.get("text", ""), anns))
             rels += p.get("relations", [])
         rels += d.get("relations", [])
         rels = [(r.get("id"), r.get("infons", {}), [n["refid"] for n in r.get("nodes", [])]) for r in rels]
-        docs.append(_assemble(d.get("id", ""), passages, rels, str(path), bad_spans))
+        docs.append(_assemble(d.get("id", ""), passages, rels, str(path), bad_spans, individual_mentions))
     return docs
 
 
-def read_bioc(path: str | Path, bad_spans: str = "error") -> list[dict]:
+def read_bioc(path: str | Path, bad_spans: str = "error", individual_mentions: str = "drop") -> list[dict]:
     """Every document of a BioC file, or of every .xml/.json file in a directory (sorted by name)."""
     if bad_spans not in ("error", "skip"):
         raise ValueError(f"bad_spans: expected 'error' or 'skip', got {bad_spans!r}")
+    if individual_mentions not in ("drop", "keep"):
+        raise ValueError(f"individual_mentions: expected 'drop' or 'keep', got {individual_mentions!r}")
     path = Path(path)
     files = [path] if path.is_file() else sorted(list(path.glob("*.xml")) + list(path.glob("*.json")))
     if not files:
         raise DataError(f"{path}: no BioC .xml or .json files")
     docs = []
     for f in files:
-        docs += _json(f, bad_spans) if f.suffix == ".json" else _xml(f, bad_spans)
+        docs += (_json if f.suffix == ".json" else _xml)(f, bad_spans, individual_mentions)
     return docs
