@@ -1,8 +1,9 @@
 """Write the small synthetic sample corpora under data/samples/ (deterministic; no text from real corpora).
 
 Every file is in the native format of a real corpus so that the readers run exactly as on the full
-public files: IOB/CoNLL TSV, BLURB PICO TSV, BRAT standoff, BioC XML and JSON, PubTator, i2b2 2010
-concept/relation and 2012 XML, PubMedQA JSON, NLI JSONL, STS/RE/HoC/BioASQ TSV and summarisation JSONL.
+public files: IOB/CoNLL TSV, BLURB PICO TSV, BRAT standoff, BioC XML and JSON, PubTator, ChemProt/DrugProt
+TSV, i2b2 2010 concept/relation and 2012 XML, PubMedQA JSON, NLI JSONL, STS/RE/HoC/BioASQ TSV and summarisation
+JSONL.
 Sentences are assembled from templates and a small made-up lexicon.
 
     python scripts/make_samples.py [--out data/samples]
@@ -128,13 +129,16 @@ def make_brat(out: Path, rng: random.Random) -> None:
     # n2c2 2018 ADE style: Drug, ADE, Dosage entities; ADE-Drug and Dosage-Drug relations.
     for k in range(6):
         drug, ade, dose = rng.choice(DRUGS), rng.choice(EFFECTS), rng.choice(["10 mg", "500 mg", "2 units"])
-        text = f"The patient was started on {drug} {dose} daily.\nShe later developed {ade}, attributed to {drug}.\n"
+        home = DRUGS[(DRUGS.index(drug) + 1) % len(DRUGS)]  # an unrelated drug: the pairs drawn as no-relation
+        text = (f"The patient was started on {drug} {dose} daily.\nShe later developed {ade}, attributed to {drug}.\n"
+                f"Her home {home} was continued.\n")
         s1 = text.index(drug)
         s2 = text.index(dose)
         s3 = text.index(ade)
+        s4 = text.index(f"home {home}") + 5
         ann = [f"T1\tDrug {s1} {s1 + len(drug)}\t{drug}", f"T2\tDosage {s2} {s2 + len(dose)}\t{dose}",
                f"T3\tADE {s3} {s3 + len(ade)}\t{ade}", "R1\tDosage-Drug Arg1:T2 Arg2:T1", "R2\tADE-Drug Arg1:T3 Arg2:T1",
-               "#1\tAnnotatorNotes T3\tsynthetic"]
+               "#1\tAnnotatorNotes T3\tsynthetic", f"T4\tDrug {s4} {s4 + len(home)}\t{home}"]
         write(out / "brat" / "ade" / f"note{k:02d}.txt", text)
         write(out / "brat" / "ade" / f"note{k:02d}.ann", "\n".join(ann) + "\n")
     # n2c2 2022 SDoH style: event triggers with argument spans and status attributes.
@@ -157,7 +161,10 @@ def make_bioc(out: Path, rng: random.Random) -> None:
     for k in range(6):
         gene, dis, chem = rng.choice(GENES), rng.choice(DISEASES), rng.choice(DRUGS)
         title = f"{gene} variants in {dis}."
-        abstract = f"Loss of {gene} function increased the risk of {dis}. Treatment with {chem} reduced {gene} activity."
+        other = GENES[(GENES.index(gene) + 1) % len(GENES)]  # an unrelated gene: the pairs drawn as no-relation
+        nlmgene_abstract = (f"Loss of {gene} function increased the risk of {dis}. Treatment with {chem} reduced "
+                            f"{gene} activity.")
+        abstract = f"{nlmgene_abstract} {other} was not measured."
         off2 = len(title) + 1
         anns = []
 
@@ -168,6 +175,7 @@ def make_bioc(out: Path, rng: random.Random) -> None:
         add(gene, "GeneOrGeneProduct", 0, title, f"G{gene}")
         add(dis, "DiseaseOrPhenotypicFeature", 0, title, f"D{k}")
         add(chem, "ChemicalEntity", off2, abstract, f"C{k}")
+        add(other, "GeneOrGeneProduct", off2, abstract, f"G{other}")
         # BioRED's layout: relations between concept ids (infons entity1/entity2), with a novelty flag
         rels = [("R0", "Association", f"G{gene}", f"D{k}"), ("R1", "Negative_Correlation", f"C{k}", f"G{gene}")]
         ann_xml = "".join(
@@ -182,8 +190,9 @@ def make_bioc(out: Path, rng: random.Random) -> None:
         docs_json.append({"id": str(9100 + k), "passages": [
             {"offset": 0, "text": title, "annotations": [
                 {"id": i, "infons": {"type": "Gene" if t == "GeneOrGeneProduct" else t, "identifier": ident}, "text": tx,
-                 "locations": [{"offset": o, "length": n}]} for i, t, o, n, tx, ident in anns if t == "GeneOrGeneProduct"]},
-            {"offset": off2, "text": abstract, "annotations": []}], "relations": []})
+                 "locations": [{"offset": o, "length": n}]} for i, t, o, n, tx, ident in anns
+                if t == "GeneOrGeneProduct" and o < off2]},
+            {"offset": off2, "text": nlmgene_abstract, "annotations": []}], "relations": []})
     write(out / "bioc" / "biored_sample.xml",
           '<?xml version="1.0" encoding="UTF-8"?>\n<collection><source>synthetic</source>' + "".join(docs_xml) + "</collection>\n")
     write(out / "bioc" / "nlmgene_sample.json", json.dumps({"source": "synthetic", "documents": docs_json}, indent=1))
@@ -207,6 +216,40 @@ def make_pubtator(out: Path, rng: random.Random) -> None:
         lines.append(f"{5000 + k}\tCID\tC{k}\tD{k}")
         blocks.append("\n".join(lines))
     write(out / "pubtator" / "bc5cdr_sample.txt", "\n\n".join(blocks) + "\n")
+
+
+def make_chemprot(out: Path, rng: random.Random) -> None:
+    """The BioCreative ChemProt (6-column relations, CPR groups) and DrugProt (4 columns) split directories."""
+    forms = {"chemprot": ("chemprot_sample_abstracts.tsv", "chemprot_sample_entities.tsv",
+                          "chemprot_sample_relations.tsv"),
+             "drugprot": ("drugprot_sample_abstracs.tsv", "drugprot_sample_entities.tsv",  # DrugProt's spelling
+                          "drugprot_sample_relations.tsv")}
+    verbs = [("inhibited", "INHIBITOR", "CPR:4", "Y"), ("activated", "ACTIVATOR", "CPR:3", "Y"),
+             ("is a substrate of", "SUBSTRATE", "CPR:9", "Y"), ("was found alongside", "PART-OF", "CPR:1", "N")]
+    for form, (abstracts_name, entities_name, relations_name) in forms.items():
+        abstracts, entities, relations = [], [], []
+        for k in range(5):
+            pmid = str((7000 if form == "chemprot" else 7100) + k)
+            chem, chem2, gene, gene2 = *rng.sample(DRUGS, 2), *rng.sample(GENES, 2)
+            verb, name, group, flag = rng.choice(verbs)
+            title = f"{chem.capitalize()} and {gene} in cultured cells."
+            abstract = (f"In vitro, {chem} {verb} {gene}. {chem2.capitalize()} had no effect on {gene2} expression, "
+                        f"and {gene} levels did not change.")
+            text = title + "\t" + abstract  # the releases' offsets count the tab between title and abstract
+            abstracts.append(f"{pmid}\t{title}\t{abstract}")
+            mentions = [(chem.capitalize(), "CHEMICAL", 0), (gene, "GENE-Y", 0), (chem, "CHEMICAL", len(title)),
+                        (gene, "GENE-Y", len(title)), (chem2.capitalize(), "CHEMICAL", len(title)),
+                        (gene2, "GENE-N", len(title))]
+            for i, (m, typ, after) in enumerate(mentions, 1):
+                s = text.index(m, after)
+                typ = typ if form == "chemprot" else typ.split("-")[0]
+                entities.append(f"{pmid}\tT{i}\t{typ}\t{s}\t{s + len(m)}\t{m}")
+            if form == "chemprot":  # group, evaluated flag (the release writes "N " with a space), name
+                relations.append(f"{pmid}\t{group}\t{flag + ' ' if flag == 'N' else flag}\t{name}\tArg1:T3\tArg2:T4")
+            else:
+                relations.append(f"{pmid}\t{name}\tArg1:T3\tArg2:T4")
+        for name, rows in zip((abstracts_name, entities_name, relations_name), (abstracts, entities, relations)):
+            write(out / form / name, "\n".join(rows) + "\n")
 
 
 def make_i2b2(out: Path, rng: random.Random) -> None:
@@ -367,6 +410,7 @@ def main() -> None:
     rng = random.Random(20241122)
     for f in (make_iob, make_pico, make_brat, make_bioc, make_pubtator, make_i2b2, make_qa_nli_sts, make_blue):
         f(out, rng)
+    make_chemprot(out, random.Random(20261123))  # its own generator: the samples above stay as they were
     eval_root = out.parent / "eval_samples"
     for dst, src in EVAL_LAYOUT.items():
         write(eval_root / dst, (out / src).read_text(encoding="utf-8"))

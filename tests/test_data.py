@@ -121,7 +121,8 @@ def test_every_reader_on_samples():
              "blue_re": SAMPLES / "blue_re/gad_test.tsv", "classification_tsv": SAMPLES / "hoc/test.tsv",
              "hoc_tsv": SAMPLES / "hoc/test_blue_form.tsv",
              "sts_tsv": SAMPLES / "sts/biosses_test.tsv", "qa_tsv": SAMPLES / "bioasq/test.tsv",
-             "summ_jsonl": SAMPLES / "summ/pubmedsum_sample.jsonl", "ebmnlp": SAMPLES / "ebmnlp"}
+             "summ_jsonl": SAMPLES / "summ/pubmedsum_sample.jsonl", "ebmnlp": SAMPLES / "ebmnlp",
+             "chemprot_tsv": SAMPLES / "chemprot"}
     assert set(cases) == set(READERS)
     for name, path in cases.items():
         docs = READERS[name](path)
@@ -135,6 +136,9 @@ def test_every_reader_on_samples():
     assert {e["type"] for e in ebm[0]["entities"]} == {"Participants", "Interventions", "Outcomes"}
     i12 = READERS["i2b2_2012"](SAMPLES / "i2b2_2012")  # 1-based offsets detected
     assert i12[0]["entities"][0]["text"][0] in i12[0]["text"]
+    drugprot = READERS["chemprot_tsv"](SAMPLES / "drugprot")  # DrugProt's four-column relations
+    assert {e["type"] for d in drugprot for e in d["entities"]} == {"CHEMICAL", "GENE"}
+    assert all(len(d["relations"]) == 1 for d in drugprot)
 
 
 def test_offset_mismatch_names_file_and_line(tmp_path):
@@ -418,6 +422,71 @@ def test_bioc_bc5cdr_individual_mentions_of_composites_are_dropped_and_counted(t
     (tmp_path / "cdr.json").write_text(json.dumps(js))
     d = READERS["bioc"](tmp_path / "cdr.json")[0]
     assert [e["id"] for e in d["entities"]] == ["0"] and d["individual_mentions_dropped"] == 1
+
+
+def test_chemprot_and_drugprot_release_layout(tmp_path):
+    from mnlu_jax.data.build import DatasetSpec, dataset_instances
+
+    title, abstract = "Aspirin and COX1.", "Aspirin inhibits COX1; ethanol and PTGS2 were also measured."
+    text = f"{title}\t{abstract}"  # the releases' offsets count the tab
+    spans = [("Aspirin", 0), ("COX1", 0), ("Aspirin", 18), ("COX1", 18), ("ethanol", 18), ("PTGS2", 18)]
+    offs = [(text.index(m, k), text.index(m, k) + len(m)) for m, k in spans]
+    types = ["CHEMICAL", "GENE-Y", "CHEMICAL", "GENE-Y", "CHEMICAL", "GENE-N"]
+    split = tmp_path / "chemprot_training"
+    split.mkdir()
+    (split / "chemprot_training_abstracts.tsv").write_text(f"11\t{title}\t{abstract}\n")
+    (split / "chemprot_training_entities.tsv").write_text("".join(
+        f"11\tT{i}\t{t}\t{s}\t{e}\t{m}\n" for i, ((m, _), t, (s, e)) in enumerate(zip(spans, types, offs), 1)))
+    (split / "chemprot_training_relations.tsv").write_text(
+        "11\tCPR:4\tY \tINHIBITOR\tArg1:T3\tArg2:T4\n11\tCPR:1\tN \tPART-OF\tArg1:T5\tArg2:T6\n")
+    (split / "chemprot_training_gold_standard.tsv").write_text("11\tCPR:4\tArg1:T3\tArg2:T4\n")
+    d = READERS["chemprot_tsv"](split)[0]
+    assert d["text"] == f"{title} {abstract}" and [e["text"] for e in d["entities"]][3] == ["COX1"]
+    assert [(r["type"], r["name"], r["evaluated"], r["arg1"], r["arg2"]) for r in d["relations"]] == [
+        ("CPR:4", "INHIBITOR", True, "T3", "T4"), ("CPR:1", "PART-OF", False, "T5", "T6")]
+    gold = READERS["chemprot_tsv"](split, relations="chemprot_training_gold_standard.tsv")[0]
+    assert [(r["type"], r["arg1"]) for r in gold["relations"]] == [("CPR:4", "T3")]
+    # evaluated_only: the other groups are left out and counted, and their pairs may be drawn as no-relation
+    spec = DatasetSpec(name="chemprot", reader="chemprot_tsv", path=str(split), task="RE",
+                       reader_options={"evaluated_only": True}, negative_ratio=5)
+    inst, notes = dataset_instances(spec, 0, "mnlu", tmp_path)
+    assert notes["relations_not_evaluated"] == 1
+    gold_inst = next(i for i in inst if i.gold["relation"] == "CPR:4")
+    assert gold_inst.answer.endswith("'Aspirin' downregulates or inhibits 'COX1'.")
+    # negatives only between the types the relations join, chemical first: never chemical-chemical or gene-gene
+    # and never the two names of a related pair (Aspirin and COX1 in the title), and each pair of names once
+    def negatives(inst):
+        return sorted(_user(i).split(" from the medical text")[0].split("between the ")[1] for i in inst
+                      if i.gold["relation"] == "none")
+
+    # only chemical -> GENE-Y is joined once the CPR:1 relation is left out
+    assert negatives(inst) == ["Chemical entity 'ethanol' and the Gene (normalizable) entity 'COX1'"]
+    spec.reader_options = {}
+    inst, notes = dataset_instances(spec, 0, "mnlu", tmp_path)
+    assert negatives(inst) == ["Chemical entity 'Aspirin' and the Gene (not normalizable) entity 'PTGS2'",
+                               "Chemical entity 'ethanol' and the Gene (normalizable) entity 'COX1'"]
+    # bad rows name the file and line
+    rel = split / "chemprot_training_relations.tsv"
+    rel.write_text("11\tCPR:4\tY\tINHIBITOR\tArg1:T3\tArg2:T9\n")
+    with pytest.raises(DataError, match=r"chemprot_training_relations\.tsv:1: entity T9 is not in document 11"):
+        READERS["chemprot_tsv"](split)
+    rel.write_text("11\tCPR:4\tY\tINHIBITOR\tArg2:T3\tArg1:T4\n")
+    with pytest.raises(DataError, match=r"relations\.tsv:1: expected arguments 'Arg1:<entity id>'"):
+        READERS["chemprot_tsv"](split)
+    rel.write_text("11\tCPR:4\tArg1:T3\tArg2:T4\n")
+    with pytest.raises(DataError, match=r"relations\.tsv:1: evaluated_only needs ChemProt's six-column"):
+        READERS["chemprot_tsv"](split, evaluated_only=True)
+    (split / "chemprot_training_entities.tsv").write_text(f"11\tT1\tCHEMICAL\t0\t7\tAspirn\n")
+    with pytest.raises(DataError, match=r"entities\.tsv:1: span \[\[0, 7\]\] is 'Aspirin'"):
+        READERS["chemprot_tsv"](split)
+    (split / "chemprot_training_entities.tsv").write_text("12\tT1\tCHEMICAL\t0\t7\tAspirin\n")
+    with pytest.raises(DataError, match=r"entities\.tsv:1: PMID 12 is not in chemprot_training_abstracts\.tsv"):
+        READERS["chemprot_tsv"](split)
+    (split / "extra_relations.tsv").write_text("")
+    with pytest.raises(DataError, match=r"several relations files \(chemprot_training_relations\.tsv, extra"):
+        READERS["chemprot_tsv"](split)
+    with pytest.raises(DataError, match=r"expected a ChemProt/DrugProt split directory"):
+        READERS["chemprot_tsv"](split / "chemprot_training_abstracts.tsv")
 
 
 def test_pubtator_biored_layout_and_unresolved_concepts(tmp_path):

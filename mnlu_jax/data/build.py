@@ -75,9 +75,11 @@ def dataset_instances(spec: DatasetSpec, seed: int, style: str, base: Path) -> t
     skipped = sum(d.get("skipped_annotations", 0) for d in docs)
     if skipped:  # left out by a reader's bad_spans=skip (each logged)
         notes["annotations_skipped"] = skipped
-    parts = sum(d.get("individual_mentions_dropped", 0) for d in docs)
-    if parts:  # BC5CDR BioC's parts of composite mentions, which its other releases and scorer do not have
-        notes["individual_mentions_dropped"] = parts
+    for key in ("individual_mentions_dropped",  # BC5CDR BioC's parts of composite mentions (formats/bioc.py)
+                "relations_not_evaluated"):  # ChemProt's groups outside the five scored ones (evaluated_only)
+        count = sum(d.get(key, 0) for d in docs)
+        if count:
+            notes[key] = count
     t = spec.task
     if t in ("NER",):
         inst = T.ner_instances(docs, spec.name, spec.types, seed, spec.label_map, style=style,
@@ -178,7 +180,8 @@ def statistics(instances: list[Instance], notes: dict, truncation: dict | None =
 
 # notes of dataset_instances that count what a corpus held but no instance could use
 LEFT_OUT = ("skipped_unlabeled", "relations_unresolved", "relations_not_on_entities", "pairs_ambiguous",
-            "annotations_skipped", "individual_mentions_dropped", "events_without_trigger", "events_not_binary")
+            "annotations_skipped", "individual_mentions_dropped", "relations_not_evaluated", "events_without_trigger",
+            "events_not_binary")
 
 
 def stats_markdown(stats: dict) -> str:

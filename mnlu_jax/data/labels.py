@@ -18,7 +18,24 @@ EXPANSIONS = {
     "ChemicalEntity": "Chemical entity", "SequenceVariant": "Sequence variant", "OrganismTaxon": "Organism taxon",
     "CellLine": "Cell line", "DNAMutation": "DNA mutation", "ProteinMutation": "Protein mutation", "SNP": "SNP",
     "PHI": "Protected health information", "TIMEX3": "Temporal expression", "EVENT": "Clinical event",
+    # ChemProt / DrugProt entity types
+    "CHEMICAL": "Chemical", "GENE": "Gene", "GENE-Y": "Gene (normalizable)",
+    "GENE-N": "Gene (not normalizable)",
 }
+# ChemProt's CPR groups and DrugProt's relation types, read from their own releases (formats/chemprot.py), are
+# worded as the verb of an option "'{e1}' <expansion> '{e2}'." (the chemical first, the gene second).
+EXPANSIONS.update({
+    "CPR:1": "is part of", "CPR:2": "regulates", "CPR:3": "upregulates or activates",
+    "CPR:4": "downregulates or inhibits", "CPR:5": "is an agonist of", "CPR:6": "is an antagonist of",
+    "CPR:7": "modulates", "CPR:8": "is a cofactor of", "CPR:9": "is a substrate or product of",
+    "CPR:10": "is stated not to interact with",
+    "INHIBITOR": "is an inhibitor of", "ACTIVATOR": "is an activator of", "AGONIST": "is an agonist of",
+    "ANTAGONIST": "is an antagonist of", "AGONIST-ACTIVATOR": "is an agonist that activates",
+    "AGONIST-INHIBITOR": "is an agonist that inhibits", "DIRECT-REGULATOR": "directly regulates",
+    "INDIRECT-UPREGULATOR": "indirectly upregulates", "INDIRECT-DOWNREGULATOR": "indirectly downregulates",
+    "SUBSTRATE": "is a substrate of", "PRODUCT-OF": "is a product of",
+    "SUBSTRATE_PRODUCT-OF": "is a substrate and a product of", "PART-OF": "is part of",
+})
 
 # ---- relation extraction -----------------------------------------------------------------------------
 NO_RELATION = "There is no relation between '{e1}' and '{e2}'."

@@ -300,8 +300,9 @@ def re_masked_instances(docs: list[dict], dataset: str, relation_set: str, seed:
 def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str] | None = None, seed: int = 0,
                     label_map: dict | None = None, negative_ratio: float = 1.0, style: str = "mnlu"
                     ) -> tuple[list[Instance], dict[str, int]]:
-    """Relations annotated on entities (BRAT, BioC, PubTator, i2b2): one instance per related pair, plus
-    sampled unrelated pairs (negative_ratio per positive) answered with the no-relation option. Returns also
+    """Relations annotated on entities (BRAT, BioC, PubTator, ChemProt/DrugProt, i2b2): one instance per related
+    pair, plus sampled unrelated pairs (negative_ratio per positive, only between entity types that the dataset's
+    relations join, in their order) answered with the no-relation option. Returns also
     counts of what could not become an instance: `relations_unresolved` (a concept-level relation naming a
     concept no mention carries: `schema.resolve_concept_relations`), `relations_not_on_entities` (an argument
     is not an entity mention, e.g. a BRAT event), `pairs_ambiguous` (both mentions read the same, so the
@@ -316,11 +317,24 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
               "relations_not_on_entities": 0, "pairs_ambiguous": 0,
               "events_not_binary": sum(ev["trigger"] is None and len(ev["arguments"]) != 2
                                        for d in docs for ev in d.get("events", []))}
+    # Unrelated pairs are drawn only between entity types that the dataset's relations join, in the order they
+    # join them. DrugProt relates a chemical to a gene; a chemical-chemical pair (with options such as "'X' is an
+    # inhibitor of 'Y'") is a no-relation answer that teaches nothing. Before this, such same-type pairs were 51 % of
+    # the negatives drawn on DrugProt's dev set and gene-chemical pairs in the reverse order another 21 %.
+    joined = set()
+    for d in docs:
+        kinds = {e["id"]: e["type"] for e in d["entities"]}
+        joined.update((kinds[r["arg1"]], kinds[r["arg2"]]) for r in d["relations"]
+                      if r["arg1"] in kinds and r["arg2"] in kinds)
     for d in docs:
         ents = {e["id"]: e for e in d["entities"]}
         rng = instance_rng(seed, dataset, d["id"] + "#neg")
         pairs = []
-        related, related_concepts = set(), set()
+        related, related_concepts, related_names = set(), set(), set()
+
+        def name(x):
+            return " ".join(ents[x]["text"]).lower()
+
         for r in d["relations"]:
             if r["arg1"] not in ents or r["arg2"] not in ents:  # e.g. a BRAT relation on an event (E1)
                 counts["relations_not_on_entities"] += 1
@@ -333,12 +347,24 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
             ca, cb = ents[r["arg1"]].get("concept"), ents[r["arg2"]].get("concept")
             if ca and cb:  # other mentions of the same two concepts are related too
                 related_concepts.update({(ca, cb), (cb, ca)})
-        def same(a, b):  # coreferent mentions (same concept or same text) make no negative pair
-            ca, cb = ents[a].get("concept"), ents[b].get("concept")
-            return ((ca is not None and ca == cb) or (ca, cb) in related_concepts
-                    or " ".join(ents[a]["text"]).lower() == " ".join(ents[b]["text"]).lower())
+            # and so are other mentions reading the same (the question names mentions only by their text)
+            related_names.update({(name(r["arg1"]), name(r["arg2"])), (name(r["arg2"]), name(r["arg1"]))})
 
-        cands = [(a, b) for a in ents for b in ents if a < b and (a, b) not in related and not same(a, b)]
+        def same(a, b):  # coreferent mentions, or mentions of a related pair, make no negative pair
+            ca, cb = ents[a].get("concept"), ents[b].get("concept")
+            return ((ca is not None and ca == cb) or (ca, cb) in related_concepts or name(a) == name(b)
+                    or (name(a), name(b)) in related_names)
+
+        def oriented(a, b):  # (a, b) or (b, a) as the dataset's relations orient their types; Nones if neither
+            ta, tb = ents[a]["type"], ents[b]["type"]
+            return (a, b) if (ta, tb) in joined else (b, a) if (tb, ta) in joined else (None, None)
+
+        cands, asked = [], set()
+        for a, b in (oriented(a, b) for a in ents for b in ents if a < b and (a, b) not in related
+                     and not same(a, b)):
+            if a is not None and (name(a), name(b)) not in asked:  # one question per pair of names
+                asked.add((name(a), name(b)))
+                cands.append((a, b))
         rng.shuffle(cands)
         for k, (a, b) in enumerate(cands[: int(round(negative_ratio * len(pairs)))]):
             pairs.append((a, b, None, f"N{k + 1}"))

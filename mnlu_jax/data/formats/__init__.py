@@ -5,6 +5,7 @@ READERS maps the name used in mixer/eval configs to the reader function `reader(
 
 from mnlu_jax.data.formats.bioc import read_bioc
 from mnlu_jax.data.formats.brat import read_brat
+from mnlu_jax.data.formats.chemprot import read_chemprot_tsv
 from mnlu_jax.data.formats.conll import read_ebmnlp, read_iob, read_pico_tsv
 from mnlu_jax.data.formats.i2b2 import read_i2b2_2010, read_i2b2_2012
 from mnlu_jax.data.formats.jsonfmt import read_nli_jsonl, read_pubmedqa
@@ -19,6 +20,7 @@ READERS = {
     "brat": read_brat,
     "bioc": read_bioc,
     "pubtator": read_pubtator,
+    "chemprot_tsv": read_chemprot_tsv,
     "i2b2_2010": read_i2b2_2010,
     "i2b2_2012": read_i2b2_2012,
     "pubmedqa": read_pubmedqa,
