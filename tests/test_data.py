@@ -476,7 +476,7 @@ def test_chemprot_and_drugprot_release_layout(tmp_path):
     rel.write_text("11\tCPR:4\tArg1:T3\tArg2:T4\n")
     with pytest.raises(DataError, match=r"relations\.tsv:1: evaluated_only needs ChemProt's six-column"):
         READERS["chemprot_tsv"](split, evaluated_only=True)
-    (split / "chemprot_training_entities.tsv").write_text(f"11\tT1\tCHEMICAL\t0\t7\tAspirn\n")
+    (split / "chemprot_training_entities.tsv").write_text("11\tT1\tCHEMICAL\t0\t7\tAspirn\n")
     with pytest.raises(DataError, match=r"entities\.tsv:1: span \[\[0, 7\]\] is 'Aspirin'"):
         READERS["chemprot_tsv"](split)
     (split / "chemprot_training_entities.tsv").write_text("12\tT1\tCHEMICAL\t0\t7\tAspirin\n")

@@ -12,10 +12,10 @@ joins them with a space, as the PubTator and BioC readers do). A ChemProt relati
 (`CPR:4`), the label BLUE and BLURB score; its fine-grained name and the evaluated flag (`Y`, groups 3, 4, 5, 6
 and 9; the releases write `N ` with a trailing space) are kept as `name` and `evaluated`. ChemProt's
 `*_gold_standard.tsv` (PMID, CPR group, Arg1, Arg2: the evaluated relations only) has DrugProt's four columns and
-can be named instead with `relations=`; `evaluated_only=True` reads the same relations from the full file, leaving
-the others out, counted in the document's `relations_not_evaluated` (their pairs can then be sampled as
-no-relation pairs, as BLUE labels them `false`). A split without a relations file (DrugProt's test background set) gives
-documents with entities only.
+can be named instead with `relations=`; `evaluated_only=True` reads the same relations from the full file,
+leaving the others out, counted in the document's `relations_not_evaluated` (their pairs can then be sampled as
+no-relation pairs, as BLUE labels them `false`). A split without a relations file (DrugProt's test background
+set) gives documents with entities only.
 """
 
 from __future__ import annotations
