@@ -248,8 +248,8 @@ def make_chemprot(out: Path, rng: random.Random) -> None:
                 relations.append(f"{pmid}\t{group}\t{flag + ' ' if flag == 'N' else flag}\t{name}\tArg1:T3\tArg2:T4")
             else:
                 relations.append(f"{pmid}\t{name}\tArg1:T3\tArg2:T4")
-        for name, rows in zip((abstracts_name, entities_name, relations_name), (abstracts, entities, relations)):
-            write(out / form / name, "\n".join(rows) + "\n")
+        for file_name, rows in zip((abstracts_name, entities_name, relations_name), (abstracts, entities, relations)):
+            write(out / form / file_name, "\n".join(rows) + "\n")
 
 
 def make_i2b2(out: Path, rng: random.Random) -> None:
