@@ -61,6 +61,12 @@ def _task_family(task: str) -> str:
     return "EE" if task in ("ETE", "EAE", "EAC") else task
 
 
+# per-document counts some readers keep of annotations they left out -> the note that sums them
+READER_COUNTS = {"skipped_annotations": "annotations_skipped",  # a reader's bad_spans=skip (each logged)
+                 "individual_mentions_dropped": "individual_mentions_dropped",  # BC5CDR BioC's composite parts
+                 "relations_not_evaluated": "relations_not_evaluated"}  # ChemProt's unscored groups (evaluated_only)
+
+
 def dataset_instances(spec: DatasetSpec, seed: int, style: str, base: Path) -> tuple[list[Instance], dict]:
     """Read one dataset and turn it into Instances; returns also notes (e.g. skipped unlabeled pairs)."""
     if spec.reader not in READERS:
@@ -72,14 +78,10 @@ def dataset_instances(spec: DatasetSpec, seed: int, style: str, base: Path) -> t
         raise FileNotFoundError(f"dataset {spec.name}: {path} does not exist")
     docs = READERS[spec.reader](path, **spec.reader_options)
     notes: dict[str, Any] = {"documents": len(docs), "task": spec.task}
-    skipped = sum(d.get("skipped_annotations", 0) for d in docs)
-    if skipped:  # left out by a reader's bad_spans=skip (each logged)
-        notes["annotations_skipped"] = skipped
-    for key in ("individual_mentions_dropped",  # BC5CDR BioC's parts of composite mentions (formats/bioc.py)
-                "relations_not_evaluated"):  # ChemProt's groups outside the five scored ones (evaluated_only)
-        count = sum(d.get(key, 0) for d in docs)
+    for doc_key, note_key in READER_COUNTS.items():
+        count = sum(d.get(doc_key, 0) for d in docs)
         if count:
-            notes[key] = count
+            notes[note_key] = count
     t = spec.task
     if t in ("NER",):
         inst = T.ner_instances(docs, spec.name, spec.types, seed, spec.label_map, style=style,

@@ -123,9 +123,10 @@ def read_text(path: Path) -> str:
 
 def read_json_object(path: Path, what: str) -> dict:
     """A JSON file whose top level is an object (`what` names it in the error); any failure names the file."""
+    text = read_text(path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
         raise DataError(f"{path}: cannot read as JSON ({e})") from e
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected {what}, got a JSON {type(data).__name__}")

@@ -330,7 +330,7 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
         ents = {e["id"]: e for e in d["entities"]}
         rng = instance_rng(seed, dataset, d["id"] + "#neg")
         pairs = []
-        related, related_concepts, related_names = set(), set(), set()
+        related_concepts, related_names = set(), set()
 
         def name(x):
             return " ".join(ents[x]["text"]).lower()
@@ -342,8 +342,6 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
             if r["type"] not in types:
                 raise DataError(f"{dataset}: document {d['id']}: relation type {r['type']!r} not in {types}")
             pairs.append((r["arg1"], r["arg2"], r["type"], r["id"]))
-            related.add((r["arg1"], r["arg2"]))
-            related.add((r["arg2"], r["arg1"]))
             ca, cb = ents[r["arg1"]].get("concept"), ents[r["arg2"]].get("concept")
             if ca and cb:  # other mentions of the same two concepts are related too
                 related_concepts.update({(ca, cb), (cb, ca)})
@@ -355,16 +353,15 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
             return ((ca is not None and ca == cb) or (ca, cb) in related_concepts or name(a) == name(b)
                     or (name(a), name(b)) in related_names)
 
-        def oriented(a, b):  # (a, b) or (b, a) as the dataset's relations orient their types; Nones if neither
+        def oriented(a, b):  # (a, b) or (b, a) as the dataset's relations orient their types; None if neither
             ta, tb = ents[a]["type"], ents[b]["type"]
-            return (a, b) if (ta, tb) in joined else (b, a) if (tb, ta) in joined else (None, None)
+            return (a, b) if (ta, tb) in joined else (b, a) if (tb, ta) in joined else None
 
-        cands, asked = [], set()
-        for a, b in (oriented(a, b) for a in ents for b in ents if a < b and (a, b) not in related
-                     and not same(a, b)):
-            if a is not None and (name(a), name(b)) not in asked:  # one question per pair of names
-                asked.add((name(a), name(b)))
-                cands.append((a, b))
+        cands, asked = [], set()  # one question per pair of names
+        for pair in (oriented(a, b) for a in ents for b in ents if a < b and not same(a, b)):
+            if pair is not None and (name(pair[0]), name(pair[1])) not in asked:
+                asked.add((name(pair[0]), name(pair[1])))
+                cands.append(pair)
         rng.shuffle(cands)
         for k, (a, b) in enumerate(cands[: int(round(negative_ratio * len(pairs)))]):
             pairs.append((a, b, None, f"N{k + 1}"))

@@ -44,14 +44,12 @@ CONCEPT_KEYS = ("identifier", "mesh", "ncbi gene", "ncbi gene identifier", "ncbi
 _RELATION_META = {"type", "relation", "novel", "score", "annotator", "updated_at", "note", "role1", "role2"}
 
 
-def _concept(infons: dict) -> str | None:
+def _annotation(aid: str, infons: dict, locations: list[tuple[int, int]], text: str | None) -> dict:
+    """One annotation of either serialisation: its concept id (any of `CONCEPT_KEYS`) and BC5CDR's CompositeRole
+    (CompositeMention / IndividualMention) are read from the infons whatever their keys' case."""
     low = {k.lower(): v for k, v in infons.items() if k}
-    return next((low[k] for k in CONCEPT_KEYS if low.get(k)), None)
-
-
-def _role(infons: dict) -> str | None:
-    """BC5CDR's CompositeRole infon (CompositeMention / IndividualMention), whatever the key's case."""
-    return next((v for k, v in infons.items() if k and k.lower() == "compositerole"), None)
+    return {"id": aid, "type": infons.get("type", "Entity"), "locations": locations, "text": text,
+            "concept": next((low[k] for k in CONCEPT_KEYS if low.get(k)), None), "role": low.get("compositerole")}
 
 
 def _relation(rid: str, infons: dict, nodes: list, ann_types: set[str], where: str) -> dict:
@@ -141,10 +139,9 @@ def _assemble(doc_id: str, passages: list, relations: list, where: str, bad_span
 
 
 def _xml_annotation(a) -> dict:
-    inf = {i.get("key"): i.text for i in a.findall("infon")}
-    locs = [(int(l.get("offset")), int(l.get("length"))) for l in a.findall("location")]
-    return {"id": a.get("id"), "type": inf.get("type", "Entity"), "locations": locs, "text": a.findtext("text"),
-            "concept": _concept(inf), "role": _role(inf)}
+    return _annotation(a.get("id"), {i.get("key"): i.text for i in a.findall("infon")},
+                       [(int(l.get("offset")), int(l.get("length"))) for l in a.findall("location")],
+                       a.findtext("text"))
 
 
 def _xml(path: Path, bad_spans: str, individual_mentions: str) -> list[dict]:
@@ -169,9 +166,8 @@ def _json(path: Path, bad_spans: str, individual_mentions: str) -> list[dict]:
     for d in read_json_object(path, "a BioC collection").get("documents", []):
         passages, rels = [], []
         for p in d.get("passages", []):
-            anns = [{"id": a["id"], "type": a.get("infons", {}).get("type", "Entity"), "text": a.get("text"),
-                     "locations": [(int(l["offset"]), int(l["length"])) for l in a.get("locations", [])],
-                     "concept": _concept(a.get("infons", {})), "role": _role(a.get("infons", {}))}
+            anns = [_annotation(a["id"], a.get("infons", {}),
+                                [(int(l["offset"]), int(l["length"])) for l in a.get("locations", [])], a.get("text"))
                     for a in p.get("annotations", [])]
             passages.append((int(p.get("offset", 0)), p.get("text", ""), anns))
             rels += p.get("relations", [])

@@ -32,7 +32,7 @@ def _read_pair(ann: Path) -> dict:
     txt = ann.with_suffix(".txt")
     if not txt.exists():
         raise DataError(f"{ann}: no matching text file {txt.name}")
-    text = txt.read_text(encoding="utf-8")
+    text = read_text(txt)
     doc = {"schema": "kb", "id": ann.stem, "text": text, "entities": [], "relations": [], "events": [], "attributes": []}
     ids: set[str] = set()
     line_of: dict[str, str] = {}  # relation/event id -> file:line, for the unknown-reference error
