@@ -357,6 +357,7 @@ def test_bioc_passage_offsets_counting_escapes_are_repaired_with_a_warning(tmp_p
     assert d["text"] == title + " " + abstract
     assert [e["text"] for e in d["entities"]] == [["Crohn's disease"], ["zinc"], ["Crohn's disease"]]
     assert "document 5: passage declared at offset 33 placed at 28" in caplog.text
+    assert "its offset counts the XML escapes" in caplog.text and d["passages_moved"] == 1
     # annotations that match neither placement stay an error naming the annotation
     zinc_off_by_one = [("1", "Chemical", "C1", real + 12, 4, "zinc")]
     off_by_one = _bioc_doc("6", [(0, title, anns[:1]), (real, abstract, zinc_off_by_one)],
@@ -370,6 +371,21 @@ def test_bioc_passage_offsets_counting_escapes_are_repaired_with_a_warning(tmp_p
     assert d["skipped_annotations"] == 1 and [e["id"] for e in d["entities"]] == ["0"]
     assert d["relations"] == [] and d["unresolved_relations"][0]["id"] == "R0"
     assert "annotation 1" in caplog.text and "skipped: bad_spans=skip" in caplog.text
+    # tmVar's BioC release: the offset counts "&gt;" and two "&quot;" (3 + 2 x 5 characters more than the text), and
+    # the abstract has no annotation to place it by; a writer that escapes only & < > (ElementTree) counts "&gt;"
+    tm_title, tm_abstract = 'The "A>G" change.', "No other change was seen."
+    esc = tm_title.replace('"', "&quot;").replace(">", "&gt;")
+    for offset, text_xml in ((len(tm_title) + 1 + 13, esc), (len(tm_title) + 1 + 3, tm_title.replace(">", "&gt;"))):
+        doc = _bioc_doc("7", [(0, text_xml, [("0", "DNAMutation", "c|SUB|A|1|G", 5, 3, "A&gt;G")]),
+                              (offset, tm_abstract, [])], "", ann_infons="DNAMutation")
+        d = READERS["bioc"](_bioc_file(tmp_path / "tmvar.xml", doc))[0]
+        assert d["text"] == tm_title + " " + tm_abstract and d["passages_moved"] == 1
+        # tmVar and GNormPlus key the concept id by the annotation's type
+        assert d["entities"][0]["concept"] == "c|SUB|A|1|G"
+    # a gap that the escapes do not explain, with nothing to place the passage by, is kept as the file says
+    doc = _bioc_doc("8", [(0, esc, []), (len(tm_title) + 1 + 7, tm_abstract, [])], "")
+    d = READERS["bioc"](_bioc_file(tmp_path / "gap.xml", doc))[0]
+    assert d["text"] == tm_title + " " * 8 + tm_abstract and d["passages_moved"] == 0
 
 
 def test_bioc_bc5cdr_individual_mentions_of_composites_are_dropped_and_counted(tmp_path):

@@ -64,7 +64,8 @@ def _task_family(task: str) -> str:
 # per-document counts some readers keep of annotations they left out -> the note that sums them
 READER_COUNTS = {"skipped_annotations": "annotations_skipped",  # a reader's bad_spans=skip (each logged)
                  "individual_mentions_dropped": "individual_mentions_dropped",  # BC5CDR BioC's composite parts
-                 "relations_not_evaluated": "relations_not_evaluated"}  # ChemProt's unscored groups (evaluated_only)
+                 "relations_not_evaluated": "relations_not_evaluated",  # ChemProt's unscored groups (evaluated_only)
+                 "passages_moved": "passages_moved"}  # BioC passages whose offsets count XML escapes (not left out)
 
 
 def dataset_instances(spec: DatasetSpec, seed: int, style: str, base: Path) -> tuple[list[Instance], dict]:

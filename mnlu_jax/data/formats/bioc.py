@@ -1,9 +1,10 @@
 """BioC XML and BioC JSON (BioRED, BC5CDR, NLM-Gene, GNormPlus, DrugProt's BioC release).
 
 A document has passages, each with an `offset` into the document and its `text`; annotations carry an infon
-"type", a concept id (infon "identifier", or "MESH" in BC5CDR, "NCBI Gene" in GNormPlus: any of `CONCEPT_KEYS`,
-case-insensitive) and one or more `location`s (offset, length, in document coordinates). The document text is
-rebuilt by placing every passage at its offset (gaps filled with spaces), so annotation offsets index it directly.
+"type", a concept id (infon "identifier", or "MESH" in BC5CDR, "NCBI Gene identifier" in NLM-Gene: any of
+`CONCEPT_KEYS`, case-insensitive; else the infon keyed by the annotation's type, as GNormPlus and tmVar write it)
+and one or more `location`s (offset, length, in document coordinates). The document text is rebuilt by placing
+every passage at its offset (gaps filled with spaces), so annotation offsets index it directly.
 
 Relations (at passage or document level) carry an infon "type" (BC5CDR: "relation") and name their arguments in
 one of three ways: `node`s whose refids are annotation ids (mention level); infons "entity1" and "entity2" holding
@@ -11,11 +12,13 @@ concept ids (BioRED); or one infon per argument keyed by an annotation type, e.g
 Disease=D003866 (BC5CDR). Concept-level relations go to the first mention of each concept
 (`schema.resolve_concept_relations`).
 
-The BC5CDR BioC release counts the XML escape of an apostrophe in a title (`&apos;`, 6 characters) in the next
-passage's offset, while its annotation offsets count the character once. A passage whose annotations do not match
-the text at its declared offset, but all match with the passage placed one space after the previous one (where
-the PubTator release of the same corpus puts it), is placed there, with a warning naming the document; any other
-mismatch is an error naming the file, document and annotation. With `bad_spans="skip"` such an annotation is
+The BC5CDR and tmVar BioC releases (converted from PubTator) count the XML escapes of a title's characters
+(`&apos;`, `&quot;`, `&gt;`, `&amp;`) in the next passage's offset, while their annotation offsets count each
+character once. A passage is placed one space after the previous one (where the PubTator release of the same corpus
+puts it) when its declared offset is exactly that place counted with the escapes of the text before it, or when its
+annotations do not match the text at the declared offset but all match there; it is counted in the document's
+`passages_moved`, with a warning naming the document. Any other mismatch is an error naming the file, document and
+annotation. With `bad_spans="skip"` such an annotation is
 left out instead, with a warning naming it, and counted in the document's `skipped_annotations` (the BC5CDR BioC
 gold file has one, a part of a composite mention one character off, which is dropped anyway unless parts are
 kept: below); a node-level relation that names it goes to `unresolved_relations`.
@@ -42,14 +45,20 @@ log = logging.getLogger(__name__)
 CONCEPT_KEYS = ("identifier", "mesh", "ncbi gene", "ncbi gene identifier", "ncbi_gene", "concept_id")
 # relation infons that are neither its type nor an argument (BioRED's novelty, a system's score, curation notes)
 _RELATION_META = {"type", "relation", "novel", "score", "annotator", "updated_at", "note", "role1", "role2"}
+# what a writer adds per escaped character: every XML escape (&amp; &lt; &gt; &apos; &quot;, the PubTator-to-BioC
+# converter of BC5CDR and tmVar), or only those that text nodes need (&amp; &lt; &gt;, e.g. Python's ElementTree)
+_ESCAPE_EXTRA = ({"&": 4, "<": 3, ">": 3, "'": 5, '"': 5}, {"&": 4, "<": 3, ">": 3})
 
 
 def _annotation(aid: str, infons: dict, locations: list[tuple[int, int]], text: str | None) -> dict:
     """One annotation of either serialisation: its concept id (any of `CONCEPT_KEYS`) and BC5CDR's CompositeRole
     (CompositeMention / IndividualMention) are read from the infons whatever their keys' case."""
     low = {k.lower(): v for k, v in infons.items() if k}
-    return {"id": aid, "type": infons.get("type", "Entity"), "locations": locations, "text": text,
-            "concept": next((low[k] for k in CONCEPT_KEYS if low.get(k)), None), "role": low.get("compositerole")}
+    typ = infons.get("type", "Entity")
+    # GNormPlus and tmVar key the id by the annotation's type: <infon key="Gene">3569</infon>
+    concept = next((low[k] for k in CONCEPT_KEYS if low.get(k)), None) or infons.get(typ) or None
+    return {"id": aid, "type": typ, "locations": locations, "text": text, "concept": concept,
+            "role": low.get("compositerole")}
 
 
 def _relation(rid: str, infons: dict, nodes: list, ann_types: set[str], where: str) -> dict:
@@ -90,17 +99,23 @@ def _assemble(doc_id: str, passages: list, relations: list, where: str, bad_span
             return [a for a, p in zip(anns, part) if not p]
         passages = [(off, ptext, kept(panns)) for off, ptext, panns in passages]
         doc_anns = kept(doc_anns)
-    text, anns = "", []
+    text, anns, moved = "", [], 0
     for off, ptext, panns in sorted(passages, key=lambda p: p[0]):
         if off < len(text):
             raise DataError(f"{where}: passage at offset {off} overlaps the previous one")
         placed = text + " " * (off - len(text)) + ptext
-        if text and off > len(text) + 1 and panns and not all(_matches(placed, a) for a in panns):
+        if text and off > len(text) + 1:
             packed = text + " " + ptext
-            if all(_matches(packed, a) for a in panns):
-                log.warning("%s: passage declared at offset %d placed at %d, where all %d of its annotations match "
-                            "(escaped characters counted in the offset)", where, off, len(text) + 1, len(panns))
+            # the writer's offset: the text before, with the characters it escaped counted as their escapes
+            explained = off in {len(text) + 1 + sum(extra.get(c, 0) for c in text) for extra in _ESCAPE_EXTRA}
+            if all(_matches(packed, a) for a in panns) and (
+                    explained or (panns and not all(_matches(placed, a) for a in panns))):
+                log.warning("%s: passage declared at offset %d placed at %d, one space after the previous one (%s)",
+                            where, off, len(text) + 1,
+                            "its offset counts the XML escapes of the text before it" if explained
+                            else f"where all {len(panns)} of its annotations match")
                 placed = packed
+                moved += 1
         text = placed
         anns += panns
     anns += doc_anns
@@ -135,7 +150,7 @@ def _assemble(doc_id: str, passages: list, relations: list, where: str, bad_span
     resolved, by_concept_unresolved = resolve_concept_relations(ents, by_concept)
     return {"schema": "kb", "id": doc_id, "text": text, "entities": ents, "relations": rels + resolved,
             "unresolved_relations": unresolved + by_concept_unresolved, "skipped_annotations": len(skipped),
-            "individual_mentions_dropped": len(dropped), "events": [], "attributes": []}
+            "individual_mentions_dropped": len(dropped), "passages_moved": moved, "events": [], "attributes": []}
 
 
 def _xml_annotation(a) -> dict:
