@@ -325,6 +325,14 @@ def test_bioc_concept_relations_in_the_biored_and_bc5cdr_layouts(tmp_path):
         "relations": [{"id": "R0", "infons": {"entity1": "C9", "entity2": "D8", "type": "Negative_Correlation"}}]}]}
     (tmp_path / "biored.json").write_text(json.dumps(js))
     assert READERS["bioc"](tmp_path / "biored.json")[0]["relations"] == docs[0]["relations"]
+    # BioRED's release names its files Train.BioC.XML / Train.BioC.JSON: a directory of them reads too
+    release = tmp_path / "BioRED"
+    release.mkdir()
+    (release / "Dev.BioC.JSON").write_text(json.dumps(js))
+    (release / "Dev.BioC.XML").write_text((tmp_path / "biored.xml").read_text())
+    assert [d["relations"] for d in READERS["bioc"](release)] == [docs[0]["relations"]] * 2
+    with pytest.raises(DataError, match=r"Train\.BioC\.JSON: no such BioC file or directory"):
+        READERS["bioc"](release / "Train.BioC.JSON")
     # BC5CDR: concept ids under MESH, the type under "relation", one infon per argument keyed by an entity type
     bc5 = _bioc_doc("2", [(0, title, anns[0]), (off, abstract, anns[1])],
                     '<relation id="R0"><infon key="relation">CID</infon><infon key="Chemical">C9</infon>'
@@ -506,16 +514,19 @@ def test_chemprot_and_drugprot_release_layout(tmp_path):
 
 
 def test_pubtator_biored_layout_and_unresolved_concepts(tmp_path):
-    text = "Zinc and rash. Zinc lotion eased the rash."
-    lines = ["7|t|Zinc and rash.", "7|a|Zinc lotion eased the rash.",
+    text = "Zinc and rash. Zinc lotion eased the rash in V600E carriers."
+    lines = ["7|t|Zinc and rash.", "7|a|Zinc lotion eased the rash in V600E carriers.",
              "7\t0\t4\tZinc\tChemicalEntity\tC9", "7\t9\t13\trash\tDiseaseOrPhenotypicFeature\tD7,D8",
              "7\t15\t19\tZinc\tChemicalEntity\tC9",
+             "7\t45\t50\tV600E\tSequenceVariant\tp|SUB|V|600|E",  # a tmVar id: "|" inside one id
              "7\tNegative_Correlation\tC9\tD8\tNovel",  # BioRED: a fifth field, the novelty flag
-             "7\tAssociation\tC9\tD404\tNo"]
-    assert text[9:13] == "rash"
+             "7\tAssociation\tC9\tD404\tNo",
+             "7\tPositive_Correlation\tp|SUB|V|600|E\tD7\tNo"]  # BioRED names a variant by its whole id
+    assert text[9:13] == "rash" and text[45:50] == "V600E"
     (tmp_path / "b.txt").write_text("\n".join(lines) + "\n")
     d = READERS["pubtator"](tmp_path / "b.txt")[0]
-    assert d["relations"] == [{"id": "R1", "type": "Negative_Correlation", "arg1": "T1", "arg2": "T2"}]
+    assert d["relations"] == [{"id": "R1", "type": "Negative_Correlation", "arg1": "T1", "arg2": "T2"},
+                              {"id": "R3", "type": "Positive_Correlation", "arg1": "T4", "arg2": "T2"}]
     assert d["unresolved_relations"] == [{"id": "R2", "type": "Association", "concept1": "C9", "concept2": "D404"}]
     (tmp_path / "m.txt").write_text("\n".join(lines[:3] + ["8\t9\t13\trash\tDisease\tD7"]) + "\n")
     with pytest.raises(DataError, match=r"m\.txt:4: PMID '8' in the block of document '7'"):

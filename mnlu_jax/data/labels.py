@@ -36,6 +36,13 @@ EXPANSIONS.update({
     "SUBSTRATE": "is a substrate of", "PRODUCT-OF": "is a product of",
     "SUBSTRATE_PRODUCT-OF": "is a substrate and a product of", "PART-OF": "is part of",
 })
+# BioRED's relation types (between concepts; one direction is given, the options read it as "'e1' ... 'e2'.")
+EXPANSIONS.update({
+    "Association": "is associated with", "Positive_Correlation": "is positively correlated with",
+    "Negative_Correlation": "is negatively correlated with", "Bind": "binds to",
+    "Cotreatment": "is given in combination with", "Comparison": "is compared with",
+    "Drug_Interaction": "has a drug interaction with", "Conversion": "is converted to",
+})
 
 # ---- relation extraction -----------------------------------------------------------------------------
 NO_RELATION = "There is no relation between '{e1}' and '{e2}'."

@@ -84,13 +84,18 @@ def check_span(text: str, offsets: list[list[int]], expected: str | list[str] | 
     return got
 
 
-# BC5CDR joins a composite mention's concept ids with "|", BioRED with ",", PubTator3 and GNormPlus with ";"
-_CONCEPT_SEP = re.compile(r"[|,;]")
+# BC5CDR joins a composite mention's concept ids with "|", BioRED with ",", PubTator3 and GNormPlus with ";"; but a
+# tmVar variant id holds "|" itself ("c|SUB|A|1517|G", which BioRED's relations name whole)
+_CONCEPT_LIST_SEP = re.compile(r"[,;]")
 
 
 def concept_ids(concept: str | None) -> list[str]:
-    """The concept ids one mention carries (empty for None or '')."""
-    return [c.strip() for c in _CONCEPT_SEP.split(concept or "") if c.strip()]
+    """The ids one mention's concept field can be named by: the whole field, each of its ","/";"-joined ids, and
+    each part of those joined by "|" (empty for None or ''); in that order, without repeats."""
+    whole = (concept or "").strip()
+    pieces = [p.strip() for p in _CONCEPT_LIST_SEP.split(whole)]
+    parts = [q.strip() for p in pieces for q in p.split("|")]
+    return [c for c in dict.fromkeys([whole] + pieces + parts) if c]
 
 
 def resolve_concept_relations(entities: list[dict], relations: list[tuple[str, str, str, str]]

@@ -199,10 +199,14 @@ def read_bioc(path: str | Path, bad_spans: str = "error", individual_mentions: s
     if individual_mentions not in ("drop", "keep"):
         raise ValueError(f"individual_mentions: expected 'drop' or 'keep', got {individual_mentions!r}")
     path = Path(path)
-    files = [path] if path.is_file() else sorted(list(path.glob("*.xml")) + list(path.glob("*.json")))
+    if not path.exists():
+        raise DataError(f"{path}: no such BioC file or directory")
+    # BioRED names its files Train.BioC.XML and Train.BioC.JSON
+    files = [path] if path.is_file() else sorted(f for f in path.iterdir()
+                                                 if f.is_file() and f.suffix.lower() in (".xml", ".json"))
     if not files:
         raise DataError(f"{path}: no BioC .xml or .json files")
     docs = []
     for f in files:
-        docs += (_json if f.suffix == ".json" else _xml)(f, bad_spans, individual_mentions)
+        docs += (_json if f.suffix.lower() == ".json" else _xml)(f, bad_spans, individual_mentions)
     return docs
