@@ -252,6 +252,75 @@ def make_chemprot(out: Path, rng: random.Random) -> None:
             write(out / form / file_name, "\n".join(rows) + "\n")
 
 
+def make_dc(out: Path, rng: random.Random) -> None:
+    """Document classification in the releases' own formats: MTSamples' Kaggle CSV, the i2b2 2006 smoking and 2008
+    obesity XML files and n2c2 2018 cohort XML files (one per patient)."""
+    import csv
+    import io
+    from xml.sax.saxutils import escape, quoteattr
+
+    cues = {"Cardiology": "chest pain and an abnormal ECG", "Neurology": "recurrent seizures and headache",
+            "Orthopedics": "a fractured left tibia"}
+    buf = io.StringIO()
+    rows = csv.writer(buf, lineterminator="\n")
+    rows.writerow(["", "description", "medical_specialty", "sample_name", "transcription", "keywords"])
+    for k in range(12):
+        spec = list(cues)[k % 3]
+        drug = rng.choice(DRUGS)
+        # quoted fields with commas and a line break inside, the label with MTSamples' leading space
+        note = (f"HISTORY:,  The patient presented with {cues[spec]}.\nPLAN:,  Start {drug}, follow-up in two weeks."
+                if k != 7 else "")  # MTSamples has rows without a transcription
+        rows.writerow([k, f" Visit for {cues[spec]}.", f" {spec}", f" {spec} Visit {k} ", note,
+                       f"{spec.lower()}, {drug}"])
+    write(out / "dc" / "mtsamples_sample.csv", buf.getvalue())
+
+    statuses = ["CURRENT SMOKER", "PAST SMOKER", "NON-SMOKER", "UNKNOWN"]
+    habit = {"CURRENT SMOKER": "She smokes one pack per day.", "PAST SMOKER": "He quit smoking ten years ago.",
+             "NON-SMOKER": "She has never smoked.", "UNKNOWN": "Social history was not obtained."}
+    records = []
+    for k in range(8):
+        status = statuses[k % 4]
+        text = f"\nAdmission note.\nThe patient was admitted with {rng.choice(DISEASES)}.\n{habit[status]}\n"
+        records.append(f'<RECORD ID="{300 + k}">\n<SMOKING STATUS="{status}"></SMOKING>\n<TEXT>{escape(text)}</TEXT>\n'
+                       "</RECORD>")
+    write(out / "dc" / "i2b2_2006_smoking_sample.xml", "<ROOT>\n" + "\n".join(records) + "\n</ROOT>\n")
+
+    diseases = {"Asthma": "asthma treated with an inhaler", "CAD": "coronary artery disease after a stent",
+                "Diabetes": "type 2 diabetes on insulin", "OSA": "sleep apnea using CPAP at night"}
+    docs, judged = [], {}
+    for k in range(6):
+        present = rng.sample(list(diseases), rng.choice([1, 2]))
+        text = "Discharge summary.\nHistory of " + " and ".join(diseases[d] for d in present) + ".\n"
+        docs.append(f'<doc id="{k + 1}">\n<text>{escape(text)}</text>\n</doc>')
+        for d in diseases:
+            judged.setdefault(d, []).append((k + 1, "Y" if d in present else "N"))
+
+    def standoff(judgments: dict) -> str:
+        body = "".join("<disease name=" + quoteattr(d) + ">\n" + "".join(
+            f'<doc id="{i}" judgment="{j}"/>\n' for i, j in js) + "</disease>\n" for d, js in judgments.items())
+        return f'<diseaseset>\n<diseases source="intuitive">\n{body}</diseases>\n</diseaseset>\n'
+
+    folder = out / "dc" / "i2b2_2008_obesity"
+    write(folder / "obesity_patient_records_sample.xml", "<root>\n<docs>\n" + "\n".join(docs) + "\n</docs>\n</root>\n")
+    # the first judgment file has record 6's asthma wrong; the addendum corrects it (read after it, by name)
+    wrong = {d: [(i, {"Y": "N", "N": "Y"}[j] if (i, d) == (6, "Asthma") else j) for i, j in js]
+             for d, js in judged.items()}
+    write(folder / "obesity_standoff_annotations_sample.xml", standoff(wrong))
+    write(folder / "obesity_standoff_annotations_sample_addendum.xml",
+          standoff({"Asthma": [(6, dict(judged["Asthma"])[6])]}))
+
+    criteria = {"ABDOMINAL": "had a small bowel resection in 2010", "ENGLISH": "speaks English at home",
+                "HBA1C": "had an HbA1c of 7.2 % last month", "DRUG-ABUSE": "reports past cocaine use"}
+    for k in range(5):
+        met = rng.sample(list(criteria), rng.choice([0, 1, 2]))
+        text = "\nRecord date: 2090-01-0" + str(k + 1) + "\nThe patient " + (
+            " and ".join(criteria[c] for c in met) if met else "came for a routine visit") + ".\n"
+        tags = "".join(f'<{c} met="{"met" if c in met else "not met"}" />\n' for c in criteria)
+        write(out / "dc" / "n2c2_2018_cohort" / f"{100 + k}.xml",
+              f'<?xml version="1.0" encoding="UTF-8" ?>\n<PatientMatching>\n<TEXT><![CDATA[{text}]]></TEXT>\n'
+              f"<TAGS>\n{tags}</TAGS>\n</PatientMatching>\n")
+
+
 def make_i2b2(out: Path, rng: random.Random) -> None:
     for k in range(4):
         prob, test, treat = rng.choice(DISEASES), rng.choice(TESTS), rng.choice(DRUGS)
@@ -373,13 +442,6 @@ def make_blue(out: Path, rng: random.Random) -> None:
                 blue_lines.append(f"{flags}\t{t}\t{8000 + k}_s{i}")
         write(out / "hoc" / f"{split}.tsv", "\n".join(lines) + "\n")
         write(out / "hoc" / f"{split}_blue_form.tsv", "\n".join(blue_lines) + "\n")
-    lines = ["id\ttext\tlabels"]
-    for k in range(12):
-        spec = ["Cardiology", "Neurology", "Orthopedics"][k % 3]
-        cue = {"Cardiology": "chest pain and an abnormal ECG", "Neurology": "recurrent seizures and headache",
-               "Orthopedics": "a fractured left tibia"}[spec]
-        lines.append(f"mts{k}\tThe patient presented with {cue}. Follow-up was arranged.\t{spec}")
-    write(out / "dc" / "mtsamples_sample.tsv", "\n".join(lines) + "\n")
     summ = []
     for k in range(8):
         drug, dis = rng.choice(DRUGS), rng.choice(DISEASES)
@@ -411,6 +473,7 @@ def main() -> None:
     for f in (make_iob, make_pico, make_brat, make_bioc, make_pubtator, make_i2b2, make_qa_nli_sts, make_blue):
         f(out, rng)
     make_chemprot(out, random.Random(20261123))  # its own generator: the samples above stay as they were
+    make_dc(out, random.Random(20261124))
     eval_root = out.parent / "eval_samples"
     for dst, src in EVAL_LAYOUT.items():
         write(eval_root / dst, (out / src).read_text(encoding="utf-8"))

@@ -122,7 +122,9 @@ def test_every_reader_on_samples():
              "hoc_tsv": SAMPLES / "hoc/test_blue_form.tsv",
              "sts_tsv": SAMPLES / "sts/biosses_test.tsv", "qa_tsv": SAMPLES / "bioasq/test.tsv",
              "summ_jsonl": SAMPLES / "summ/pubmedsum_sample.jsonl", "ebmnlp": SAMPLES / "ebmnlp",
-             "chemprot_tsv": SAMPLES / "chemprot"}
+             "chemprot_tsv": SAMPLES / "chemprot", "classification_csv": SAMPLES / "dc/mtsamples_sample.csv",
+             "i2b2_2006_smoking": SAMPLES / "dc/i2b2_2006_smoking_sample.xml",
+             "i2b2_2008_obesity": SAMPLES / "dc/i2b2_2008_obesity", "n2c2_2018_cohort": SAMPLES / "dc/n2c2_2018_cohort"}
     assert set(cases) == set(READERS)
     for name, path in cases.items():
         docs = READERS[name](path)
@@ -139,6 +141,70 @@ def test_every_reader_on_samples():
     drugprot = READERS["chemprot_tsv"](SAMPLES / "drugprot")  # DrugProt's four-column relations
     assert {e["type"] for d in drugprot for e in d["entities"]} == {"CHEMICAL", "GENE"}
     assert all(len(d["relations"]) == 1 for d in drugprot)
+
+
+def test_clinical_document_classification_in_the_releases_formats(tmp_path):
+    import shutil
+    import xml.etree.ElementTree as ET
+
+    # MTSamples (Kaggle CSV): quoted transcriptions with commas and line breaks, labels with a leading space
+    mts = READERS["classification_csv"](SAMPLES / "dc/mtsamples_sample.csv")
+    assert len(mts) == 12 and mts[0]["id"] == "0" and mts[0]["labels"] == ["Cardiology"]
+    assert "\nPLAN:,  Start" in mts[0]["text"] and [d["id"] for d in mts if not d["text"]] == ["7"]
+    from mnlu_jax.data.build import DatasetSpec, dataset_instances
+
+    spec = DatasetSpec(name="mts", reader="classification_csv", path=str(SAMPLES / "dc/mtsamples_sample.csv"),
+                       task="DC", subject="the medical specialty", multi_label=False)
+    inst, notes = dataset_instances(spec, 0, "mnlu", SAMPLES)
+    assert len(inst) == 11 and notes["texts_empty"] == 1  # the row without a transcription is counted, not asked
+    bad = tmp_path / "m.csv"
+    bad.write_text(',description,specialty,transcription\n0,a,Cardiology,"x,\ny"\n1,b,Neurology\n')
+    with pytest.raises(DataError, match=r"m\.csv:1: no column 'medical_specialty' \(label_column\)"):
+        READERS["classification_csv"](bad)
+    with pytest.raises(DataError, match=r"m\.csv:4: record 2 \(ending on this line\) has 3 fields, the header 4"):
+        READERS["classification_csv"](bad, label_column="specialty")
+    long_note = tmp_path / "long.csv"  # longer than csv's default field limit (128 KiB), which is restored after
+    long_note.write_text('id,note,dx\n1,"' + "x" * 200_000 + '",A;B\n')
+    docs = READERS["classification_csv"](long_note, text_column="note", label_column="dx", id_column="id",
+                                         label_sep=";")
+    assert len(docs[0]["text"]) == 200_000 and docs[0]["labels"] == ["A", "B"] and docs[0]["id"] == "1"
+    import csv
+
+    assert csv.field_size_limit() == 131072
+    # i2b2 2006 smoking: one file of RECORDs
+    smoking = READERS["i2b2_2006_smoking"](SAMPLES / "dc/i2b2_2006_smoking_sample.xml")
+    assert len(smoking) == 8 and smoking[0]["labels"] == ["CURRENT SMOKER"] and "one pack" in smoking[0]["text"]
+    (tmp_path / "s.xml").write_text('<ROOT><RECORD ID="9"><TEXT>x</TEXT></RECORD></ROOT>')
+    with pytest.raises(DataError, match=r"s\.xml: RECORD 9: expected an ID, <SMOKING STATUS=\.\.\.> and <TEXT>"):
+        READERS["i2b2_2006_smoking"](tmp_path / "s.xml")
+    # i2b2 2008 obesity: records and judgments apart; a later (addendum) judgment replaces an earlier one
+    folder = SAMPLES / "dc/i2b2_2008_obesity"
+    obesity = {d["id"]: d for d in READERS["i2b2_2008_obesity"](folder)}
+    addendum = ET.parse(folder / "obesity_standoff_annotations_sample_addendum.xml").getroot()
+    asthma6 = addendum.find(".//doc").get("judgment")
+    assert ("Asthma" in obesity["6"]["labels"]) == (asthma6 == "Y") and ("asthma" in obesity["6"]["text"]) == (
+        asthma6 == "Y")
+    for d in obesity.values():  # every label is judged present and named in the record
+        assert all(w in d["text"].lower() for w in [{"CAD": "coronary", "OSA": "apnea"}.get(x, x.lower())
+                                                    for x in d["labels"]])
+    partial = tmp_path / "obesity"
+    shutil.copytree(folder, partial)
+    assert READERS["i2b2_2008_obesity"](partial, source="intuitive")
+    with pytest.raises(DataError, match=r"6 of 6 records have no 'textual' judgment .*sources found: \['intuitive'\]"):
+        READERS["i2b2_2008_obesity"](partial, source="textual")
+    (partial / "obesity_standoff_annotations_sample.xml").unlink()
+    (partial / "obesity_standoff_annotations_sample_addendum.xml").unlink()
+    with pytest.raises(DataError, match=r"obesity: no judgment files"):
+        READERS["i2b2_2008_obesity"](partial)
+    # n2c2 2018 cohort: one XML per patient; the labels are the criteria met
+    cohort = READERS["n2c2_2018_cohort"](SAMPLES / "dc/n2c2_2018_cohort")
+    assert len(cohort) == 5 and all(set(d["labels"]) <= {"ABDOMINAL", "ENGLISH", "HBA1C", "DRUG-ABUSE"} for d in cohort)
+    assert any(not d["labels"] for d in cohort) and cohort[0]["text"].startswith("Record date:")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "1.xml").write_text('<PatientMatching><TEXT>x</TEXT><TAGS><ABDOMINAL met="maybe"/></TAGS>'
+                                          "</PatientMatching>")
+    with pytest.raises(DataError, match=r"1\.xml: <ABDOMINAL met='maybe'>; expected met or not met"):
+        READERS["n2c2_2018_cohort"](tmp_path / "c")
 
 
 def test_offset_mismatch_names_file_and_line(tmp_path):

@@ -95,6 +95,10 @@ def dataset_instances(spec: DatasetSpec, seed: int, style: str, base: Path) -> t
         if t != "EE":
             inst = [i for i in inst if i.task == t]
     elif t == "DC":
+        empty = sum(not d["text"].strip() for d in docs)  # MTSamples has rows without a transcription
+        if empty:
+            notes["texts_empty"] = empty
+            docs = [d for d in docs if d["text"].strip()]
         labels = spec.labels or sorted({l for d in docs for l in d["labels"]})
         inst = T.dc_instances(docs, spec.name, labels, spec.subject, seed, spec.label_map, style, spec.multi_label)
     elif t == "RE":
@@ -184,7 +188,7 @@ def statistics(instances: list[Instance], notes: dict, truncation: dict | None =
 # notes of dataset_instances that count what a corpus held but no instance could use
 LEFT_OUT = ("skipped_unlabeled", "relations_unresolved", "relations_not_on_entities", "pairs_ambiguous",
             "annotations_skipped", "individual_mentions_dropped", "relations_not_evaluated", "events_without_trigger",
-            "events_not_binary")
+            "events_not_binary", "texts_empty")
 
 
 def stats_markdown(stats: dict) -> str:

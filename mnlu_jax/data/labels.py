@@ -36,6 +36,24 @@ EXPANSIONS.update({
     "SUBSTRATE": "is a substrate of", "PRODUCT-OF": "is a product of",
     "SUBSTRATE_PRODUCT-OF": "is a substrate and a product of", "PART-OF": "is part of",
 })
+# Document classification labels of the clinical corpora, read from their own releases (formats/classification.py)
+EXPANSIONS.update({
+    # i2b2 2006 smoking status
+    "CURRENT SMOKER": "Current smoker", "PAST SMOKER": "Past smoker", "NON-SMOKER": "Non-smoker",
+    "SMOKER": "Smoker, current or past not stated", "UNKNOWN": "Smoking status not stated",
+    # i2b2 2008 obesity comorbidities (the rest are plain names)
+    "CAD": "Coronary artery disease", "CHF": "Congestive heart failure", "GERD": "Gastroesophageal reflux disease",
+    "OA": "Osteoarthritis", "OSA": "Obstructive sleep apnea", "PVD": "Peripheral vascular disease",
+    # n2c2 2018 cohort selection criteria
+    "ABDOMINAL": "History of intra-abdominal surgery, intestinal resection or small bowel obstruction",
+    "ADVANCED-CAD": "Advanced coronary artery disease", "ALCOHOL-ABUSE": "Alcohol use over weekly recommended limits",
+    "ASP-FOR-MI": "Aspirin taken to prevent myocardial infarction",
+    "CREATININE": "Serum creatinine above the upper limit of normal",
+    "DIETSUPP-2MOS": "Dietary supplement (not vitamin D) in the past 2 months",
+    "DRUG-ABUSE": "Drug abuse, current or past", "ENGLISH": "Speaks English", "HBA1C": "HbA1c between 6.5 % and 9.5 %",
+    "KETO-1YR": "Ketoacidosis diagnosed in the past year", "MAJOR-DIABETES": "Major diabetes-related complication",
+    "MAKES-DECISIONS": "Makes their own medical decisions", "MI-6MOS": "Myocardial infarction in the past 6 months",
+})
 # BioRED's relation types (between concepts; one direction is given, the options read it as "'e1' ... 'e2'.")
 EXPANSIONS.update({
     "Association": "is associated with", "Positive_Correlation": "is positively correlated with",

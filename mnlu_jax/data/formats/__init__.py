@@ -6,6 +6,8 @@ READERS maps the name used in mixer/eval configs to the reader function `reader(
 from mnlu_jax.data.formats.bioc import read_bioc
 from mnlu_jax.data.formats.brat import read_brat
 from mnlu_jax.data.formats.chemprot import read_chemprot_tsv
+from mnlu_jax.data.formats.classification import (read_classification_csv, read_i2b2_2006_smoking,
+                                                  read_i2b2_2008_obesity, read_n2c2_2018_cohort)
 from mnlu_jax.data.formats.conll import read_ebmnlp, read_iob, read_pico_tsv
 from mnlu_jax.data.formats.i2b2 import read_i2b2_2010, read_i2b2_2012
 from mnlu_jax.data.formats.jsonfmt import read_nli_jsonl, read_pubmedqa
@@ -27,6 +29,10 @@ READERS = {
     "nli_jsonl": read_nli_jsonl,
     "blue_re": read_blue_re,
     "classification_tsv": read_classification_tsv,
+    "classification_csv": read_classification_csv,
+    "i2b2_2006_smoking": read_i2b2_2006_smoking,
+    "i2b2_2008_obesity": read_i2b2_2008_obesity,
+    "n2c2_2018_cohort": read_n2c2_2018_cohort,
     "hoc_tsv": read_hoc_tsv,
     "sts_tsv": read_sts_tsv,
     "qa_tsv": read_qa_tsv,

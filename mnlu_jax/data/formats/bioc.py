@@ -18,10 +18,10 @@ character once. A passage is placed one space after the previous one (where the 
 puts it) when its declared offset is exactly that place counted with the escapes of the text before it, or when its
 annotations do not match the text at the declared offset but all match there; it is counted in the document's
 `passages_moved`, with a warning naming the document. Any other mismatch is an error naming the file, document and
-annotation. With `bad_spans="skip"` such an annotation is
-left out instead, with a warning naming it, and counted in the document's `skipped_annotations` (the BC5CDR BioC
-gold file has one, a part of a composite mention one character off, which is dropped anyway unless parts are
-kept: below); a node-level relation that names it goes to `unresolved_relations`.
+annotation. With `bad_spans="skip"` such an annotation is left out instead, with a warning naming it, and counted
+in the document's `skipped_annotations` (the BC5CDR BioC gold file has one, a part of a composite mention one
+character off, which is dropped anyway unless parts are kept: below); a node-level relation that names it goes to
+`unresolved_relations`.
 
 BC5CDR's BioC release writes a composite mention ("renal and hepatic failure", infon CompositeRole =
 CompositeMention, concept ids joined by "|") and then each of its parts as its own annotation (CompositeRole =
