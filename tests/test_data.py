@@ -721,3 +721,6 @@ def test_ablation_configs_reuse_the_full_mix(tmp_path):
                                        "balance: task\ntasks: [NLI, STS, DC]\n")
     stats = run_build(tmp_path / "abl.yaml", tmp_path / "out")
     assert set(stats["tasks"]) == {"NLI", "STS", "DC"} and stats["total"] == 30
+    # DC's 10 are shared by its four datasets by size (11, 8, 6, 5 of 30: 3.7, 2.7, 2, 1.7), rounded so as to add up
+    assert stats["tasks"]["DC"] == 10 and sum(stats["datasets"][n]["instances"] for n in (
+        "mtsamples", "i2b2_2006_smoking", "i2b2_2008_obesity", "n2c2_2018_cohort")) == 10

@@ -152,11 +152,19 @@ def build_mix(cfg: MixConfig, base: Path) -> tuple[list[Instance], dict]:
         for s in specs:
             groups[_task_family(s.task) if cfg.balance == "task" else "all"].append(s.name)
         quota = cfg.total_instances / len(groups)
+        exact = {}
         for names in groups.values():
             pool = sum(len(per_ds[n]) for n in names)
             for n in names:  # within a group, proportional to each dataset's size
-                share = int(round(quota * len(per_ds[n]) / pool)) if pool else 0
-                per_ds[n] = _take(per_ds[n], share, random.Random(f"{cfg.seed}|{n}|total"))
+                exact[n] = quota * len(per_ds[n]) / pool if pool else 0.0
+        # largest remainders, so that the shares add up to the total (rounding each share alone can miss it by
+        # one per dataset); ties go to the dataset listed first
+        shares = {n: math.floor(x) for n, x in exact.items()}
+        short = int(round(sum(exact.values()))) - sum(shares.values())
+        for n in sorted(exact, key=lambda n: shares[n] - exact[n])[:short]:
+            shares[n] += 1
+        for n, share in shares.items():
+            per_ds[n] = _take(per_ds[n], share, random.Random(f"{cfg.seed}|{n}|total"))
     out = [i for s in specs for i in per_ds[s.name]]
     random.Random(cfg.seed).shuffle(out)
     return out, notes
