@@ -309,6 +309,37 @@ def make_dc(out: Path, rng: random.Random) -> None:
     write(folder / "obesity_standoff_annotations_sample_addendum.xml",
           standoff({"Asthma": [(6, dict(judged["Asthma"])[6])]}))
 
+    # SemEval-2024 Task 2 (NLI4CT): statements about one trial report or two, reports in "CT json/<NCT id>.json"
+    trials, nli_rng = {}, random.Random(20261125)  # its own generator: the cohort files below stay as they were
+    for k, (drug, dis) in enumerate(zip(nli_rng.sample(DRUGS, 3), nli_rng.sample(DISEASES, 3))):
+        nct, n, events = f"NCT9000000{k + 1}", 40 + 10 * k, 3 + k
+        trials[nct] = (drug, dis, n, events)
+        write(out / "dc" / "nli4ct" / "CT json" / f"{nct}.json", json.dumps({
+            "Clinical Trial ID": nct,
+            "Intervention": ["INTERVENTION 1: ", f"  {drug.capitalize()} arm",
+                             f"  Oral {drug} once daily for 12 weeks."],
+            "Eligibility": ["Inclusion Criteria:", f"  Adults with {dis}.", "Exclusion Criteria:", "  Pregnancy."],
+            "Results": ["Outcome Measurement: ", "  Response rate at 12 weeks",
+                        f"  Overall Number of Participants: {n}"],
+            "Adverse Events": ["Adverse Events 1:", f"  Total: {events}/{n}", f"  Nausea 2/{n}"]},
+            indent=1) + "\n")
+    (a, ta), (b, tb), (c, tc) = trials.items()
+    statements = {
+        "s1": ("Single", "Intervention", a, None, f"The primary trial gives {ta[0]} by mouth.", "Entailment"),
+        "s2": ("Single", "Eligibility", b, None, f"Patients with {tb[1]} are excluded from the primary trial.",
+               "Contradiction"),
+        "s3": ("Single", "Adverse Events", c, None,
+               f"More than {tc[3]} patients had adverse events in the primary trial.", "Contradiction"),
+        "s4": ("Comparison", "Results", a, b, "The secondary trial enrolled more participants than the primary trial.",
+               "Entailment"),
+        "s5": ("Comparison", "Intervention", b, c, f"Both trials give {tb[0]}.", "Contradiction"),
+        "s6": ("Comparison", "Eligibility", c, a, "Pregnant patients are excluded from both trials.", "Entailment"),
+    }
+    write(out / "dc" / "nli4ct" / "train.json", json.dumps({
+        uuid: {"Type": typ, "Section_id": sec, "Primary_id": p1, **({"Secondary_id": p2} if p2 else {}),
+               "Statement": st, "Label": lab} for uuid, (typ, sec, p1, p2, st, lab) in statements.items()},
+        indent=1) + "\n")
+
     criteria = {"ABDOMINAL": "had a small bowel resection in 2010", "ENGLISH": "speaks English at home",
                 "HBA1C": "had an HbA1c of 7.2 % last month", "DRUG-ABUSE": "reports past cocaine use"}
     for k in range(5):

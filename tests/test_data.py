@@ -124,7 +124,8 @@ def test_every_reader_on_samples():
              "summ_jsonl": SAMPLES / "summ/pubmedsum_sample.jsonl", "ebmnlp": SAMPLES / "ebmnlp",
              "chemprot_tsv": SAMPLES / "chemprot", "classification_csv": SAMPLES / "dc/mtsamples_sample.csv",
              "i2b2_2006_smoking": SAMPLES / "dc/i2b2_2006_smoking_sample.xml",
-             "i2b2_2008_obesity": SAMPLES / "dc/i2b2_2008_obesity", "n2c2_2018_cohort": SAMPLES / "dc/n2c2_2018_cohort"}
+             "i2b2_2008_obesity": SAMPLES / "dc/i2b2_2008_obesity", "n2c2_2018_cohort": SAMPLES / "dc/n2c2_2018_cohort",
+             "nli4ct": SAMPLES / "dc/nli4ct/train.json"}
     assert set(cases) == set(READERS)
     for name, path in cases.items():
         docs = READERS[name](path)
@@ -205,6 +206,27 @@ def test_clinical_document_classification_in_the_releases_formats(tmp_path):
                                           "</PatientMatching>")
     with pytest.raises(DataError, match=r"1\.xml: <ABDOMINAL met='maybe'>; expected met or not met"):
         READERS["n2c2_2018_cohort"](tmp_path / "c")
+    # SemEval-2024 Task 2 (NLI4CT): statements and the trial reports in "CT json/" beside them
+    nli = {d["id"]: d for d in READERS["nli4ct"](SAMPLES / "dc/nli4ct/train.json")}
+    assert len(nli) == 6 and nli["s4"]["labels"] == ["Entailment"] and nli["s2"]["labels"] == ["Contradiction"]
+    assert nli["s4"]["text"].startswith("Primary trial, Results:\nOutcome Measurement:\nResponse rate")
+    assert "\n\nSecondary trial, Results:\n" in nli["s4"]["text"] and "Secondary trial" not in nli["s1"]["text"]
+    assert nli["s4"]["text"].endswith("\n\nStatement: The secondary trial enrolled more participants than the primary "
+                                      "trial.")
+    release = tmp_path / "nli4ct"
+    shutil.copytree(SAMPLES / "dc/nli4ct", release)
+    statements = json.loads((release / "train.json").read_text())
+    unlabelled = {k: {f: v for f, v in st.items() if f != "Label"} for k, st in statements.items()}
+    (release / "test.json").write_text(json.dumps(unlabelled))
+    with pytest.raises(DataError, match=r"test\.json: statement s1: .*missing \['Label'\] \(the unlabelled test"):
+        READERS["nli4ct"](release / "test.json")
+    report = release / "CT json" / f"{statements['s1']['Primary_id']}.json"
+    report.write_text(json.dumps({k: v for k, v in json.loads(report.read_text()).items() if k != "Intervention"}))
+    with pytest.raises(DataError, match=r"\.json: no section 'Intervention' \(statement s1\)"):
+        READERS["nli4ct"](release / "train.json")
+    report.unlink()
+    with pytest.raises(DataError, match=r"train\.json: statement s1: no trial report .*CT json"):
+        READERS["nli4ct"](release / "train.json")
 
 
 def test_offset_mismatch_names_file_and_line(tmp_path):
@@ -709,6 +731,17 @@ def test_packing_segments_and_iterator_restore(sample_build, tiny_tok):
     np.testing.assert_array_equal(np.concatenate([p0["inputs"], p1["inputs"]]), first["inputs"])
 
 
+def test_total_instances_shares_add_up_to_the_total():
+    from mnlu_jax.data.build import apportion
+
+    # rounding each share alone: 4 x round(2.5) = 8, and 3 x round(3.33) + 2 x round(5.5) = 9 + 12 = 21 for 20
+    assert apportion({"DC": {"a": 5, "b": 5, "c": 5, "d": 5}}, 10) == {"a": 3, "b": 3, "c": 2, "d": 2}
+    shares = apportion({"NER": {"x": 1, "y": 1, "z": 1}, "RE": {"u": 7, "v": 7}}, 20)
+    assert sum(shares.values()) == 20 and shares["u"] == shares["v"] == 5 and sorted(
+        shares[n] for n in "xyz") == [3, 3, 4]
+    assert apportion({"NER": {"x": 0}, "RE": {"u": 3, "v": 1}}, 8) == {"x": 0, "u": 3, "v": 1}  # an empty group
+
+
 def test_ablation_configs_reuse_the_full_mix(tmp_path):
     """configs/paper/ablations/* take their datasets from mnlu_instruct.yaml (base_config) and filter them."""
     from mnlu_jax.config import load_config
@@ -721,6 +754,7 @@ def test_ablation_configs_reuse_the_full_mix(tmp_path):
                                        "balance: task\ntasks: [NLI, STS, DC]\n")
     stats = run_build(tmp_path / "abl.yaml", tmp_path / "out")
     assert set(stats["tasks"]) == {"NLI", "STS", "DC"} and stats["total"] == 30
-    # DC's 10 are shared by its four datasets by size (11, 8, 6, 5 of 30: 3.7, 2.7, 2, 1.7), rounded so as to add up
-    assert stats["tasks"]["DC"] == 10 and sum(stats["datasets"][n]["instances"] for n in (
-        "mtsamples", "i2b2_2006_smoking", "i2b2_2008_obesity", "n2c2_2018_cohort")) == 10
+    # DC's 10 are shared by its five datasets by size (11, 8, 6, 6, 5 of 36: 3.1, 2.2, 1.7, 1.7, 1.4), rounded so
+    # as to add up (rounding each alone gave 3 + 2 + 2 + 2 + 1 = 10 here, but 31 in all with four datasets)
+    dc = {n: d["instances"] for n, d in stats["datasets"].items() if d["task"] == "DC"}
+    assert len(dc) == 5 and sum(dc.values()) == stats["tasks"]["DC"] == 10

@@ -134,6 +134,20 @@ def _take(items: list, n: int, rng: random.Random) -> list:
     return out + rest[: n - len(out)]
 
 
+def apportion(sizes: dict[str, dict[str, int]], total: int) -> dict[str, int]:
+    """Instances per dataset for `total`: equal quotas per group ({group: {dataset: size}}), each split in proportion
+    to the datasets' sizes, rounded by largest remainders so that the shares add up to the total (rounding each share
+    alone misses it by up to one per dataset: four datasets of one size and a quota of 10 give 4 x round(2.5) = 8);
+    ties go to the dataset listed first. A group with no instances leaves its quota unused."""
+    quota = total / len(sizes)
+    exact = {n: quota * size / sum(group.values()) if sum(group.values()) else 0.0
+             for group in sizes.values() for n, size in group.items()}
+    shares = {n: math.floor(x) for n, x in exact.items()}
+    for n in sorted(exact, key=lambda n: shares[n] - exact[n])[:int(round(sum(exact.values()))) - sum(shares.values())]:
+        shares[n] += 1
+    return shares
+
+
 def build_mix(cfg: MixConfig, base: Path) -> tuple[list[Instance], dict]:
     specs = [s for s in cfg.datasets
              if (cfg.domains is None or s.domain in cfg.domains)
@@ -151,19 +165,8 @@ def build_mix(cfg: MixConfig, base: Path) -> tuple[list[Instance], dict]:
         groups: dict[str, list[str]] = collections.defaultdict(list)
         for s in specs:
             groups[_task_family(s.task) if cfg.balance == "task" else "all"].append(s.name)
-        quota = cfg.total_instances / len(groups)
-        exact = {}
-        for names in groups.values():
-            pool = sum(len(per_ds[n]) for n in names)
-            for n in names:  # within a group, proportional to each dataset's size
-                exact[n] = quota * len(per_ds[n]) / pool if pool else 0.0
-        # largest remainders, so that the shares add up to the total (rounding each share alone can miss it by
-        # one per dataset); ties go to the dataset listed first
-        shares = {n: math.floor(x) for n, x in exact.items()}
-        short = int(round(sum(exact.values()))) - sum(shares.values())
-        for n in sorted(exact, key=lambda n: shares[n] - exact[n])[:short]:
-            shares[n] += 1
-        for n, share in shares.items():
+        sizes = {g: {n: len(per_ds[n]) for n in names} for g, names in groups.items()}
+        for n, share in apportion(sizes, cfg.total_instances).items():
             per_ds[n] = _take(per_ds[n], share, random.Random(f"{cfg.seed}|{n}|total"))
     out = [i for s in specs for i in per_ds[s.name]]
     random.Random(cfg.seed).shuffle(out)

@@ -53,6 +53,9 @@ EXPANSIONS.update({
     "DRUG-ABUSE": "Drug abuse, current or past", "ENGLISH": "Speaks English", "HBA1C": "HbA1c between 6.5 % and 9.5 %",
     "KETO-1YR": "Ketoacidosis diagnosed in the past year", "MAJOR-DIABETES": "Major diabetes-related complication",
     "MAKES-DECISIONS": "Makes their own medical decisions", "MI-6MOS": "Myocardial infarction in the past 6 months",
+    # SemEval-2024 Task 2 (NLI4CT): the statement against the trial reports
+    "Entailment": "The trial report supports the statement",
+    "Contradiction": "The trial report contradicts the statement",
 })
 # BioRED's relation types (between concepts; one direction is given, the options read it as "'e1' ... 'e2'.")
 EXPANSIONS.update({

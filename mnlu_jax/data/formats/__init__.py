@@ -7,7 +7,7 @@ from mnlu_jax.data.formats.bioc import read_bioc
 from mnlu_jax.data.formats.brat import read_brat
 from mnlu_jax.data.formats.chemprot import read_chemprot_tsv
 from mnlu_jax.data.formats.classification import (read_classification_csv, read_i2b2_2006_smoking,
-                                                  read_i2b2_2008_obesity, read_n2c2_2018_cohort)
+                                                  read_i2b2_2008_obesity, read_n2c2_2018_cohort, read_nli4ct)
 from mnlu_jax.data.formats.conll import read_ebmnlp, read_iob, read_pico_tsv
 from mnlu_jax.data.formats.i2b2 import read_i2b2_2010, read_i2b2_2012
 from mnlu_jax.data.formats.jsonfmt import read_nli_jsonl, read_pubmedqa
@@ -33,6 +33,7 @@ READERS = {
     "i2b2_2006_smoking": read_i2b2_2006_smoking,
     "i2b2_2008_obesity": read_i2b2_2008_obesity,
     "n2c2_2018_cohort": read_n2c2_2018_cohort,
+    "nli4ct": read_nli4ct,
     "hoc_tsv": read_hoc_tsv,
     "sts_tsv": read_sts_tsv,
     "qa_tsv": read_qa_tsv,

@@ -15,6 +15,11 @@
   (`Y`) by `source` (intuitive by default, the challenge's main task). Judgment files are read in name order and a
   later judgment of the same record, disease and source replaces an earlier one (the training release corrects
   itself in `..._addendum*.xml`). A record with no judgment by `source` is an error: a judgment file is missing.
+- nli4ct (SemEval-2024 Task 2): a statements file (`train.json`: {uuid: {Type: Single|Comparison, Section_id,
+  Primary_id, Secondary_id, Statement, Label: Entailment|Contradiction}}) and the trial reports it names, one
+  `<NCT id>.json` each in `trials` (the release's `CT json/` beside it: {"Clinical Trial ID", "Intervention",
+  "Eligibility", "Results", "Adverse Events": [lines]}). The text is the named section of the primary trial (and of
+  the secondary one for a comparison), then the statement; the label is whether the reports entail or contradict it.
 - n2c2_2018_cohort: a directory of one XML file per patient, `<PatientMatching><TEXT>...</TEXT><TAGS><ABDOMINAL
   met="met"/>...</TAGS>`; the labels are the selection criteria met.
 """
@@ -26,7 +31,7 @@ import io
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError, read_text
+from mnlu_jax.data.schema import DataError, read_json_object, read_text
 
 
 def _xml_root(path: Path) -> ET.Element:
@@ -155,4 +160,42 @@ def read_n2c2_2018_cohort(path: str | Path) -> list[dict]:
             if met == "met":
                 labels.append(tag.tag)
         docs.append(_doc(f.stem, (text.text or "").strip(), labels))
+    return docs
+
+
+def read_nli4ct(path: str | Path, trials: str | Path | None = None) -> list[dict]:
+    path = Path(path)
+    statements = read_json_object(path, "an object of statements keyed by uuid")
+    folder = Path(trials) if trials is not None else path.parent / "CT json"
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such directory of trial reports (`trials`; the release's 'CT json/')")
+    reports: dict[str, dict] = {}
+
+    def section(uuid: str, nct: str, name: str) -> str:
+        if nct not in reports:
+            report_file = folder / f"{nct}.json"
+            if not report_file.is_file():
+                raise DataError(f"{path}: statement {uuid}: no trial report {report_file}")
+            reports[nct] = read_json_object(report_file, "a trial report object")
+        lines = reports[nct].get(name)
+        if not isinstance(lines, list):
+            raise DataError(f"{folder / (nct + '.json')}: no section {name!r} (statement {uuid}); it has "
+                            f"{sorted(reports[nct])}")
+        return "\n".join(line.strip() for line in lines if line.strip())
+
+    docs = []
+    for uuid, st in statements.items():
+        missing = [k for k in ("Type", "Section_id", "Primary_id", "Statement", "Label") if k not in st]
+        if missing or st["Type"] not in ("Single", "Comparison") or (st["Type"] == "Comparison" and
+                                                                     "Secondary_id" not in st):
+            raise DataError(f"{path}: statement {uuid}: expected Type Single or Comparison (with Secondary_id), "
+                            f"Section_id, Primary_id, Statement and Label; missing {missing or ['Secondary_id']}"
+                            + (" (the unlabelled test file?)" if missing == ["Label"] else ""))
+        if st["Label"] not in ("Entailment", "Contradiction"):
+            raise DataError(f"{path}: statement {uuid}: Label {st['Label']!r}; expected Entailment or Contradiction")
+        name = st["Section_id"]
+        text = f"Primary trial, {name}:\n{section(uuid, st['Primary_id'], name)}"
+        if st["Type"] == "Comparison":
+            text += f"\n\nSecondary trial, {name}:\n{section(uuid, st['Secondary_id'], name)}"
+        docs.append(_doc(uuid, f"{text}\n\nStatement: {st['Statement'].strip()}", [st["Label"]]))
     return docs
