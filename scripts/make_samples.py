@@ -352,6 +352,28 @@ def make_dc(out: Path, rng: random.Random) -> None:
               f"<TAGS>\n{tags}</TAGS>\n</PatientMatching>\n")
 
 
+def make_euadr(out: Path, rng: random.Random) -> None:
+    """EU-ADR as the IBI group distributes it: one tab-separated file per pair kind, quoted fields, sentence offsets,
+    PA/NA/SA/FA associations, and Latin-1 like the release (a gene name with "ü")."""
+    header = ["ASSOCIATION_TYPE", "PMID", "NUM_SENTENCE", "ENTITY1_TEXT", "ENTITY1_INI", "ENTITY1_END",
+              "ENTITY1_TYPE", "ENTITY2_TEXT", "ENTITY2_INI", "ENTITY2_END", "ENTITY2_TYPE", "SENTENCE"]
+    genes = GENES[:4] + ["Krüppel-like factor 4"]
+    rows = []
+    for k in range(6):
+        gene, drug, other = rng.choice(genes), *rng.sample(DRUGS, 2)
+        sentence = f"{drug.capitalize()} inhibited {gene} in vitro, while {other} was given to all patients."
+        pmid = str(9100 + k // 2)
+        for assoc, d in (("PA" if k % 3 else "SA", drug.capitalize()), ("FA", other)):
+            g0, d0 = sentence.index(gene), sentence.index(d)
+            rows.append([assoc, pmid, str(k % 2), gene, str(g0), str(g0 + len(gene)), "Genes & Molecular Sequences",
+                         d, str(d0), str(d0 + len(d)), "Chemicals & Drugs", sentence])
+    quoted = ['"' + c + '"' if not c.isdigit() else c for c in header]  # the release quotes text, not numbers
+    lines = ["\t".join(quoted)] + ["\t".join(c if c.isdigit() else f'"{c}"' for c in r) for r in rows]
+    path = out / "euadr" / "EUADR_drug_target.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+
+
 def make_i2b2(out: Path, rng: random.Random) -> None:
     for k in range(4):
         prob, test, treat = rng.choice(DISEASES), rng.choice(TESTS), rng.choice(DRUGS)
@@ -505,6 +527,7 @@ def main() -> None:
         f(out, rng)
     make_chemprot(out, random.Random(20261123))  # its own generator: the samples above stay as they were
     make_dc(out, random.Random(20261124))
+    make_euadr(out, random.Random(20261126))
     eval_root = out.parent / "eval_samples"
     for dst, src in EVAL_LAYOUT.items():
         write(eval_root / dst, (out / src).read_text(encoding="utf-8"))

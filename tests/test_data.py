@@ -125,7 +125,7 @@ def test_every_reader_on_samples():
              "chemprot_tsv": SAMPLES / "chemprot", "classification_csv": SAMPLES / "dc/mtsamples_sample.csv",
              "i2b2_2006_smoking": SAMPLES / "dc/i2b2_2006_smoking_sample.xml",
              "i2b2_2008_obesity": SAMPLES / "dc/i2b2_2008_obesity", "n2c2_2018_cohort": SAMPLES / "dc/n2c2_2018_cohort",
-             "nli4ct": SAMPLES / "dc/nli4ct/train.json"}
+             "nli4ct": SAMPLES / "dc/nli4ct/train.json", "euadr_csv": SAMPLES / "euadr"}
     assert set(cases) == set(READERS)
     for name, path in cases.items():
         docs = READERS[name](path)
@@ -599,6 +599,34 @@ def test_chemprot_and_drugprot_release_layout(tmp_path):
         READERS["chemprot_tsv"](split)
     with pytest.raises(DataError, match=r"expected a ChemProt/DrugProt split directory"):
         READERS["chemprot_tsv"](split / "chemprot_training_abstracts.tsv")
+
+
+def test_euadr_ibi_release_layout(tmp_path):
+    # Latin-1 like the release; FA (false association) pairs are asked, all of them, with the no-relation answer
+    raw = (SAMPLES / "euadr/EUADR_drug_target.csv").read_bytes()
+    assert b"\xfc" in raw  # "Kr\u00fcppel" in Latin-1: not UTF-8
+    docs = READERS["euadr_csv"](SAMPLES / "euadr")
+    assert len(docs) == 6 and all(len(d["relations"]) == 1 and len(d["negative_pairs"]) == 1 for d in docs)
+    assert any("Kr\u00fcppel-like factor 4" in d["text"] for d in docs)
+    assert {r["type"] for d in docs for r in d["relations"]} == {"PA", "SA"}
+    inst, counts = T.re_kb_instances(docs, "euadr", ["PA", "NA", "SA"], negative_ratio=0.0)
+    assert len(inst) == 12 and sum(i.gold["relation"] == "none" for i in inst) == 6  # the FA pairs, none sampled
+    gold = {i.id.rsplit("-", 1)[1]: i.gold["relation"] for i in inst if i.id.startswith(f"euadr-{docs[0]['id']}-")}
+    assert gold == {"R1": docs[0]["relations"][0]["type"], "F1": "none"}
+    header = raw.split(b"\n", 1)[0].decode()
+    bad = tmp_path / "EUADR_drug_disease.csv"
+    row = '"XA"\t1\t0\t"rash"\t0\t4\t"Diseases & Disorders"\t"zinc"\t10\t14\t"Chemicals & Drugs"\t"rash with zinc"'
+    bad.write_text(header + "\n" + row + "\n")
+    with pytest.raises(DataError, match=r"EUADR_drug_disease\.csv:2: association 'XA'; expected one of"):
+        READERS["euadr_csv"](tmp_path)
+    bad.write_text(header + "\n" + row.replace("XA", "PA") + "\n")
+    assert READERS["euadr_csv"](tmp_path)[0]["relations"] == [{"id": "R1", "type": "PA", "arg1": "T1", "arg2": "T2"}]
+    bad.write_text(header + "\n" + row.replace("XA", "PA").replace("\t10\t14", "\t9\t13") + "\n")
+    with pytest.raises(DataError, match=r"EUADR_drug_disease\.csv:2, entity 2: span \[\[9, 13\]\] is ' zin'"):
+        READERS["euadr_csv"](tmp_path)
+    bad.write_text("PMID\tSENTENCE\n")
+    with pytest.raises(DataError, match=r"EUADR_drug_disease\.csv:1: expected the header"):
+        READERS["euadr_csv"](tmp_path)
 
 
 def test_pubtator_biored_layout_and_unresolved_concepts(tmp_path):

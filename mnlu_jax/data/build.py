@@ -65,7 +65,8 @@ def _task_family(task: str) -> str:
 READER_COUNTS = {"skipped_annotations": "annotations_skipped",  # a reader's bad_spans=skip (each logged)
                  "individual_mentions_dropped": "individual_mentions_dropped",  # BC5CDR BioC's composite parts
                  "relations_not_evaluated": "relations_not_evaluated",  # ChemProt's unscored groups (evaluated_only)
-                 "passages_moved": "passages_moved"}  # BioC passages whose offsets count XML escapes (not left out)
+                 "passages_moved": "passages_moved",  # BioC passages whose offsets count XML escapes (not left out)
+                 "false_associations": "false_associations"}  # EU-ADR's FA pairs (no relation; sampled as such)
 
 
 def dataset_instances(spec: DatasetSpec, seed: int, style: str, base: Path) -> tuple[list[Instance], dict]:

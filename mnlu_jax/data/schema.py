@@ -118,11 +118,16 @@ def resolve_concept_relations(entities: list[dict], relations: list[tuple[str, s
     return resolved, unresolved
 
 
-def read_text(path: Path) -> str:
-    """A UTF-8 text file's contents; an unreadable or undecodable file is a DataError naming it."""
+def read_text(path: Path, fallback: str | None = None) -> str:
+    """A UTF-8 text file's contents (universal newlines), or, if it is not UTF-8, decoded as `fallback` (for the
+    releases written in Latin-1, such as EU-ADR's); an unreadable or undecodable file is a DataError naming it."""
     try:
         return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        if fallback is None:
+            raise DataError(f"{path}: cannot read ({e})") from e
+        return Path(path).read_text(encoding=fallback)
+    except OSError as e:
         raise DataError(f"{path}: cannot read ({e})") from e
 
 

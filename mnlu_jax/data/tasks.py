@@ -358,12 +358,23 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
             return (a, b) if (ta, tb) in joined else (b, a) if (tb, ta) in joined else None
 
         cands, asked = [], set()  # one question per pair of names
+        # pairs the corpus itself marks as unrelated (EU-ADR's false associations) are all asked, besides the
+        # sampled ones
+        for k, neg in enumerate(d.get("negative_pairs", [])):
+            a, b = neg["arg1"], neg["arg2"]
+            if a not in ents or b not in ents:
+                raise DataError(f"{dataset}: document {d['id']}: unrelated pair {neg['id']} names {a}, {b}; "
+                                "expected two entity ids")
+            if (name(a), name(b)) not in asked and not same(a, b):
+                asked.add((name(a), name(b)))
+                pairs.append((a, b, None, neg["id"]))
         for pair in (oriented(a, b) for a in ents for b in ents if a < b and not same(a, b)):
             if pair is not None and (name(pair[0]), name(pair[1])) not in asked:
                 asked.add((name(pair[0]), name(pair[1])))
                 cands.append(pair)
         rng.shuffle(cands)
-        for k, (a, b) in enumerate(cands[: int(round(negative_ratio * len(pairs)))]):
+        positives = sum(typ is not None for _, _, typ, _ in pairs)
+        for k, (a, b) in enumerate(cands[: int(round(negative_ratio * positives))]):
             pairs.append((a, b, None, f"N{k + 1}"))
         for a, b, typ, rid in pairs:
             e1, e2 = " ".join(ents[a]["text"]), " ".join(ents[b]["text"])

@@ -9,6 +9,7 @@ from mnlu_jax.data.formats.chemprot import read_chemprot_tsv
 from mnlu_jax.data.formats.classification import (read_classification_csv, read_i2b2_2006_smoking,
                                                   read_i2b2_2008_obesity, read_n2c2_2018_cohort, read_nli4ct)
 from mnlu_jax.data.formats.conll import read_ebmnlp, read_iob, read_pico_tsv
+from mnlu_jax.data.formats.euadr import read_euadr_csv
 from mnlu_jax.data.formats.i2b2 import read_i2b2_2010, read_i2b2_2012
 from mnlu_jax.data.formats.jsonfmt import read_nli_jsonl, read_pubmedqa
 from mnlu_jax.data.formats.pubtator import read_pubtator
@@ -23,6 +24,7 @@ READERS = {
     "bioc": read_bioc,
     "pubtator": read_pubtator,
     "chemprot_tsv": read_chemprot_tsv,
+    "euadr_csv": read_euadr_csv,
     "i2b2_2010": read_i2b2_2010,
     "i2b2_2012": read_i2b2_2012,
     "pubmedqa": read_pubmedqa,
