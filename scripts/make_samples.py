@@ -374,6 +374,28 @@ def make_euadr(out: Path, rng: random.Random) -> None:
     path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
 
 
+def make_pico_data(out: Path, rng: random.Random) -> None:
+    """PICO-data's release: abstracts in docs/<docid>.txt, Participants spans (character offsets) per annotator in
+    annotations/<split>/*.json, one object per line: the crowd's aggregations, or the medical student."""
+    agg, professional = [], []
+    for k in range(4):
+        docid = str(6100 + k)
+        dis, drug = rng.choice(DISEASES), rng.choice(DRUGS)
+        group = f"{40 + 5 * k} adults with {dis}"
+        text = f"{drug.capitalize()} for {dis}: a randomised trial.\n\nWe enrolled {group}.\nOutcomes were recorded.\n"
+        start = text.index(group)
+        write(out / "pico_data" / "docs" / f"{docid}.txt", text)
+        # the HMM aggregation takes the line break after the span too; majority vote drops the age group
+        spans = {"HMMCrowd": [[start, start + len(group) + 2]], "DawidSkene": [[start, start + len(group)]],
+                 "MajorityVote": [[start + len(group.split(" with ")[0]) - 6, start + len(group)]]}
+        agg.append(json.dumps({"Participants": spans, "docid": docid}))
+        professional.append(json.dumps({"Participants": {"MedicalStudent": [[start, start + len(group)]]} if k
+                                        else {}, "docid": docid}))  # {}: the student marked nothing
+    write(out / "pico_data" / "annotations" / "train" / "PICO-annos-crowdsourcing-agg.json", "\n".join(agg) + "\n")
+    write(out / "pico_data" / "annotations" / "acl17-test" / "PICO-annos-professional.json",
+          "\n".join(professional) + "\n")
+
+
 def make_i2b2(out: Path, rng: random.Random) -> None:
     for k in range(4):
         prob, test, treat = rng.choice(DISEASES), rng.choice(TESTS), rng.choice(DRUGS)
@@ -528,6 +550,7 @@ def main() -> None:
     make_chemprot(out, random.Random(20261123))  # its own generator: the samples above stay as they were
     make_dc(out, random.Random(20261124))
     make_euadr(out, random.Random(20261126))
+    make_pico_data(out, random.Random(20261127))
     eval_root = out.parent / "eval_samples"
     for dst, src in EVAL_LAYOUT.items():
         write(eval_root / dst, (out / src).read_text(encoding="utf-8"))

@@ -125,7 +125,8 @@ def test_every_reader_on_samples():
              "chemprot_tsv": SAMPLES / "chemprot", "classification_csv": SAMPLES / "dc/mtsamples_sample.csv",
              "i2b2_2006_smoking": SAMPLES / "dc/i2b2_2006_smoking_sample.xml",
              "i2b2_2008_obesity": SAMPLES / "dc/i2b2_2008_obesity", "n2c2_2018_cohort": SAMPLES / "dc/n2c2_2018_cohort",
-             "nli4ct": SAMPLES / "dc/nli4ct/train.json", "euadr_csv": SAMPLES / "euadr"}
+             "nli4ct": SAMPLES / "dc/nli4ct/train.json", "euadr_csv": SAMPLES / "euadr",
+             "pico_data": SAMPLES / "pico_data/annotations/train/PICO-annos-crowdsourcing-agg.json"}
     assert set(cases) == set(READERS)
     for name, path in cases.items():
         docs = READERS[name](path)
@@ -599,6 +600,33 @@ def test_chemprot_and_drugprot_release_layout(tmp_path):
         READERS["chemprot_tsv"](split)
     with pytest.raises(DataError, match=r"expected a ChemProt/DrugProt split directory"):
         READERS["chemprot_tsv"](split / "chemprot_training_abstracts.tsv")
+
+
+def test_pico_data_release_layout(tmp_path):
+    # spans per annotator in annotations/<split>/*.json, texts in docs/<docid>.txt; ends stripped of whitespace
+    agg = SAMPLES / "pico_data/annotations/train/PICO-annos-crowdsourcing-agg.json"
+    hmm = READERS["pico_data"](agg)  # auto: HMMCrowd, the paper's aggregation
+    first = json.loads(agg.read_text().splitlines()[0])
+    (s, e), = first["Participants"]["HMMCrowd"]
+    assert hmm[0]["text"][s:e].endswith(".\n") and hmm[0]["entities"][0]["offsets"] == [[s, e - 1]]
+    assert hmm[0]["entities"][0]["text"][0].endswith(".") and hmm[0]["entities"][0]["type"] == "Participants"
+    vote = READERS["pico_data"](agg, annotator="MajorityVote")
+    assert [d["entities"][0]["text"] for d in vote][0][0].startswith("adults with ")
+    student = READERS["pico_data"](SAMPLES / "pico_data/annotations/acl17-test/PICO-annos-professional.json")
+    assert student[0]["entities"] == [] and all(d["entities"] for d in student[1:])  # {}: nothing marked
+    crowd = tmp_path / "annotations" / "train" / "PICO-annos-crowdsourcing.json"
+    crowd.parent.mkdir(parents=True)
+    crowd.write_text(json.dumps({"Participants": {"W1": [[0, 4]], "W2": [[1, 4]]}, "docid": first["docid"]}) + "\n")
+    with pytest.raises(DataError, match=r"no such directory of abstracts"):
+        READERS["pico_data"](crowd)
+    with pytest.raises(DataError, match=r"crowdsourcing\.json:1: document 6100: no Participants annotations by "
+                                        r"'HMMCrowd'; annotators here: \['W1', 'W2'\]"):
+        READERS["pico_data"](crowd, docs=SAMPLES / "pico_data/docs")
+    w2 = READERS["pico_data"](crowd, docs=SAMPLES / "pico_data/docs", annotator="W2")
+    assert w2[0]["entities"][0]["offsets"] == [[1, 4]]
+    crowd.write_text(json.dumps({"Participants": {"W1": [[0, 10_000]]}, "docid": first["docid"]}) + "\n")
+    with pytest.raises(DataError, match=r"document 6100: span \[0, 10000\] outside its text"):
+        READERS["pico_data"](crowd, docs=SAMPLES / "pico_data/docs")
 
 
 def test_euadr_ibi_release_layout(tmp_path):

@@ -11,7 +11,7 @@ from mnlu_jax.data.formats.classification import (read_classification_csv, read_
 from mnlu_jax.data.formats.conll import read_ebmnlp, read_iob, read_pico_tsv
 from mnlu_jax.data.formats.euadr import read_euadr_csv
 from mnlu_jax.data.formats.i2b2 import read_i2b2_2010, read_i2b2_2012
-from mnlu_jax.data.formats.jsonfmt import read_nli_jsonl, read_pubmedqa
+from mnlu_jax.data.formats.jsonfmt import read_nli_jsonl, read_pico_data, read_pubmedqa
 from mnlu_jax.data.formats.pubtator import read_pubtator
 from mnlu_jax.data.formats.tsv import (read_blue_re, read_classification_tsv, read_hoc_tsv, read_qa_tsv,
                                        read_sts_tsv, read_summ_jsonl)
@@ -28,6 +28,7 @@ READERS = {
     "i2b2_2010": read_i2b2_2010,
     "i2b2_2012": read_i2b2_2012,
     "pubmedqa": read_pubmedqa,
+    "pico_data": read_pico_data,
     "nli_jsonl": read_nli_jsonl,
     "blue_re": read_blue_re,
     "classification_tsv": read_classification_tsv,
