@@ -396,6 +396,37 @@ def make_pico_data(out: Path, rng: random.Random) -> None:
           "\n".join(professional) + "\n")
 
 
+def make_deid(out: Path, rng: random.Random) -> None:
+    """The i2b2 de-identification releases: 2014's one XML per note (CDATA text, PHI tags with offsets; one note
+    with CRLF line ends whose offsets count the CR) and 2006's one XML of RECORDs with the PHI inline."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    names, hospitals = ["Jane Roe", "John Doe", "Ann Smith"], ["Lakeside Hospital", "Hillview Clinic"]
+    records = []
+    for k in range(3):
+        patient, doctor = rng.sample(names, 2)
+        hospital, date, nl = rng.choice(hospitals), f"2090-0{k + 1}-1{k}", "\r\n" if k == 2 else "\n"
+        parts = [("Record date: ", None), (date, ("DATE", "DATE")),
+                 (f"{nl}{rng.choice(DISEASES).capitalize()} in ", None),
+                 (patient, ("NAME", "PATIENT")), (", seen by Dr. ", None), (doctor, ("NAME", "DOCTOR")),
+                 (" at ", None), (hospital, ("LOCATION", "HOSPITAL")), (f".{nl}", None)]
+        text, tags = "", []
+        for piece, tag in parts:
+            if tag:
+                tags.append(f'<{tag[0]} id="P{len(tags)}" start="{len(text)}" end="{len(text) + len(piece)}" '
+                            f'text={quoteattr(piece)} TYPE="{tag[1]}" comment="" />')
+            text += piece
+        xml = (f'<?xml version="1.0" encoding="UTF-8" ?>\n<deIdi2b2>\n<TEXT><![CDATA[{text}]]></TEXT>\n<TAGS>\n'
+               + "\n".join(tags) + "\n</TAGS>\n</deIdi2b2>\n")
+        path = out / "i2b2_2014_deid" / f"{200 + k}-01.xml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(xml.encode("utf-8"))  # as is: no newline translation
+        inline = "".join(f'<PHI TYPE="{tag[1]}">{escape(piece)}</PHI>' if tag
+                         else escape(piece.replace("\r\n", "\n")) for piece, tag in parts)
+        records.append(f'<RECORD ID="{400 + k}">\n<TEXT>\n{inline}</TEXT>\n</RECORD>')
+    write(out / "i2b2_2006_deid" / "deid_surrogate_sample.xml", "<ROOT>\n" + "\n".join(records) + "\n</ROOT>\n")
+
+
 def make_i2b2(out: Path, rng: random.Random) -> None:
     for k in range(4):
         prob, test, treat = rng.choice(DISEASES), rng.choice(TESTS), rng.choice(DRUGS)
@@ -551,6 +582,7 @@ def main() -> None:
     make_dc(out, random.Random(20261124))
     make_euadr(out, random.Random(20261126))
     make_pico_data(out, random.Random(20261127))
+    make_deid(out, random.Random(20261128))
     eval_root = out.parent / "eval_samples"
     for dst, src in EVAL_LAYOUT.items():
         write(eval_root / dst, (out / src).read_text(encoding="utf-8"))

@@ -126,7 +126,8 @@ def test_every_reader_on_samples():
              "i2b2_2006_smoking": SAMPLES / "dc/i2b2_2006_smoking_sample.xml",
              "i2b2_2008_obesity": SAMPLES / "dc/i2b2_2008_obesity", "n2c2_2018_cohort": SAMPLES / "dc/n2c2_2018_cohort",
              "nli4ct": SAMPLES / "dc/nli4ct/train.json", "euadr_csv": SAMPLES / "euadr",
-             "pico_data": SAMPLES / "pico_data/annotations/train/PICO-annos-crowdsourcing-agg.json"}
+             "pico_data": SAMPLES / "pico_data/annotations/train/PICO-annos-crowdsourcing-agg.json",
+             "i2b2_2014_deid": SAMPLES / "i2b2_2014_deid", "i2b2_2006_deid": SAMPLES / "i2b2_2006_deid"}
     assert set(cases) == set(READERS)
     for name, path in cases.items():
         docs = READERS[name](path)
@@ -600,6 +601,35 @@ def test_chemprot_and_drugprot_release_layout(tmp_path):
         READERS["chemprot_tsv"](split)
     with pytest.raises(DataError, match=r"expected a ChemProt/DrugProt split directory"):
         READERS["chemprot_tsv"](split / "chemprot_training_abstracts.tsv")
+
+
+def test_i2b2_deid_release_layouts(tmp_path):
+    # 2014: CDATA text and PHI tags with offsets, read without newline translation (one sample note is CRLF)
+    notes = {d["id"]: d for d in READERS["i2b2_2014_deid"](SAMPLES / "i2b2_2014_deid")}
+    assert "\r\n" in notes["202-01"]["text"] and "\r" not in notes["200-01"]["text"]
+    assert [e["type"] for e in notes["202-01"]["entities"]] == ["DATE", "PATIENT", "DOCTOR", "HOSPITAL"]
+    categories = READERS["i2b2_2014_deid"](SAMPLES / "i2b2_2014_deid", level="category")
+    assert [e["type"] for e in categories[0]["entities"]] == ["DATE", "NAME", "NAME", "LOCATION"]
+    # a CRLF file whose offsets were counted on LF line ends reads too
+    raw = (SAMPLES / "i2b2_2014_deid/200-01.xml").read_bytes()
+    head, rest = raw.split(b"<![CDATA[")
+    body, tail = rest.split(b"]]>", 1)
+    (tmp_path / "lf.xml").write_bytes(head + b"<![CDATA[" + body.replace(b"\n", b"\r\n") + b"]]>" + tail)
+    lf = READERS["i2b2_2014_deid"](tmp_path / "lf.xml")[0]
+    assert "\r\n" not in lf["text"] and lf["entities"][1]["text"] == notes["200-01"]["entities"][1]["text"]
+    (tmp_path / "bad.xml").write_bytes(raw.replace(b'start="13" end="23"', b'start="14" end="24"'))
+    with pytest.raises(DataError, match=r"bad\.xml, tag P0: span \[\[14, 24\]\]"):
+        READERS["i2b2_2014_deid"](tmp_path / "bad.xml")
+    # 2006: PHI inline in each RECORD's TEXT; the text is the record's with the tags taken out
+    records = READERS["i2b2_2006_deid"](SAMPLES / "i2b2_2006_deid")
+    assert len(records) == 3 and all("<PHI" not in d["text"] for d in records)
+    for d in records:
+        assert [e["type"] for e in d["entities"]] == ["DATE", "PATIENT", "DOCTOR", "HOSPITAL"]
+        assert all(d["text"][s:t] == e["text"][0] for e in d["entities"] for s, t in e["offsets"])
+    assert records[0]["text"].replace("\r", "") == notes["200-01"]["text"].join(["\n", ""])
+    (tmp_path / "r.xml").write_text('<ROOT><RECORD ID="1"><TEXT>Seen by <NAME>X</NAME>.</TEXT></RECORD></ROOT>')
+    with pytest.raises(DataError, match=r"r\.xml: RECORD 1: <NAME> in the text; expected <PHI TYPE=\.\.\.>"):
+        READERS["i2b2_2006_deid"](tmp_path / "r.xml")
 
 
 def test_pico_data_release_layout(tmp_path):

@@ -36,6 +36,15 @@ EXPANSIONS.update({
     "SUBSTRATE": "is a substrate of", "PRODUCT-OF": "is a product of",
     "SUBSTRATE_PRODUCT-OF": "is a substrate and a product of", "PART-OF": "is part of",
 })
+# PHI types of the i2b2 2006 and 2014 de-identification releases (formats/i2b2.py); the rest read as they are
+EXPANSIONS.update({
+    "PATIENT": "Patient name", "DOCTOR": "Doctor name", "USERNAME": "Username", "ID": "Identifier",
+    "IDNUM": "Identification number", "MEDICALRECORD": "Medical record number", "HEALTHPLAN": "Health plan number",
+    "ACCOUNT": "Account number", "LICENSE": "License number", "SSN": "Social security number",
+    "VEHICLE": "Vehicle identifier", "DEVICE": "Device identifier", "BIOID": "Biometric identifier",
+    "PHONE": "Phone number", "FAX": "Fax number", "EMAIL": "Email address", "IPADDR": "IP address",
+    "ZIP": "ZIP code", "LOCATION-OTHER": "Other location",
+})
 # Document classification labels of the clinical corpora, read from their own releases (formats/classification.py)
 EXPANSIONS.update({
     # i2b2 2006 smoking status

@@ -7,6 +7,12 @@
 2012 (<doc>.xml): <TEXT><![CDATA[...]]></TEXT> and <TAGS> with EVENT/TIMEX3 (id, start, end, text, type)
 and TLINK (fromID, toID, type). The released files use 1-based start offsets in some versions and 0-based in
 others; the reader detects which one makes every tag's text match and refuses the file if neither does.
+2014 de-identification (<doc>.xml): `<deIdi2b2><TEXT><![CDATA[...]]></TEXT><TAGS>` with one element per PHI,
+`<NAME id="P1" start="16" end="20" text="..." TYPE="PATIENT" comment=""/>`: the entity type is the TYPE (PATIENT,
+DOCTOR, HOSPITAL, DATE, ...: `level="type"`) or the element's category (NAME, LOCATION, DATE, ...: "category").
+The offsets index the CDATA text as written (a file with CRLF line ends is also tried with LF ones).
+2006 de-identification (one XML file): `<ROOT><RECORD ID="..."><TEXT>` with the PHI inline, `<PHI
+TYPE="PATIENT">...</PHI>`; the text is the record's with the tags taken out, the PHI spans where they stood.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError
+from mnlu_jax.data.schema import DataError, check_span, read_text
 
 _CON = re.compile(r'^c="(.*)" (\d+):(\d+) (\d+):(\d+)\|\|t="([^"]+)"$')
 _REL = re.compile(r'^c="(.*)" (\d+):(\d+) (\d+):(\d+)\|\|r="([^"]+)"\|\|c="(.*)" (\d+):(\d+) (\d+):(\d+)$')
@@ -138,4 +144,79 @@ def read_i2b2_2012(path: str | Path) -> list[dict]:
                     raise DataError(f"{f}: TLINK {t.get('id')} refers to unknown {a if a not in ids else b}")
         docs.append({"schema": "kb", "id": f.stem, "text": text, "entities": ents, "relations": rels,
                      "events": [], "attributes": []})
+    return docs
+
+
+def _xml_files(path: Path, what: str) -> list[Path]:
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    files = [path] if path.is_file() else sorted(path.glob("*.xml"))
+    if not files:
+        raise DataError(f"{path}: no {what} .xml files")
+    return files
+
+
+def read_i2b2_2014_deid(path: str | Path, level: str = "type") -> list[dict]:
+    if level not in ("type", "category"):
+        raise ValueError(f"level: expected 'type' or 'category', got {level!r}")
+    docs = []
+    for f in _xml_files(Path(path), "i2b2 2014 de-identification"):
+        try:
+            raw = f.read_bytes().decode("utf-8")  # no newline translation: the offsets count what the file holds
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{f}: cannot read ({e})") from e
+        m = re.search(r"<TEXT><!\[CDATA\[(.*?)\]\]></TEXT>", raw, re.S)
+        tags_xml = re.search(r"<TAGS>(.*?)</TAGS>", raw, re.S)
+        if not m or not tags_xml:
+            raise DataError(f"{f}: expected <TEXT><![CDATA[...]]></TEXT> and <TAGS>...</TAGS>")
+        try:
+            tags = list(ET.fromstring(f"<TAGS>{tags_xml.group(1)}</TAGS>"))
+        except ET.ParseError as e:
+            raise DataError(f"{f}: invalid <TAGS> XML ({e})") from e
+        texts = [m.group(1)] + ([m.group(1).replace("\r\n", "\n")] if "\r\n" in m.group(1) else [])
+        for k, text in enumerate(texts):
+            try:
+                ents = []
+                for t in tags:
+                    where = f"{f}, tag {t.get('id')}"
+                    if t.get("start") is None or t.get("end") is None:
+                        raise DataError(f"{where}: <{t.tag}> without start and end")
+                    s, e = int(t.get("start")), int(t.get("end"))
+                    got = check_span(text, [[s, e]], t.get("text"), where)
+                    typ = t.get("TYPE") if level == "type" else t.tag
+                    if not typ:
+                        raise DataError(f"{where}: <{t.tag}> without a TYPE")
+                    ents.append({"id": t.get("id"), "type": typ, "offsets": [[s, e]], "text": got})
+                break
+            except DataError:
+                if k == len(texts) - 1:
+                    raise
+        docs.append({"schema": "kb", "id": f.stem, "text": text, "entities": ents, "relations": [], "events": [],
+                     "attributes": []})
+    return docs
+
+
+def read_i2b2_2006_deid(path: str | Path) -> list[dict]:
+    docs = []
+    for f in _xml_files(Path(path), "i2b2 2006 de-identification"):
+        try:
+            root = ET.fromstring(read_text(f))
+        except ET.ParseError as e:
+            raise DataError(f"{f}: invalid XML ({e})") from e
+        for k, rec in enumerate(root.iter("RECORD"), 1):
+            body = rec.find("TEXT")
+            if rec.get("ID") is None or body is None:
+                raise DataError(f"{f}: RECORD {rec.get('ID', f'#{k}')}: expected an ID and a <TEXT>")
+            text, ents = body.text or "", []
+            for phi in body:
+                if phi.tag != "PHI" or not phi.get("TYPE"):
+                    raise DataError(f"{f}: RECORD {rec.get('ID')}: <{phi.tag}> in the text; expected <PHI TYPE=...>")
+                start = len(text)
+                text += phi.text or ""
+                if len(text) > start:
+                    ents.append({"id": f"T{len(ents) + 1}", "type": phi.get("TYPE"), "offsets": [[start, len(text)]],
+                                 "text": [text[start:]]})
+                text += phi.tail or ""
+            docs.append({"schema": "kb", "id": rec.get("ID"), "text": text, "entities": ents, "relations": [],
+                         "events": [], "attributes": []})
     return docs
