@@ -36,8 +36,12 @@ EXPANSIONS.update({
     "SUBSTRATE": "is a substrate of", "PRODUCT-OF": "is a product of",
     "SUBSTRATE_PRODUCT-OF": "is a substrate and a product of", "PART-OF": "is part of",
 })
-# PHI types of the i2b2 2006 and 2014 de-identification releases (formats/i2b2.py); the rest read as they are
+# PHI types and categories of the i2b2 2006 and 2014 de-identification releases (formats/i2b2.py)
 EXPANSIONS.update({
+    "NAME": "Name", "PROFESSION": "Profession", "LOCATION": "Location", "AGE": "Age", "DATE": "Date",
+    "CONTACT": "Contact", "HOSPITAL": "Hospital", "ORGANIZATION": "Organization", "ROOM": "Room",
+    "DEPARTMENT": "Department", "STREET": "Street", "CITY": "City", "STATE": "State", "COUNTRY": "Country",
+    "URL": "URL", "OTHER": "Other",
     "PATIENT": "Patient name", "DOCTOR": "Doctor name", "USERNAME": "Username", "ID": "Identifier",
     "IDNUM": "Identification number", "MEDICALRECORD": "Medical record number", "HEALTHPLAN": "Health plan number",
     "ACCOUNT": "Account number", "LICENSE": "License number", "SSN": "Social security number",

@@ -302,7 +302,8 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
                     ) -> tuple[list[Instance], dict[str, int]]:
     """Relations annotated on entities (BRAT, BioC, PubTator, ChemProt/DrugProt, i2b2): one instance per related
     pair, plus sampled unrelated pairs (negative_ratio per positive, only between entity types that the dataset's
-    relations join, in their order) answered with the no-relation option. Returns also
+    relations join, in their order) answered with the no-relation option; a document's `negative_pairs` (pairs the
+    corpus marks as unrelated, such as EU-ADR's false associations) are all asked too. Returns also
     counts of what could not become an instance: `relations_unresolved` (a concept-level relation naming a
     concept no mention carries: `schema.resolve_concept_relations`), `relations_not_on_entities` (an argument
     is not an entity mention, e.g. a BRAT event), `pairs_ambiguous` (both mentions read the same, so the
@@ -360,7 +361,7 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
         cands, asked = [], set()  # one question per pair of names
         # pairs the corpus itself marks as unrelated (EU-ADR's false associations) are all asked, besides the
         # sampled ones
-        for k, neg in enumerate(d.get("negative_pairs", [])):
+        for neg in d.get("negative_pairs", []):
             a, b = neg["arg1"], neg["arg2"]
             if a not in ents or b not in ents:
                 raise DataError(f"{dataset}: document {d['id']}: unrelated pair {neg['id']} names {a}, {b}; "
