@@ -427,6 +427,31 @@ def make_deid(out: Path, rng: random.Random) -> None:
     write(out / "i2b2_2006_deid" / "deid_surrogate_sample.xml", "<ROOT>\n" + "\n".join(records) + "\n</ROOT>\n")
 
 
+def make_summ_releases(out: Path, rng: random.Random) -> None:
+    """Summarisation in the releases' own layouts: ACI-Bench's CSV (dataset, encounter_id, dialogue, note; quoted
+    fields with line breaks and commas) and the PubMed long-document JSONL (sentence lists, <S>-wrapped abstract)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    table = csv.writer(buf, lineterminator="\n")
+    table.writerow(["dataset", "encounter_id", "dialogue", "note"])
+    pubmed = []
+    for k in range(3):
+        dis, drug = rng.choice(DISEASES), rng.choice(DRUGS)
+        dialogue = (f"[doctor] hi , how are you feeling ?\n[patient] not great , my {dis} is back .\n"
+                    f"[doctor] okay , let's restart {drug} , twice a day .")
+        note = f"CHIEF COMPLAINT\n\n{dis.capitalize()}.\n\nPLAN\n\nRestart {drug}, twice daily."
+        table.writerow(["aci", f"D2N9{k:02d}", dialogue, note])
+        pubmed.append(json.dumps({
+            "article_id": f"PMC9{k:03d}", "section_names": ["introduction", "results"],
+            "article_text": [f"{dis} is common .", f"we gave {drug} to {30 + k} patients .", "symptoms improved ."],
+            "abstract_text": [f"<S> {drug} improved symptoms of {dis} . </S>", "<S> adverse events were rare . </S>"],
+            "sections": [[f"{dis} is common ."], [f"we gave {drug} to {30 + k} patients .", "symptoms improved ."]]}))
+    write(out / "summ" / "aci_bench_sample.csv", buf.getvalue())
+    write(out / "summ" / "pubmed_long_sample.txt", "\n".join(pubmed) + "\n")
+
+
 def make_i2b2(out: Path, rng: random.Random) -> None:
     for k in range(4):
         prob, test, treat = rng.choice(DISEASES), rng.choice(TESTS), rng.choice(DRUGS)
@@ -583,6 +608,7 @@ def main() -> None:
     make_euadr(out, random.Random(20261126))
     make_pico_data(out, random.Random(20261127))
     make_deid(out, random.Random(20261128))
+    make_summ_releases(out, random.Random(20261129))
     eval_root = out.parent / "eval_samples"
     for dst, src in EVAL_LAYOUT.items():
         write(eval_root / dst, (out / src).read_text(encoding="utf-8"))

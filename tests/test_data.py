@@ -127,7 +127,8 @@ def test_every_reader_on_samples():
              "i2b2_2008_obesity": SAMPLES / "dc/i2b2_2008_obesity", "n2c2_2018_cohort": SAMPLES / "dc/n2c2_2018_cohort",
              "nli4ct": SAMPLES / "dc/nli4ct/train.json", "euadr_csv": SAMPLES / "euadr",
              "pico_data": SAMPLES / "pico_data/annotations/train/PICO-annos-crowdsourcing-agg.json",
-             "i2b2_2014_deid": SAMPLES / "i2b2_2014_deid", "i2b2_2006_deid": SAMPLES / "i2b2_2006_deid"}
+             "i2b2_2014_deid": SAMPLES / "i2b2_2014_deid", "i2b2_2006_deid": SAMPLES / "i2b2_2006_deid",
+             "summ_csv": SAMPLES / "summ/aci_bench_sample.csv"}
     assert set(cases) == set(READERS)
     for name, path in cases.items():
         docs = READERS[name](path)
@@ -601,6 +602,24 @@ def test_chemprot_and_drugprot_release_layout(tmp_path):
         READERS["chemprot_tsv"](split)
     with pytest.raises(DataError, match=r"expected a ChemProt/DrugProt split directory"):
         READERS["chemprot_tsv"](split / "chemprot_training_abstracts.tsv")
+
+
+def test_summarization_release_layouts(tmp_path):
+    aci = READERS["summ_csv"](SAMPLES / "summ/aci_bench_sample.csv")  # ACI-Bench: dialogue -> note
+    assert [d["id"] for d in aci] == ["D2N900", "D2N901", "D2N902"]
+    assert aci[0]["text"].startswith("[doctor] hi , how") and "\n[patient]" in aci[0]["text"]
+    assert aci[0]["summary"].startswith("CHIEF COMPLAINT\n\n")
+    with pytest.raises(DataError, match=r"aci_bench_sample\.csv:1: no column 'transcript' \(text_column\)"):
+        READERS["summ_csv"](SAMPLES / "summ/aci_bench_sample.csv", text_column="transcript")
+    pubmed = READERS["summ_jsonl"](SAMPLES / "summ/pubmed_long_sample.txt")  # the long-document release's layout
+    assert pubmed[0]["id"] == "PMC9000" and "<S>" not in pubmed[0]["summary"]
+    assert pubmed[0]["summary"].endswith(". adverse events were rare .") and pubmed[0]["text"].endswith("improved .")
+    (tmp_path / "x.jsonl").write_text('{"article_text": "one string", "abstract_text": []}\n')
+    with pytest.raises(DataError, match=r"x\.jsonl:1: article_text is not a list of sentences"):
+        READERS["summ_jsonl"](tmp_path / "x.jsonl")
+    (tmp_path / "y.jsonl").write_text('{"body": "x"}\n')
+    with pytest.raises(DataError, match=r"y\.jsonl:1: expected fields 'text' and 'summary', or 'article_text'"):
+        READERS["summ_jsonl"](tmp_path / "y.jsonl")
 
 
 def test_i2b2_deid_release_layouts(tmp_path):

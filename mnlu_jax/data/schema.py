@@ -19,7 +19,9 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import os
 import re
@@ -129,6 +131,39 @@ def read_text(path: Path, fallback: str | None = None) -> str:
         return Path(path).read_text(encoding=fallback)
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e})") from e
+
+
+def read_csv_table(path: Path, columns: dict[str, str | None]) -> tuple[list[str], list[tuple[int, int, list[str]]]]:
+    """A CSV file with a header: (the header's names, [(record number, the line it ends on, fields)]), blank
+    records skipped. `columns` maps option names to the column names they ask for (None: not asked); a missing one
+    is an error naming the option and the header. Quoted fields may span lines and exceed csv's 128 KiB default;
+    a spreadsheet's byte-order mark is dropped; a record with more or fewer fields than the header names its line."""
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    rows, ends = [], []
+    limit = csv.field_size_limit(2**31 - 1)  # a clinical note or dialogue may be longer than csv's default
+    try:
+        for row in reader:
+            rows.append(row)
+            ends.append(reader.line_num)
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: cannot read as CSV ({e})") from e
+    finally:
+        csv.field_size_limit(limit)
+    if not rows:
+        raise DataError(f"{path}: empty file")
+    header = [h.strip().lstrip("\ufeff") for h in rows[0]]
+    for option, name in columns.items():
+        if name is not None and name not in header:
+            raise DataError(f"{path}:1: no column {name!r} ({option}); the header has {header}")
+    records = []
+    for n, (cols, line) in enumerate(zip(rows[1:], ends[1:]), 1):
+        if not any(c.strip() for c in cols):
+            continue
+        if len(cols) != len(header):
+            raise DataError(f"{path}:{line}: record {n} (ending on this line) has {len(cols)} fields, the header "
+                            f"{len(header)}")
+        records.append((n, line, cols))
+    return header, records
 
 
 def read_json_object(path: Path, what: str) -> dict:

@@ -26,12 +26,10 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError, read_json_object, read_text
+from mnlu_jax.data.schema import DataError, read_csv_table, read_json_object, read_text
 
 
 def _xml_root(path: Path) -> ET.Element:
@@ -58,32 +56,12 @@ def read_classification_csv(path: str | Path, text_column: str = "transcription"
                             label_column: str = "medical_specialty", id_column: str | None = None,
                             label_sep: str | None = None) -> list[dict]:
     path = Path(path)
-    reader = csv.reader(io.StringIO(read_text(path), newline=""))
-    rows, ends = [], []  # each row and the line it ends on (a quoted field may span several lines)
-    limit = csv.field_size_limit(2**31 - 1)  # a clinical note may be longer than csv's default 128 KiB field
-    try:
-        for row in reader:
-            rows.append(row)
-            ends.append(reader.line_num)
-    except csv.Error as e:
-        raise DataError(f"{path}:{reader.line_num}: cannot read as CSV ({e})") from e
-    finally:
-        csv.field_size_limit(limit)
-    if not rows:
-        raise DataError(f"{path}: empty file")
-    header = [h.strip().lstrip("\ufeff") for h in rows[0]]  # a spreadsheet's byte-order mark
-    for role, name in (("text_column", text_column), ("label_column", label_column), ("id_column", id_column)):
-        if name is not None and name not in header:
-            raise DataError(f"{path}:1: no column {name!r} ({role}); the header has {header}")
+    header, records = read_csv_table(path, {"text_column": text_column, "label_column": label_column,
+                                            "id_column": id_column})
     i_text, i_label = header.index(text_column), header.index(label_column)
     i_id = header.index(id_column) if id_column is not None else 0 if header[0] == "" else None
     docs = []
-    for n, (cols, line) in enumerate(zip(rows[1:], ends[1:]), 1):
-        if not any(c.strip() for c in cols):
-            continue
-        if len(cols) != len(header):
-            raise DataError(f"{path}:{line}: record {n} (ending on this line) has {len(cols)} fields, the header "
-                            f"{len(header)}")
+    for n, line, cols in records:
         raw = cols[i_label]
         labels = [x.strip() for x in (raw.split(label_sep) if label_sep else [raw]) if x.strip()]
         if not labels:

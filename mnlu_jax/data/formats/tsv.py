@@ -12,7 +12,8 @@
 - sts_tsv: a header naming `sentence1`/`sent1`, `sentence2`/`sent2` and `score` (GLUE STS-B, BLUE BioSSES, BLURB
   BIOSSES; the id is `index`, `pair_id` or an unnamed first column, pandas' index).
 - qa_tsv: BLURB BioASQ form `id<TAB>question<TAB>passage<TAB>yes|no`.
-- summ_jsonl: {"id", "text", "summary"} per line.
+- summ_jsonl: {"id", "text", "summary"} per line, or the PubMed long-document release's layout (below).
+- summ_csv: a CSV with a header naming the text, summary and id columns (ACI-Bench: dialogue, note, encounter_id).
 
 BLUE wrote its TSVs with Python's `csv.writer`, which wraps a field holding a tab or a double quote in quotes and
 doubles the quotes inside (`"a ""b"" c"`; BLUE's BioSSES dev file has a sentence with a tab in it). GLUE's STS-B
@@ -27,7 +28,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError, iter_jsonl, read_text
+from mnlu_jax.data.schema import DataError, iter_jsonl, read_csv_table, read_text
 
 # A csv.writer-quoted field: an opening quote, text in which every quote is doubled, a closing quote at the end of
 # the field.
@@ -174,11 +175,40 @@ def read_qa_tsv(path: str | Path) -> list[dict]:
     return docs
 
 
+def _cohan_sentences(sentences: list, path: Path, n: int, field: str) -> str:
+    """The PubMed/arXiv long-document release's sentence lists, joined; abstract sentences come as `<S> ... </S>`."""
+    if not isinstance(sentences, list) or not all(isinstance(x, str) for x in sentences):
+        raise DataError(f"{path}:{n}: {field} is not a list of sentences")
+    return " ".join(" ".join(re.sub(r"</?S>", " ", x).split()) for x in sentences if x.strip())
+
+
 def read_summ_jsonl(path: str | Path) -> list[dict]:
+    """{"id", "text", "summary"} per line, or the PubMed long-document release's own layout (Cohan et al. 2018:
+    {"article_id", "article_text": [sentences], "abstract_text": ["<S> sentence </S>", ...], ...})."""
     path = Path(path)
     docs = []
     for n, r in iter_jsonl(path):
-        if "text" not in r or "summary" not in r:
-            raise DataError(f"{path}:{n}: expected fields 'text' and 'summary'")
-        docs.append({"schema": "text", "id": str(r.get("id", n)), "text": r["text"], "labels": [], "summary": r["summary"]})
+        if "article_text" in r and "abstract_text" in r:
+            text = _cohan_sentences(r["article_text"], path, n, "article_text")
+            summary = _cohan_sentences(r["abstract_text"], path, n, "abstract_text")
+            doc_id = str(r.get("article_id", n))
+        elif "text" in r and "summary" in r:
+            text, summary, doc_id = r["text"], r["summary"], str(r.get("id", n))
+        else:
+            raise DataError(f"{path}:{n}: expected fields 'text' and 'summary', or 'article_text' and "
+                            "'abstract_text' (the PubMed long-document release)")
+        docs.append({"schema": "text", "id": doc_id, "text": text, "labels": [], "summary": summary})
     return docs
+
+
+def read_summ_csv(path: str | Path, text_column: str = "dialogue", summary_column: str = "note",
+                  id_column: str | None = "encounter_id") -> list[dict]:
+    """A CSV with a header, one document per record (ACI-Bench's `train.csv`: dataset, encounter_id, dialogue,
+    note); the id is `id_column`, else the record number."""
+    path = Path(path)
+    header, records = read_csv_table(path, {"text_column": text_column, "summary_column": summary_column,
+                                            "id_column": id_column})
+    i_text, i_sum = header.index(text_column), header.index(summary_column)
+    i_id = header.index(id_column) if id_column is not None else None
+    return [{"schema": "text", "id": cols[i_id].strip() if i_id is not None else str(n), "text": cols[i_text].strip(),
+             "labels": [], "summary": cols[i_sum].strip()} for n, _, cols in records]
