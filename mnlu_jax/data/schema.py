@@ -25,6 +25,7 @@ import io
 import json
 import os
 import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -133,12 +134,34 @@ def read_text(path: Path, fallback: str | None = None) -> str:
         raise DataError(f"{path}: cannot read ({e})") from e
 
 
-def read_csv_table(path: Path, columns: dict[str, str | None]) -> tuple[list[str], list[tuple[int, int, list[str]]]]:
+def input_files(path: Path, pattern: str, what: str) -> list[Path]:
+    """`path` itself if it is a file, else the files in it matching `pattern` (sorted); a missing path or an empty
+    match is a DataError naming `what` was expected."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    files = [path] if path.is_file() else sorted(f for f in path.glob(pattern) if f.is_file())
+    if not files:
+        raise DataError(f"{path}: no {what} ({pattern})")
+    return files
+
+
+def read_xml_root(path: Path) -> ET.Element:
+    """The root element of a UTF-8 XML file; unreadable or invalid XML is a DataError naming the file."""
+    try:
+        return ET.fromstring(read_text(path))
+    except ET.ParseError as e:
+        raise DataError(f"{path}: invalid XML ({e})") from e
+
+
+def read_csv_table(path: Path, columns: dict[str, str | None], delimiter: str = ",", fallback: str | None = None
+                   ) -> tuple[list[str], list[tuple[int, int, list[str]]]]:
     """A CSV file with a header: (the header's names, [(record number, the line it ends on, fields)]), blank
     records skipped. `columns` maps option names to the column names they ask for (None: not asked); a missing one
     is an error naming the option and the header. Quoted fields may span lines and exceed csv's 128 KiB default;
-    a spreadsheet's byte-order mark is dropped; a record with more or fewer fields than the header names its line."""
-    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    a spreadsheet's byte-order mark is dropped; a record with more or fewer fields than the header names its line.
+    `fallback` is the encoding of a file that is not UTF-8 (`read_text`)."""
+    reader = csv.reader(io.StringIO(read_text(path, fallback), newline=""), delimiter=delimiter)
     rows, ends = [], []
     limit = csv.field_size_limit(2**31 - 1)  # a clinical note or dialogue may be longer than csv's default
     try:

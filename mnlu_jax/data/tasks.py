@@ -358,7 +358,14 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
             ta, tb = ents[a]["type"], ents[b]["type"]
             return (a, b) if (ta, tb) in joined else (b, a) if (tb, ta) in joined else None
 
-        cands, asked = [], set()  # one question per pair of names
+        asked = set()
+
+        def first_asking(a, b):  # one question per pair of names
+            if (name(a), name(b)) in asked:
+                return False
+            asked.add((name(a), name(b)))
+            return True
+
         # pairs the corpus itself marks as unrelated (EU-ADR's false associations) are all asked, besides the
         # sampled ones
         for neg in d.get("negative_pairs", []):
@@ -366,13 +373,10 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
             if a not in ents or b not in ents:
                 raise DataError(f"{dataset}: document {d['id']}: unrelated pair {neg['id']} names {a}, {b}; "
                                 "expected two entity ids")
-            if (name(a), name(b)) not in asked and not same(a, b):
-                asked.add((name(a), name(b)))
+            if not same(a, b) and first_asking(a, b):
                 pairs.append((a, b, None, neg["id"]))
-        for pair in (oriented(a, b) for a in ents for b in ents if a < b and not same(a, b)):
-            if pair is not None and (name(pair[0]), name(pair[1])) not in asked:
-                asked.add((name(pair[0]), name(pair[1])))
-                cands.append(pair)
+        cands = [pair for pair in (oriented(a, b) for a in ents for b in ents if a < b and not same(a, b))
+                 if pair is not None and first_asking(*pair)]
         rng.shuffle(cands)
         positives = sum(typ is not None for _, _, typ, _ in pairs)
         for k, (a, b) in enumerate(cands[: int(round(negative_ratio * positives))]):

@@ -26,26 +26,9 @@
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError, read_csv_table, read_json_object, read_text
-
-
-def _xml_root(path: Path) -> ET.Element:
-    try:
-        return ET.fromstring(read_text(path))
-    except ET.ParseError as e:
-        raise DataError(f"{path}: invalid XML ({e})") from e
-
-
-def _xml_files(path: Path, pattern: str, what: str) -> list[Path]:
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory")
-    files = [path] if path.is_file() else sorted(f for f in path.glob(pattern) if f.is_file())
-    if not files:
-        raise DataError(f"{path}: no {what} ({pattern})")
-    return files
+from mnlu_jax.data.schema import DataError, input_files, read_csv_table, read_json_object, read_xml_root
 
 
 def _doc(doc_id: str, text: str, labels: list[str]) -> dict:
@@ -73,8 +56,8 @@ def read_classification_csv(path: str | Path, text_column: str = "transcription"
 def read_i2b2_2006_smoking(path: str | Path) -> list[dict]:
     path = Path(path)
     docs = []
-    for f in _xml_files(path, "*.xml", "i2b2 2006 smoking XML file"):
-        for k, rec in enumerate(_xml_root(f).iter("RECORD"), 1):
+    for f in input_files(path, "*.xml", "i2b2 2006 smoking XML file"):
+        for k, rec in enumerate(read_xml_root(f).iter("RECORD"), 1):
             smoking, text = rec.find("SMOKING"), rec.find("TEXT")
             if rec.get("ID") is None or smoking is None or smoking.get("STATUS") is None or text is None:
                 raise DataError(f"{f}: RECORD {rec.get('ID', f'#{k}')}: expected an ID, <SMOKING STATUS=...> and "
@@ -90,8 +73,8 @@ def read_i2b2_2008_obesity(path: str | Path, source: str = "intuitive") -> list[
     if not path.is_dir():
         raise DataError(f"{path}: expected a directory holding *patient_records*.xml and *standoff*.xml files")
     texts: dict[str, str] = {}
-    for f in _xml_files(path, "*patient_records*.xml", "record files"):
-        for doc in _xml_root(f).iter("doc"):
+    for f in input_files(path, "*patient_records*.xml", "record files"):
+        for doc in read_xml_root(f).iter("doc"):
             doc_id = doc.get("id")
             if doc_id is None or doc.find("text") is None:
                 raise DataError(f"{f}: a <doc> without an id or <text>")
@@ -100,8 +83,8 @@ def read_i2b2_2008_obesity(path: str | Path, source: str = "intuitive") -> list[
             texts[doc_id] = (doc.findtext("text") or "").strip()
     judged: dict[str, dict[str, str]] = {}
     sources = set()
-    for f in _xml_files(path, "*standoff*.xml", "judgment files"):
-        for diseases in _xml_root(f).iter("diseases"):
+    for f in input_files(path, "*standoff*.xml", "judgment files"):
+        for diseases in read_xml_root(f).iter("diseases"):
             sources.add(diseases.get("source"))
             if diseases.get("source") != source:
                 continue
@@ -125,8 +108,8 @@ def read_i2b2_2008_obesity(path: str | Path, source: str = "intuitive") -> list[
 def read_n2c2_2018_cohort(path: str | Path) -> list[dict]:
     path = Path(path)
     docs = []
-    for f in _xml_files(path, "*.xml", "n2c2 2018 cohort XML files"):
-        root = _xml_root(f)
+    for f in input_files(path, "*.xml", "n2c2 2018 cohort XML files"):
+        root = read_xml_root(f)
         text, tags = root.find("TEXT"), root.find("TAGS")
         if text is None or tags is None:
             raise DataError(f"{f}: expected <TEXT> and <TAGS> under <{root.tag}>")

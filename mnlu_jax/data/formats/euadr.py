@@ -16,11 +16,9 @@ not UTF-8 is read as Latin-1.
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError, check_span, read_text
+from mnlu_jax.data.schema import DataError, check_span, input_files, read_csv_table
 
 COLUMNS = ["ASSOCIATION_TYPE", "PMID", "NUM_SENTENCE", "ENTITY1_TEXT", "ENTITY1_INI", "ENTITY1_END", "ENTITY1_TYPE",
            "ENTITY2_TEXT", "ENTITY2_INI", "ENTITY2_END", "ENTITY2_TYPE", "SENTENCE"]
@@ -28,24 +26,13 @@ ASSOCIATIONS = ("PA", "NA", "SA", "FA")
 
 
 def read_euadr_csv(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory")
-    files = [path] if path.is_file() else sorted(path.glob("EUADR_*.csv"))
-    if not files:
-        raise DataError(f"{path}: no EUADR_*.csv files")
     docs: dict[str, dict] = {}
-    for f in files:
-        reader = csv.reader(io.StringIO(read_text(f, fallback="latin-1"), newline=""), delimiter="\t")
-        header = next(reader, None)
+    for f in input_files(Path(path), "EUADR_*.csv", "EUADR_*.csv files"):
+        header, records = read_csv_table(f, {}, delimiter="\t", fallback="latin-1")
         if header != COLUMNS:
             raise DataError(f"{f}:1: expected the header {COLUMNS}, got {header}")
-        for row in reader:
-            where = f"{f}:{reader.line_num}"
-            if not row:
-                continue
-            if len(row) != len(COLUMNS):
-                raise DataError(f"{where}: {len(row)} fields, expected {len(COLUMNS)}")
+        for _, line, row in records:
+            where = f"{f}:{line}"
             r = dict(zip(COLUMNS, row))
             if r["ASSOCIATION_TYPE"] not in ASSOCIATIONS:
                 raise DataError(f"{where}: association {r['ASSOCIATION_TYPE']!r}; expected one of {ASSOCIATIONS}")

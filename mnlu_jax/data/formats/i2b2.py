@@ -21,7 +21,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError, check_span, read_text
+from mnlu_jax.data.schema import DataError, check_span, input_files, read_text, read_xml_root
 
 _CON = re.compile(r'^c="(.*)" (\d+):(\d+) (\d+):(\d+)\|\|t="([^"]+)"$')
 _REL = re.compile(r'^c="(.*)" (\d+):(\d+) (\d+):(\d+)\|\|r="([^"]+)"\|\|c="(.*)" (\d+):(\d+) (\d+):(\d+)$')
@@ -99,23 +99,25 @@ def read_i2b2_2010(path: str | Path) -> list[dict]:
     return docs
 
 
+def _cdata_text_and_tags(raw: str, f: Path, tags_required: bool) -> tuple[str, list[ET.Element]]:
+    """The i2b2 XML layout (2012 temporal, 2014 de-identification): the CDATA text exactly as the file holds it (the
+    offsets index it; an XML parser would normalise its line ends) and the elements under <TAGS> (none without, unless
+    `tags_required`: 2014's unlabelled test notes have no <TAGS>, and must not read as notes without PHI)."""
+    m = re.search(r"<TEXT><!\[CDATA\[(.*?)\]\]></TEXT>", raw, re.S)
+    tags_xml = re.search(r"<TAGS>(.*?)</TAGS>", raw, re.S)
+    if not m or (tags_required and not tags_xml):
+        raise DataError(f"{f}: expected <TEXT><![CDATA[...]]></TEXT>" + (" and <TAGS>...</TAGS>" if tags_required
+                                                                          else ""))
+    try:
+        return m.group(1), list(ET.fromstring(f"<TAGS>{tags_xml.group(1) if tags_xml else ''}</TAGS>"))
+    except ET.ParseError as e:
+        raise DataError(f"{f}: invalid <TAGS> XML ({e})") from e
+
+
 def read_i2b2_2012(path: str | Path) -> list[dict]:
-    base = Path(path)
-    files = [base] if base.is_file() else sorted(base.glob("*.xml"))
-    if not files:
-        raise DataError(f"{base}: no .xml files")
     docs = []
-    for f in files:
-        raw = f.read_text(encoding="utf-8")
-        m = re.search(r"<TEXT><!\[CDATA\[(.*?)\]\]></TEXT>", raw, re.S)
-        if not m:
-            raise DataError(f"{f}: no <TEXT><![CDATA[...]]></TEXT> block")
-        text = m.group(1)
-        tags_xml = re.search(r"<TAGS>(.*?)</TAGS>", raw, re.S)
-        try:
-            tags = ET.fromstring(f"<TAGS>{tags_xml.group(1) if tags_xml else ''}</TAGS>")
-        except ET.ParseError as e:
-            raise DataError(f"{f}: invalid <TAGS> XML ({e})") from e
+    for f in input_files(Path(path), "*.xml", "i2b2 2012 .xml files"):
+        text, tags = _cdata_text_and_tags(read_text(f), f, tags_required=False)
         spans = [t for t in tags if t.tag in ("EVENT", "TIMEX3")]
         shift = None
         for cand in (0, 1):
@@ -147,33 +149,17 @@ def read_i2b2_2012(path: str | Path) -> list[dict]:
     return docs
 
 
-def _xml_files(path: Path, what: str) -> list[Path]:
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory")
-    files = [path] if path.is_file() else sorted(path.glob("*.xml"))
-    if not files:
-        raise DataError(f"{path}: no {what} .xml files")
-    return files
-
-
 def read_i2b2_2014_deid(path: str | Path, level: str = "type") -> list[dict]:
     if level not in ("type", "category"):
         raise ValueError(f"level: expected 'type' or 'category', got {level!r}")
     docs = []
-    for f in _xml_files(Path(path), "i2b2 2014 de-identification"):
+    for f in input_files(Path(path), "*.xml", "i2b2 2014 de-identification .xml files"):
         try:
             raw = f.read_bytes().decode("utf-8")  # no newline translation: the offsets count what the file holds
         except (OSError, UnicodeDecodeError) as e:
             raise DataError(f"{f}: cannot read ({e})") from e
-        m = re.search(r"<TEXT><!\[CDATA\[(.*?)\]\]></TEXT>", raw, re.S)
-        tags_xml = re.search(r"<TAGS>(.*?)</TAGS>", raw, re.S)
-        if not m or not tags_xml:
-            raise DataError(f"{f}: expected <TEXT><![CDATA[...]]></TEXT> and <TAGS>...</TAGS>")
-        try:
-            tags = list(ET.fromstring(f"<TAGS>{tags_xml.group(1)}</TAGS>"))
-        except ET.ParseError as e:
-            raise DataError(f"{f}: invalid <TAGS> XML ({e})") from e
-        texts = [m.group(1)] + ([m.group(1).replace("\r\n", "\n")] if "\r\n" in m.group(1) else [])
+        cdata, tags = _cdata_text_and_tags(raw, f, tags_required=True)
+        texts = [cdata] + ([cdata.replace("\r\n", "\n")] if "\r\n" in cdata else [])
         for k, text in enumerate(texts):
             try:
                 ents = []
@@ -198,12 +184,8 @@ def read_i2b2_2014_deid(path: str | Path, level: str = "type") -> list[dict]:
 
 def read_i2b2_2006_deid(path: str | Path) -> list[dict]:
     docs = []
-    for f in _xml_files(Path(path), "i2b2 2006 de-identification"):
-        try:
-            root = ET.fromstring(read_text(f))
-        except ET.ParseError as e:
-            raise DataError(f"{f}: invalid XML ({e})") from e
-        for k, rec in enumerate(root.iter("RECORD"), 1):
+    for f in input_files(Path(path), "*.xml", "i2b2 2006 de-identification .xml files"):
+        for k, rec in enumerate(read_xml_root(f).iter("RECORD"), 1):
             body = rec.find("TEXT")
             if rec.get("ID") is None or body is None:
                 raise DataError(f"{f}: RECORD {rec.get('ID', f'#{k}')}: expected an ID and a <TEXT>")
