@@ -7,9 +7,11 @@ Each side runs warm-up steps first (ours: compilation).
 Ours computes the loss with the fused LM head + cross-entropy in chunks of `--loss-chunk` positions (the
 single-device setting; see mnlu_jax/train/loss.py) and runs the layers as a Python loop (`scan_layers: false`, as
 configs/train/tiny.yaml); the layer scan and the one-piece loss are measured alongside as variants.
-On a GPU machine, `--preset 1b --dtype bfloat16` measures MFU of a ~1B-parameter config instead.
+`--preset smollm2` is SmolLM2-135M's shape, the model the demo fine-tunes (README: `--batch 4 --seq 384 --steps 2
+--loss-mask sft`). On a GPU machine, `--preset 1b --dtype bfloat16` measures MFU of a ~1B-parameter config instead.
 
-    python benchmarks/train.py [--steps 5] [--rounds 3] [--batch 8] [--seq 256] [--loss-mask all|sft]
+    python benchmarks/train.py [--preset small|smollm2|1b] [--steps 5] [--rounds 3] [--batch 8] [--seq 256]
+                               [--loss-mask all|sft]
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ PRESETS = {
                   num_key_value_heads=2, sliding_window=None),
     "1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=7168, num_hidden_layers=16, num_attention_heads=16,
                num_key_value_heads=8, sliding_window=None),
+    # SmolLM2-135M's shape (configs/train/demo_smollm2.yaml fine-tunes it on CPU in the demo): a 49k-token vocabulary
+    # with tied embeddings, so the LM head is a fifth of the FLOPs
+    "smollm2": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True, sliding_window=None),
 }
 
 
