@@ -452,6 +452,22 @@ def make_summ_releases(out: Path, rng: random.Random) -> None:
     write(out / "summ" / "pubmed_long_sample.txt", "\n".join(pubmed) + "\n")
 
 
+def make_summ_pairs(out: Path, rng: random.Random) -> None:
+    """Line-aligned `.source` / `.target` / `.doi` files, the layout CDSR's preprocessing script (and the Cochrane
+    simplification release) write: a review abstract per line, its plain-language summary on the same line of
+    the target file."""
+    sources, targets, dois = [], [], []
+    for k in range(3):
+        dis, drug = rng.choice(DISEASES), rng.choice(DRUGS)
+        n = rng.randint(3, 12)
+        sources.append(f"Background: {dis.capitalize()} is common. Objectives: To assess {drug} for {dis}. "
+                       f"Main results: We included {n} trials; {drug} reduced symptoms (moderate-certainty evidence).")
+        targets.append(f"We found {n} studies. {drug.capitalize()} probably helps people with {dis} feel better.")
+        dois.append(f"10.1002/14651858.CD9{k:05d}" + (".pub2" if k == 1 else ""))
+    for suffix, lines in (("source", sources), ("target", targets), ("doi", dois)):
+        write(out / "summ" / "cdsr" / f"train.{suffix}", "\n".join(lines) + "\n")
+
+
 def make_i2b2(out: Path, rng: random.Random) -> None:
     for k in range(4):
         prob, test, treat = rng.choice(DISEASES), rng.choice(TESTS), rng.choice(DRUGS)
@@ -609,6 +625,7 @@ def main() -> None:
     make_pico_data(out, random.Random(20261127))
     make_deid(out, random.Random(20261128))
     make_summ_releases(out, random.Random(20261129))
+    make_summ_pairs(out, random.Random(20261130))
     eval_root = out.parent / "eval_samples"
     for dst, src in EVAL_LAYOUT.items():
         write(eval_root / dst, (out / src).read_text(encoding="utf-8"))

@@ -128,7 +128,7 @@ def test_every_reader_on_samples():
              "nli4ct": SAMPLES / "dc/nli4ct/train.json", "euadr_csv": SAMPLES / "euadr",
              "pico_data": SAMPLES / "pico_data/annotations/train/PICO-annos-crowdsourcing-agg.json",
              "i2b2_2014_deid": SAMPLES / "i2b2_2014_deid", "i2b2_2006_deid": SAMPLES / "i2b2_2006_deid",
-             "summ_csv": SAMPLES / "summ/aci_bench_sample.csv"}
+             "summ_csv": SAMPLES / "summ/aci_bench_sample.csv", "summ_pair": SAMPLES / "summ/cdsr/train.source"}
     assert set(cases) == set(READERS)
     for name, path in cases.items():
         docs = READERS[name](path)
@@ -622,6 +622,28 @@ def test_summarization_release_layouts(tmp_path):
         READERS["summ_jsonl"](tmp_path / "y.jsonl")
 
 
+def test_summarization_line_aligned_pairs(tmp_path):
+    cdsr = READERS["summ_pair"](SAMPLES / "summ/cdsr/train.source")  # CDSR's .source / .target / .doi
+    assert [d["id"] for d in cdsr] == ["10.1002/14651858.CD900000", "10.1002/14651858.CD900001.pub2",
+                                       "10.1002/14651858.CD900002"]
+    assert cdsr[1]["text"].startswith("Background: Asthma") and cdsr[1]["summary"].startswith("We found 7 studies.")
+    for name in ("train", "train.target", "train.doi"):  # the stem or any of the files names the split
+        assert READERS["summ_pair"](SAMPLES / "summ/cdsr" / name) == cdsr
+    # split on "\n" only: a form feed or a lone carriage return inside a document keeps its line; CRLF ends a line
+    (tmp_path / "a.source").write_bytes(b"one\x0cpage\r\ntwo\rlines\r\n")
+    (tmp_path / "a.target").write_text("s1\ns2\n")
+    docs = READERS["summ_pair"](tmp_path / "a.source")
+    assert [(d["id"], d["text"], d["summary"]) for d in docs] == [("1", "one\x0cpage", "s1"), ("2", "two\rlines", "s2")]
+    (tmp_path / "a.target").write_text("s1\n")
+    with pytest.raises(DataError, match=r"a\.target: 1 lines, but .*a\.source has 2; the files must be line-aligned"):
+        READERS["summ_pair"](tmp_path / "a")
+    (tmp_path / "a.target").write_text("s1\n\n")
+    with pytest.raises(DataError, match=r"a\.target:2: empty line"):
+        READERS["summ_pair"](tmp_path / "a")
+    with pytest.raises(DataError, match=r"b\.source: no such file \(summ_pair reads b\.source with b\.target"):
+        READERS["summ_pair"](tmp_path / "b.target")
+
+
 def test_i2b2_deid_release_layouts(tmp_path):
     # 2014: CDATA text and PHI tags with offsets, read without newline translation (one sample note is CRLF)
     notes = {d["id"]: d for d in READERS["i2b2_2014_deid"](SAMPLES / "i2b2_2014_deid")}
@@ -724,6 +746,30 @@ def test_pubtator_biored_layout_and_unresolved_concepts(tmp_path):
     (tmp_path / "m.txt").write_text("\n".join(lines[:3] + ["8\t9\t13\trash\tDisease\tD7"]) + "\n")
     with pytest.raises(DataError, match=r"m\.txt:4: PMID '8' in the block of document '7'"):
         READERS["pubtator"](tmp_path / "m.txt")
+
+
+def test_document_id_list_selects_a_split(tmp_path):
+    """NLM-Gene ships every abstract in one folder (Corpus/FINAL/<PMID>.BioC.XML) and its splits as PMID lists
+    (Pmidlist.Train.txt); `document_ids` keeps the listed documents and counts the others."""
+    from mnlu_jax.data.build import DatasetSpec, dataset_instances, stats_markdown, statistics
+
+    folder = SAMPLES / "bioc/biored_sample.xml"
+    everything = READERS["bioc"](folder)
+    (tmp_path / "Pmidlist.Train.txt").write_text("9001\n\n9003\n")
+    spec = DatasetSpec(name="genes", reader="bioc", path=str(folder), task="NER", document_ids="Pmidlist.Train.txt")
+    inst, notes = dataset_instances(spec, 0, "mnlu", tmp_path)  # the list's path is relative to the config
+    assert sorted(i.id.split("-")[1] for i in inst) == ["9001", "9003"]
+    assert notes["documents"] == 2 and notes["documents_not_listed"] == len(everything) - 2
+    stats = statistics(inst, {"genes": notes})
+    assert f"documents not listed {len(everything) - 2}" in stats_markdown(stats)
+    (tmp_path / "Pmidlist.Test.txt").write_text("9001\n123\n456\n")
+    spec.document_ids = str(tmp_path / "Pmidlist.Test.txt")
+    with pytest.raises(DataError, match=r"dataset genes: document_ids .*Pmidlist\.Test\.txt: 2 listed ids have no "
+                                        r"document \(first: 123, 456\)"):
+        dataset_instances(spec, 0, "mnlu", tmp_path)
+    spec.document_ids = str(tmp_path / "missing.txt")
+    with pytest.raises(DataError, match=r"document_ids .*missing\.txt: cannot read"):
+        dataset_instances(spec, 0, "mnlu", tmp_path)
 
 
 def test_build_stats_list_what_was_left_out():

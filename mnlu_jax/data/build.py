@@ -41,6 +41,8 @@ class DatasetSpec:
     negative_ratio: float = 1.0                 # RE over annotated entities
     scale: str = "stsb"                         # STS: stsb | biosses
     attribute_values: dict[str, list[str]] | None = None  # EAC
+    document_ids: str | None = None             # keep only the documents listed in this file (one id a line):
+                                                # a split given as an id list over one folder (NLM-Gene)
 
 
 @dataclasses.dataclass
@@ -69,6 +71,23 @@ READER_COUNTS = {"skipped_annotations": "annotations_skipped",  # a reader's bad
                  "false_associations": "false_associations"}  # EU-ADR's FA pairs (no relation; sampled as such)
 
 
+def listed_documents(docs: list[dict], id_file: Path, dataset: str) -> tuple[list[dict], int]:
+    """The documents whose ids `id_file` lists (one a line, blank lines ignored), in the reader's order, and how
+    many were not listed. A listed id without a document is a DataError: a list for another release or folder."""
+    try:
+        wanted = {line.strip() for line in id_file.read_text(encoding="utf-8").splitlines() if line.strip()}
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"dataset {dataset}: document_ids {id_file}: cannot read ({e})") from e
+    if not wanted:
+        raise DataError(f"dataset {dataset}: document_ids {id_file}: no ids")
+    missing = sorted(wanted - {str(d["id"]) for d in docs})
+    if missing:
+        raise DataError(f"dataset {dataset}: document_ids {id_file}: {len(missing)} listed ids have no document "
+                        f"(first: {', '.join(missing[:5])})")
+    kept = [d for d in docs if str(d["id"]) in wanted]
+    return kept, len(docs) - len(kept)
+
+
 def dataset_instances(spec: DatasetSpec, seed: int, style: str, base: Path) -> tuple[list[Instance], dict]:
     """Read one dataset and turn it into Instances; returns also notes (e.g. skipped unlabeled pairs)."""
     if spec.reader not in READERS:
@@ -79,7 +98,13 @@ def dataset_instances(spec: DatasetSpec, seed: int, style: str, base: Path) -> t
     if not path.exists():
         raise FileNotFoundError(f"dataset {spec.name}: {path} does not exist")
     docs = READERS[spec.reader](path, **spec.reader_options)
+    not_listed = 0
+    if spec.document_ids is not None:
+        id_file = Path(spec.document_ids)
+        docs, not_listed = listed_documents(docs, id_file if id_file.is_absolute() else base / id_file, spec.name)
     notes: dict[str, Any] = {"documents": len(docs), "task": spec.task}
+    if not_listed:
+        notes["documents_not_listed"] = not_listed
     for doc_key, note_key in READER_COUNTS.items():
         count = sum(d.get(doc_key, 0) for d in docs)
         if count:
@@ -200,7 +225,7 @@ def statistics(instances: list[Instance], notes: dict, truncation: dict | None =
 # notes of dataset_instances that count what a corpus held but no instance could use
 LEFT_OUT = ("skipped_unlabeled", "relations_unresolved", "relations_not_on_entities", "pairs_ambiguous",
             "annotations_skipped", "individual_mentions_dropped", "relations_not_evaluated", "events_without_trigger",
-            "events_not_binary", "texts_empty")
+            "events_not_binary", "texts_empty", "documents_not_listed")
 
 
 def stats_markdown(stats: dict) -> str:

@@ -14,7 +14,7 @@ from mnlu_jax.data.formats.i2b2 import read_i2b2_2006_deid, read_i2b2_2010, read
 from mnlu_jax.data.formats.jsonfmt import read_nli_jsonl, read_pico_data, read_pubmedqa
 from mnlu_jax.data.formats.pubtator import read_pubtator
 from mnlu_jax.data.formats.tsv import (read_blue_re, read_classification_tsv, read_hoc_tsv, read_qa_tsv,
-                                       read_sts_tsv, read_summ_csv, read_summ_jsonl)
+                                       read_sts_tsv, read_summ_csv, read_summ_jsonl, read_summ_pair)
 
 READERS = {
     "iob": read_iob,
@@ -44,4 +44,5 @@ READERS = {
     "qa_tsv": read_qa_tsv,
     "summ_jsonl": read_summ_jsonl,
     "summ_csv": read_summ_csv,
+    "summ_pair": read_summ_pair,
 }

@@ -14,6 +14,9 @@
 - qa_tsv: BLURB BioASQ form `id<TAB>question<TAB>passage<TAB>yes|no`.
 - summ_jsonl: {"id", "text", "summary"} per line, or the PubMed long-document release's layout (below).
 - summ_csv: a CSV with a header naming the text, summary and id columns (ACI-Bench: dialogue, note, encounter_id).
+- summ_pair: line-aligned `<split>.source` / `<split>.target` files, one document per line (the fairseq layout in
+  which CDSR's preprocessing script and the Cochrane simplification release write their splits), ids from
+  `<split>.doi` or `<split>.id` when present.
 
 BLUE wrote its TSVs with Python's `csv.writer`, which wraps a field holding a tab or a double quote in quotes and
 doubles the quotes inside (`"a ""b"" c"`; BLUE's BioSSES dev file has a sentence with a tab in it). GLUE's STS-B
@@ -212,3 +215,48 @@ def read_summ_csv(path: str | Path, text_column: str = "dialogue", summary_colum
     i_id = header.index(id_column) if id_column is not None else None
     return [{"schema": "text", "id": cols[i_id].strip() if i_id is not None else str(n), "text": cols[i_text].strip(),
              "labels": [], "summary": cols[i_sum].strip()} for n, _, cols in records]
+
+
+_PAIR_SUFFIXES = (".source", ".target", ".doi", ".id")
+
+
+def _pair_lines(path: Path) -> list[str]:
+    """A line-aligned file's lines, split on "\n" alone (a stray carriage return or form feed inside a document
+    must not shift the alignment, as Python's universal newlines would), a trailing "\r" removed from each."""
+    try:
+        raw = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+    lines = raw.split("\n")
+    if lines and lines[-1] == "":  # the newline that ends the last line
+        lines.pop()
+    return [x[:-1] if x.endswith("\r") else x for x in lines]
+
+
+def read_summ_pair(path: str | Path) -> list[dict]:
+    """Line-aligned `<split>.source` (texts) and `<split>.target` (summaries): `path` names either file or their
+    common stem. Ids come from `<split>.doi` or `<split>.id` if one is there, else the line number. Files of
+    different lengths, or an empty text or summary, are a DataError naming the file and line: in this layout one
+    missing line shifts every pair after it."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in _PAIR_SUFFIXES else path
+    source, target = stem.with_name(stem.name + ".source"), stem.with_name(stem.name + ".target")
+    for f in (source, target):
+        if not f.is_file():
+            raise DataError(f"{f}: no such file (summ_pair reads {source.name} with {target.name} beside it)")
+    texts, summaries = _pair_lines(source), _pair_lines(target)
+    id_file = next((f for f in (stem.with_name(stem.name + ".doi"), stem.with_name(stem.name + ".id"))
+                    if f.is_file()), None)
+    ids = _pair_lines(id_file) if id_file is not None else [str(n) for n in range(1, len(texts) + 1)]
+    for f, lines in ((target, summaries), (id_file, ids)):
+        if f is not None and len(lines) != len(texts):
+            raise DataError(f"{f}: {len(lines)} lines, but {source} has {len(texts)}; the files must be line-aligned")
+    docs = []
+    for n, (text, summary, doc_id) in enumerate(zip(texts, summaries, ids), 1):
+        for f, value in ((source, text), (target, summary)):
+            if not value.strip():
+                raise DataError(f"{f}:{n}: empty line (expected one document per line)")
+        docs.append({"schema": "text", "id": doc_id.strip() or str(n), "text": text.strip(), "labels": [],
+                     "summary": summary.strip()})
+    return docs
+
