@@ -21,6 +21,8 @@ EXPANSIONS = {
     # ChemProt / DrugProt entity types
     "CHEMICAL": "Chemical", "GENE": "Gene", "GENE-Y": "Gene (normalizable)",
     "GENE-N": "Gene (not normalizable)",
+    # GNormPlus's corpus annotates gene families and protein domains beside genes
+    "FamilyName": "Gene family", "DomainMotif": "Protein domain or motif",
 }
 # ChemProt's CPR groups and DrugProt's relation types, read from their own releases (formats/chemprot.py), are
 # worded as the verb of an option "'{e1}' <expansion> '{e2}'." (the chemical first, the gene second).
