@@ -468,6 +468,32 @@ def make_summ_pairs(out: Path, rng: random.Random) -> None:
         write(out / "summ" / "cdsr" / f"train.{suffix}", "\n".join(lines) + "\n")
 
 
+def make_medication_2009(out: Path) -> None:
+    """The i2b2 2009 medication layout: extension-less records and their entries files (`<id>.m`,
+    `<id>_gold.entries`), with the release's habits: lower-cased mention texts, a token carrying a full stop the
+    annotation leaves out, "..."-joined parts, a range over a line end, a stray third "|", and a record without
+    entries (never annotated)."""
+    folder = out / "i2b2_2009_medication"
+    write(folder / "900101", "Admission Date : 01/02/2090\nDISCHARGE MEDICATIONS :\n1. Aspirin 81 mg p.o. daily .\n"
+                             "2. Metoprolol 25 mg p.o. b.i.d. for\nhypertension .\n"
+                             "She was started on heparin for anticoagulation.\n")
+    write(folder / "900101.m",
+          'm="aspirin" 3:1 3:1||do="81 mg" 3:2 3:3||mo="p.o." 3:4 3:4||f="daily" 3:5 3:5||du="nm"||r="nm"||e="nm"||'
+          't="nm"||c="nm"||ln="list"\n'
+          'm="metoprolol" 4:1 4:1||do="25 mg" 4:2 4:3||mo="p.o." 4:4 4:4||f="b.i.d." 4:5 4:5||du="nm"||'
+          'r="hypertension" 5:0 5:0||e="nm"||t="nm"||c="nm"||ln="list"\n'
+          'm="heparin" 6:4 6:4||do="nm"||mo="nm"||f="nm"||du="nm"||r="anticoagulation" 6:6 6:6||e="start"||'
+          't="past"||c="factual"||ln="narrative"\n')
+    write(folder / "900102", "Lasix 40 mg IV\ntwice daily for three days ... then\nonce daily .\n"
+                             "Coumadin 5 mg nightly for atrial\nfibrillation .\n")
+    write(folder / "900102_gold.entries",
+          'm="lasix" 1:0 1:0||do="40 mg" 1:1 1:2||mo="iv" 1:3 1:3||f="twice daily...once daily" 2:0 2:1,3:0 3:1||'
+          'du="three days" 2:3 2:4||r="nm"|||ln="narrative"\n'
+          'm="coumadin" 4:0 4:0||do="5 mg" 4:1 4:2||mo="nm"||f="nightly" 4:3 4:3||du="nm"||'
+          'r="atrial fibrillation" 4:5 5:0||ln="narrative"\n')
+    write(folder / "900103", "No medications were discussed .\n")
+
+
 def make_i2b2(out: Path, rng: random.Random) -> None:
     for k in range(4):
         prob, test, treat = rng.choice(DISEASES), rng.choice(TESTS), rng.choice(DRUGS)
@@ -626,6 +652,7 @@ def main() -> None:
     make_deid(out, random.Random(20261128))
     make_summ_releases(out, random.Random(20261129))
     make_summ_pairs(out, random.Random(20261130))
+    make_medication_2009(out)
     eval_root = out.parent / "eval_samples"
     for dst, src in EVAL_LAYOUT.items():
         write(eval_root / dst, (out / src).read_text(encoding="utf-8"))

@@ -128,7 +128,8 @@ def test_every_reader_on_samples():
              "nli4ct": SAMPLES / "dc/nli4ct/train.json", "euadr_csv": SAMPLES / "euadr",
              "pico_data": SAMPLES / "pico_data/annotations/train/PICO-annos-crowdsourcing-agg.json",
              "i2b2_2014_deid": SAMPLES / "i2b2_2014_deid", "i2b2_2006_deid": SAMPLES / "i2b2_2006_deid",
-             "summ_csv": SAMPLES / "summ/aci_bench_sample.csv", "summ_pair": SAMPLES / "summ/cdsr/train.source"}
+             "summ_csv": SAMPLES / "summ/aci_bench_sample.csv", "summ_pair": SAMPLES / "summ/cdsr/train.source",
+             "i2b2_2009_medication": SAMPLES / "i2b2_2009_medication"}
     assert set(cases) == set(READERS)
     for name, path in cases.items():
         docs = READERS[name](path)
@@ -642,6 +643,58 @@ def test_summarization_line_aligned_pairs(tmp_path):
         READERS["summ_pair"](tmp_path / "a")
     with pytest.raises(DataError, match=r"b\.source: no such file \(summ_pair reads b\.source with b\.target"):
         READERS["summ_pair"](tmp_path / "b.target")
+
+
+def test_i2b2_2009_medication_entries(tmp_path):
+    import shutil
+
+    docs = {d["id"]: d for d in READERS["i2b2_2009_medication"](SAMPLES / "i2b2_2009_medication")}
+    assert sorted(docs) == ["900101", "900102"]  # 900103 has no entries file: never annotated, not read
+    d = docs["900101"]
+
+    def spans(doc, typ):
+        return [e["text"] for e in doc["entities"] if e["type"] == typ]
+
+    assert spans(d, "Medication") == [["Aspirin"], ["Metoprolol"], ["heparin"]]  # annotation texts are lower-cased
+    assert spans(d, "Reason") == [["hypertension"], ["anticoagulation"]]  # the token's full stop left out
+    assert spans(d, "Mode") == [["p.o."], ["p.o."]]  # a full stop the annotation has stays
+    rels = {(r["type"], r["arg1"], r["arg2"]) for r in d["relations"]}
+    ids = {e["text"][0]: e["id"] for e in d["entities"]}
+    assert ("has_reason", ids["heparin"], ids["anticoagulation"]) in rels and len(rels) == 8
+    d = docs["900102"]
+    assert spans(d, "Frequency") == [["twice daily", "once daily"], ["nightly"]]  # "..."-joined parts, ","-joined
+    assert spans(d, "Reason") == [["atrial", "fibrillation"]]  # a range over a line end: one piece per line
+    assert spans(d, "Duration") == [["three days"]]  # read after a stray third "|"
+    from mnlu_jax.data.build import DatasetSpec, dataset_instances
+
+    # records and entries in separate folders, as released; `entries` is relative to the mixer config like `path`
+    (tmp_path / "records").mkdir()
+    (tmp_path / "truth").mkdir()
+    for f in (SAMPLES / "i2b2_2009_medication").iterdir():
+        shutil.copy(f, tmp_path / ("truth" if "." in f.name else "records") / f.name)
+    spec = DatasetSpec(name="med", reader="i2b2_2009_medication", path="records", task="NER",
+                       reader_options={"entries": "truth"})
+    inst, notes = dataset_instances(spec, 0, "mnlu", tmp_path)
+    assert notes["documents"] == 2 and "Reason: atrial fibrillation" in inst[1].messages[-1]["content"]
+    folder = tmp_path / "med"
+    shutil.copytree(SAMPLES / "i2b2_2009_medication", folder)
+    (folder / "900101.m").write_text('m="aspirin" 3:1 3:1||do="82 mg" 3:2 3:3\n')
+    with pytest.raises(DataError, match=r"900101\.m:1: do: the tokens read '81 mg' in the text, the annotation "
+                                        r"says '82 mg'"):
+        READERS["i2b2_2009_medication"](folder)
+    skipped = READERS["i2b2_2009_medication"](folder, bad_spans="skip")[0]
+    assert skipped["skipped_annotations"] == 1 and spans(skipped, "Medication") == [["Aspirin"]]
+    (folder / "900101.m").write_text('m="aspirin" 3:1||do="nm"\n')
+    with pytest.raises(DataError, match=r"900101\.m:1: positions '3:1': expected L:T L:T pairs"):
+        READERS["i2b2_2009_medication"](folder)
+    (folder / "900101.m").write_text('m="aspirin" 3:1 3:9\n')
+    with pytest.raises(DataError, match=r"900101\.m:1: m: position 3:1-3:9 is outside the text"):
+        READERS["i2b2_2009_medication"](folder)
+    (folder / "900101").unlink()
+    with pytest.raises(DataError, match=r"900101\.m: no record 900101 \(or 900101\.txt\)"):
+        READERS["i2b2_2009_medication"](folder)
+    with pytest.raises(DataError, match=r"no entries files"):
+        READERS["i2b2_2009_medication"](folder, entries=tmp_path)
 
 
 def test_i2b2_deid_release_layouts(tmp_path):

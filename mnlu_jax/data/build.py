@@ -71,6 +71,11 @@ READER_COUNTS = {"skipped_annotations": "annotations_skipped",  # a reader's bad
                  "false_associations": "false_associations"}  # EU-ADR's FA pairs (no relation; sampled as such)
 
 
+# reader options that name a file or folder of their own: relative to the mixer config, as `path` is (options that
+# name something inside `path`, such as ebmnlp's `annotations` or ChemProt's file names, stay as given)
+PATH_OPTIONS = ("docs", "trials", "ground_truth", "entries")
+
+
 def listed_documents(docs: list[dict], id_file: Path, dataset: str) -> tuple[list[dict], int]:
     """The documents whose ids `id_file` lists (one a line, blank lines ignored), in the reader's order, and how
     many were not listed. A listed id without a document is a DataError: a list for another release or folder."""
@@ -97,7 +102,9 @@ def dataset_instances(spec: DatasetSpec, seed: int, style: str, base: Path) -> t
         path = base / path
     if not path.exists():
         raise FileNotFoundError(f"dataset {spec.name}: {path} does not exist")
-    docs = READERS[spec.reader](path, **spec.reader_options)
+    options = {k: str(base / v) if k in PATH_OPTIONS and not Path(v).is_absolute() else v
+               for k, v in spec.reader_options.items()}
+    docs = READERS[spec.reader](path, **options)
     not_listed = 0
     if spec.document_ids is not None:
         id_file = Path(spec.document_ids)

@@ -23,6 +23,11 @@ EXPANSIONS = {
     "GENE-N": "Gene (not normalizable)",
     # GNormPlus's corpus annotates gene families and protein domains beside genes
     "FamilyName": "Gene family", "DomainMotif": "Protein domain or motif",
+    # i2b2 2009 medication fields (formats/i2b2.py), and an entry's links from its medication to them
+    "Mode": "Mode of administration",
+    "has_dosage": "is taken at the dosage", "has_mode": "is taken by the route",
+    "has_frequency": "is taken with the frequency", "has_duration": "is taken for the duration",
+    "has_reason": "is taken for the reason",
 }
 # ChemProt's CPR groups and DrugProt's relation types, read from their own releases (formats/chemprot.py), are
 # worded as the verb of an option "'{e1}' <expansion> '{e2}'." (the chemical first, the gene second).

@@ -11,17 +11,28 @@ others; the reader detects which one makes every tag's text match and refuses th
 `<NAME id="P1" start="16" end="20" text="..." TYPE="PATIENT" comment=""/>`: the entity type is the TYPE (PATIENT,
 DOCTOR, HOSPITAL, DATE, ...: `level="type"`) or the element's category (NAME, LOCATION, DATE, ...: "category").
 The offsets index the CDATA text as written (a file with CRLF line ends is also tried with LF ones).
+2009 medication (a folder of extension-less records `<id>` and their entries `<id>.m`, `<id>_gold.entries` or
+`<id>.entries`, beside them or in the folder `entries`): one medication entry per line, `||`-separated fields
+`m="mention" L:T L:T||do="..." L:T L:T||mo="nm"||f=...||du=...||r=...||e="..."||t="..."||c="..."||ln="list"`,
+positions as in 2010 (line 1-based, token 0-based, inclusive), "nm" = not mentioned, discontinuous parts joined
+by "," in the positions and "..." in the text, mention texts lower-cased. Medication, dosage, mode, frequency,
+duration and reason spans become entities (one per span and type, however many entries name it), each entry's
+fields relations from its medication. Only records with an entries file are read: most of the release's records
+were never annotated.
 2006 de-identification (one XML file): `<ROOT><RECORD ID="..."><TEXT>` with the PHI inline, `<PHI
 TYPE="PATIENT">...</PHI>`; the text is the record's with the tags taken out, the PHI spans where they stood.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from mnlu_jax.data.schema import DataError, check_span, input_files, read_text, read_xml_root
+
+log = logging.getLogger(__name__)
 
 _CON = re.compile(r'^c="(.*)" (\d+):(\d+) (\d+):(\d+)\|\|t="([^"]+)"$')
 _REL = re.compile(r'^c="(.*)" (\d+):(\d+) (\d+):(\d+)\|\|r="([^"]+)"\|\|c="(.*)" (\d+):(\d+) (\d+):(\d+)$')
@@ -202,3 +213,130 @@ def read_i2b2_2006_deid(path: str | Path) -> list[dict]:
             docs.append({"schema": "kb", "id": rec.get("ID"), "text": text, "entities": ents, "relations": [],
                          "events": [], "attributes": []})
     return docs
+
+
+_MED_FIELDS = {"m": "Medication", "do": "Dosage", "mo": "Mode", "f": "Frequency", "du": "Duration", "r": "Reason"}
+_MED_FIELD = re.compile(r'^(\w+)="(.*?)"(?:\s+(.*))?$')
+_MED_POSITION = re.compile(r"^(\d+):(\d+)$")
+
+
+def _medication_positions(positions: str, where: str) -> list[tuple[int, int, int, int]]:
+    """"L:T L:T,L:T L:T" -> [(l1, t1, l2, t2), ...]; pairs written with a space instead of "," are read too (a
+    known slip in the released ground truth)."""
+    marks = positions.replace(",", " ").split()
+    parsed = [_MED_POSITION.match(x) for x in marks]
+    if not marks or len(marks) % 2 or not all(parsed):
+        raise DataError(f"{where}: positions {positions!r}: expected L:T L:T pairs joined by ','")
+    nums = [(int(m.group(1)), int(m.group(2))) for m in parsed]
+    return [(*nums[i], *nums[i + 1]) for i in range(0, len(nums), 2)]
+
+
+def _edge_trimmed(text: str, s: int, e: int, mention: str) -> tuple[int, int]:
+    """The span without the punctuation a whitespace token carries at its ends and the annotation leaves out
+    ("anticoagulation." annotated as "anticoagulation")."""
+    m = mention.strip()
+    while e > s and not text[e - 1].isalnum() and not (m and m[-1] == text[e - 1]):
+        e -= 1
+    while s < e and not text[s].isalnum() and not (m and m[0] == text[s]):
+        s += 1
+    return s, e
+
+
+def _medication_spans(text, offs, ranges, mention, where) -> list[list[int]]:
+    """L:T-L:T ranges as character ranges, one per text line each covers (a range may run over a line end), checked
+    against the annotation's text (its "..."-joined parts, case, and the punctuation a token carries at its ends
+    aside)."""
+    pieces = []
+    for l1, t1, l2, t2 in ranges:
+        try:
+            for line in range(l1, l2 + 1):
+                toks = offs[line - 1]
+                first, last = (toks[t1] if line == l1 else toks[0]), (toks[t2] if line == l2 else toks[-1])
+                pieces.append([first[0], last[1]])
+        except IndexError as err:
+            raise DataError(f"{where}: position {l1}:{t1}-{l2}:{t2} is outside the text") from err
+    got = " ".join(text[s:e] for s, e in pieces)
+    def normal(x: str) -> str:
+        return re.sub(r"^\W+|\W+$", "", " ".join(x.lower().split()))
+
+    if normal(got) != normal(mention.replace("...", " ")):
+        raise DataError(f"{where}: the tokens read {got!r} in the text, the annotation says {mention!r}")
+    parts = mention.split("...")
+    pieces[0][0] = _edge_trimmed(text, pieces[0][0], pieces[0][1], parts[0])[0]
+    pieces[-1][1] = _edge_trimmed(text, pieces[-1][0], pieces[-1][1], parts[-1])[1]
+    return pieces
+
+
+def read_i2b2_2009_medication(path: str | Path, entries: str | Path | None = None,
+                              bad_spans: str = "error") -> list[dict]:
+    """The i2b2 2009 medication release (see the module docstring). A position whose tokens do not read as the
+    annotation's text is a DataError naming the file and line, or with `bad_spans="skip"` that field is left out
+    (counted in `skipped_annotations`)."""
+    base = Path(path)
+    if not base.is_dir():
+        raise DataError(f"{base}: expected the folder of i2b2 2009 medication records")
+    notes = Path(entries) if entries is not None else base
+    entry_files = {}
+    for f in sorted(notes.iterdir()) if notes.is_dir() else []:
+        for suffix in ("_gold.entries", ".entries", ".m"):
+            if f.name.endswith(suffix) and f.is_file():
+                entry_files.setdefault(f.name[: -len(suffix)], f)
+                break
+    if not entry_files:
+        raise DataError(f"{notes}: no entries files (<id>.m, <id>_gold.entries or <id>.entries)")
+    docs = []
+    for rec_id, ann in sorted(entry_files.items()):
+        record = next((r for r in (base / rec_id, base / f"{rec_id}.txt") if r.is_file()), None)
+        if record is None:
+            raise DataError(f"{ann}: no record {rec_id} (or {rec_id}.txt) in {base}")
+        text = read_text(record)
+        offs = _token_offsets(text)
+        ents, by_span, rels, skipped = [], {}, [], 0
+        for n, line in enumerate(read_text(ann).splitlines(), 1):
+            if not line.strip():
+                continue
+            fields = {}
+            for piece in line.split("||"):
+                m = _MED_FIELD.match(piece.lstrip("|").strip())
+                if not m:
+                    raise DataError(f'{ann}:{n}: expected fields key="text" [L:T L:T] joined by "||", got '
+                                    f"{piece[:60]!r}")
+                fields[m.group(1)] = (m.group(2), m.group(3))
+            if "m" not in fields:
+                raise DataError(f"{ann}:{n}: entry without a medication (m=...)")
+            entry_ids = {}
+            for key, typ in _MED_FIELDS.items():
+                mention, positions = fields.get(key, ("nm", None))
+                if positions is None:
+                    if mention != "nm":
+                        raise DataError(f"{ann}:{n}: {key}={mention!r} has no position")
+                    continue
+                ranges = _medication_positions(positions, f"{ann}:{n}")
+                try:
+                    spans = _medication_spans(text, offs, ranges, mention, f"{ann}:{n}: {key}")
+                except DataError as e:
+                    if bad_spans != "skip":
+                        raise
+                    log.warning("%s (skipped: bad_spans=skip)", e)
+                    skipped += 1
+                    continue
+                span_key = (typ, tuple(map(tuple, spans)))
+                if span_key not in by_span:
+                    by_span[span_key] = f"T{len(ents) + 1}"
+                    ents.append({"id": by_span[span_key], "type": typ, "offsets": spans,
+                                 "text": [text[s:e] for s, e in spans]})
+                entry_ids[key] = by_span[span_key]
+            if "m" in entry_ids:
+                for key, eid in entry_ids.items():
+                    if key != "m":
+                        rels.append({"id": f"R{len(rels) + 1}", "type": f"has_{_MED_FIELDS[key].lower()}",
+                                     "arg1": entry_ids["m"], "arg2": eid})
+        seen, unique = set(), []
+        for r in rels:  # entries repeat a medication's fields (one entry per mention of the medication)
+            if (r["type"], r["arg1"], r["arg2"]) not in seen:
+                seen.add((r["type"], r["arg1"], r["arg2"]))
+                unique.append({**r, "id": f"R{len(unique) + 1}"})
+        docs.append({"schema": "kb", "id": rec_id, "text": text, "entities": ents, "relations": unique,
+                     "events": [], "attributes": [], "skipped_annotations": skipped})
+    return docs
+
