@@ -946,6 +946,21 @@ def test_total_instances_shares_add_up_to_the_total():
     assert apportion({"NER": {"x": 0}, "RE": {"u": 3, "v": 1}}, 8) == {"x": 0, "u": 3, "v": 1}  # an empty group
 
 
+@pytest.mark.parametrize("mix", ["configs/paper/mnlu_instruct.yaml", "configs/data/sample.yaml"])
+def test_mix_configs_name_readers_and_options_they_take(mix):
+    """The paper mix points at corpora not shipped here, so nothing else reads it: every dataset must name a known
+    reader, options that reader takes, and a task the builder knows."""
+    import inspect
+
+    from mnlu_jax.config import load_config
+    from mnlu_jax.data.build import MixConfig
+
+    for d in load_config(MixConfig, ROOT / mix).datasets:
+        assert d.reader in READERS, d.name
+        assert set(d.reader_options) <= set(inspect.signature(READERS[d.reader]).parameters) - {"path"}, d.name
+        assert d.task in ("NER", "EE", "ETE", "EAE", "EAC", "DC", "RE", "QA", "NLI", "STS", "SUM"), d.name
+
+
 def test_ablation_configs_reuse_the_full_mix(tmp_path):
     """configs/paper/ablations/* take their datasets from mnlu_instruct.yaml (base_config) and filter them."""
     from mnlu_jax.config import load_config
