@@ -820,6 +820,11 @@ def test_document_id_list_selects_a_split(tmp_path):
     with pytest.raises(DataError, match=r"dataset genes: document_ids .*Pmidlist\.Test\.txt: 2 listed ids have no "
                                         r"document \(first: 123, 456\)"):
         dataset_instances(spec, 0, "mnlu", tmp_path)
+    spec.reader_options = {"bad_span": "skip"}  # a misspelt option is named, with the reader's own
+    with pytest.raises(DataError, match=r"dataset genes: reader_options \['bad_span'\] are not options of the 'bioc' "
+                                        r"reader; it takes \['bad_spans', 'individual_mentions'\]"):
+        dataset_instances(spec, 0, "mnlu", tmp_path)
+    spec.reader_options = {}
     spec.document_ids = str(tmp_path / "missing.txt")
     with pytest.raises(DataError, match=r"document_ids .*missing\.txt: cannot read"):
         dataset_instances(spec, 0, "mnlu", tmp_path)

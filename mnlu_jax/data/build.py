@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import inspect
 import json
 import math
 import random
@@ -102,6 +103,11 @@ def dataset_instances(spec: DatasetSpec, seed: int, style: str, base: Path) -> t
         path = base / path
     if not path.exists():
         raise FileNotFoundError(f"dataset {spec.name}: {path} does not exist")
+    takes = [k for k in inspect.signature(READERS[spec.reader]).parameters if k != "path"]
+    unknown = sorted(set(spec.reader_options) - set(takes))
+    if unknown:
+        raise DataError(f"dataset {spec.name}: reader_options {unknown} are not options of the {spec.reader!r} "
+                        f"reader; it takes {takes}")
     options = {k: str(base / v) if k in PATH_OPTIONS and not Path(v).is_absolute() else v
                for k, v in spec.reader_options.items()}
     docs = READERS[spec.reader](path, **options)
