@@ -242,6 +242,11 @@ def _edge_trimmed(text: str, s: int, e: int, mention: str) -> tuple[int, int]:
     return s, e
 
 
+def _loose(x: str) -> str:
+    """Lower-cased, whitespace collapsed, punctuation at the ends dropped: how an entry's text matches its tokens."""
+    return re.sub(r"^\W+|\W+$", "", " ".join(x.lower().split()))
+
+
 def _medication_spans(text, offs, ranges, mention, where) -> list[list[int]]:
     """L:T-L:T ranges as character ranges, one per text line each covers (a range may run over a line end), checked
     against the annotation's text (its "..."-joined parts, case, and the punctuation a token carries at its ends
@@ -256,10 +261,7 @@ def _medication_spans(text, offs, ranges, mention, where) -> list[list[int]]:
         except IndexError as err:
             raise DataError(f"{where}: position {l1}:{t1}-{l2}:{t2} is outside the text") from err
     got = " ".join(text[s:e] for s, e in pieces)
-    def normal(x: str) -> str:
-        return re.sub(r"^\W+|\W+$", "", " ".join(x.lower().split()))
-
-    if normal(got) != normal(mention.replace("...", " ")):
+    if _loose(got) != _loose(mention.replace("...", " ")):
         raise DataError(f"{where}: the tokens read {got!r} in the text, the annotation says {mention!r}")
     parts = mention.split("...")
     pieces[0][0] = _edge_trimmed(text, pieces[0][0], pieces[0][1], parts[0])[0]
@@ -339,4 +341,3 @@ def read_i2b2_2009_medication(path: str | Path, entries: str | Path | None = Non
         docs.append({"schema": "kb", "id": rec_id, "text": text, "entities": ents, "relations": unique,
                      "events": [], "attributes": [], "skipped_annotations": skipped})
     return docs
-

@@ -259,4 +259,3 @@ def read_summ_pair(path: str | Path) -> list[dict]:
         docs.append({"schema": "text", "id": doc_id.strip() or str(n), "text": text.strip(), "labels": [],
                      "summary": summary.strip()})
     return docs
-
