@@ -2,8 +2,8 @@
 
 Every file is in the native format of a real corpus so that the readers run exactly as on the full
 public files: IOB/CoNLL TSV, BLURB PICO TSV, BRAT standoff, BioC XML and JSON, PubTator, ChemProt/DrugProt
-TSV, i2b2 2010 concept/relation and 2012 XML, PubMedQA JSON, NLI JSONL, STS/RE/HoC/BioASQ TSV and summarisation
-JSONL.
+TSV, i2b2 2010 concept/relation and 2012 XML, PubMedQA JSON, NLI JSONL, STS/RE/HoC/BioASQ TSV, summarisation
+JSONL and nested-NER jsonlines.
 Sentences are assembled from templates and a small made-up lexicon.
 
     python scripts/make_samples.py [--out data/samples]
@@ -494,6 +494,25 @@ def make_medication_2009(out: Path) -> None:
     write(folder / "900103", "No medications were discussed .\n")
 
 
+def make_ner_jsonlines(out: Path, rng: random.Random) -> None:
+    """GENIA-like nested mentions in the biaffine-NER jsonlines layout (Yu et al. 2020): a document per line, its
+    sentences as token lists, its mentions per sentence as [start, end, type] token indices (end inclusive) within
+    that sentence; a protein inside a DNA or RNA mention, a sentence without mentions."""
+    lines = []
+    for k in range(4):
+        gene, cell, dna = rng.choice(GENES), rng.choice(CELLS), rng.choice(["binding site", "promoter", "enhancer"])
+        d, c = len(dna.split()), len(cell.split())
+        s1 = [gene, *dna.split(), "activity", "was", "measured", "in", *cell.split(), "."]
+        ners1 = [[0, d, "DNA"], [0, 0, "protein"], [d + 5, d + 4 + c, "cell_type"]]
+        line = rng.choice(["HeLa", "Jurkat", "U937"])
+        s2 = ["Levels", "of", gene, "mRNA", "rose", "in", line, "cells", "."]
+        ners2 = [[2, 3, "RNA"], [2, 2, "protein"], [6, 7, "cell_line"]]
+        s3 = ["No", "further", "changes", "were", "seen", "."]
+        sentences, ners = ([s1, s2, s3], [ners1, ners2, []]) if k % 2 == 0 else ([s3, s2], [[], ners2])
+        lines.append(json.dumps({"doc_key": f"ge/train/{k + 1:04d}", "ners": ners, "sentences": sentences}))
+    write(out / "ner_jsonlines" / "train.genia.jsonlines", "\n".join(lines) + "\n")
+
+
 def make_i2b2(out: Path, rng: random.Random) -> None:
     for k in range(4):
         prob, test, treat = rng.choice(DISEASES), rng.choice(TESTS), rng.choice(DRUGS)
@@ -653,6 +672,7 @@ def main() -> None:
     make_summ_releases(out, random.Random(20261129))
     make_summ_pairs(out, random.Random(20261130))
     make_medication_2009(out)
+    make_ner_jsonlines(out, random.Random(20261205))
     eval_root = out.parent / "eval_samples"
     for dst, src in EVAL_LAYOUT.items():
         write(eval_root / dst, (out / src).read_text(encoding="utf-8"))

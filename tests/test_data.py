@@ -129,7 +129,8 @@ def test_every_reader_on_samples():
              "pico_data": SAMPLES / "pico_data/annotations/train/PICO-annos-crowdsourcing-agg.json",
              "i2b2_2014_deid": SAMPLES / "i2b2_2014_deid", "i2b2_2006_deid": SAMPLES / "i2b2_2006_deid",
              "summ_csv": SAMPLES / "summ/aci_bench_sample.csv", "summ_pair": SAMPLES / "summ/cdsr/train.source",
-             "i2b2_2009_medication": SAMPLES / "i2b2_2009_medication"}
+             "i2b2_2009_medication": SAMPLES / "i2b2_2009_medication",
+             "ner_jsonlines": SAMPLES / "ner_jsonlines/train.genia.jsonlines"}
     assert set(cases) == set(READERS)
     for name, path in cases.items():
         docs = READERS[name](path)
@@ -643,6 +644,45 @@ def test_summarization_line_aligned_pairs(tmp_path):
         READERS["summ_pair"](tmp_path / "a")
     with pytest.raises(DataError, match=r"b\.source: no such file \(summ_pair reads b\.source with b\.target"):
         READERS["summ_pair"](tmp_path / "b.target")
+
+
+def test_nested_ner_jsonlines(tmp_path):
+    # Yu et al.'s GENIA release: sentence token indices, end inclusive, a protein nested in a DNA/RNA mention
+    docs = READERS["ner_jsonlines"](SAMPLES / "ner_jsonlines/train.genia.jsonlines")
+    assert [d["id"] for d in docs] == ["ge/train/0001", "ge/train/0002", "ge/train/0003", "ge/train/0004"]
+    d = docs[0]
+    assert d["text"].startswith("BRCA1 promoter activity was measured in macrophages . Levels of BRCA1 mRNA rose")
+    assert [(e["type"], e["text"][0]) for e in d["entities"]] == [
+        ("DNA", "BRCA1 promoter"), ("protein", "BRCA1"), ("cell_type", "macrophages"), ("RNA", "BRCA1 mRNA"),
+        ("protein", "BRCA1"), ("cell_line", "U937 cells")]
+    assert d["entities"][3]["offsets"] == [[d["text"].index("BRCA1 mRNA"), d["text"].index("BRCA1 mRNA") + 10]]
+    inst = T.ner_instances(docs, "genia", ["DNA", "RNA", "protein", "cell_line", "cell_type"])[0]
+    assert inst.gold["entities"]["Protein"] == ["BRCA1", "BRCA1"]  # both nested mentions are asked for
+    # DyGIE++'s layout: document token indices, relations between two mentions by their spans
+    (tmp_path / "d.jsonl").write_text(json.dumps({
+        "doc_key": "x", "sentences": [["a", "b", "."], ["c", "d", "e", "."]],
+        "ner": [[[0, 0, "Task"]], [[3, 4, "Method"], [5, 5, "Task"]]], "relations": [[], [[3, 4, 5, 5, "USED-FOR"]]]})
+        + "\n")
+    (x,) = READERS["ner_jsonlines"](tmp_path / "d.jsonl")
+    assert [(e["id"], e["type"], e["text"][0]) for e in x["entities"]] == [("T1", "Task", "a"), ("T2", "Method", "c d"),
+                                                                          ("T3", "Task", "e")]
+    assert x["relations"] == [{"id": "R1", "type": "USED-FOR", "arg1": "T2", "arg2": "T3"}]
+    bad = {"sentence": ('{"sentences": [["a", "b"]], "ners": [[[1, 2, "X"]]]}',
+                        r"e\.jsonl:2: sentence 0: mention \[1, 2, 'X'\]; expected \[start, end, type\] with 0 <= start "
+                        r"<= end <= 1"),
+           "document": ('{"sentences": [["a"], ["b"]], "ner": [[], [[0, 0, "X"]]]}',
+                        r"sentence 1: mention \[0, 0, 'X'\]; expected .* with 1 <= start <= end <= 1"),
+           "key": ('{"sentences": [["a"]], "entities": []}', r"expected \"ners\" \(biaffine NER: sentence token "
+                                                             r"indices\) or \"ner\" .*one list per sentence \(1\)"),
+           "tokens": ('{"sentences": "a b", "ners": []}', r"expected \"sentences\": a list of token lists"),
+           "again": ('{"doc_key": "k", "sentences": [], "ners": []}',
+                     r"e\.jsonl:2: doc_key 'k' again \(first on line 1\)"),
+           "relation": ('{"sentences": [["a", "b"]], "ner": [[[0, 0, "X"]]], "relations": [[[0, 0, 1, 1, "R"]]]}',
+                        r"relation \[0, 0, 1, 1, 'R'\]; expected \[start1, end1, start2, end2, type\] between two")}
+    for name, (line, message) in bad.items():
+        (tmp_path / "e.jsonl").write_text('{"doc_key": "k", "sentences": [["a"]], "ners": [[]]}\n' + line + "\n")
+        with pytest.raises(DataError, match=message):
+            READERS["ner_jsonlines"](tmp_path / "e.jsonl")
 
 
 def test_i2b2_2009_medication_entries(tmp_path):

@@ -12,7 +12,7 @@ from mnlu_jax.data.formats.conll import read_ebmnlp, read_iob, read_pico_tsv
 from mnlu_jax.data.formats.euadr import read_euadr_csv
 from mnlu_jax.data.formats.i2b2 import (read_i2b2_2006_deid, read_i2b2_2009_medication, read_i2b2_2010, read_i2b2_2012,
                                         read_i2b2_2014_deid)
-from mnlu_jax.data.formats.jsonfmt import read_nli_jsonl, read_pico_data, read_pubmedqa
+from mnlu_jax.data.formats.jsonfmt import read_ner_jsonlines, read_nli_jsonl, read_pico_data, read_pubmedqa
 from mnlu_jax.data.formats.pubtator import read_pubtator
 from mnlu_jax.data.formats.tsv import (read_blue_re, read_classification_tsv, read_hoc_tsv, read_qa_tsv,
                                        read_sts_tsv, read_summ_csv, read_summ_jsonl, read_summ_pair)
@@ -33,6 +33,7 @@ READERS = {
     "i2b2_2014_deid": read_i2b2_2014_deid,
     "pubmedqa": read_pubmedqa,
     "pico_data": read_pico_data,
+    "ner_jsonlines": read_ner_jsonlines,
     "nli_jsonl": read_nli_jsonl,
     "blue_re": read_blue_re,
     "classification_tsv": read_classification_tsv,

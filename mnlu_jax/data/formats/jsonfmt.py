@@ -1,4 +1,5 @@
-"""JSON/JSONL corpora: PubMedQA `ori_pqal.json` and SNLI / MultiNLI / MedNLI JSONL.
+"""JSON/JSONL corpora: PubMedQA `ori_pqal.json`, SNLI / MultiNLI / MedNLI JSONL, PICO-data, and tokenized NER
+documents in the biaffine-NER / DyGIE++ jsonlines layouts.
 
 PubMedQA: {pmid: {"QUESTION", "CONTEXTS": [..], "LABELS": [..], "final_decision": yes|no|maybe, ...}};
 an optional `test_ground_truth.json` ({pmid: decision}) restricts to the 500 test PMIDs and supplies labels.
@@ -10,6 +11,11 @@ object per line, {"Participants": {annotator: [[start, end], ...]}, "docid"}, wi
 `-agg` files, a medical student in `-professional.json`, or the crowd workers themselves; `annotator="auto"` takes
 the only one, or HMMCrowd (the paper's aggregation), and otherwise names the ones there are. Spans are stripped of
 the whitespace at their ends (about 4 % of them hold a newline or space there).
+NER jsonlines: one document per line, {"doc_key", "sentences": [[token, ...], ...]} with its mentions per sentence,
+either as Yu et al. (2020) release them for their biaffine NER ("ners": [[[start, end, type], ...], ...], token
+indices within the sentence, end inclusive, nesting allowed: the GENIA corpus the paper cites, in
+`train_dev.genia.jsonlines` / `test.genia.jsonlines`), or in DyGIE++'s layout ("ner", the same triples with token
+indices over the whole document, and optional "relations": [[[start1, end1, start2, end2, type], ...], ...]).
 """
 
 from __future__ import annotations
@@ -87,3 +93,56 @@ def read_pico_data(path: str | Path, docs: str | Path | None = None, annotator: 
         out.append({"schema": "kb", "id": str(r["docid"]), "text": text, "entities": entities, "relations": [],
                     "events": [], "attributes": []})
     return out
+
+
+def read_ner_jsonlines(path: str | Path) -> list[dict]:
+    """Tokenized, sentence-split NER documents (see the module docstring): the text is each sentence's tokens
+    joined by single spaces, sentences by single spaces; every mention is checked against its sentence."""
+    path = Path(path)
+    docs, line_of_key = [], {}
+    for n, r in iter_jsonl(path):
+        where = f"{path}:{n}"
+        key = "ners" if "ners" in r else "ner"
+        sentences, mentions = r.get("sentences"), r.get(key)
+        if not isinstance(sentences, list) or not all(isinstance(s, list) and all(isinstance(t, str) for t in s)
+                                                      for s in sentences):
+            raise DataError(f"{where}: expected \"sentences\": a list of token lists")
+        if not isinstance(mentions, list) or len(mentions) != len(sentences):
+            raise DataError(f"{where}: expected \"ners\" (biaffine NER: sentence token indices) or \"ner\" "
+                            f"(DyGIE++: document token indices), one list per sentence ({len(sentences)})")
+        doc_id = str(r.get("doc_key", f"{path.stem}-{n}"))
+        if doc_id in line_of_key:
+            raise DataError(f"{where}: doc_key {doc_id!r} again (first on line {line_of_key[doc_id]})")
+        line_of_key[doc_id] = n
+        # character offsets of every token, and the document index of each sentence's first token
+        starts, ends, first_token, pos = [], [], [], 0
+        for sent in sentences:
+            first_token.append(len(starts))
+            for tok in sent:
+                starts.append(pos)
+                ends.append(pos + len(tok))
+                pos += len(tok) + 1
+        text = " ".join(" ".join(sent) for sent in sentences)
+        entities, entity_at = [], {}
+        for k, sent_mentions in enumerate(mentions):
+            lo = first_token[k] if key == "ner" else 0  # the sentence's range in the indices the file uses
+            for m in sent_mentions:
+                if not (isinstance(m, list) and len(m) == 3 and all(isinstance(i, int) for i in m[:2])
+                        and isinstance(m[2], str) and lo <= m[0] <= m[1] < lo + len(sentences[k])):
+                    raise DataError(f"{where}: sentence {k}: mention {m!r}; expected [start, end, type] with "
+                                    f"{lo} <= start <= end <= {lo + len(sentences[k]) - 1}")
+                first, last = first_token[k] + m[0] - lo, first_token[k] + m[1] - lo
+                entity_at[(first, last)] = eid = f"T{len(entities) + 1}"
+                entities.append({"id": eid, "type": m[2], "offsets": [[starts[first], ends[last]]],
+                                 "text": [text[starts[first]:ends[last]]]})
+        relations = []
+        for k, sent_relations in enumerate(r.get("relations") or []):
+            for rel in sent_relations:
+                args = [entity_at.get(tuple(rel[i:i + 2])) for i in (0, 2)] if len(rel) == 5 else [None]
+                if None in args:
+                    raise DataError(f"{where}: sentence {k}: relation {rel!r}; expected [start1, end1, start2, end2, "
+                                    f"type] between two mentions of \"ner\"")
+                relations.append({"id": f"R{len(relations) + 1}", "type": rel[4], "arg1": args[0], "arg2": args[1]})
+        docs.append({"schema": "kb", "id": doc_id, "text": text, "tokens": [t for s in sentences for t in s],
+                     "entities": entities, "relations": relations, "events": [], "attributes": []})
+    return docs
