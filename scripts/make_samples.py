@@ -2,8 +2,8 @@
 
 Every file is in the native format of a real corpus so that the readers run exactly as on the full
 public files: IOB/CoNLL TSV, BLURB PICO TSV, BRAT standoff, BioC XML and JSON, PubTator, ChemProt/DrugProt
-TSV, i2b2 2010 concept/relation and 2012 XML, PubMedQA JSON, NLI JSONL, STS/RE/HoC/BioASQ TSV, summarisation
-JSONL and nested-NER jsonlines.
+TSV, i2b2 2010 concept/relation, 2011 coreference and 2012 XML, PubMedQA JSON, NLI JSONL, STS/RE/HoC/BioASQ TSV,
+summarisation JSONL and nested-NER jsonlines.
 Sentences are assembled from templates and a small made-up lexicon.
 
     python scripts/make_samples.py [--out data/samples]
@@ -494,6 +494,42 @@ def make_medication_2009(out: Path) -> None:
     write(folder / "900103", "No medications were discussed .\n")
 
 
+def make_coref_2011(out: Path) -> None:
+    """The i2b2/VA 2011 coreference layout: one tree per source (Beth, Partners) with docs/<id>.txt,
+    concepts/<id>.txt.con and chains/<id>.txt.chains; lower-cased concept texts, a chain listed out of text order,
+    a word broken over a line end that the concept writes whole, and a README beside the records."""
+    beth, partners = out / "i2b2_2011_coref" / "Beth_Train", out / "i2b2_2011_coref" / "Partners_Train"
+    write(out / "i2b2_2011_coref" / "README.txt", "Synthetic records in the i2b2/VA 2011 coreference layout.\n")
+    write(beth / "docs" / "clinical-901.txt",
+          "Admission Date : 03/04/2091\n"
+          "HISTORY OF PRESENT ILLNESS : Mr. Doe is a 67 year old man with hypertension .\n"
+          "He was admitted for chest pain . His chest pain resolved after nitroglycerin .\n"
+          "A chest x-ray was negative . The x-ray showed no effusion .\n")
+    write(beth / "concepts" / "clinical-901.txt.con", "\n".join([
+        'c="mr. doe" 2:5 2:6||t="person"', 'c="a 67 year old man" 2:8 2:12||t="person"',
+        'c="hypertension" 2:14 2:14||t="problem"', 'c="he" 3:0 3:0||t="pronoun"', 'c="chest pain" 3:4 3:5||t="problem"',
+        'c="his" 3:7 3:7||t="pronoun"', 'c="his chest pain" 3:7 3:9||t="problem"',
+        'c="nitroglycerin" 3:12 3:12||t="treatment"', 'c="a chest x-ray" 4:0 4:2||t="test"',
+        'c="the x-ray" 4:6 4:7||t="test"', 'c="effusion" 4:10 4:10||t="problem"']) + "\n")
+    write(beth / "chains" / "clinical-901.txt.chains", "\n".join([
+        'c="mr. doe" 2:5 2:6||c="a 67 year old man" 2:8 2:12||c="he" 3:0 3:0||c="his" 3:7 3:7||t="coref person"',
+        'c="chest pain" 3:4 3:5||c="his chest pain" 3:7 3:9||t="coref problem"',
+        'c="the x-ray" 4:6 4:7||c="a chest x-ray" 4:0 4:2||t="coref test"']) + "\n")
+    write(partners / "docs" / "report-902.txt",
+          "Patient is a 54 year old woman with diabetes mellitus . She takes metformin . Her dia-\n"
+          "betes is controlled . Metformin was continued .\n")
+    write(partners / "concepts" / "report-902.txt.con", "\n".join([
+        'c="patient" 1:0 1:0||t="person"', 'c="a 54 year old woman" 1:2 1:6||t="person"',
+        'c="diabetes mellitus" 1:8 1:9||t="problem"', 'c="she" 1:11 1:11||t="pronoun"',
+        'c="metformin" 1:13 1:13||t="treatment"', 'c="her" 1:15 1:15||t="pronoun"',
+        'c="her dia-betes" 1:15 2:0||t="problem"', 'c="metformin" 2:4 2:4||t="treatment"']) + "\n")
+    write(partners / "chains" / "report-902.txt.chains", "\n".join([
+        'c="patient" 1:0 1:0||c="a 54 year old woman" 1:2 1:6||c="she" 1:11 1:11||c="her" 1:15 1:15||'
+        't="coref person"',
+        'c="diabetes mellitus" 1:8 1:9||c="her dia-betes" 1:15 2:0||t="coref problem"',
+        'c="metformin" 1:13 1:13||c="metformin" 2:4 2:4||t="coref treatment"']) + "\n")
+
+
 def make_ner_jsonlines(out: Path, rng: random.Random) -> None:
     """GENIA-like nested mentions in the biaffine-NER jsonlines layout (Yu et al. 2020): a document per line, its
     sentences as token lists, its mentions per sentence as [start, end, type] token indices (end inclusive) within
@@ -673,6 +709,7 @@ def main() -> None:
     make_summ_pairs(out, random.Random(20261130))
     make_medication_2009(out)
     make_ner_jsonlines(out, random.Random(20261205))
+    make_coref_2011(out)
     eval_root = out.parent / "eval_samples"
     for dst, src in EVAL_LAYOUT.items():
         write(eval_root / dst, (out / src).read_text(encoding="utf-8"))

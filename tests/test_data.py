@@ -130,7 +130,8 @@ def test_every_reader_on_samples():
              "i2b2_2014_deid": SAMPLES / "i2b2_2014_deid", "i2b2_2006_deid": SAMPLES / "i2b2_2006_deid",
              "summ_csv": SAMPLES / "summ/aci_bench_sample.csv", "summ_pair": SAMPLES / "summ/cdsr/train.source",
              "i2b2_2009_medication": SAMPLES / "i2b2_2009_medication",
-             "ner_jsonlines": SAMPLES / "ner_jsonlines/train.genia.jsonlines"}
+             "ner_jsonlines": SAMPLES / "ner_jsonlines/train.genia.jsonlines",
+             "i2b2_2011_coref": SAMPLES / "i2b2_2011_coref"}
     assert set(cases) == set(READERS)
     for name, path in cases.items():
         docs = READERS[name](path)
@@ -735,6 +736,60 @@ def test_i2b2_2009_medication_entries(tmp_path):
         READERS["i2b2_2009_medication"](folder)
     with pytest.raises(DataError, match=r"no entries files"):
         READERS["i2b2_2009_medication"](folder, entries=tmp_path)
+
+
+def test_i2b2_2011_coreference_release(tmp_path):
+    import shutil
+
+    from mnlu_jax.data.build import DatasetSpec, dataset_instances
+
+    docs = {d["id"]: d for d in READERS["i2b2_2011_coref"](SAMPLES / "i2b2_2011_coref")}  # README.txt is no record
+    assert sorted(docs) == ["clinical-901", "report-902"]
+    d = docs["clinical-901"]
+    names = {e["id"]: e["text"][0] for e in d["entities"]}
+    assert [(r["type"], names[r["arg1"]], names[r["arg2"]]) for r in d["relations"]] == [
+        ("coref person", "a 67 year old man", "Mr. Doe"), ("coref person", "He", "a 67 year old man"),
+        ("coref person", "His", "He"), ("coref problem", "His chest pain", "chest pain"),
+        ("coref test", "The x-ray", "A chest x-ray")]  # each mention to the one before it, in text order
+    assert docs["report-902"]["entities"][6]["text"] == ["Her dia-\nbetes"]  # a word broken over a line end
+    inst, notes = dataset_instances(DatasetSpec(name="coref", reader="i2b2_2011_coref", path=str(SAMPLES /
+                                                "i2b2_2011_coref"), task="RE"), 0, "mnlu", tmp_path)
+    unrelated = [i.messages[1]["content"].split("\n")[0] for i in inst if i.gold["relation"] == "none"]
+    assert len(inst) == 10 + 5 and len(unrelated) == 5  # no unrelated pair inside a chain: every person is in one
+    assert not any("Person" in q or "Pronoun" in q or ("'chest pain'" in q and "'His chest pain'" in q)
+                   for q in unrelated)
+    broken = next(i for i in inst if i.gold["relation"] == "coref problem" and "dia-" in i.messages[1]["content"])
+    assert "(" in broken.messages[1]["content"] and "'Her dia- betes' refers to the same medical problem as " \
+        "'diabetes mellitus'." in broken.messages[1]["content"]
+    ner, _ = dataset_instances(DatasetSpec(name="coref", reader="i2b2_2011_coref", path=str(SAMPLES /
+                                           "i2b2_2011_coref"), task="NER"), 0, "mnlu", tmp_path)
+    assert "Medical problem: diabetes mellitus ... Her dia- betes" in ner[1].messages[-1]["content"]
+    # bad input: a span that does not read as its concept, a chain naming no concept, a record without chains
+    tree = tmp_path / "tree"
+    shutil.copytree(SAMPLES / "i2b2_2011_coref", tree)
+    con = tree / "Beth_Train/concepts/clinical-901.txt.con"
+    con.write_text(con.read_text().replace('c="he" 3:0 3:0', 'c="she" 3:0 3:0'))
+    with pytest.raises(DataError, match=r"clinical-901\.txt\.con:4: tokens 3:0-3:0 are 'He' in the text, annotation "
+                                        r"says 'she'"):
+        READERS["i2b2_2011_coref"](tree)
+    skipped = READERS["i2b2_2011_coref"](tree, bad_spans="skip")[0]
+    assert skipped["skipped_annotations"] == 1 and len(skipped["relations"]) == 4  # the chain closes over "He"
+    chains = tree / "Beth_Train/chains/clinical-901.txt.chains"
+    chains.write_text('c="his" 3:7 3:7||c="man" 2:12 2:12||t="coref person"\n')
+    with pytest.raises(DataError, match=r"clinical-901\.txt\.chains:1: mention 'man' 2:12 is not a concept of "
+                                        r"clinical-901\.txt\.con"):
+        READERS["i2b2_2011_coref"](tree, bad_spans="skip")
+    chains.write_text('c="his" 3:7 3:7||coref person\n')
+    with pytest.raises(DataError, match=r"chains:1: expected c=\"\.\.\.\" L:T L:T joined by \"\|\|\""):
+        READERS["i2b2_2011_coref"](tree, bad_spans="skip")
+    chains.unlink()
+    with pytest.raises(DataError, match=r"clinical-901\.txt\.con: no chains file .* for record clinical-901"):
+        READERS["i2b2_2011_coref"](tree)
+    shutil.copytree(tree / "Partners_Train", tree / "copy")  # a tree unpacked twice reads once...
+    assert [d["id"] for d in READERS["i2b2_2011_coref"](tree / "copy")] == ["report-902"]
+    (tree / "copy/docs/report-902.txt").write_text("Another text .\n")  # ...but not two different records
+    with pytest.raises(DataError, match=r"record report-902 again, and not as in"):
+        READERS["i2b2_2011_coref"](tree)
 
 
 def test_i2b2_deid_release_layouts(tmp_path):

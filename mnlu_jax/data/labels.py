@@ -28,6 +28,11 @@ EXPANSIONS = {
     "has_dosage": "is taken at the dosage", "has_mode": "is taken by the route",
     "has_frequency": "is taken with the frequency", "has_duration": "is taken for the duration",
     "has_reason": "is taken for the reason",
+    # i2b2 2011 coreference: its concept types besides 2010's, and its chains as relations to the mention before
+    "person": "Person", "pronoun": "Pronoun",
+    "coref person": "refers to the same person as", "coref problem": "refers to the same medical problem as",
+    "coref test": "refers to the same medical test as", "coref treatment": "refers to the same treatment as",
+    "coref pronoun": "refers to the same thing as",
 }
 # ChemProt's CPR groups and DrugProt's relation types, read from their own releases (formats/chemprot.py), are
 # worded as the verb of an option "'{e1}' <expansion> '{e2}'." (the chemical first, the gene second).

@@ -77,12 +77,19 @@ def _sentence(text: str) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # Token classification: NER / ETE / EAE
 # ---------------------------------------------------------------------------------------------------------
+def mention_text(entity: dict) -> str:
+    """A mention as a prompt or an answer names it: its parts joined, every run of whitespace one space (a mention
+    over a line end stays on its answer line, inside its option, inside its quotes)."""
+    return " ".join(" ".join(entity["text"]).split())
+
+
 def span_lines(entities: list[dict], types: Sequence[str], names: dict[str, str], prefix: str = "") -> tuple[str, dict]:
-    """Answer lines `Name: s1 ... s2` per type (in `types` order), spans in text order; and the gold dict."""
+    """Answer lines `Name: s1 ... s2` per type (in `types` order), spans in text order (as `mention_text`); and the
+    gold dict."""
     by_type: dict[str, list[tuple[int, str]]] = {t: [] for t in types}
     for e in entities:
         if e["type"] in by_type:
-            by_type[e["type"]].append((e["offsets"][0][0], " ".join(e["text"])))
+            by_type[e["type"]].append((e["offsets"][0][0], mention_text(e)))
     lines, gold = [], {}
     for t in types:
         spans = [s for _, s in sorted(by_type[t], key=lambda x: x[0])]
@@ -180,7 +187,7 @@ def event_instances(docs: list[dict], dataset: str, seed: int = 0, label_map: di
         for ev in d["events"]:
             trig = ents[ev["trigger"]]
             tname = L.expand(trig["type"], label_map)
-            span = " ".join(trig["text"])
+            span = mention_text(trig)
             roles: dict[str, list[dict]] = {}
             for a in ev["arguments"]:
                 if a["ref_id"] in ents:
@@ -334,7 +341,7 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
         related_concepts, related_names = set(), set()
 
         def name(x):
-            return " ".join(ents[x]["text"]).lower()
+            return mention_text(ents[x]).lower()
 
         for r in d["relations"]:
             if r["arg1"] not in ents or r["arg2"] not in ents:  # e.g. a BRAT relation on an event (E1)
@@ -382,7 +389,7 @@ def re_kb_instances(docs: list[dict], dataset: str, relation_types: Sequence[str
         for k, (a, b) in enumerate(cands[: int(round(negative_ratio * positives))]):
             pairs.append((a, b, None, f"N{k + 1}"))
         for a, b, typ, rid in pairs:
-            e1, e2 = " ".join(ents[a]["text"]), " ".join(ents[b]["text"])
+            e1, e2 = mention_text(ents[a]), mention_text(ents[b])
             t1, t2 = L.expand(ents[a]["type"], label_map), L.expand(ents[b]["type"], label_map)
             options = [f"'{e1}' {L.expand(t, label_map)} '{e2}'." for t in types] + [L.NO_RELATION.format(e1=e1, e2=e2)]
             keys = {o: (k, lab) for o, k, lab in zip(

@@ -10,8 +10,8 @@ from mnlu_jax.data.formats.classification import (read_classification_csv, read_
                                                   read_i2b2_2008_obesity, read_n2c2_2018_cohort, read_nli4ct)
 from mnlu_jax.data.formats.conll import read_ebmnlp, read_iob, read_pico_tsv
 from mnlu_jax.data.formats.euadr import read_euadr_csv
-from mnlu_jax.data.formats.i2b2 import (read_i2b2_2006_deid, read_i2b2_2009_medication, read_i2b2_2010, read_i2b2_2012,
-                                        read_i2b2_2014_deid)
+from mnlu_jax.data.formats.i2b2 import (read_i2b2_2006_deid, read_i2b2_2009_medication, read_i2b2_2010,
+                                        read_i2b2_2011_coref, read_i2b2_2012, read_i2b2_2014_deid)
 from mnlu_jax.data.formats.jsonfmt import read_ner_jsonlines, read_nli_jsonl, read_pico_data, read_pubmedqa
 from mnlu_jax.data.formats.pubtator import read_pubtator
 from mnlu_jax.data.formats.tsv import (read_blue_re, read_classification_tsv, read_hoc_tsv, read_qa_tsv,
@@ -27,6 +27,7 @@ READERS = {
     "chemprot_tsv": read_chemprot_tsv,
     "euadr_csv": read_euadr_csv,
     "i2b2_2010": read_i2b2_2010,
+    "i2b2_2011_coref": read_i2b2_2011_coref,
     "i2b2_2012": read_i2b2_2012,
     "i2b2_2006_deid": read_i2b2_2006_deid,
     "i2b2_2009_medication": read_i2b2_2009_medication,

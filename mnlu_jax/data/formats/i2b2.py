@@ -19,6 +19,9 @@ by "," in the positions and "..." in the text, mention texts lower-cased. Medica
 duration and reason spans become entities (one per span and type, however many entries name it), each entry's
 fields relations from its medication. Only records with an entries file are read: most of the release's records
 were never annotated.
+2011 coreference (a release tree, files matched by record id at any depth): `docs/<id>.txt`, `concepts/<id>.txt.con`
+in the 2010 line format (types person, problem, pronoun, test, treatment) and `chains/<id>.txt.chains`, a chain of
+coreferent concepts per line, `c="..." L:T L:T||c="..." L:T L:T||...||t="coref person"`.
 2006 de-identification (one XML file): `<ROOT><RECORD ID="..."><TEXT>` with the PHI inline, `<PHI
 TYPE="PATIENT">...</PHI>`; the text is the record's with the tags taken out, the PHI spans where they stood.
 """
@@ -56,7 +59,9 @@ def _span(offs, l1, t1, l2, t2, mention, where, text):
     except IndexError as err:
         raise DataError(f"{where}: position {l1}:{t1}-{l2}:{t2} is outside the text") from err
     got = text[s:e]
-    if " ".join(got.lower().split()) != " ".join(mention.lower().split()):
+    # whitespace as it falls, or a word the text breaks over a line end and the annotation writes whole
+    if " ".join(got.lower().split()) != " ".join(mention.lower().split()) and \
+            " ".join(got.replace("\n", "").lower().split()) != " ".join(mention.lower().split()):
         raise DataError(f"{where}: tokens {l1}:{t1}-{l2}:{t2} are {got!r} in the text, annotation says {mention!r}")
     return s, e
 
@@ -107,6 +112,101 @@ def read_i2b2_2010(path: str | Path) -> list[dict]:
                 rels.append({"id": f"R{len(rels) + 1}", "type": m.group(6), "arg1": key_to_id[k1], "arg2": key_to_id[k2]})
         docs.append({"schema": "kb", "id": txt.stem, "text": text, "entities": ents, "relations": rels,
                      "events": [], "attributes": []})
+    return docs
+
+
+_CHAIN_MENTION = re.compile(r'^c="(.*)" (\d+):(\d+) (\d+):(\d+)$')
+
+
+def _coref_files(base: Path) -> list[tuple[str, Path, Path, Path]]:
+    """(record id, text, concepts, chains) for every concepts file under `base`, at any depth: the releases hold
+    `docs/<id>.txt`, `concepts/<id>.txt.con` and `chains/<id>.txt.chains` in one tree per source (Beth, Partners),
+    and the test set's chains in a separate ground-truth archive, so files are matched by record id, not folder."""
+    found: dict[str, dict[str, Path]] = {}
+    for f in sorted(base.rglob("*")):
+        for kind, suffixes in (("con", (".txt.con", ".con")), ("chains", (".txt.chains", ".chains")),
+                               ("txt", (".txt",))):
+            suffix = next((x for x in suffixes if f.name.endswith(x)), None)
+            if suffix and f.is_file():
+                record = f.name[: -len(suffix)]
+                first = found.setdefault(record, {}).setdefault(kind, f)
+                if first != f and first.read_bytes() != f.read_bytes():  # a copy unpacked twice is one file
+                    raise DataError(f"{f}: record {record} again, and not as in {first}")
+                break
+    out = []
+    for record, files in sorted(found.items()):
+        if "con" not in files:
+            continue  # a text without concepts (a README, or a record this task did not annotate) is not a record
+        for kind, what in (("txt", "text (docs/<id>.txt)"), ("chains", "chains file (chains/<id>.txt.chains; the "
+                                                                           "test set's are in its ground truth)")):
+            if kind not in files:
+                raise DataError(f"{files['con']}: no {what} for record {record} under {base}")
+        out.append((record, files["txt"], files["con"], files["chains"]))
+    if not out:
+        raise DataError(f"{base}: no concepts files (concepts/<id>.txt.con) of the i2b2 2011 coreference release")
+    return out
+
+
+def read_i2b2_2011_coref(path: str | Path, bad_spans: str = "error") -> list[dict]:
+    """The i2b2/VA 2011 coreference release: concepts (person, problem, pronoun, test, treatment; the 2010 line
+    format) as entities, and each chain (`c="..." L:T L:T||c="..." L:T L:T||...||t="coref problem"`) as relations
+    of its type from every mention to the one before it in the text, the mentions sharing the chain as their
+    `concept` (so no unrelated pair is drawn inside a chain). The `pairs/` files are the chains' pairs and are not
+    read. A concept whose tokens do not read as its text is a DataError naming the file and line, or with
+    `bad_spans="skip"` is left out (counted in `skipped_annotations`) together with its place in any chain."""
+    if bad_spans not in ("error", "skip"):
+        raise ValueError(f"bad_spans: expected 'error' or 'skip', got {bad_spans!r}")
+    base = Path(path)
+    if not base.is_dir():
+        raise DataError(f"{base}: expected the folder of the i2b2 2011 coreference release (docs/, concepts/, chains/)")
+    docs = []
+    for record, txt, con, chains in _coref_files(base):
+        text = read_text(txt)
+        offs = _token_offsets(text)
+        ents, by_position, skipped_positions = [], {}, set()
+        for n, line in enumerate(read_text(con).splitlines(), 1):
+            if not line.strip():
+                continue
+            m = _CON.match(line.strip())
+            if not m:
+                raise DataError(f'{con}:{n}: expected c="..." L:T L:T||t="type", got {line[:60]!r}')
+            position = tuple(map(int, m.group(2, 3, 4, 5)))
+            try:
+                s, e = _span(offs, *position, m.group(1), f"{con}:{n}", text)
+            except DataError as err:
+                if bad_spans != "skip":
+                    raise
+                log.warning("%s (skipped: bad_spans=skip)", err)
+                skipped_positions.add(position)
+                continue
+            if position not in by_position:  # a concept listed twice is one mention
+                by_position[position] = f"T{len(ents) + 1}"
+                ents.append({"id": by_position[position], "type": m.group(6), "offsets": [[s, e]],
+                             "text": [text[s:e]], "concept": None})
+        by_id, rels = {e["id"]: e for e in ents}, []
+        for n, line in enumerate(read_text(chains).splitlines(), 1):
+            if not line.strip():
+                continue
+            *mentions, kind = line.strip().split("||")
+            typ = re.fullmatch(r't="([^"]+)"', kind)
+            parsed = [_CHAIN_MENTION.match(x) for x in mentions]
+            if not typ or not mentions or not all(parsed):
+                raise DataError(f'{chains}:{n}: expected c="..." L:T L:T joined by "||", then ||t="coref <type>"')
+            members = []
+            for x in parsed:
+                position = tuple(map(int, x.group(2, 3, 4, 5)))
+                if position in by_position:
+                    members.append(by_position[position])
+                elif position not in skipped_positions:
+                    raise DataError(f"{chains}:{n}: mention {x.group(1)!r} {x.group(2)}:{x.group(3)} is not a concept "
+                                    f"of {con.name}")
+            members = sorted(set(members), key=lambda i: by_id[i]["offsets"][0][0])
+            for i in members:
+                by_id[i]["concept"] = f"chain{n}"
+            for antecedent, mention in zip(members, members[1:]):
+                rels.append({"id": f"R{len(rels) + 1}", "type": typ.group(1), "arg1": mention, "arg2": antecedent})
+        docs.append({"schema": "kb", "id": record, "text": text, "entities": ents, "relations": rels, "events": [],
+                     "attributes": [], "skipped_annotations": len(skipped_positions)})
     return docs
 
 
