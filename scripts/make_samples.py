@@ -530,6 +530,19 @@ def make_coref_2011(out: Path) -> None:
         'c="metformin" 1:13 1:13||c="metformin" 2:4 2:4||t="coref treatment"']) + "\n")
 
 
+def make_trialstop(out: Path, rng: random.Random) -> None:
+    """TrialStop as its Hub dataset holds it (read with `reader: hf_dataset`): a JSON line per trial with the
+    "why stopped" text and the list of its classes."""
+    reasons = [("Enrollment was slower than planned.", ["Insufficient_Enrollment"]),
+               ("The sponsor decided to end the program.", ["Business_Administrative"]),
+               ("Stopped after the interim analysis showed no benefit.", ["Interim_Analysis", "Negative"]),
+               ("Drug supply was interrupted and the site closed.", ["Logistics_Resources"]),
+               ("Two participants had serious liver toxicity.", ["Safety_Sideeffects"])]
+    lines = [json.dumps({"nct_id": f"NCT9{k:07d}", "text": text, "label_descriptions": labels})
+             for k, (text, labels) in enumerate(rng.sample(reasons, len(reasons)))]
+    write(out / "dc" / "trialstop_sample.jsonl", "\n".join(lines) + "\n")
+
+
 def make_ner_jsonlines(out: Path, rng: random.Random) -> None:
     """GENIA-like nested mentions in the biaffine-NER jsonlines layout (Yu et al. 2020): a document per line, its
     sentences as token lists, its mentions per sentence as [start, end, type] token indices (end inclusive) within
@@ -710,6 +723,7 @@ def main() -> None:
     make_medication_2009(out)
     make_ner_jsonlines(out, random.Random(20261205))
     make_coref_2011(out)
+    make_trialstop(out, random.Random(20261206))
     eval_root = out.parent / "eval_samples"
     for dst, src in EVAL_LAYOUT.items():
         write(eval_root / dst, (out / src).read_text(encoding="utf-8"))

@@ -131,7 +131,7 @@ def test_every_reader_on_samples():
              "summ_csv": SAMPLES / "summ/aci_bench_sample.csv", "summ_pair": SAMPLES / "summ/cdsr/train.source",
              "i2b2_2009_medication": SAMPLES / "i2b2_2009_medication",
              "ner_jsonlines": SAMPLES / "ner_jsonlines/train.genia.jsonlines",
-             "i2b2_2011_coref": SAMPLES / "i2b2_2011_coref"}
+             "i2b2_2011_coref": SAMPLES / "i2b2_2011_coref", "hf_dataset": SAMPLES / "dc/trialstop_sample.jsonl"}
     assert set(cases) == set(READERS)
     for name, path in cases.items():
         docs = READERS[name](path)
@@ -790,6 +790,82 @@ def test_i2b2_2011_coreference_release(tmp_path):
     (tree / "copy/docs/report-902.txt").write_text("Another text .\n")  # ...but not two different records
     with pytest.raises(DataError, match=r"record report-902 again, and not as in"):
         READERS["i2b2_2011_coref"](tree)
+
+
+def test_hf_dataset_reader(tmp_path, monkeypatch):
+    import datasets
+
+    from mnlu_jax.data.build import DatasetSpec, dataset_instances
+
+    # NLI with a ClassLabel, saved with save_to_disk as a DatasetDict; -1 (no gold label) is counted as unlabelled
+    nli = datasets.Dataset.from_dict(
+        {"premise": ["p1", "p2", "p3"], "hypothesis": ["h1", "h2", "h3"], "label": [0, 2, -1]},
+        features=datasets.Features({"premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
+                                    "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"])}))
+    datasets.DatasetDict({"train": nli, "validation": nli.select([1])}).save_to_disk(str(tmp_path / "nli"))
+    assert [d["label"] for d in READERS["hf_dataset"](tmp_path / "nli", schema="te")] == ["entailment",
+                                                                                          "contradiction", "-"]
+    (val,) = READERS["hf_dataset"](tmp_path / "nli", split="validation", schema="te")
+    assert val == {"schema": "te", "id": "validation-0", "premise": "p2", "hypothesis": "h2", "label": "contradiction"}
+    inst, notes = dataset_instances(DatasetSpec(name="nli", reader="hf_dataset", path="nli", task="NLI",
+                                                reader_options={"schema": "te"}), 0, "mnlu", tmp_path)
+    assert len(inst) == 2 and notes["skipped_unlabeled"] == 1
+    # TrialStop's layout: a text and its list of label names, here as JSON lines; class indices as Parquet
+    rows = [{"nct_id": "NCT0001", "text": "Slow accrual.", "label_descriptions": ["Insufficient_Enrollment"]},
+            {"nct_id": "NCT0002", "text": "Sponsor decision; drug supply ended.",
+             "label_descriptions": ["Business_Administrative", "Logistics_Resources"]}]
+    (tmp_path / "stop.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    stop = READERS["hf_dataset"](tmp_path / "stop.jsonl")
+    assert [(d["id"], d["labels"]) for d in stop] == [("NCT0001", ["Insufficient_Enrollment"]),
+                                                     ("NCT0002", ["Business_Administrative", "Logistics_Resources"])]
+    multi = datasets.Dataset.from_dict({"text": ["a", "b"], "labels": [[1], [0, 1]]}, features=datasets.Features(
+        {"text": datasets.Value("string"), "labels": datasets.Sequence(datasets.ClassLabel(names=["x", "y"]))}))
+    multi.to_parquet(str(tmp_path / "multi.parquet"))
+    assert [d["labels"] for d in READERS["hf_dataset"](tmp_path / "multi.parquet")] == [["y"], ["x", "y"]]
+    # STS pairs from a CSV, with the score column named
+    (tmp_path / "sts.csv").write_text("s1,s2,similarity\nA man runs.,A person runs.,4.2\nA cat.,Rain.,0\n")
+    sts = READERS["hf_dataset"](tmp_path / "sts.csv", schema="pairs",
+                                columns={"text_1": "s1", "text_2": "s2", "label": "similarity"})
+    assert [(d["text_1"], d["label"]) for d in sts] == [("A man runs.", 4.2), ("A cat.", 0.0)]
+    # a Hub id goes to datasets.load_dataset (faked here: no network in tests) and through the mixer untouched
+    calls = []
+
+    def fake_load_dataset(name, config=None, split=None, **kw):
+        calls.append((name, config, split))
+        if name == "missing/set":
+            raise ConnectionError("offline")
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    inst, notes = dataset_instances(DatasetSpec(
+        name="trialstop", reader="hf_dataset", path="hub:opentargets/clinical_trial_reason_to_stop", task="DC",
+        subject="the reasons the trial stopped"), 0, "mnlu", tmp_path)
+    assert calls == [("opentargets/clinical_trial_reason_to_stop", None, "train")] and len(inst) == 2
+    assert "Business or administrative reasons" in inst[1].messages[-1]["content"]
+    with pytest.raises(DataError, match=r"hub:missing/set: could not load split 'test' from the Hugging Face Hub "
+                                        r"\(ConnectionError: offline\)"):
+        READERS["hf_dataset"]("hub:missing/set", split="test")
+    with pytest.raises(DataError, match=r"path 'hub:a/b' names a Hub dataset, which only the 'hf_dataset' reader"):
+        dataset_instances(DatasetSpec(name="x", reader="nli_jsonl", path="hub:a/b", task="NLI"), 0, "mnlu", tmp_path)
+    monkeypatch.undo()
+    # bad input names the file and what was expected
+    with pytest.raises(DataError, match=r"nli: no split 'test'; it has \['train', 'validation'\]"):
+        READERS["hf_dataset"](tmp_path / "nli", split="test", schema="te")
+    with pytest.raises(DataError, match=r"stop\.jsonl: no column for \['premise', 'hypothesis', 'label'\].*its "
+                                        r"columns: \['nct_id', 'text', 'label_descriptions'\]"):
+        READERS["hf_dataset"](tmp_path / "stop.jsonl", schema="te")
+    with pytest.raises(DataError, match=r"no column 'score' \(for label\)"):
+        READERS["hf_dataset"](tmp_path / "sts.csv", schema="pairs", columns={"label": "score"})
+    with pytest.raises(DataError, match=r"columns \['answer'\] are not fields of the 'text' schema"):
+        READERS["hf_dataset"](tmp_path / "stop.jsonl", columns={"answer": "text"})
+    with pytest.raises(DataError, match=r"sts\.csv \(train\) row 0: score 'A person runs\.'; expected a number"):
+        READERS["hf_dataset"](tmp_path / "sts.csv", schema="pairs",
+                              columns={"text_1": "s1", "text_2": "s1", "label": "s2"})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: not a dataset written by save_to_disk"):
+        READERS["hf_dataset"](tmp_path / "empty")
+    with pytest.raises(DataError, match=r"x\.tsv: expected hub:<name>, a save_to_disk folder or a"):
+        READERS["hf_dataset"](tmp_path / "x.tsv")
 
 
 def test_i2b2_deid_release_layouts(tmp_path):

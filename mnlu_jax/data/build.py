@@ -20,6 +20,7 @@ from typing import Any
 from mnlu_jax.config import load_config, save_config
 from mnlu_jax.data import tasks as T
 from mnlu_jax.data.formats import READERS
+from mnlu_jax.data.formats.hf import HUB_PREFIX
 from mnlu_jax.data.schema import DataError, Instance, write_jsonl
 
 
@@ -98,11 +99,17 @@ def dataset_instances(spec: DatasetSpec, seed: int, style: str, base: Path) -> t
     """Read one dataset and turn it into Instances; returns also notes (e.g. skipped unlabeled pairs)."""
     if spec.reader not in READERS:
         raise DataError(f"dataset {spec.name}: unknown reader {spec.reader!r}; expected one of {sorted(READERS)}")
-    path = Path(spec.path)
-    if not path.is_absolute():
-        path = base / path
-    if not path.exists():
-        raise FileNotFoundError(f"dataset {spec.name}: {path} does not exist")
+    if spec.path.startswith(HUB_PREFIX):  # a Hub id, not a file: downloaded (or read from the cache) by the reader
+        if spec.reader != "hf_dataset":
+            raise DataError(f"dataset {spec.name}: path {spec.path!r} names a Hub dataset, which only the "
+                            f"'hf_dataset' reader reads (this one is {spec.reader!r})")
+        path = spec.path
+    else:
+        path = Path(spec.path)
+        if not path.is_absolute():
+            path = base / path
+        if not path.exists():
+            raise FileNotFoundError(f"dataset {spec.name}: {path} does not exist")
     takes = [k for k in inspect.signature(READERS[spec.reader]).parameters if k != "path"]
     unknown = sorted(set(spec.reader_options) - set(takes))
     if unknown:

@@ -10,6 +10,7 @@ from mnlu_jax.data.formats.classification import (read_classification_csv, read_
                                                   read_i2b2_2008_obesity, read_n2c2_2018_cohort, read_nli4ct)
 from mnlu_jax.data.formats.conll import read_ebmnlp, read_iob, read_pico_tsv
 from mnlu_jax.data.formats.euadr import read_euadr_csv
+from mnlu_jax.data.formats.hf import read_hf_dataset
 from mnlu_jax.data.formats.i2b2 import (read_i2b2_2006_deid, read_i2b2_2009_medication, read_i2b2_2010,
                                         read_i2b2_2011_coref, read_i2b2_2012, read_i2b2_2014_deid)
 from mnlu_jax.data.formats.jsonfmt import read_ner_jsonlines, read_nli_jsonl, read_pico_data, read_pubmedqa
@@ -49,4 +50,5 @@ READERS = {
     "summ_jsonl": read_summ_jsonl,
     "summ_csv": read_summ_csv,
     "summ_pair": read_summ_pair,
+    "hf_dataset": read_hf_dataset,
 }
