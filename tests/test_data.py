@@ -661,8 +661,9 @@ def test_nested_ner_jsonlines(tmp_path):
     assert inst.gold["entities"]["Protein"] == ["BRCA1", "BRCA1"]  # both nested mentions are asked for
     # DyGIE++'s layout: document token indices, relations between two mentions by their spans
     (tmp_path / "d.jsonl").write_text(json.dumps({
-        "doc_key": "x", "sentences": [["a", "b", "."], ["c", "d", "e", "."]],
-        "ner": [[[0, 0, "Task"]], [[3, 4, "Method"], [5, 5, "Task"]]], "relations": [[], [[3, 4, 5, 5, "USED-FOR"]]]})
+        "doc_key": "x", "sentences": [["a", "b", "."], [], ["c", "d", "e", "."]],
+        "ner": [[[0, 0, "Task"]], [], [[3, 4, "Method"], [5, 5, "Task"]]],
+        "relations": [[], [], [[3, 4, 5, 5, "USED-FOR"]]]})
         + "\n")
     (x,) = READERS["ner_jsonlines"](tmp_path / "d.jsonl")
     assert [(e["id"], e["type"], e["text"][0]) for e in x["entities"]] == [("T1", "Task", "a"), ("T2", "Method", "c d"),

@@ -78,16 +78,15 @@ EXPANSIONS.update({
     "DRUG-ABUSE": "Drug abuse, current or past", "ENGLISH": "Speaks English", "HBA1C": "HbA1c between 6.5 % and 9.5 %",
     "KETO-1YR": "Ketoacidosis diagnosed in the past year", "MAJOR-DIABETES": "Major diabetes-related complication",
     "MAKES-DECISIONS": "Makes their own medical decisions", "MI-6MOS": "Myocardial infarction in the past 6 months",
-    # TrialStop (Open Targets' classes of why a trial stopped early; worded after their own short names)
+    # TrialStop (Open Targets' classes of why a trial stopped early; worded after their own short names). Its plain
+    # words (Negative, Regulatory, Success) are left to the mix's label_map: another corpus may use them otherwise.
     "Another_Study": "Another study", "Business_Administrative": "Business or administrative reasons",
     "Covid19": "COVID-19", "Endpoint_Met": "Endpoint met", "Ethical_Reason": "Ethical reasons",
     "Insufficient_Data": "Insufficient data", "Insufficient_Enrollment": "Insufficient enrollment",
     "Interim_Analysis": "Interim analysis", "Invalid_Reason": "Invalid reason",
-    "Logistics_Resources": "Logistics or resources", "Negative": "Negative results (lack of efficacy)",
-    "No_Context": "No context given", "Regulatory": "Regulatory reasons",
-    "Safety_Sideeffects": "Safety or side effects",
-    "Study_Design": "Study design", "Study_Staff_Moved": "Study staff moved", "Success": "Success",
-    "Unclassified": "Unclassified",
+    "Logistics_Resources": "Logistics or resources", "No_Context": "No context given",
+    "Safety_Sideeffects": "Safety or side effects", "Study_Design": "Study design",
+    "Study_Staff_Moved": "Study staff moved",
     # SemEval-2024 Task 2 (NLI4CT): the statement against the trial reports
     "Entailment": "The trial report supports the statement",
     "Contradiction": "The trial report contradicts the statement",

@@ -122,7 +122,7 @@ def read_ner_jsonlines(path: str | Path) -> list[dict]:
                 starts.append(pos)
                 ends.append(pos + len(tok))
                 pos += len(tok) + 1
-        text = " ".join(" ".join(sent) for sent in sentences)
+        text = " ".join(tok for sent in sentences for tok in sent)  # an empty sentence adds no space
         entities, entity_at = [], {}
         for k, sent_mentions in enumerate(mentions):
             lo = first_token[k] if key == "ner" else 0  # the sentence's range in the indices the file uses
