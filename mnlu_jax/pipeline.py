@@ -157,14 +157,14 @@ def _make_tiny_base(cfg: PipelineConfig, out: Path) -> None:
     import jax
     import numpy as np
 
-    from mnlu_jax.data.schema import read_instances
+    from mnlu_jax.data.schema import read_instances, shard_files
     from mnlu_jax.data.tiny_tokenizer import instance_texts, train_tiny_tokenizer
     from mnlu_jax.model.config import ModelConfig, tiny_config
     from mnlu_jax.model.mistral import init_params
     from mnlu_jax.weights.convert import write_checkpoint
 
     config = ModelConfig(**cfg.tiny_model) if cfg.tiny_model else tiny_config(sliding_window=32)
-    inst = [i for f in sorted((out / "data").glob("train-*.jsonl")) for i in read_instances(f)]
+    inst = [i for f in shard_files(out / "data") for i in read_instances(f)]
     tok_dir = out / "tiny_tokenizer"
     train_tiny_tokenizer(instance_texts(inst), vocab_size=min(512, config.vocab_size), out_dir=tok_dir)
     params = jax.tree_util.tree_map(np.asarray, init_params(config, jax.random.PRNGKey(0), "float32"))

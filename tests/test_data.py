@@ -1051,6 +1051,29 @@ def test_sample_mix_covers_all_tasks(sample_build):
     assert again == stats
 
 
+def test_rebuild_replaces_every_shard(tmp_path):
+    from mnlu_jax.data.schema import shard_files
+    from mnlu_jax.train.loop import _instances
+
+    out = tmp_path / "mix"
+    run_build(ROOT / "configs/data/sample.yaml", out, ["shard_size=100"])
+    many = shard_files(out)
+    assert len(many) > 2 and many[0].name == "train-00000-of-%05d.jsonl" % len(many)
+    stats = run_build(ROOT / "configs/data/sample.yaml", out, ["total_instances=60"])  # fewer, in one shard
+    assert [f.name for f in shard_files(out)] == ["train-00000-of-00001.jsonl"] and len(_instances(out)) == 60
+    assert stats["total"] == 60
+    (out / "train-00001-of-00003.jsonl").write_text("")  # a shard copied in from another build
+    with pytest.raises(DataError, match=r"not one set of build-data shards .*shards of builds into \[1, 3\] files"):
+        _instances(out)
+    (out / "train-00001-of-00003.jsonl").unlink()
+    (out / "train-00000-of-00001.jsonl").rename(out / "train-00000-of-00002.jsonl")
+    with pytest.raises(DataError, match=r"shards \['train-00001-of-00002\.jsonl'\] are missing"):
+        _instances(out)
+    (out / "train-extra.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"other files \['train-extra\.jsonl'\]"):
+        _instances(out)
+
+
 def test_ablation_total_split_equally_over_tasks(tmp_path):
     stats = run_build(ROOT / "configs/data/sample.yaml", tmp_path / "abl",
                       ["total_instances=60", "balance=task", "tasks=[NER, RE, DC]"])

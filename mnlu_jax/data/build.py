@@ -21,7 +21,7 @@ from mnlu_jax.config import load_config, save_config
 from mnlu_jax.data import tasks as T
 from mnlu_jax.data.formats import READERS
 from mnlu_jax.data.formats.hf import HUB_PREFIX
-from mnlu_jax.data.schema import DataError, Instance, write_jsonl
+from mnlu_jax.data.schema import DataError, Instance, shard_name, write_jsonl
 
 
 @dataclasses.dataclass
@@ -282,7 +282,11 @@ def run_build(config_path: str | Path, out: str | Path, overrides: list[str] | N
     out.mkdir(parents=True, exist_ok=True)
     n_shards = max(1, math.ceil(len(instances) / cfg.shard_size))
     for k in range(n_shards):
-        write_jsonl(out / f"train-{k:05d}-of-{n_shards:05d}.jsonl", instances[k * cfg.shard_size:(k + 1) * cfg.shard_size])
+        write_jsonl(out / shard_name(k, n_shards), instances[k * cfg.shard_size:(k + 1) * cfg.shard_size])
+    written = {shard_name(k, n_shards) for k in range(n_shards)}
+    for old in out.glob("train-*-of-*.jsonl"):  # an earlier build's shards: the trainer would read them too
+        if old.name not in written:
+            old.unlink()
     stats = statistics(instances, notes, truncation)
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     (out / "stats.md").write_text(stats_markdown(stats))

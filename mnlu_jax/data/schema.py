@@ -215,6 +215,33 @@ def write_jsonl(path: str | Path, records: Iterable[Any]) -> int:
     return n
 
 
+_SHARD = re.compile(r"train-(\d{5})-of-(\d{5})\.jsonl")
+
+
+def shard_name(k: int, n: int) -> str:
+    """The name of build-data's k-th of n instance shards."""
+    return f"train-{k:05d}-of-{n:05d}.jsonl"
+
+
+def shard_files(folder: str | Path) -> list[Path]:
+    """build-data's instance shards in `folder`, checked to be one whole set: a shard left by another build (another
+    count), a missing one, or another train-*.jsonl file is an error naming them, not data read twice or lost."""
+    folder = Path(folder)
+    files = sorted(folder.glob("train-*.jsonl"))
+    found = {f: _SHARD.fullmatch(f.name) for f in files}
+    odd = [f.name for f, m in found.items() if m is None]
+    counts = sorted({int(m.group(2)) for m in found.values() if m})
+    if odd or len(counts) > 1:
+        raise DataError(f"{folder}: not one set of build-data shards ({shard_name(0, 1)}, ...): "
+                        + (f"other files {odd}" if odd else f"shards of builds into {counts} files") +
+                        "; rebuild into an empty folder or move them away")
+    n = counts[0] if counts else 0
+    missing = sorted(set(range(n)) - {int(m.group(1)) for m in found.values()})
+    if missing or any(int(m.group(1)) >= n for m in found.values()):
+        raise DataError(f"{folder}: shards {[shard_name(k, n) for k in missing]} are missing (or beyond {n})")
+    return files
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line; invalid JSON or a non-object names the file and line."""
     path = Path(path)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from mnlu_jax.config import save_config
 from mnlu_jax.data.loader import count_batches, make_dataset
-from mnlu_jax.data.schema import read_instances
+from mnlu_jax.data.schema import read_instances, shard_files
 from mnlu_jax.data.tokenize import tokenize_all
 from mnlu_jax.model.config import ModelConfig
 from mnlu_jax.model.mistral import (cudnn_packed_attention_api, init_params, max_runs_per_row,
@@ -35,7 +35,7 @@ class TrainingDiverged(RuntimeError):
 
 def _instances(path: str | Path):
     p = Path(path)
-    files = sorted(p.glob("train-*.jsonl")) if p.is_dir() else [p]
+    files = shard_files(p) if p.is_dir() else [p]
     if not files:
         raise FileNotFoundError(f"data.path {p}: no train-*.jsonl shards (run mnlu-jax build-data first)")
     return [i for f in files for i in read_instances(f)]
