@@ -65,6 +65,20 @@ def test_generate_resumes_after_a_crash(demo):
     assert stats["skipped"] == 3 and stats["total"] == len(lines)
     again = pred.read_text().splitlines()
     assert len(again) == len(lines) and len({json.loads(l)["id"] for l in again}) == len(lines)
+    # what wrote it is kept beside it: another model, setting or input does not resume into it
+    assert json.loads(pred.with_name("BC2GM.jsonl.run.json").read_text())["model"] == str((out / "base").resolve())
+    with pytest.raises(ValueError, match=r"BC2GM\.jsonl: written by another run \(max_new_tokens: 16 then, 8 now\)"):
+        run_generate(out / "base", out / "eval_sets" / "BC2GM.jsonl", pred,
+                     DecodeConfig(batch_size=4, max_new_tokens=8, buckets=(256, 512)), chat_template="zephyr",
+                     progress=False)
+    with pytest.raises(ValueError, match=r"model: '.*base' then, '.*merged' now"):
+        run_generate(out / "merged", out / "eval_sets" / "BC2GM.jsonl", pred,
+                     DecodeConfig(batch_size=4, max_new_tokens=16, buckets=(256, 512)), chat_template="zephyr",
+                     progress=False)
+    with pytest.raises(ValueError, match=r"BC2GM\.jsonl: holds \d+ ids that .*NCBI-disease\.jsonl does not"):
+        run_generate(out / "base", out / "eval_sets" / "NCBI-disease.jsonl", pred,
+                     DecodeConfig(batch_size=4, max_new_tokens=16, buckets=(256, 512)), chat_template="zephyr",
+                     progress=False)
 
 
 def test_compilation_cache_dir_choice(monkeypatch, tmp_path):

@@ -3,13 +3,16 @@
 Each input line is a JSON object with an `id` and either `prompt` (raw text, tokenised as is) or
 `messages` (chat; a trailing assistant message, the gold answer, is removed before rendering). The
 output line is the input object plus `prediction`, `finish_reason` and `num_generated_tokens`. Lines are
-appended and flushed as each prompt finishes; on restart, ids already in the output are skipped.
+appended and flushed as each prompt finishes; on restart, ids already in the output are skipped. What made the output
+(model, dtype, stop ids, token limits, chat template) is kept beside it in `<out>.run.json`: a restart with any of
+these changed, or with an input that lacks ids the output has, is refused rather than mixing two runs in one file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +42,29 @@ def done_ids(path: Path) -> set[str]:
                 continue
             ids.add(str(rec["id"]))
             good.append(line if line.endswith("\n") else line + "\n")
-    path.write_text("".join(good))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(good))
+    os.replace(tmp, path)
     return ids
+
+
+def check_run(out_path: Path, identity: dict[str, Any]) -> None:
+    """Refuse to append to an output that another kind of run wrote (`<out>.run.json` records what wrote it); record
+    this run's identity where there is none yet."""
+    meta = out_path.with_name(out_path.name + ".run.json")
+    if meta.exists():
+        try:
+            before = json.loads(meta.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{meta}: not JSON ({e}); delete it to resume {out_path.name} as this run") from e
+        changed = [f"{k}: {before.get(k)!r} then, {v!r} now" for k, v in identity.items() if before.get(k) != v]
+        if changed:
+            raise ValueError(f"{out_path}: written by another run ({'; '.join(changed)}); write to another output, "
+                             "or delete it and its .run.json to start again")
+        return
+    tmp = meta.with_name(f".{meta.name}.tmp")
+    tmp.write_text(json.dumps(identity, indent=2))
+    os.replace(tmp, meta)
 
 
 def encode_records(records: list[dict], tokenizer, template: str | None, drop_system: bool, max_prompt: int,
@@ -109,9 +133,11 @@ def load_generator(model: Any, decode: DecodeConfig, dtype: str = "float32", tok
 
 def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decode: DecodeConfig,
                  chat_template: str | None = None, dtype: str = "float32", drop_system: bool = False,
-                 tokenizer=None, config=None, progress: bool = True, generator: Generator | None = None) -> dict:
+                 tokenizer=None, config=None, progress: bool = True, generator: Generator | None = None,
+                 model_name: str | None = None) -> dict:
     """Generate for every record not yet in `out_path`. `model` is a path or a params pytree (then pass config=
-    and tokenizer=; pass generator= to reuse compiled steps across files)."""
+    and tokenizer=; pass generator= to reuse compiled steps across files). `model_name` names the model in the
+    output's run record where `model` is not a path (default: "params")."""
     if generator is None:
         generator, tokenizer = load_generator(model, decode, dtype, tokenizer, config)
     elif tokenizer is None:
@@ -120,10 +146,20 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     records = read_jsonl(input_path)
+    if model_name is None:
+        model_name = str(Path(model).resolve()) if isinstance(model, (str, Path)) else "params"
+    # what decides the tokens; batch size, buckets' spacing, layer loop and prefix cache do not (tests/test_decode.py)
+    check_run(out_path, {"model": model_name, "dtype": dtype, "max_new_tokens": gen.dc.max_new_tokens,
+                         "max_prompt_tokens": max(gen.dc.buckets), "stop_ids": list(gen.dc.stop_ids),
+                         "chat_template": chat_template, "drop_system": drop_system})
     seen = done_ids(out_path)
     ids = [str(r.get("id", i)) for i, r in enumerate(records)]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{input_path}: duplicate ids")
+    strays = sorted(seen - set(ids))
+    if strays:
+        raise ValueError(f"{out_path}: holds {len(strays)} ids that {input_path} does not (e.g. {strays[:3]}): "
+                         "the output of another input; write to another output")
     for r, i in zip(records, ids):
         r["id"] = i
     todo = [r for r, i in zip(records, ids) if i not in seen]
