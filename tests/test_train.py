@@ -83,6 +83,10 @@ def test_sigterm_writes_a_restorable_checkpoint(sample_data, tmp_path, monkeypat
     assert 3 <= s["step"] < 30
     saved = [int(p.name) for p in (tmp_path / "term" / "checkpoints").iterdir() if p.name.isdigit()]
     assert saved == [s["step"]]
+    changed = cfg_for(sample_data, tmp_path / "term", "max_steps=30", "optim.learning_rate=0.01", "data.seed=7")
+    with pytest.raises(ValueError, match=r"term: its checkpoints are of a run with other settings \(data\.seed: 42 "
+                                         r"then, 7 now; optim\.learning_rate: 0\.003 then, 0\.01 now\)"):
+        run_train(changed, progress=False)
     s2 = run_train(cfg, progress=False)  # resumes from the SIGTERM checkpoint and finishes
     assert s2["steps"] == 30 and s2["history"][0]["step"] == s["step"] + 1
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import yaml
 from tqdm.auto import tqdm
 
-from mnlu_jax.config import save_config
+from mnlu_jax.config import save_config, to_dict
 from mnlu_jax.data.loader import count_batches, make_dataset
 from mnlu_jax.data.schema import read_instances, shard_files
 from mnlu_jax.data.tokenize import tokenize_all
@@ -70,12 +71,40 @@ def load_model_and_tokenizer(cfg: TrainConfig, instances, out: Path):
     return params, config, tok, tok_src
 
 
+# Settings a resumed run may change: when to stop, checkpoint and log, where it runs, and how a step is computed
+# (the same math: remat, the layer loop, attention kernels, the loss chunk). Any other change (data, optimizer,
+# batch, seed, model) would continue one run's checkpoint as another run.
+RESUMABLE_CHANGES = ("output_dir", "max_steps", "checkpoint.", "log_every", "tensorboard", "wandb_project",
+                     "export_hf", "distributed", "peak_tflops_per_device", "mesh.", "model.remat_policy",
+                     "model.scan_layers", "model.loss_chunk", "model.attention_impl", "model.packed_attention_runs")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    return {k2: v2 for k, v in d.items()
+            for k2, v2 in (_flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) and k != "config"
+                           else [(f"{prefix}{k}", v)])}
+
+
+def check_resume_settings(cfg: TrainConfig, out: Path) -> None:
+    """Refuse to resume `out`'s checkpoints under settings that change the run (see RESUMABLE_CHANGES)."""
+    saved, ckpts = out / "config.yaml", out / "checkpoints"
+    if not saved.exists() or not ckpts.is_dir() or not any(p.name.isdigit() for p in ckpts.iterdir()):
+        return
+    before, now = _flat(yaml.safe_load(saved.read_text()) or {}), _flat(to_dict(cfg))
+    changed = [f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in sorted(set(before) | set(now))
+               if before.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        raise ValueError(f"{out}: its checkpoints are of a run with other settings ({'; '.join(changed)}); use "
+                         f"another output_dir, or remove {ckpts} to start this one over")
+
+
 def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
     import orbax.checkpoint as ocp
 
     distributed.initialize(cfg.distributed)
     out = Path(cfg.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
+    check_resume_settings(cfg, out)
     if jax.process_index() == 0:
         save_config(cfg, out / "config.yaml")
 
