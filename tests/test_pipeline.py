@@ -75,6 +75,13 @@ def test_generate_resumes_after_a_crash(demo):
         run_generate(out / "merged", out / "eval_sets" / "BC2GM.jsonl", pred,
                      DecodeConfig(batch_size=4, max_new_tokens=16, buckets=(256, 512)), chat_template="zephyr",
                      progress=False)
+    edited = [json.loads(l) for l in (out / "eval_sets" / "BC2GM.jsonl").read_text().splitlines()]
+    edited[1]["messages"][-2]["content"] += " Answer briefly."
+    (out / "edited.jsonl").write_text("".join(json.dumps(r) + "\n" for r in edited))
+    with pytest.raises(ValueError, match=r"BC2GM\.jsonl: holds other prompts for 1 ids of .*edited\.jsonl"):
+        run_generate(out / "base", out / "edited.jsonl", pred,
+                     DecodeConfig(batch_size=4, max_new_tokens=16, buckets=(256, 512)), chat_template="zephyr",
+                     progress=False)
     with pytest.raises(ValueError, match=r"BC2GM\.jsonl: holds \d+ ids that .*NCBI-disease\.jsonl does not"):
         run_generate(out / "base", out / "eval_sets" / "NCBI-disease.jsonl", pred,
                      DecodeConfig(batch_size=4, max_new_tokens=16, buckets=(256, 512)), chat_template="zephyr",

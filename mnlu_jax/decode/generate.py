@@ -5,7 +5,8 @@ Each input line is a JSON object with an `id` and either `prompt` (raw text, tok
 output line is the input object plus `prediction`, `finish_reason` and `num_generated_tokens`. Lines are
 appended and flushed as each prompt finishes; on restart, ids already in the output are skipped. What made the output
 (model, dtype, stop ids, token limits, chat template) is kept beside it in `<out>.run.json`: a restart with any of
-these changed, or with an input that lacks ids the output has, is refused rather than mixing two runs in one file.
+these changed, or with an input that lacks ids the output has or gives them other prompts, is refused rather than
+mixing two runs in one file.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [rec for _, rec in iter_jsonl(path)]
 
 
-def done_ids(path: Path) -> set[str]:
-    """Ids already written; a torn last line (crash mid-write) is ignored and rewritten."""
+def done_records(path: Path) -> dict[str, dict]:
+    """Records already written, by id; a torn last line (crash mid-write) is ignored and rewritten."""
     if not path.exists():
-        return set()
-    ids = set()
+        return {}
+    done = {}
     good = []
     with open(path) as f:
         for line in f:
@@ -40,12 +41,12 @@ def done_ids(path: Path) -> set[str]:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            ids.add(str(rec["id"]))
+            done[str(rec["id"])] = rec
             good.append(line if line.endswith("\n") else line + "\n")
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(good))
     os.replace(tmp, path)
-    return ids
+    return done
 
 
 def check_run(out_path: Path, identity: dict[str, Any]) -> None:
@@ -152,14 +153,19 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
     check_run(out_path, {"model": model_name, "dtype": dtype, "max_new_tokens": gen.dc.max_new_tokens,
                          "max_prompt_tokens": max(gen.dc.buckets), "stop_ids": list(gen.dc.stop_ids),
                          "chat_template": chat_template, "drop_system": drop_system})
-    seen = done_ids(out_path)
+    seen = done_records(out_path)
     ids = [str(r.get("id", i)) for i, r in enumerate(records)]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{input_path}: duplicate ids")
-    strays = sorted(seen - set(ids))
-    if strays:
-        raise ValueError(f"{out_path}: holds {len(strays)} ids that {input_path} does not (e.g. {strays[:3]}): "
-                         "the output of another input; write to another output")
+    strays = sorted(set(seen) - set(ids))
+    # an output record carries its input's fields: a prompt that has changed since is another input
+    changed = [i for r, i in zip(records, ids) if i in seen
+               and any(seen[i].get(k) != r.get(k) for k in ("messages", "prompt"))]
+    if strays or changed:
+        raise ValueError(f"{out_path}: holds " + (f"{len(strays)} ids that {input_path} does not (e.g. {strays[:3]})"
+                                                   if strays else f"other prompts for {len(changed)} ids of "
+                                                   f"{input_path} (e.g. {changed[:3]})") +
+                         ": the output of another input; write to another output")
     for r, i in zip(records, ids):
         r["id"] = i
     todo = [r for r, i in zip(records, ids) if i not in seen]
