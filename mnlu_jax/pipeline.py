@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -51,13 +53,56 @@ class PipelineConfig:
     decode: DecodeSection = dataclasses.field(default_factory=DecodeSection)
 
 
-class Stages:
-    """Runs named stages in order with a progress line (stage i/N, elapsed, ETA from the stages done so far)."""
+# each stage's folder under output_dir
+STAGE_DIRS = {"data": "data", "base": "base", "eval-sets": "eval_sets", "eval-base": "eval/base", "train": "train",
+              "merge": "merged", "eval-finetuned": "eval/finetuned", "eval-merged": "eval/merged"}
 
-    def __init__(self, names: list[str], log_path: Path):
-        self.names, self.log_path = names, log_path
+
+def _file_digest(path: str) -> str | None:
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else None
+
+
+def stage_settings(cfg: PipelineConfig) -> dict[str, dict]:
+    """What each stage's output depends on: its own settings (and the contents of the config files it reads) and
+    those of the stages it reads from. Decoding settings that do not change tokens (batch size, chunk steps, prefix
+    cache) are left out."""
+    data = {"data_config": cfg.data_config, "data_config_digest": _file_digest(cfg.data_config)}
+    base = {"base_model": cfg.base_model, "tiny_model": cfg.tiny_model, **(data if cfg.base_model == "tiny" else {})}
+    sets = {"eval_data_root": cfg.eval_data_root, "benchmark": cfg.benchmark, "eval_shots": cfg.eval_shots}
+    decode = {"chat_template": cfg.chat_template, "decode.max_new_tokens": cfg.decode.max_new_tokens,
+              "decode.max_prompt": max(cfg.decode.buckets), "decode.dtype": cfg.decode.dtype}
+    train = {**data, **base, "train_config": cfg.train_config, "train_config_digest": _file_digest(cfg.train_config),
+             "train_overrides": list(cfg.train_overrides), "chat_template": cfg.chat_template}
+    merge = {**train, "merge_method": cfg.merge_method, "drop_rate": cfg.drop_rate, "merge_seed": cfg.merge_seed}
+    return {"data": data, "base": base, "eval-sets": sets, "eval-base": {**base, **sets, **decode}, "train": train,
+            "merge": merge, "eval-finetuned": {**train, **sets, **decode}, "eval-merged": {**merge, **sets, **decode}}
+
+
+class Stages:
+    """Runs named stages in order with a progress line (stage i/N, elapsed, ETA from the stages done so far), and
+    records with each the settings it was made with (`stage_settings`), so that a rerun with other settings is not
+    answered from outputs made with the old ones."""
+
+    def __init__(self, names: list[str], log_path: Path, settings: dict[str, dict]):
+        self.names, self.log_path, self.settings = names, log_path, settings
         self.t0 = time.perf_counter()
         self.done = json.loads(log_path.read_text()) if log_path.exists() else {}
+
+    def check(self, out: Path) -> None:
+        """Refuse an output_dir whose finished stages were made with other settings, naming them."""
+        stale = []
+        for name, now in self.settings.items():
+            before = self.done.get(name, {}).get("settings")
+            if before is None or not (out / STAGE_DIRS[name]).exists():
+                continue
+            diff = [f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in sorted(set(before) | set(now))
+                    if before.get(k) != now.get(k)]
+            if diff:
+                stale.append(f"{name} ({STAGE_DIRS[name]}/: {'; '.join(diff)})")
+        if stale:
+            raise ValueError(f"{out}: stages made with other settings: {', '.join(stale)}. Delete those folders to "
+                             "make them again with these settings, or use another output_dir")
 
     def run(self, name: str, fn, complete: bool) -> None:
         i = self.names.index(name) + 1
@@ -67,12 +112,22 @@ class Stages:
         eta = f", ETA ~{remaining * sum(t['seconds'] for t in timed) / len(timed) / 60:.1f} min" if timed else ""
         if complete:
             print(f"[{i}/{len(self.names)}] {name}: cached")
+            if name in self.settings and "settings" not in self.done.get(name, {}):  # recorded before settings were
+                self.done.setdefault(name, {})["settings"] = self.settings[name]
+                self._write()
             return
         print(f"[{i}/{len(self.names)}] {name} (elapsed {elapsed / 60:.1f} min{eta})", flush=True)
         t = time.perf_counter()
         fn()
         self.done[name] = {"seconds": time.perf_counter() - t}
-        self.log_path.write_text(json.dumps(self.done, indent=2))
+        if name in self.settings:
+            self.done[name]["settings"] = self.settings[name]
+        self._write()
+
+    def _write(self) -> None:
+        tmp = self.log_path.with_name(f".{self.log_path.name}.tmp")
+        tmp.write_text(json.dumps(self.done, indent=2))
+        os.replace(tmp, self.log_path)
 
 
 def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
@@ -89,9 +144,10 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
 
     out = Path(cfg.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "pipeline.yaml")
     names = ["data", "base", "eval-sets", "eval-base", "train", "merge", "eval-finetuned", "eval-merged", "report"]
-    st = Stages(names, out / "stages.json")
+    st = Stages(names, out / "stages.json", stage_settings(cfg))
+    st.check(out)
+    save_config(cfg, out / "pipeline.yaml")
     dec = DecodeConfig(batch_size=cfg.decode.batch_size, max_new_tokens=cfg.decode.max_new_tokens,
                        buckets=tuple(cfg.decode.buckets), prefill_batch=min(4, cfg.decode.batch_size),
                        chunk_steps=cfg.decode.chunk_steps, prefix_cache=cfg.decode.prefix_cache)
@@ -139,12 +195,13 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
         results = run_score(systems, out / "report", manifest=out / "eval_sets" / "manifest.json")
         if (out / "train" / "loss.png").exists():
             shutil.copy2(out / "train" / "loss.png", out / "report" / "loss.png")
+        times = {k: round(v["seconds"], 1) for k, v in st.done.items() if "seconds" in v}
         md = ["# mnlu-jax pipeline report", "", f"Base model: `{cfg.base_model}`; data: `{cfg.data_config}`; "
               f"merge: {cfg.merge_method} (drop rate {cfg.drop_rate}).", "",
               "## Table 5 (paper-mode scoring; the paper's columns are its published numbers)", "",
               markdown(table5(results, "paper")), "## Official BLURB/BLUE scoring", "", markdown(table5(results, "official")),
               "![scores](scores_paper.png)", "", "![training loss](loss.png)", "",
-              f"Stage times (s): {json.dumps({k: round(v['seconds'], 1) for k, v in st.done.items()})}", ""]
+              f"Stage times (s): {json.dumps(times)}", ""]
         (out / "report" / "report.md").write_text("\n".join(md))
 
     st.run("report", report, False)

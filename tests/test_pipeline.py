@@ -48,6 +48,12 @@ def test_pipeline_tiny_end_to_end_and_cached_rerun(demo, capsys, monkeypatch):
     assert main(["pipeline", "--config", "configs/demo_tiny.yaml", f"output_dir={out}"]) == 0
     printed = capsys.readouterr().out
     assert printed.count(": cached") == 8
+    # a rerun with another drop rate is not answered from the merge made with the old one
+    assert main(["pipeline", "--config", "configs/demo_tiny.yaml", f"output_dir={out}", "drop_rate=0.3"]) == 2
+    err = capsys.readouterr().err
+    assert "stages made with other settings: merge (merged/: drop_rate: 0.2 then, 0.3 now), eval-merged " \
+           "(eval/merged/: drop_rate: 0.2 then, 0.3 now). Delete those folders" in err
+    assert "drop_rate: 0.2" in (out / "pipeline.yaml").read_text()  # the record still says what made the outputs
 
 
 def test_generate_resumes_after_a_crash(demo):
