@@ -65,33 +65,28 @@ def test_generate_resumes_after_a_crash(demo):
     from mnlu_jax.decode.engine import DecodeConfig
     from mnlu_jax.decode.generate import run_generate
 
-    stats = run_generate(out / "base", out / "eval_sets" / "BC2GM.jsonl", pred,
-                         DecodeConfig(batch_size=4, max_new_tokens=16, buckets=(256, 512)), chat_template="zephyr",
-                         progress=False)
+    def resume(model="base", eval_set=out / "eval_sets" / "BC2GM.jsonl", max_new_tokens=16):  # the pipeline's settings
+        return run_generate(out / model, eval_set, pred, DecodeConfig(batch_size=4, max_new_tokens=max_new_tokens,
+                                                                      buckets=(256, 512)),
+                            chat_template="zephyr", progress=False)
+
+    stats = resume()
     assert stats["skipped"] == 3 and stats["total"] == len(lines)
     again = pred.read_text().splitlines()
     assert len(again) == len(lines) and len({json.loads(l)["id"] for l in again}) == len(lines)
     # what wrote it is kept beside it: another model, setting or input does not resume into it
     assert json.loads(pred.with_name("BC2GM.jsonl.run.json").read_text())["model"] == str((out / "base").resolve())
     with pytest.raises(ValueError, match=r"BC2GM\.jsonl: written by another run \(max_new_tokens: 16 then, 8 now\)"):
-        run_generate(out / "base", out / "eval_sets" / "BC2GM.jsonl", pred,
-                     DecodeConfig(batch_size=4, max_new_tokens=8, buckets=(256, 512)), chat_template="zephyr",
-                     progress=False)
+        resume(max_new_tokens=8)
     with pytest.raises(ValueError, match=r"model: '.*base' then, '.*merged' now"):
-        run_generate(out / "merged", out / "eval_sets" / "BC2GM.jsonl", pred,
-                     DecodeConfig(batch_size=4, max_new_tokens=16, buckets=(256, 512)), chat_template="zephyr",
-                     progress=False)
+        resume(model="merged")
     edited = [json.loads(l) for l in (out / "eval_sets" / "BC2GM.jsonl").read_text().splitlines()]
     edited[1]["messages"][-2]["content"] += " Answer briefly."
     (out / "edited.jsonl").write_text("".join(json.dumps(r) + "\n" for r in edited))
     with pytest.raises(ValueError, match=r"BC2GM\.jsonl: holds other prompts for 1 ids of .*edited\.jsonl"):
-        run_generate(out / "base", out / "edited.jsonl", pred,
-                     DecodeConfig(batch_size=4, max_new_tokens=16, buckets=(256, 512)), chat_template="zephyr",
-                     progress=False)
+        resume(eval_set=out / "edited.jsonl")
     with pytest.raises(ValueError, match=r"BC2GM\.jsonl: holds \d+ ids that .*NCBI-disease\.jsonl does not"):
-        run_generate(out / "base", out / "eval_sets" / "NCBI-disease.jsonl", pred,
-                     DecodeConfig(batch_size=4, max_new_tokens=16, buckets=(256, 512)), chat_template="zephyr",
-                     progress=False)
+        resume(eval_set=out / "eval_sets" / "NCBI-disease.jsonl")
 
 
 def test_compilation_cache_dir_choice(monkeypatch, tmp_path):

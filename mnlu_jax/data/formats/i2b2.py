@@ -66,6 +66,17 @@ def _span(offs, l1, t1, l2, t2, mention, where, text):
     return s, e
 
 
+def _concept_lines(con: Path):
+    """(where, mention, (l1, t1, l2, t2), type) for each line of a 2010-format concepts file (2010, 2011)."""
+    for n, line in enumerate(read_text(con).splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _CON.match(line.strip())
+        if not m:
+            raise DataError(f'{con}:{n}: expected c="..." L:T L:T||t="type", got {line[:60]!r}')
+        yield f"{con}:{n}", m.group(1), tuple(map(int, m.group(2, 3, 4, 5))), m.group(6)
+
+
 def _find(base: Path, sub: str, stem: str, ext: str) -> Path | None:
     for p in (base / sub / f"{stem}{ext}", base / f"{stem}{ext}"):
         if p.exists():
@@ -86,17 +97,11 @@ def read_i2b2_2010(path: str | Path) -> list[dict]:
         con = _find(base, "concept", txt.stem, ".con")
         if con is None:
             raise DataError(f"{txt}: no matching {txt.stem}.con")
-        for n, line in enumerate(con.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            m = _CON.match(line.strip())
-            if not m:
-                raise DataError(f'{con}:{n}: expected c="..." L:T L:T||t="type", got {line[:60]!r}')
-            mention, l1, t1, l2, t2, typ = m.group(1), *map(int, m.group(2, 3, 4, 5)), m.group(6)
-            s, e = _span(offs, l1, t1, l2, t2, mention, f"{con}:{n}", text)
+        for where, mention, position, typ in _concept_lines(con):
+            s, e = _span(offs, *position, mention, where, text)
             eid = f"T{len(ents) + 1}"
             ents.append({"id": eid, "type": typ, "offsets": [[s, e]], "text": [text[s:e]]})
-            key_to_id[(l1, t1, l2, t2)] = eid
+            key_to_id[position] = eid
         rel = _find(base, "rel", txt.stem, ".rel")
         if rel is not None:
             for n, line in enumerate(rel.read_text(encoding="utf-8").splitlines(), 1):
@@ -164,15 +169,9 @@ def read_i2b2_2011_coref(path: str | Path, bad_spans: str = "error") -> list[dic
         text = read_text(txt)
         offs = _token_offsets(text)
         ents, by_position, skipped_positions = [], {}, set()
-        for n, line in enumerate(read_text(con).splitlines(), 1):
-            if not line.strip():
-                continue
-            m = _CON.match(line.strip())
-            if not m:
-                raise DataError(f'{con}:{n}: expected c="..." L:T L:T||t="type", got {line[:60]!r}')
-            position = tuple(map(int, m.group(2, 3, 4, 5)))
+        for where, mention, position, typ in _concept_lines(con):
             try:
-                s, e = _span(offs, *position, m.group(1), f"{con}:{n}", text)
+                s, e = _span(offs, *position, mention, where, text)
             except DataError as err:
                 if bad_spans != "skip":
                     raise
@@ -181,7 +180,7 @@ def read_i2b2_2011_coref(path: str | Path, bad_spans: str = "error") -> list[dic
                 continue
             if position not in by_position:  # a concept listed twice is one mention
                 by_position[position] = f"T{len(ents) + 1}"
-                ents.append({"id": by_position[position], "type": m.group(6), "offsets": [[s, e]],
+                ents.append({"id": by_position[position], "type": typ, "offsets": [[s, e]],
                              "text": [text[s:e]], "concept": None})
         by_id, rels = {e["id"]: e for e in ents}, []
         for n, line in enumerate(read_text(chains).splitlines(), 1):
