@@ -83,6 +83,21 @@ def test_golden_event_tasks():
     assert " - Status: (" in eac.answer and "Options:\n(A) " in _user(eac)
 
 
+def test_flag_attributes_are_asked_yes_or_no(tmp_path):
+    # BioNLP-ST's modifications: `M1 Negation E2` has no value; asked only of flagged events, every question would
+    # have the one option "True"
+    (tmp_path / "d.txt").write_text("IL6 expression rose but TNF expression did not rise and MYC binding fell .")
+    (tmp_path / "d.a1").write_text("T1\tProtein 0 3\tIL6\nT2\tProtein 24 27\tTNF\nT3\tProtein 56 59\tMYC\n")
+    (tmp_path / "d.a2").write_text("T4\tGene_expression 4 14\texpression\nT5\tGene_expression 28 38\texpression\n"
+                                   "T6\tBinding 60 67\tbinding\nE1\tGene_expression:T4 Theme:T1\n"
+                                   "E2\tGene_expression:T5 Theme:T2\nE3\tBinding:T6 Theme:T3\nM1\tNegation E2\n")
+    eac = [i for i in T.event_instances(READERS["brat"](tmp_path), "ge") if i.task == "EAC"]
+    assert len(eac) == 2 and sorted(i.answer.split(": ")[1][4:] for i in eac) == ["No", "Yes"]
+    negated = next(i for i in eac if i.answer.endswith("Yes"))
+    assert negated.id == "ge-d-E2-Negation" and "'expression'" in _user(negated)
+    assert sorted(o[4:] for o in negated.options) == ["No", "Yes"]
+
+
 def test_shuffle_is_seeded_and_per_instance():
     doc = {"id": "7", "text": "@DRUG$ and @DRUG$ .", "labels": ["DDI-int"]}
     a = T.re_masked_instances([doc], "ddi", "ddi", seed=3)[0]

@@ -178,6 +178,10 @@ def event_instances(docs: list[dict], dataset: str, seed: int = 0, label_map: di
             values.setdefault(a["type"], set()).add(str(a["value"]))
     if attribute_values:
         values.update({k: set(v) for k, v in attribute_values.items()})
+    # Flags, attributes without a value (brat `M1 Negation E1`; BioNLP-ST's Negation and Speculation), are asked as
+    # yes/no of the events that carry them and of as many events of the same document that do not: asked only of
+    # the flagged events, every question would have one option and one answer.
+    flags = sorted(t for t, vs in values.items() if vs == {"True"})
     for d in docs:
         ents = {e["id"]: e for e in d["entities"]}
         triggers = [ents[ev["trigger"]] for ev in d["events"]]
@@ -201,21 +205,38 @@ def event_instances(docs: list[dict], dataset: str, seed: int = 0, label_map: di
                                     type="events", options=[rname], messages=_messages(user, answer),
                                     gold={"entities": {f"{tname} - {rname}": gold[rname]}}))
             arg_role = {a["ref_id"]: a["role"] for a in ev["arguments"]}
-            for attr in [a for a in d["attributes"] if a["ref_id"] in (ev["id"], ev["trigger"], *arg_role)]:
-                opts = sorted(values.get(attr["type"], {str(attr["value"])}))
-                rng = instance_rng(seed, dataset, f"{d['id']}-{attr['id']}")
-                rng.shuffle(opts)
-                lettered = format_options(opts)
+            for attr in [a for a in d["attributes"] if a["ref_id"] in (ev["id"], ev["trigger"], *arg_role)
+                         and a["type"] not in flags]:
                 # the attribute is named by the argument's role when it sits on an argument (e.g. Status)
                 aname = L.expand(arg_role.get(attr["ref_id"], attr["type"]), label_map)
-                gold_opt = lettered[opts.index(str(attr["value"]))]
-                user = (f"What is the {aname} attribute of the {tname} '{span}' in the medical text below?\n"
-                        f"Medical text: {d['text']}\nOptions:\n" + "\n".join(lettered))
-                out.append(Instance(id=f"{dataset}-{d['id']}-{attr['id']}", dataset=dataset, task="EAC",
-                                    type="other classification", options=lettered,
-                                    messages=_messages(user, f"{tname} - {aname}: {gold_opt}"),
-                                    gold={"labels": [gold_opt]}))
+                out.append(_eac_instance(f"{dataset}-{d['id']}-{attr['id']}", dataset, d["text"], tname, span, aname,
+                                         sorted(values.get(attr["type"], {str(attr["value"])})), str(attr["value"]),
+                                         instance_rng(seed, dataset, f"{d['id']}-{attr['id']}")))
+        for flag in flags:
+            carried = {a["ref_id"] for a in d["attributes"] if a["type"] == flag}
+            marked = [ev for ev in d["events"] if {ev["id"], ev["trigger"]} & carried]
+            unmarked = [ev for ev in d["events"] if not {ev["id"], ev["trigger"]} & carried]
+            instance_rng(seed, dataset, f"{d['id']}-{flag}").shuffle(unmarked)
+            for ev, answer in [(ev, "Yes") for ev in marked] + [(ev, "No") for ev in unmarked[:len(marked)]]:
+                trig = ents[ev["trigger"]]
+                out.append(_eac_instance(f"{dataset}-{d['id']}-{ev['id']}-{flag}", dataset, d["text"],
+                                         L.expand(trig["type"], label_map), mention_text(trig),
+                                         L.expand(flag, label_map), ["Yes", "No"], answer,
+                                         instance_rng(seed, dataset, f"{d['id']}-{ev['id']}-{flag}")))
     return out
+
+
+def _eac_instance(iid: str, dataset: str, text: str, tname: str, span: str, aname: str, opts: list[str], gold: str,
+                  rng: random.Random) -> Instance:
+    """An event attribute question: the options shuffled and lettered, the answer `Trigger type - Attribute: (X) v`."""
+    opts = list(opts)
+    rng.shuffle(opts)
+    lettered = format_options(opts)
+    gold_opt = lettered[opts.index(gold)]
+    user = (f"What is the {aname} attribute of the {tname} '{span}' in the medical text below?\n"
+            f"Medical text: {text}\nOptions:\n" + "\n".join(lettered))
+    return Instance(id=iid, dataset=dataset, task="EAC", type="other classification", options=lettered,
+                    messages=_messages(user, f"{tname} - {aname}: {gold_opt}"), gold={"labels": [gold_opt]})
 
 
 # ---------------------------------------------------------------------------------------------------------
