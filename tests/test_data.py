@@ -884,6 +884,51 @@ def test_hf_dataset_reader(tmp_path, monkeypatch):
         READERS["hf_dataset"](tmp_path / "x.tsv")
 
 
+def test_hf_dataset_bigbio_kb(tmp_path):
+    # BigBio's kb schema (what its loaders give for most corpora of the mix): passages with offsets, entities,
+    # events with triggers, relations and coreference chains between entity ids
+    title, abstract = "IL6 in sepsis.", "IL6 expression rose in patients. It was high in sepsis."
+    text = f"{title} {abstract}"
+
+    def at(word, start=0):
+        i = text.index(word, start)
+        return {"text": [word], "offsets": [[i, i + len(word)]]}
+
+    norm = [{"db_name": "NCBIGene", "db_id": "3569"}]
+    row = {"id": "0", "document_id": "PMID1",
+           "passages": [{"id": "p1", "type": "title", "text": [title], "offsets": [[0, len(title)]]},
+                        {"id": "p2", "type": "abstract", "text": [abstract], "offsets": [[len(title) + 1, len(text)]]}],
+           "entities": [{"id": "T1", "type": "Gene", **at("IL6"), "normalized": norm},
+                        {"id": "T2", "type": "Disease", **at("sepsis"), "normalized": []},
+                        {"id": "T3", "type": "Gene", **at("IL6", 5), "normalized": []},
+                        {"id": "T4", "type": "Gene", **at("It"), "normalized": []}],
+           "events": [{"id": "E1", "type": "Gene_expression", "trigger": at("expression"),
+                       "arguments": [{"role": "Theme", "ref_id": "T3"}]}],
+           "relations": [{"id": "R1", "type": "Association", "arg1_id": "T1", "arg2_id": "T2", "normalized": []}],
+           "coreferences": [{"id": "C1", "entity_ids": ["T4", "T3"]}]}
+    (tmp_path / "kb.jsonl").write_text(json.dumps(row) + "\n")
+    (doc,) = READERS["hf_dataset"](tmp_path / "kb.jsonl", schema="kb")
+    assert doc["id"] == "PMID1" and doc["text"] == text
+    ents = {e["id"]: e for e in doc["entities"]}
+    assert ents["T1"]["concept"] == "NCBIGene:3569" and ents["T4"]["concept"] == ents["T3"]["concept"] == \
+        "coreference:C1" and ents["E1-trigger"]["text"] == ["expression"]
+    assert [(r["type"], r["arg1"], r["arg2"]) for r in doc["relations"]] == [("Association", "T1", "T2"),
+                                                                            ("coreference", "T4", "T3")]
+    inst = T.event_instances([doc], "kb")
+    assert {i.task for i in inst} == {"ETE", "EAE"} and "Gene_expression - Theme: IL6" in inst[1].answer
+    # bad input names the row and the annotation
+    bad = dict(row, entities=row["entities"][:1] + [dict(row["entities"][1], text=["fever"])])
+    (tmp_path / "bad.jsonl").write_text(json.dumps(bad) + "\n")
+    with pytest.raises(DataError, match=r"bad\.jsonl \(train\) row 0: entity T2: span \[\[7, 13\]\] is 'sepsis'"):
+        READERS["hf_dataset"](tmp_path / "bad.jsonl", schema="kb")
+    bad = dict(row, relations=[dict(row["relations"][0], arg2_id="T9")])
+    (tmp_path / "bad.jsonl").write_text(json.dumps(bad) + "\n")
+    with pytest.raises(DataError, match=r"row 0: relation R1 joins T1 and T9, not both entities or events"):
+        READERS["hf_dataset"](tmp_path / "bad.jsonl", schema="kb")
+    with pytest.raises(DataError, match=r"no columns \['passages', 'entities'\] of BigBio's kb schema"):
+        READERS["hf_dataset"](SAMPLES / "dc/trialstop_sample.jsonl", schema="kb")
+
+
 def test_i2b2_deid_release_layouts(tmp_path):
     # 2014: CDATA text and PHI tags with offsets, read without newline translation (one sample note is CRLF)
     notes = {d["id"]: d for d in READERS["i2b2_2014_deid"](SAMPLES / "i2b2_2014_deid")}

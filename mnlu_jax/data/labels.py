@@ -32,7 +32,7 @@ EXPANSIONS = {
     "person": "Person", "pronoun": "Pronoun",
     "coref person": "refers to the same person as", "coref problem": "refers to the same medical problem as",
     "coref test": "refers to the same medical test as", "coref treatment": "refers to the same treatment as",
-    "coref pronoun": "refers to the same thing as",
+    "coref pronoun": "refers to the same thing as", "coreference": "refers to the same thing as",
 }
 # ChemProt's CPR groups and DrugProt's relation types, read from their own releases (formats/chemprot.py), are
 # worded as the verb of an option "'{e1}' <expansion> '{e2}'." (the chemical first, the gene second).
