@@ -10,8 +10,9 @@ the flat interchange schemas, by column:
              a data file          .parquet, .arrow, .json/.jsonl or .csv (the file is the split)
     schema   text (DC; SUM with a summary column), te (NLI), pairs (STS), or kb: BigBio's knowledge-base schema
              (`<name>_bigbio_kb` configs: passages, entities, events, relations, coreferences with offsets), which
-             BigBio's loaders give for nearly every corpus of the mix, the DUA ones included (load them where the
-             data is, `save_to_disk`, and point `path` at the folder)
+             BigBio's loaders give for nearly every corpus of the mix, the DUA ones included. Those loaders are
+             scripts, which datasets 4 and later no longer run: load them with datasets<4 (trust_remote_code=True),
+             `save_to_disk`, and point `path` at the folder
     columns  {field: column}: the column each field is read from; by default the first of COLUMNS[schema][field]
              that the dataset has (not for kb, whose field names are fixed)
 
