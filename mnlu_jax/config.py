@@ -115,9 +115,15 @@ def to_dict(cfg: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
-def save_config(cfg: Any, path: str | Path) -> None:
-    """Write atomically: a resumed run's other processes read the file while process 0 rewrites it."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write through a temporary file and a rename: a reader (another process, a crash) sees the old file or the
+    new one, never half of it."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Atomic: a resumed run's other processes read the file while process 0 rewrites it."""
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -17,12 +17,11 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
-from mnlu_jax.config import load_config, save_config
+from mnlu_jax.config import load_config, save_config, write_text_atomic
 
 
 @dataclasses.dataclass
@@ -125,9 +124,7 @@ class Stages:
         self._write()
 
     def _write(self) -> None:
-        tmp = self.log_path.with_name(f".{self.log_path.name}.tmp")
-        tmp.write_text(json.dumps(self.done, indent=2))
-        os.replace(tmp, self.log_path)
+        write_text_atomic(self.log_path, json.dumps(self.done, indent=2))
 
 
 def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:

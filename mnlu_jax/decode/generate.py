@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from mnlu_jax.config import write_text_atomic
 from mnlu_jax.data.schema import iter_jsonl
 from mnlu_jax.data.chat import prompt_messages, render, resolve_template
 from mnlu_jax.decode.engine import DecodeConfig, Generator, cast_params
@@ -43,9 +43,7 @@ def done_records(path: Path) -> dict[str, dict]:
                 continue
             done[str(rec["id"])] = rec
             good.append(line if line.endswith("\n") else line + "\n")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(good))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(good))
     return done
 
 
@@ -63,9 +61,7 @@ def check_run(out_path: Path, identity: dict[str, Any]) -> None:
             raise ValueError(f"{out_path}: written by another run ({'; '.join(changed)}); write to another output, "
                              "or delete it and its .run.json to start again")
         return
-    tmp = meta.with_name(f".{meta.name}.tmp")
-    tmp.write_text(json.dumps(identity, indent=2))
-    os.replace(tmp, meta)
+    write_text_atomic(meta, json.dumps(identity, indent=2))
 
 
 def encode_records(records: list[dict], tokenizer, template: str | None, drop_system: bool, max_prompt: int,

@@ -26,11 +26,10 @@ def run_evaluate(model, eval_dir: str | Path, out: str | Path, decode: DecodeCon
     for name, info in manifest["sets"].items():
         if names and name not in names:
             continue
-        stats[name] = run_generate(None, eval_dir / info["file"], pred_dir / info["file"], decode,
+        stats[name] = run_generate(model, eval_dir / info["file"], pred_dir / info["file"], decode,
                                    chat_template=chat_template, drop_system=drop_system, tokenizer=tokenizer,
                                    progress=progress, generator=generator, dtype=dtype,
-                                   model_name=str(Path(model).resolve()) if isinstance(model, (str, Path))
-                                   else system_name)
+                                   model_name=None if isinstance(model, (str, Path)) else system_name)
     run_score({system_name: pred_dir}, out, manifest=eval_dir / "manifest.json")
     (out / "generation_stats.json").write_text(json.dumps(stats, indent=2, default=str))
     return stats
