@@ -693,11 +693,54 @@ def test_nested_ner_jsonlines(tmp_path):
                                                              r"indices\) or \"ner\" .*one list per sentence \(1\)"),
            "tokens": ('{"sentences": "a b", "ners": []}', r"expected \"sentences\": a list of token lists"),
            "again": ('{"doc_key": "k", "sentences": [], "ners": []}',
-                     r"e\.jsonl:2: doc_key 'k' again \(first on line 1\)"),
+                     r"e\.jsonl:2: document 'k' again \(first on line 1\)"),
            "relation": ('{"sentences": [["a", "b"]], "ner": [[[0, 0, "X"]]], "relations": [[[0, 0, 1, 1, "R"]]]}',
                         r"relation \[0, 0, 1, 1, 'R'\]; expected \[start1, end1, start2, end2, type\] between two")}
     for name, (line, message) in bad.items():
         (tmp_path / "e.jsonl").write_text('{"doc_key": "k", "sentences": [["a"]], "ners": [[]]}\n' + line + "\n")
+        with pytest.raises(DataError, match=message):
+            READERS["ner_jsonlines"](tmp_path / "e.jsonl")
+
+
+def test_ner_jsonlines_sentence_records(tmp_path):
+    # OneIE's layout (a public GENIA release, CNN_Nested_NER's preprocess/outputs/genia): one sentence per line,
+    # end exclusive; consecutive lines of one doc_id make one document
+    rows = [{"doc_id": "d1", "sent_id": "d1-0", "tokens": ["IL-2", "gene", "binds", "."],
+             "entity_mentions": [{"start": 0, "end": 2, "entity_type": "DNA", "text": "IL-2 gene"},
+                                 {"start": 0, "end": 1, "entity_type": "protein", "text": "IL-2"}]},
+            {"doc_id": "d1", "sent_id": "d1-1", "tokens": ["T", "cells", "respond", "."],
+             "entity_mentions": [{"id": "e1", "start": 0, "end": 2, "entity_type": "cell_type", "text": "T cells"},
+                                 {"id": "e2", "start": 2, "end": 3, "entity_type": "X"}],
+             "relation_mentions": [{"relation_type": "R", "arguments": [{"entity_id": "e1", "role": "Arg-1"},
+                                                                        {"entity_id": "e2", "role": "Arg-2"}]}],
+             "event_mentions": [{"event_type": "Response", "trigger": {"start": 2, "end": 3, "text": "respond"},
+                                 "arguments": [{"entity_id": "e1", "role": "Theme"}]}]},
+            {"doc_id": "d2", "tokens": ["None", "here"], "entity_mentions": []}]
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d1, d2 = READERS["ner_jsonlines"](tmp_path / "s.jsonl")
+    assert (d1["id"], d1["text"], d2["id"], d2["entities"]) == ("d1", "IL-2 gene binds . T cells respond .", "d2", [])
+    assert [(e["id"], e["type"], e["offsets"], e["text"]) for e in d1["entities"]] == [
+        ("T1", "DNA", [[0, 9]], ["IL-2 gene"]), ("T2", "protein", [[0, 4]], ["IL-2"]),
+        ("T3", "cell_type", [[18, 25]], ["T cells"]), ("T4", "X", [[26, 33]], ["respond"]),
+        ("T5", "Response", [[26, 33]], ["respond"])]
+    assert d1["relations"] == [{"id": "R1", "type": "R", "arg1": "T3", "arg2": "T4"}]
+    assert d1["events"] == [{"id": "E1", "type": "Response", "trigger": "T5",
+                             "arguments": [{"role": "Theme", "ref_id": "T3"}]}]
+    ok = '{"doc_id": "k", "tokens": ["a", "b"], "entity_mentions": []}'
+    bad = {"inclusive end": ('{"doc_id": "k", "tokens": ["a"], "entity_mentions": [{"start": 0, "end": 0, '
+                             '"entity_type": "X"}]}', r"e\.jsonl:2: entity_mentions\[0\] .*expected \{\"start\", "
+                                                    r"\"end\", \"entity_type\"\} with 0 <= start < end <= 1"),
+           "text": ('{"tokens": ["a", "b"], "entity_mentions": [{"start": 0, "end": 1, "entity_type": "X", '
+                    '"text": "b"}]}', r"tokens 0-1 are 'a', the mention says 'b'"),
+           "apart": ('{"doc_id": "j", "tokens": []}\n' + ok, r"e\.jsonl:3: document 'k' again \(first on line 1\); "
+                                                               r"expected each document's lines together"),
+           "mixed": ('{"sentences": [["a"]], "ners": [[]]}', r"e\.jsonl:2: a document record .* in a file of "
+                                                              r"sentence records"),
+           "argument": ('{"tokens": ["a"], "entity_mentions": [], "relation_mentions": [{"relation_type": "R", '
+                        '"arguments": [{"entity_id": "z"}]}]}', r"relation_mentions\[0\]: expected \"arguments\""),
+           "tokens": ('{"tokens": "a b"}', r"e\.jsonl:2: expected \"tokens\": a list of strings")}
+    for name, (line, message) in bad.items():
+        (tmp_path / "e.jsonl").write_text(ok + "\n" + line + "\n")
         with pytest.raises(DataError, match=message):
             READERS["ner_jsonlines"](tmp_path / "e.jsonl")
 
