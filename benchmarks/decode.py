@@ -63,6 +63,23 @@ def evalset_prompts(tok, per_set: int):
     return prompts
 
 
+def load_smollm2():
+    """(threads, our params, config, tokenizer, transformers model) for SmolLM2-135M-Instruct, torch on every core."""
+    import torch
+    import transformers
+
+    from mnlu_jax.weights.convert import load_model, load_tokenizer, smollm2_path
+
+    threads = os.cpu_count()
+    torch.set_num_threads(threads)
+    gguf = smollm2_path()
+    params, config, _ = load_model(gguf)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                           torch_dtype=torch.float32)
+    hf.eval()
+    return threads, params, config, load_tokenizer(gguf), hf
+
+
 def build_ours(params, config, prompts, bs, new_tokens, prefix_cache):
     """A warmed-up generator (every shape compiled) and the seconds that took."""
     from mnlu_jax.decode.engine import DecodeConfig, Generator
@@ -113,18 +130,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=1, help="timed rounds per side, alternating; medians reported")
     ap.add_argument("--name", default="decode", help="results file benchmarks/results/NAME.json")
     args = ap.parse_args()
-    import torch
-    import transformers
-
-    from mnlu_jax.weights.convert import load_model, load_tokenizer, smollm2_path
-
-    threads = os.cpu_count()
-    torch.set_num_threads(threads)
-    gguf = smollm2_path()
-    params, config, _ = load_model(gguf)
-    tok = load_tokenizer(gguf)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
-    hf.eval()
+    threads, params, config, tok, hf = load_smollm2()
     rows = []
     for workload in args.workloads.split(","):
         if workload == "evalset":

@@ -32,6 +32,7 @@ class DecodeSection:
     chunk_steps: int = 16
     dtype: str = "float32"
     prefix_cache: bool = True  # shared prompt heads computed once (DecodeConfig.prefix_cache)
+    speculate: int = 0         # prompt-lookup drafts checked per step (DecodeConfig.speculate); same tokens
 
 
 @dataclasses.dataclass
@@ -65,7 +66,7 @@ def _file_digest(path: str) -> str | None:
 def stage_settings(cfg: PipelineConfig) -> dict[str, dict]:
     """What each stage's output depends on: its own settings (and the contents of the config files it reads) and
     those of the stages it reads from. Decoding settings that do not change tokens (batch size, chunk steps, prefix
-    cache) are left out."""
+    cache, speculation) are left out."""
     data = {"data_config": cfg.data_config, "data_config_digest": _file_digest(cfg.data_config)}
     base = {"base_model": cfg.base_model, "tiny_model": cfg.tiny_model, **(data if cfg.base_model == "tiny" else {})}
     sets = {"eval_data_root": cfg.eval_data_root, "benchmark": cfg.benchmark, "eval_shots": cfg.eval_shots}
@@ -147,7 +148,8 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
     save_config(cfg, out / "pipeline.yaml")
     dec = DecodeConfig(batch_size=cfg.decode.batch_size, max_new_tokens=cfg.decode.max_new_tokens,
                        buckets=tuple(cfg.decode.buckets), prefill_batch=min(4, cfg.decode.batch_size),
-                       chunk_steps=cfg.decode.chunk_steps, prefix_cache=cfg.decode.prefix_cache)
+                       chunk_steps=cfg.decode.chunk_steps, prefix_cache=cfg.decode.prefix_cache,
+                       speculate=cfg.decode.speculate)
 
     st.run("data", lambda: run_build(cfg.data_config, out / "data"), (out / "data" / "stats.json").exists())
 

@@ -1,13 +1,14 @@
 """Greedy decoder: token-for-token equality with transformers.generate, batch invariance, sharding."""
 
 import collections
+import dataclasses
 
 import numpy as np
 import pytest
 
 import jax
 
-from mnlu_jax.decode.engine import DecodeConfig, Generator, plan_prefixes, shard_params
+from mnlu_jax.decode.engine import DecodeConfig, Generator, lookup_drafts, plan_prefixes, shard_params
 from mnlu_jax.sharding import make_mesh
 from mnlu_jax.weights.convert import load_model
 from tests.conftest import make_tiny_hf
@@ -237,6 +238,9 @@ def test_sharded_equals_single_device(tiny, layer_loop):
     assert len(sp["model"]["layers"]["mlp"]["up_proj"]["kernel"].sharding.device_set) == 4
     sharded = [r.tokens for r in Generator(sp, config, dc, mesh=mesh).generate(prompts)]
     assert sharded == single
+    # speculation on the mesh too (its drafting runs on the batch-sharded token history)
+    spec = Generator(sp, config, dataclasses.replace(dc, speculate=2), mesh=mesh)
+    assert [r.tokens for r in spec.generate(prompts)] == single and spec.stats["draft_tokens_kept"] > 0
 
 
 def test_sharded_prefix_cache_equals_single_device(tiny, shared_head_prompts):
@@ -250,6 +254,45 @@ def test_sharded_prefix_cache_equals_single_device(tiny, shared_head_prompts):
 
 
 @pytest.mark.slow
+def test_lookup_drafts_follow_the_latest_longest_match():
+    import jax.numpy as jnp
+
+    rows = [[5, 6, 7, 8, 9, 5, 6, 7, 1, 5, 6],   # "5 6" last seen at 5 (not 0): drafts 7 1 5
+            [4, 9, 9, 3, 2, 7, 3],               # no 2-gram "7 3" before; the 1-gram "3" at 3: drafts 2 7 3
+            [1, 2, 3, 4],                        # no earlier "4": nothing drafted
+            [8, 1, 8]]                           # "8" at 0, then only 2 tokens follow: the third draft is 0
+    hist = np.full((4, 12), -1, np.int32)
+    for r, row in enumerate(rows):
+        hist[r, :len(row)] = row
+    drafts, found = lookup_drafts(jnp.asarray(hist), jnp.asarray([len(r) for r in rows], jnp.int32), 3, 2, 1)
+    assert np.asarray(drafts).tolist() == [[7, 1, 5], [2, 7, 3], [0, 0, 0], [1, 8, 0]]
+    assert np.asarray(found).tolist() == [True, True, False, True]
+
+
+@pytest.mark.parametrize("layer_loop", ["scan", "feature_major"])
+def test_speculative_decoding_gives_the_greedy_tokens(tiny, shared_head_prompts, layer_loop):
+    """Drafts checked in one pass keep exactly greedy's tokens: with a sliding window shorter than the output,
+    shared heads, refills, batch shrinking, stop ids cutting rows mid-step, and lengths that are not a multiple of
+    the draft length; and drafts are really kept (else this would test nothing)."""
+    params, config, hf, prompts = tiny
+    prompts = prompts[:4] + shared_head_prompts[:3]
+    base = dict(batch_size=3, max_new_tokens=19, buckets=(16, 64), prefill_batch=2, chunk_steps=3,
+                layer_loop=layer_loop)
+    plain = [r.tokens for r in Generator(params, config, DecodeConfig(**base)).generate(prompts)]
+    assert plain[:4] == [hf_greedy(hf, p, 19, config.eos_ids) for p in prompts[:4]]
+    stop = collections.Counter(t for toks in plain for t in set(toks[2:10])).most_common(1)[0][0]
+    cut = [toks[: toks.index(stop)] if stop in toks else toks for toks in plain]
+    assert cut != plain
+    gen = Generator(params, config, DecodeConfig(**base, speculate=3))
+    assert [r.tokens for r in gen.generate(prompts)] == plain
+    assert gen.stats["draft_tokens_kept"] > 10 and gen.stats["head_tokens_reused"] > 0
+    wide = Generator(params, config, DecodeConfig(**{**base, "batch_size": 8}, speculate=1,
+                                                  stop_ids=(stop, *config.eos_ids)))
+    assert [r.tokens for r in wide.generate(prompts)] == cut and wide.stats["draft_tokens_kept"] > 0
+    with pytest.raises(ValueError, match="lookup_min <= lookup_max"):
+        Generator(params, config, DecodeConfig(speculate=2, lookup_min=3, lookup_max=2))
+
+
 def test_smollm2_matches_hf_generate_on_16_chat_prompts(smollm2_path):
     from mnlu_jax.weights.convert import load_tokenizer
 
@@ -278,3 +321,9 @@ def test_smollm2_matches_hf_generate_on_16_chat_prompts(smollm2_path):
     assert matches == 16
     # the chat header and the shared instructions were computed once (prefix caching is on by default)
     assert gen.stats["head_tokens_reused"] >= 16 * 16
+    # prompt-lookup speculation keeps the same tokens, most of the answers' copied words coming from drafts
+    spec = Generator(params, config, DecodeConfig(batch_size=8, max_new_tokens=24, buckets=(16, 32, 48, 64, 128),
+                                                  prefill_batch=4, chunk_steps=4, stop_ids=config.eos_ids,
+                                                  speculate=2))
+    assert [r.tokens for r in spec.generate(prompts)] == [r.tokens for r in ours]
+    assert spec.stats["draft_tokens_kept"] > 0

@@ -16,6 +16,10 @@ of each such prompt, whose prefill then covers only its own tail. A row's cache 
 [head, left-padded to a bucket | tail, left-padded to a bucket | new tokens]; padding slots have segment 0, and
 masks go by stored positions, so the gaps are invisible.
 
+Speculative decoding (`DecodeConfig.speculate`, off by default): each step also checks drafted tokens taken
+from the row's own prompt and output (prompt lookup) and keeps those greedy would have produced; see
+`_speculative_chunk`.
+
 Batch invariance: a prompt's padding depends only on its own length (its bucket) and its split only on the
 input set (never on batch size, slot or order), masked cache slots contribute exact zeros, and each row of a
 matmul is computed independently, so its tokens do not depend on its slot, on the prompts that share its batch,
@@ -63,6 +67,15 @@ class DecodeConfig:
     # Shared prompt heads computed once (see the module docstring); `prefix_block` is the split granularity.
     prefix_cache: bool = True
     prefix_block: int = 16
+    # Prompt-lookup speculative decoding (vLLM's "ngram" drafts): each step drafts the `speculate` tokens that
+    # followed the latest earlier occurrence of the row's last n tokens (n = lookup_max down to lookup_min) in
+    # its own prompt and output, and checks them all in one forward pass, keeping the drafts that agree with the
+    # model's greedy choice plus the model's next token. The output is greedy's (every kept token is the model's
+    # argmax); what changes is how many tokens a step yields, a gain where weights, not arithmetic, bound a step
+    # (small batches, accelerators) and answers copy their input (NER spans). 0 turns it off.
+    speculate: int = 0
+    lookup_max: int = 3
+    lookup_min: int = 1
 
 
 @dataclasses.dataclass
@@ -79,6 +92,39 @@ def _greedy(params, config: ModelConfig, ids, pos, seg, cache, cache_index, feat
         return jnp.argmax(logits, axis=0).astype(jnp.int32), cache
     logits, cache = forward(params, config, ids, pos, seg, cache=cache, cache_index=cache_index, last_only=True)
     return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
+
+
+def _greedy_all(params, config: ModelConfig, ids, pos, seg, cache, cache_index, feature_major: bool):
+    """Every input token's greedy successor, (B, T), and the updated cache."""
+    if feature_major:
+        logits, cache = forward_feature_major(params, config, ids, pos, seg, cache, cache_index,
+                                              all_positions=True)                       # (vocab, B, T)
+        return jnp.argmax(logits, axis=0).astype(jnp.int32), cache
+    logits, cache = forward(params, config, ids, pos, seg, cache=cache, cache_index=cache_index, last_only=False)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
+
+
+def lookup_drafts(history, history_len, draft: int, lookup_max: int, lookup_min: int):
+    """(B, draft) token drafts by prompt lookup: for each row, the tokens that followed the latest earlier
+    occurrence of its last n tokens (`history[:, :history_len]`, n from lookup_max down to lookup_min, the first
+    n that occurs), and whether one was found. Slots past a row's history hold -1, which matches no token; drafts
+    running past it, and rows without a match, get token 0: a draft only decides how many tokens the step may
+    keep, never which."""
+    b, h = history.shape
+    idx = jnp.arange(h, dtype=jnp.int32)
+    drafts = jnp.zeros((b, draft), jnp.int32)
+    found = jnp.zeros((b,), bool)
+    for n in range(lookup_max, lookup_min - 1, -1):
+        tail = jnp.take_along_axis(history, jnp.clip(history_len[:, None] - n + jnp.arange(n)[None], 0, h - 1), 1)
+        match = (idx[None] + n < history_len[:, None]) & (history_len[:, None] > n)  # ends before the tail
+        for i in range(n):
+            match = match & (jnp.roll(history, -i, axis=1) == tail[:, i:i + 1])
+        start = jnp.max(jnp.where(match, idx[None], -1), axis=1)                     # latest occurrence or -1
+        hit = (start >= 0) & ~found
+        follow = jnp.take_along_axis(history, jnp.clip(start[:, None] + n + jnp.arange(draft)[None], 0, h - 1), 1)
+        drafts = jnp.where(hit[:, None], follow, drafts)
+        found = found | hit
+    return jnp.maximum(drafts, 0), found
 
 
 def _map_cache(fn, *caches) -> dict:
@@ -209,6 +255,47 @@ def _decode_chunk(params, cache, tokens, positions, write_idx, active, *, config
     return cache, tokens, positions, write_idx, active, out.T  # out: (B, steps)
 
 
+def _speculative_chunk(params, cache, tokens, positions, write_idx, active, history, history_len, *,
+                       config: ModelConfig, steps: int, stop_ids: tuple[int, ...], draft: int, lookup: tuple[int, int],
+                       feature_major: bool = False):
+    """`steps` speculative steps for every slot (see DecodeConfig.speculate): each feeds the row's last token and
+    its `draft` drafted ones, and keeps the longest run of drafts that equal the model's greedy choices, plus the
+    model's token after them (cut after a stop id). Output (B, steps * (draft + 1)), -1 where nothing is kept.
+
+    The keys/values of rejected drafts stay in the cache behind the kept tokens, at later positions than the
+    next query's (so masked out), and the next step's writes, which start at the first of them and span as many
+    slots, replace them all."""
+    stop = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
+    b, h = history.shape
+    offsets = jnp.arange(draft + 1, dtype=jnp.int32)
+
+    def step(carry, _):
+        cache, tok, pos, widx, act, hist, hlen, kept = carry
+        drafts, _ = lookup_drafts(hist, hlen, draft, *lookup)
+        ids = jnp.concatenate([jnp.maximum(tok, 0)[:, None], drafts], axis=1)            # (B, draft + 1)
+        seg = jnp.broadcast_to(act.astype(jnp.int32)[:, None], ids.shape)
+        preds, cache = _greedy_all(params, config, ids, pos[:, None] + offsets[None], seg, cache, widx,
+                                   feature_major)
+        accepted = jnp.sum(jnp.cumprod(drafts == preds[:, :draft], axis=1), axis=1)      # leading agreements
+        is_stop = jnp.any(preds[..., None] == stop, axis=-1) & (offsets[None] <= accepted[:, None])
+        any_stop = jnp.any(is_stop, axis=1)
+        n_out = jnp.where(any_stop, jnp.argmax(is_stop, axis=1) + 1, accepted + 1)      # tokens this step yields
+        keep = (offsets[None] < n_out[:, None]) & act[:, None]
+        emitted = jnp.where(keep, preds, -1)
+        slots = jnp.where(keep, hlen[:, None] + offsets[None], h)                        # h: dropped
+        hist = hist.at[jnp.arange(b)[:, None], slots].set(preds, mode="drop")
+        last = jnp.take_along_axis(preds, (n_out - 1)[:, None], axis=1)[:, 0]
+        kept = kept + jnp.sum(jnp.where(act, n_out - 1, 0))
+        hlen = hlen + jnp.where(act, n_out, 0)
+        return (cache, last, pos + n_out, widx + n_out, act & ~any_stop, hist, hlen, kept), emitted
+
+    carry = (cache, tokens, positions, write_idx, active, history, history_len, jnp.int32(0))
+    (cache, tokens, positions, write_idx, active, history, history_len, kept), out = jax.lax.scan(
+        step, carry, None, length=steps)
+    out = out.transpose(1, 0, 2).reshape(b, steps * (draft + 1))
+    return cache, tokens, positions, write_idx, active, history, history_len, out, kept
+
+
 class Generator:
     """Greedy generation over many prompts with continuous batching. Use `generate` or `stream`."""
 
@@ -225,6 +312,10 @@ class Generator:
         for name in ("batch_size", "prefill_batch", "chunk_steps", "max_new_tokens"):
             if getattr(decode, name) < 1:
                 raise ValueError(f"DecodeConfig.{name} must be at least 1, got {getattr(decode, name)}")
+        if decode.speculate < 0 or (decode.speculate and not 1 <= decode.lookup_min <= decode.lookup_max):
+            raise ValueError(f"DecodeConfig: speculate must be >= 0 and 1 <= lookup_min <= lookup_max, got "
+                             f"speculate={decode.speculate}, lookup_min={decode.lookup_min}, "
+                             f"lookup_max={decode.lookup_max}")
         if loop == "auto":
             platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
             loop = "feature_major" if platform == "cpu" else "scan"
@@ -250,14 +341,20 @@ class Generator:
                                      static_argnames=("cache_len",))
         self._insert = jax.jit(_insert, donate_argnums=(0,))
         self._compact = jax.jit(_compact, static_argnames=("length",))
-        self._chunk = jax.jit(
-            functools.partial(_decode_chunk, **model, steps=decode.chunk_steps, stop_ids=self.stop_ids),
-            donate_argnums=(1,))
+        if decode.speculate:
+            self._chunk = jax.jit(functools.partial(
+                _speculative_chunk, **model, steps=decode.chunk_steps, stop_ids=self.stop_ids,
+                draft=decode.speculate, lookup=(decode.lookup_max, decode.lookup_min)), donate_argnums=(1,))
+        else:
+            self._chunk = jax.jit(
+                functools.partial(_decode_chunk, **model, steps=decode.chunk_steps, stop_ids=self.stop_ids),
+                donate_argnums=(1,))
         self.compiled_shapes: set[tuple] = set()  # (kind, shape) pairs seen: bounded by the bucket count
         # prefill_tokens: prompt positions computed (padding included); head_tokens_reused: prompt tokens read
         # from a shared head's cache instead
+        # draft_tokens_kept: with speculation, tokens that came from accepted drafts (beyond one per step)
         self.stats = {"prefill_calls": 0, "chunk_calls": 0, "generated_tokens": 0, "seconds": 0.0,
-                      "prefill_tokens": 0, "head_tokens_reused": 0}
+                      "prefill_tokens": 0, "head_tokens_reused": 0, "draft_tokens_kept": 0}
 
     def bucket_for(self, n: int) -> int:
         for b in self._buckets:
@@ -296,12 +393,16 @@ class Generator:
         head_store: dict[tuple, dict] = {}  # head tokens -> its one-row cache, while prompts still need it
         # long layouts first; one shape's prompts together so that prefill groups fill up
         queue = sorted(range(len(prompts)), key=lambda i: (-sum(shapes[i]), shapes[i], i))
-        cache_len = max(sum(sh) for sh in shapes) + dc.max_new_tokens
+        # a speculative step writes `speculate` slots past its last kept token
+        cache_len = max(sum(sh) for sh in shapes) + dc.max_new_tokens + dc.speculate
         cache = self._empty_cache(cache_len)
         tokens = np.zeros(B, np.int32)
         positions = np.zeros(B, np.int32)
         write_idx = np.zeros(B, np.int32)
         active = np.zeros(B, bool)
+        # speculation drafts from each row's prompt and output so far (-1: empty)
+        history = np.full((B, max(map(len, prompts)) + dc.max_new_tokens + dc.speculate + 1), -1, np.int32)
+        history_len = np.zeros(B, np.int32)
         slot_prompt = [-1] * B
         outputs: dict[int, list[int]] = {}
         t0 = time.perf_counter()
@@ -328,6 +429,10 @@ class Generator:
                     positions[s] = len(prompts[i])
                     write_idx[s] = sum(shape)
                     active[s] = tok not in self.stop_ids and dc.max_new_tokens > 1
+                    history[s] = -1
+                    history[s, :len(prompts[i])] = prompts[i]
+                    history[s, len(prompts[i])] = tok
+                    history_len[s] = len(prompts[i]) + 1
                     if not active[s]:
                         yield self._finish(i, outputs.pop(i), slot_prompt, s)
             if not active.any():
@@ -339,13 +444,19 @@ class Generator:
                 cache = self._compact(cache, jnp.asarray(rows, jnp.int32), length=length)
                 n = len(live)
                 tokens, positions, write_idx = tokens[rows], positions[rows], write_idx[rows]
+                history, history_len = history[rows], history_len[rows]
                 active = np.arange(len(rows)) < n  # rows past the live ones are idle (their slots are free)
                 slot_prompt = [slot_prompt[r] for r in live] + [-1] * (len(rows) - n)
                 cache_len = length
             self.compiled_shapes.add(("decode", len(active), cache_len))
-            cache, tok_d, pos_d, widx_d, act_d, out = self._chunk(
-                self.params, cache, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(write_idx),
-                jnp.asarray(active))
+            state = (jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(write_idx), jnp.asarray(active))
+            if dc.speculate:
+                cache, tok_d, pos_d, widx_d, act_d, hist_d, hlen_d, out, kept = self._chunk(
+                    self.params, cache, *state, jnp.asarray(history), jnp.asarray(history_len))
+                history, history_len = np.array(hist_d), np.array(hlen_d)
+                self.stats["draft_tokens_kept"] += int(kept)
+            else:
+                cache, tok_d, pos_d, widx_d, act_d, out = self._chunk(self.params, cache, *state)
             self.stats["chunk_calls"] += 1
             out = np.asarray(out)
             tokens, positions, write_idx = np.array(tok_d), np.array(pos_d), np.array(widx_d)
@@ -356,8 +467,8 @@ class Generator:
                 i = slot_prompt[s]
                 done = False
                 for t in out[s]:
-                    if t < 0:
-                        break
+                    if t < 0:  # nothing kept there (an inactive row, or a speculative step's unused slots)
+                        continue
                     outputs[i].append(int(t))
                     if int(t) in self.stop_ids or len(outputs[i]) >= dc.max_new_tokens:
                         done = True
@@ -378,7 +489,8 @@ class Generator:
         empty, the live rows move to the first slots of a batch of the next power of two (at least as many), so
         the last few prompts of a run do not pay for a full batch. Each shrink is one more compiled decode shape,
         at most a logarithmic number per run; the rows' tokens do not change (batch invariance)."""
-        needed = max(sum(sh) for sh in live_shapes + ([next_shape] if next_shape else [])) + self.dc.max_new_tokens
+        needed = (max(sum(sh) for sh in live_shapes + ([next_shape] if next_shape else []))
+                  + self.dc.max_new_tokens + self.dc.speculate)
         length = needed if needed <= 0.75 * cache_len else cache_len
         size = batch
         if next_shape is None:

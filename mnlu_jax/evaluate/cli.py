@@ -81,11 +81,12 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--layer-loop", default="auto", choices=["auto", "scan", "unrolled", "feature_major"],
                    help="as for generate")
     e.add_argument("--no-prefix-cache", action="store_true", help="as for generate")
+    e.add_argument("--speculate", type=int, default=0, metavar="N", help="as for generate")
 
     def evaluate(a):
         dc = DecodeConfig(batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
                           buckets=tuple(int(x) for x in a.buckets.split(",")), prefill_batch=min(4, a.batch_size),
-                          layer_loop=a.layer_loop, prefix_cache=not a.no_prefix_cache)
+                          layer_loop=a.layer_loop, prefix_cache=not a.no_prefix_cache, speculate=a.speculate)
         run_evaluate(a.model, a.eval_dir, a.out, dc, a.chat_template, a.drop_system, a.dtype, a.name)
         print((Path(a.out) / "table5_paper.md").read_text())
         return 0

@@ -60,9 +60,10 @@ def _rms_norm_features(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array
 
 
 def forward_feature_major(fm: Params, config: ModelConfig, input_ids: jax.Array, positions: jax.Array,
-                          segment_ids: jax.Array, cache: Params, cache_index: jax.Array | int
-                          ) -> tuple[jax.Array, Params]:
-    """Logits of each row's last token as (vocab, B) fp32, and the updated cache.
+                          segment_ids: jax.Array, cache: Params, cache_index: jax.Array | int,
+                          all_positions: bool = False) -> tuple[jax.Array, Params]:
+    """Logits of each row's last token as (vocab, B) fp32 (with `all_positions`, of every token as
+    (vocab, B, T): speculative decoding checks all its drafts in one call), and the updated cache.
 
     As `mistral.forward(..., cache=cache, cache_index=cache_index, last_only=True)` with `fm` from
     `to_feature_major` and a per-layer cache (`init_cache(..., per_layer=True)`): the T new tokens of each row
@@ -97,9 +98,11 @@ def forward_feature_major(fm: Params, config: ModelConfig, input_ids: jax.Array,
         x = _rms_norm_features(h, lp["post_norm"], config.rms_norm_eps)
         gate, up = jnp.split(lp["gate_up"].astype(dtype) @ x, 2, axis=0)
         h = h + lp["down"].astype(dtype) @ (jax.nn.silu(gate) * up)
-    last = h.reshape(-1, b, t)[:, :, -1]                                       # (embed, B)
+    last = h if all_positions else h.reshape(-1, b, t)[:, :, -1]               # (embed, B * T) or (embed, B)
     last = _rms_norm_features(last, fm["norm"], config.rms_norm_eps)
-    logits = (fm["head"].astype(dtype) @ last).astype(jnp.float32)             # (vocab, B)
+    logits = (fm["head"].astype(dtype) @ last).astype(jnp.float32)             # (vocab, B [* T])
+    if all_positions:
+        logits = logits.reshape(-1, b, t)
     return logits, {"k": keys, "v": values, "pos": k_pos, "seg": k_seg}
 
 
