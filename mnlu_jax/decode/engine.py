@@ -401,7 +401,8 @@ class Generator:
         write_idx = np.zeros(B, np.int32)
         active = np.zeros(B, bool)
         # speculation drafts from each row's prompt and output so far (-1: empty)
-        history = np.full((B, max(map(len, prompts)) + dc.max_new_tokens + dc.speculate + 1), -1, np.int32)
+        history = np.full((B, max(map(len, prompts)) + dc.max_new_tokens + dc.speculate + 1) if dc.speculate
+                          else (B, 0), -1, np.int32)
         history_len = np.zeros(B, np.int32)
         slot_prompt = [-1] * B
         outputs: dict[int, list[int]] = {}
@@ -429,10 +430,11 @@ class Generator:
                     positions[s] = len(prompts[i])
                     write_idx[s] = sum(shape)
                     active[s] = tok not in self.stop_ids and dc.max_new_tokens > 1
-                    history[s] = -1
-                    history[s, :len(prompts[i])] = prompts[i]
-                    history[s, len(prompts[i])] = tok
-                    history_len[s] = len(prompts[i]) + 1
+                    if dc.speculate:
+                        history[s] = -1
+                        history[s, :len(prompts[i])] = prompts[i]
+                        history[s, len(prompts[i])] = tok
+                        history_len[s] = len(prompts[i]) + 1
                     if not active[s]:
                         yield self._finish(i, outputs.pop(i), slot_prompt, s)
             if not active.any():
