@@ -124,6 +124,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def changed_settings(before: dict, now: dict, keys: Any = None) -> list[str]:
+    """`"key: old then, new now"` for each of `keys` (default: every key of either) whose value differs: how the
+    rerun checks (generate's run record, a resumed training run, pipeline stages) say what changed."""
+    keys = sorted(set(before) | set(now)) if keys is None else keys
+    return [f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in keys if before.get(k) != now.get(k)]
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
     """Atomic: a resumed run's other processes read the file while process 0 rewrites it."""
     write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

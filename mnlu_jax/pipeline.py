@@ -21,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from mnlu_jax.config import load_config, save_config, write_text_atomic
+from mnlu_jax.config import changed_settings, load_config, save_config, write_text_atomic
 
 
 @dataclasses.dataclass
@@ -96,8 +96,7 @@ class Stages:
             before = self.done.get(name, {}).get("settings")
             if before is None or not (out / STAGE_DIRS[name]).exists():
                 continue
-            diff = [f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in sorted(set(before) | set(now))
-                    if before.get(k) != now.get(k)]
+            diff = changed_settings(before, now)
             if diff:
                 stale.append(f"{name} ({STAGE_DIRS[name]}/: {'; '.join(diff)})")
         if stale:

@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from mnlu_jax.config import write_text_atomic
+from mnlu_jax.config import changed_settings, write_text_atomic
 from mnlu_jax.data.schema import iter_jsonl
 from mnlu_jax.data.chat import prompt_messages, render, resolve_template
 from mnlu_jax.decode.engine import DecodeConfig, Generator, cast_params
@@ -56,7 +56,7 @@ def check_run(out_path: Path, identity: dict[str, Any]) -> None:
             before = json.loads(meta.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{meta}: not JSON ({e}); delete it to resume {out_path.name} as this run") from e
-        changed = [f"{k}: {before.get(k)!r} then, {v!r} now" for k, v in identity.items() if before.get(k) != v]
+        changed = changed_settings(before, identity, keys=identity)
         if changed:
             raise ValueError(f"{out_path}: written by another run ({'; '.join(changed)}); write to another output, "
                              "or delete it and its .run.json to start again")

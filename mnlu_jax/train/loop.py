@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from mnlu_jax.config import save_config, to_dict
+from mnlu_jax.config import changed_settings, save_config, to_dict
 from mnlu_jax.data.loader import count_batches, make_dataset
 from mnlu_jax.data.schema import read_instances, shard_files
 from mnlu_jax.data.tokenize import tokenize_all
@@ -91,8 +91,8 @@ def check_resume_settings(cfg: TrainConfig, out: Path) -> None:
     if not saved.exists() or not ckpts.is_dir() or not any(p.name.isdigit() for p in ckpts.iterdir()):
         return
     before, now = _flat(yaml.safe_load(saved.read_text()) or {}), _flat(to_dict(cfg))
-    changed = [f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in sorted(set(before) | set(now))
-               if before.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    changed = changed_settings(before, now, [k for k in sorted(set(before) | set(now))
+                                             if not k.startswith(RESUMABLE_CHANGES)])
     if changed:
         raise ValueError(f"{out}: its checkpoints are of a run with other settings ({'; '.join(changed)}); use "
                          f"another output_dir, or remove {ckpts} to start this one over")

@@ -204,14 +204,13 @@ def _add_sentence_record(doc: _TokenizedDoc, r: dict, where: str) -> None:
     first = doc.add_sentence(tokens)
 
     def span(m: dict, what: str, type_key: str | None) -> tuple[int, int]:
-        s, e = m.get("start") if isinstance(m, dict) else None, m.get("end") if isinstance(m, dict) else None
+        s, e = (m.get("start"), m.get("end")) if isinstance(m, dict) else (None, None)
         if not (isinstance(s, int) and isinstance(e, int) and 0 <= s < e <= len(tokens)
                 and (type_key is None or isinstance(m.get(type_key), str))):
             raise DataError(f"{where}: {what} {m!r}; expected {{\"start\", \"end\""
                             + (f", \"{type_key}\"" if type_key else "") + f"}} with 0 <= start < end <= {len(tokens)} "
                             f"(token indices, end exclusive)")
-        if isinstance(m.get("text"), str) and m["text"].split() != tokens[s:e] and \
-                m["text"].split() != " ".join(tokens[s:e]).split():
+        if isinstance(m.get("text"), str) and m["text"].split() != " ".join(tokens[s:e]).split():
             raise DataError(f"{where}: {what} {m!r}: tokens {s}-{e} are {' '.join(tokens[s:e])!r}, the mention says "
                             f"{m['text']!r}")
         return first + s, first + e - 1
