@@ -543,6 +543,34 @@ def make_trialstop(out: Path, rng: random.Random) -> None:
     write(out / "dc" / "trialstop_sample.jsonl", "\n".join(lines) + "\n")
 
 
+def make_bionli(out: Path, rng: random.Random) -> None:
+    """BioNLI as its authors publish it (pandas CSV: supp_set, conclusion, abstract, label_cat, ori_conclusion, pmid,
+    index): per abstract the tagged conclusion ("pos") and perturbations of it, among them a tag swap (SET)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["supp_set", "conclusion", "abstract", "label_cat", "ori_conclusion", "pmid", "index"])
+    for k in range(4):
+        gene, target = rng.sample(GENES, 2)
+        dose = rng.choice([5, 10, 20])
+        premise = (f"Knockdown of {gene} lowered {target} levels by {dose * 3} percent in cultured cells. "
+                   f"In mice, {gene} deficiency reduced {target} expression, and a {dose} mg/kg rescue restored it.")
+        conclusion = f"<re> {gene} <er> promotes the expression of <el> {target} <le> at {dose} mg/kg."
+        perturbed = {
+            "LPR": conclusion.replace("promotes", "inhibits"),
+            "SEN": f"<re> {target} <er> promotes the expression of <el> {gene} <le> at {dose} mg/kg.",
+            "swap_number": conclusion.replace(f"at {dose} mg", f"at {dose * 3} mg"),
+            "SET": f"<el> {gene} <le> promotes the expression of <re> {target} <er> at {dose} mg/kg.",
+            "posToNeg": conclusion.replace("promotes", "does not promote"),
+        }
+        rows = [("pos", conclusion)] + [(cat, perturbed[cat]) for cat in rng.sample(sorted(perturbed), 3 + k % 2)]
+        for cat, hyp in rows:
+            w.writerow([premise, hyp, f"{premise} <exp> {hyp}", cat, conclusion, 91000 + k, k])
+    write(out / "nli" / "bionli_sample.csv", buf.getvalue())
+
+
 def make_ner_jsonlines(out: Path, rng: random.Random) -> None:
     """GENIA-like nested mentions in the biaffine-NER jsonlines layout (Yu et al. 2020): a document per line, its
     sentences as token lists, its mentions per sentence as [start, end, type] token indices (end inclusive) within
@@ -724,6 +752,7 @@ def main() -> None:
     make_ner_jsonlines(out, random.Random(20261205))
     make_coref_2011(out)
     make_trialstop(out, random.Random(20261206))
+    make_bionli(out, random.Random(20261207))
     eval_root = out.parent / "eval_samples"
     for dst, src in EVAL_LAYOUT.items():
         write(eval_root / dst, (out / src).read_text(encoding="utf-8"))

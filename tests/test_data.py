@@ -133,6 +133,7 @@ def test_every_reader_on_samples():
              "bioc": SAMPLES / "bioc", "pubtator": SAMPLES / "pubtator/bc5cdr_sample.txt",
              "i2b2_2010": SAMPLES / "i2b2_2010", "i2b2_2012": SAMPLES / "i2b2_2012",
              "pubmedqa": SAMPLES / "pubmedqa/ori_pqal.json", "nli_jsonl": SAMPLES / "nli/mednli_test.jsonl",
+             "bionli_csv": SAMPLES / "nli/bionli_sample.csv",
              "blue_re": SAMPLES / "blue_re/gad_test.tsv", "classification_tsv": SAMPLES / "hoc/test.tsv",
              "hoc_tsv": SAMPLES / "hoc/test_blue_form.tsv",
              "sts_tsv": SAMPLES / "sts/biosses_test.tsv", "qa_tsv": SAMPLES / "bioasq/test.tsv",
@@ -700,6 +701,54 @@ def test_nested_ner_jsonlines(tmp_path):
         (tmp_path / "e.jsonl").write_text('{"doc_key": "k", "sentences": [["a"]], "ners": [[]]}\n' + line + "\n")
         with pytest.raises(DataError, match=message):
             READERS["ner_jsonlines"](tmp_path / "e.jsonl")
+
+
+def test_bionli_csv_in_the_authors_layout(tmp_path):
+    import collections
+    import csv
+    import re
+
+    from mnlu_jax.data.build import DatasetSpec, dataset_instances
+
+    docs = READERS["bionli_csv"](SAMPLES / "nli/bionli_sample.csv")
+    rows = list(csv.DictReader((SAMPLES / "nli/bionli_sample.csv").open(encoding="utf-8")))
+    assert len(docs) == len(rows) and docs[0]["id"] == "91000-1"
+    assert docs[0]["labels"] == ["entailment", "contradiction"]
+    by_category = collections.Counter(d["category"] for d in docs)
+    assert by_category["pos"] == 4 and by_category["SET"] >= 1 and len(by_category) >= 5
+    for d, r in zip(docs, rows):  # tags gone, spacing and punctuation as the sentence had them
+        assert "<" not in d["hypothesis"] and "  " not in d["hypothesis"] and d["premise"] == r["supp_set"]
+        assert d["label"] == ("entailment" if r["label_cat"] == "pos" else "contradiction")
+        assert d["hypothesis"].endswith(" mg/kg.") and d["hypothesis"] == re.sub(r"<\w+> | <\w+>", "", r["conclusion"])
+    pos = {d["premise"]: d["hypothesis"] for d in docs if d["category"] == "pos"}
+    tag_swaps = [d for d in docs if d["category"] == "SET"]
+    assert all(d["left_out"] == "tag_swaps_left_out" and d["hypothesis"] == pos[d["premise"]] for d in tag_swaps)
+    kept = READERS["bionli_csv"](SAMPLES / "nli/bionli_sample.csv", strip_entity_tags=False)
+    assert not any("left_out" in d for d in kept) and kept[0]["hypothesis"].startswith("<re> ")
+    spec = DatasetSpec(name="bionli", reader="bionli_csv", path=str(SAMPLES / "nli/bionli_sample.csv"), task="NLI")
+    inst, notes = dataset_instances(spec, 0, "mnlu", SAMPLES)
+    assert len(inst) == len(docs) - len(tag_swaps) and notes["tag_swaps_left_out"] == len(tag_swaps)
+    assert notes["documents"] == len(inst) and notes["skipped_unlabeled"] == 0
+    for i in inst:  # asked as a two-way choice, the gold one of the two
+        assert sorted(o.split(" ", 1)[1] for o in i.options) == ["Contradicts", "Entails"] and i.answer in i.options
+    assert sum(i.answer.endswith("Entails") for i in inst) == 4
+    from mnlu_jax.data.build import LEFT_OUT, stats_markdown
+
+    assert "tag_swaps_left_out" in LEFT_OUT and "tag swaps left out" in stats_markdown(
+        {"datasets": {"bionli": {"task": "NLI", "instances": len(inst), "labels": {}, **notes}}, "tasks": {}})
+    bad = tmp_path / "b.csv"
+    bad.write_text("supp_set,conclusion,label_cat,pmid\nA premise.,A conclusion.,pos,1\nA premise.,Other.,neutral,1\n")
+    with pytest.raises(DataError, match=r"b\.csv:3: label_cat 'neutral'; expected 'pos' or a perturbation category"):
+        READERS["bionli_csv"](bad)
+    bad.write_text("premise,conclusion,label_cat,pmid\nA premise.,A conclusion.,pos,1\n")
+    with pytest.raises(DataError, match=r"b\.csv:1: no column 'supp_set' \(premise\)"):
+        READERS["bionli_csv"](bad)
+    bad.write_text("supp_set,conclusion,label_cat,pmid\nA premise.,<re> <er>,pos,1\n")
+    with pytest.raises(DataError, match=r"b\.csv:2: record 1 has an empty supp_set or conclusion"):
+        READERS["bionli_csv"](bad)
+    with pytest.raises(DataError, match=r"label 'neutral' in the label space \['entailment', 'contradiction'\]"):
+        T.nli_instances([{"id": "x", "premise": "a", "hypothesis": "b", "label": "neutral",
+                          "labels": ["entailment", "contradiction"]}], "bionli")
 
 
 def test_ner_jsonlines_sentence_records(tmp_path):

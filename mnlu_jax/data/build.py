@@ -122,7 +122,10 @@ def dataset_instances(spec: DatasetSpec, seed: int, style: str, base: Path) -> t
     if spec.document_ids is not None:
         id_file = Path(spec.document_ids)
         docs, not_listed = listed_documents(docs, id_file if id_file.is_absolute() else base / id_file, spec.name)
-    notes: dict[str, Any] = {"documents": len(docs), "task": spec.task}
+    # a record a reader read but no instance can use carries `left_out`, the note that counts it (BioNLI's tag swaps)
+    left_out = collections.Counter(d["left_out"] for d in docs if "left_out" in d)
+    docs = [d for d in docs if "left_out" not in d]
+    notes: dict[str, Any] = {"documents": len(docs), "task": spec.task, **left_out}
     if not_listed:
         notes["documents_not_listed"] = not_listed
     for doc_key, note_key in READER_COUNTS.items():
@@ -245,7 +248,7 @@ def statistics(instances: list[Instance], notes: dict, truncation: dict | None =
 # notes of dataset_instances that count what a corpus held but no instance could use
 LEFT_OUT = ("skipped_unlabeled", "relations_unresolved", "relations_not_on_entities", "pairs_ambiguous",
             "annotations_skipped", "individual_mentions_dropped", "relations_not_evaluated", "events_without_trigger",
-            "events_not_binary", "texts_empty", "documents_not_listed")
+            "events_not_binary", "texts_empty", "documents_not_listed", "tag_swaps_left_out")
 
 
 def stats_markdown(stats: dict) -> str:

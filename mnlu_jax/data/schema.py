@@ -8,10 +8,11 @@
              "events": [{"id", "type", "trigger": entity-id, "arguments": [{"role", "ref_id"}]}],
              "attributes": [{"id", "type", "ref_id", "value"}]}
    - qa:    {"schema": "qa", "id", "question", "context", "choices": [..], "answer": [..]}
-   - te:    {"schema": "te", "id", "premise", "hypothesis", "label"}
+   - te:    {"schema": "te", "id", "premise", "hypothesis", "label", optional "labels": the corpus's label space}
    - text:  {"schema": "text", "id", "text", "labels": [..]}
    - pairs: {"schema": "pairs", "id", "text_1", "text_2", "label"}  (label: a float score)
-   Offsets are character offsets into `text`; every reader checks each span against the text.
+   Offsets are character offsets into `text`; every reader checks each span against the text. A record a reader
+   read but no instance can use carries `left_out`: the name of the build note that counts it.
 
 2. Instance (what task builders produce; training, decoding and scoring all consume it), JSONL-serialised:
    {id, dataset, task, type, options, messages: [{role, content}], gold}

@@ -438,16 +438,18 @@ def qa_instances(docs: list[dict], dataset: str, seed: int = 0, style: str = "mn
 
 
 def nli_instances(docs: list[dict], dataset: str, seed: int = 0, style: str = "mnlu") -> tuple[list[Instance], int]:
-    """Returns the instances and the number of pairs skipped for having no gold label ('-' in SNLI)."""
+    """Returns the instances and the number of pairs skipped for having no gold label ('-' in SNLI). A pair is asked
+    with all three relations unless its document names its corpus's label space (`labels`: BioNLI's two)."""
     out, skipped = [], 0
-    opts = list(L.NLI_OPTIONS.values())
     for d in docs:
-        lab = d["label"]
+        lab, space = d["label"], d.get("labels") or list(L.NLI_OPTIONS)
         if lab in ("-", "", None):
             skipped += 1
             continue
-        if lab not in L.NLI_OPTIONS:
-            raise DataError(f"{dataset}: pair {d['id']}: label {lab!r}; expected one of {list(L.NLI_OPTIONS)}")
+        if lab not in space or not set(space) <= set(L.NLI_OPTIONS):
+            raise DataError(f"{dataset}: pair {d['id']}: label {lab!r} in the label space {space}; expected labels "
+                            f"among {list(L.NLI_OPTIONS)}")
+        opts = [L.NLI_OPTIONS[k] for k in L.NLI_OPTIONS if k in space]
         head = (f"What is the relation between the premise and hypothesis? Premise: {_sentence(d['premise'])}. "
                 f"Hypothesis: {_sentence(d['hypothesis'])}.")
         out.append(_choice_instance(f"{dataset}-{d['id']}", dataset, "NLI", head, opts, [L.NLI_OPTIONS[lab]],

@@ -4,6 +4,7 @@ READERS maps the name used in mixer/eval configs to the reader function `reader(
 """
 
 from mnlu_jax.data.formats.bioc import read_bioc
+from mnlu_jax.data.formats.bionli import read_bionli_csv
 from mnlu_jax.data.formats.brat import read_brat
 from mnlu_jax.data.formats.chemprot import read_chemprot_tsv
 from mnlu_jax.data.formats.classification import (read_classification_csv, read_i2b2_2006_smoking,
@@ -37,6 +38,7 @@ READERS = {
     "pico_data": read_pico_data,
     "ner_jsonlines": read_ner_jsonlines,
     "nli_jsonl": read_nli_jsonl,
+    "bionli_csv": read_bionli_csv,
     "blue_re": read_blue_re,
     "classification_tsv": read_classification_tsv,
     "classification_csv": read_classification_csv,
