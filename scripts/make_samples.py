@@ -571,6 +571,25 @@ def make_bionli(out: Path, rng: random.Random) -> None:
     write(out / "nli" / "bionli_sample.csv", buf.getvalue())
 
 
+def make_pubmed_pico(out: Path, rng: random.Random) -> None:
+    """PubMed PICO (Jin and Szolovits 2018) as its split files hold it: `###<PMID>`, then a sentence per line as
+    `<section heading>|<label>|<sentence>`, numbers written as @."""
+    lines = []
+    for k in range(4):
+        drug, dis = rng.choice(DRUGS), rng.choice(DISEASES)
+        sents = [("OBJECTIVE", "A", f"To assess whether {drug} improves control of {dis}."),
+                 ("METHODS", "M", "We ran a randomised, double-blind trial at @ centres."),
+                 ("PARTICIPANTS", "P", f"Adults aged @ to @ years with {dis} were enrolled."),
+                 ("INTERVENTIONS", "I", f"Patients received {drug} @ mg daily or placebo for @ weeks."),
+                 ("MAIN OUTCOME MEASURES", "O", f"The primary outcome was the change in {dis} severity score."),
+                 ("RESULTS", "R", f"The score fell by @ points with {drug} and by @ with placebo."),
+                 ("CONCLUSIONS", "C", f"{drug.capitalize()} improved control of {dis}.")]
+        if k % 2:  # not every abstract states every element
+            sents = [s for s in sents if s[1] != "I"]
+        lines += [f"###{24000000 + 17 * k}"] + ["|".join(s) for s in sents] + [""]
+    write(out / "pubmed_pico" / "PICO_train.txt", "\n".join(lines))
+
+
 def make_ner_jsonlines(out: Path, rng: random.Random) -> None:
     """GENIA-like nested mentions in the biaffine-NER jsonlines layout (Yu et al. 2020): a document per line, its
     sentences as token lists, its mentions per sentence as [start, end, type] token indices (end inclusive) within
@@ -753,6 +772,7 @@ def main() -> None:
     make_coref_2011(out)
     make_trialstop(out, random.Random(20261206))
     make_bionli(out, random.Random(20261207))
+    make_pubmed_pico(out, random.Random(20261208))
     eval_root = out.parent / "eval_samples"
     for dst, src in EVAL_LAYOUT.items():
         write(eval_root / dst, (out / src).read_text(encoding="utf-8"))

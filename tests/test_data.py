@@ -133,7 +133,7 @@ def test_every_reader_on_samples():
              "bioc": SAMPLES / "bioc", "pubtator": SAMPLES / "pubtator/bc5cdr_sample.txt",
              "i2b2_2010": SAMPLES / "i2b2_2010", "i2b2_2012": SAMPLES / "i2b2_2012",
              "pubmedqa": SAMPLES / "pubmedqa/ori_pqal.json", "nli_jsonl": SAMPLES / "nli/mednli_test.jsonl",
-             "bionli_csv": SAMPLES / "nli/bionli_sample.csv",
+             "bionli_csv": SAMPLES / "nli/bionli_sample.csv", "pubmed_pico": SAMPLES / "pubmed_pico/PICO_train.txt",
              "blue_re": SAMPLES / "blue_re/gad_test.tsv", "classification_tsv": SAMPLES / "hoc/test.tsv",
              "hoc_tsv": SAMPLES / "hoc/test_blue_form.tsv",
              "sts_tsv": SAMPLES / "sts/biosses_test.tsv", "qa_tsv": SAMPLES / "bioasq/test.tsv",
@@ -749,6 +749,44 @@ def test_bionli_csv_in_the_authors_layout(tmp_path):
     with pytest.raises(DataError, match=r"label 'neutral' in the label space \['entailment', 'contradiction'\]"):
         T.nli_instances([{"id": "x", "premise": "a", "hypothesis": "b", "label": "neutral",
                           "labels": ["entailment", "contradiction"]}], "bionli")
+
+
+def test_pubmed_pico_sentence_labels(tmp_path):
+    from mnlu_jax.data.build import DatasetSpec, dataset_instances
+
+    path = SAMPLES / "pubmed_pico/PICO_train.txt"
+    docs = READERS["pubmed_pico"](path)
+    assert [d["id"] for d in docs] == ["24000000", "24000017", "24000034", "24000051"]
+    lines = [ln.split("|", 2) for ln in path.read_text().splitlines() if "|" in ln]
+    assert sum(len(d["text"].split()) for d in docs) == sum(len(t.split()) for _, _, t in lines)
+    first = docs[0]
+    assert [e["type"] for e in first["entities"]] == ["Participants", "Interventions", "Outcomes"]
+    assert first["text"].startswith("To assess whether ")
+    assert first["entities"][0]["text"][0].startswith("Adults aged @")
+    assert [e["type"] for e in docs[1]["entities"]] == ["Participants", "Outcomes"]  # no I line in that abstract
+    spec = DatasetSpec(name="pubmed_pico", reader="pubmed_pico", path=str(path), task="NER",
+                       types=["Participants", "Interventions", "Outcomes"])
+    inst, _ = dataset_instances(spec, 0, "mnlu", SAMPLES)
+    assert len(inst) == 4 and all(i.task == "NER" for i in inst)  # one question per abstract, all three types
+    gold = inst[1].gold["entities"]
+    assert gold["Interventions"] == [] and gold["Participants"] == docs[1]["entities"][0]["text"]
+    bad = tmp_path / "p.txt"
+    bad.write_text("###1\nP|Adults with @ | or more visits.\na line without its label\n")
+    with pytest.raises(DataError, match=r"p\.txt:3: expected '<section heading>\|<label>\|<text>'"):
+        READERS["pubmed_pico"](bad)
+    bad.write_text("###1\nP|Adults with @ | or more visits.\n")
+    assert READERS["pubmed_pico"](bad)[0]["entities"][0]["text"] == ["Adults with @ | or more visits."]
+    bad.write_text("P|text\n")
+    with pytest.raises(DataError, match=r"p\.txt:1: a line before the first '###<PMID>' line"):
+        READERS["pubmed_pico"](bad)
+    bad.write_text("###1\nA|x\n###1\nP|y\n")
+    with pytest.raises(DataError, match=r"p\.txt:3: abstract 1 again \(first at line 1\)"):
+        READERS["pubmed_pico"](bad)
+    bad.write_text("###1\nHEAD|p|lower-case labels\n")
+    with pytest.raises(DataError, match=r"no line has a label among \['I', 'O', 'P'\] \(`label_types`\); its "
+                                       r"labels: \{'p': 1\}"):
+        READERS["pubmed_pico"](bad)
+    assert READERS["pubmed_pico"](bad, label_types={"p": "Participants"})[0]["entities"][0]["type"] == "Participants"
 
 
 def test_ner_jsonlines_sentence_records(tmp_path):

@@ -15,6 +15,7 @@ from mnlu_jax.data.formats.hf import read_hf_dataset
 from mnlu_jax.data.formats.i2b2 import (read_i2b2_2006_deid, read_i2b2_2009_medication, read_i2b2_2010,
                                         read_i2b2_2011_coref, read_i2b2_2012, read_i2b2_2014_deid)
 from mnlu_jax.data.formats.jsonfmt import read_ner_jsonlines, read_nli_jsonl, read_pico_data, read_pubmedqa
+from mnlu_jax.data.formats.pubmed_pico import read_pubmed_pico
 from mnlu_jax.data.formats.pubtator import read_pubtator
 from mnlu_jax.data.formats.tsv import (read_blue_re, read_classification_tsv, read_hoc_tsv, read_qa_tsv,
                                        read_sts_tsv, read_summ_csv, read_summ_jsonl, read_summ_pair)
@@ -36,6 +37,7 @@ READERS = {
     "i2b2_2014_deid": read_i2b2_2014_deid,
     "pubmedqa": read_pubmedqa,
     "pico_data": read_pico_data,
+    "pubmed_pico": read_pubmed_pico,
     "ner_jsonlines": read_ner_jsonlines,
     "nli_jsonl": read_nli_jsonl,
     "bionli_csv": read_bionli_csv,
