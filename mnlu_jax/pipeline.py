@@ -135,7 +135,7 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
     from mnlu_jax.evaluate.sets import build_eval
     from mnlu_jax.merge.math import MergeSpec
     from mnlu_jax.merge.streaming import merge_checkpoints
-    from mnlu_jax.train.config import TrainConfig
+    from mnlu_jax.train.config import TrainConfig, check_train_config
     from mnlu_jax.train.loop import run_train
     from mnlu_jax.weights.convert import MARKER, hf_to_flax, is_our_checkpoint, resolve_source
 
@@ -144,6 +144,11 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
     names = ["data", "base", "eval-sets", "eval-base", "train", "merge", "eval-finetuned", "eval-merged", "report"]
     st = Stages(names, out / "stages.json", stage_settings(cfg))
     st.check(out)
+    # the fine-tune's config is read and checked now, not after the base model's evaluation
+    train_cfg = load_config(TrainConfig, cfg.train_config, [
+        f"output_dir={out / 'train'}", f"data.path={out / 'data'}", f"model.source={out / 'base'}",
+        f"data.chat_template={cfg.chat_template}", *cfg.train_overrides])
+    check_train_config(train_cfg)
     save_config(cfg, out / "pipeline.yaml")
     dec = DecodeConfig(batch_size=cfg.decode.batch_size, max_new_tokens=cfg.decode.max_new_tokens,
                        buckets=tuple(cfg.decode.buckets), prefill_batch=min(4, cfg.decode.batch_size),
@@ -175,12 +180,7 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
 
     st.run("eval-base", lambda: evaluate(out / "base", "base"), scored("base"))
 
-    def train():
-        overrides = [f"output_dir={out / 'train'}", f"data.path={out / 'data'}", f"model.source={out / 'base'}",
-                     f"data.chat_template={cfg.chat_template}", *cfg.train_overrides]
-        run_train(load_config(TrainConfig, cfg.train_config, overrides))
-
-    st.run("train", train, (out / "train" / "final" / MARKER).exists())
+    st.run("train", lambda: run_train(train_cfg), (out / "train" / "final" / MARKER).exists())
     st.run("merge", lambda: merge_checkpoints(out / "base", [out / "base", out / "train" / "final"],
                                               MergeSpec(cfg.merge_method, drop_rate=cfg.drop_rate, seed=cfg.merge_seed),
                                               out / "merged"),

@@ -56,6 +56,15 @@ def test_pipeline_tiny_end_to_end_and_cached_rerun(demo, capsys, monkeypatch):
     assert "drop_rate: 0.2" in (out / "pipeline.yaml").read_text()  # the record still says what made the outputs
 
 
+def test_pipeline_checks_the_fine_tune_config_before_any_stage(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "bad"
+    assert main(["pipeline", "--config", "configs/demo_tiny.yaml", f"output_dir={out}",
+                 "train_overrides=[max_steps=12, optim.warmup_ratio=1.5]"]) == 2
+    assert "optim.warmup_ratio: expected a number in [0, 1), got 1.5" in capsys.readouterr().err
+    assert not (out / "data").exists() and not (out / "base").exists()
+
+
 def test_generate_resumes_after_a_crash(demo):
     """A torn last line (crash mid-write) is dropped and only missing ids are decoded again."""
     out = demo

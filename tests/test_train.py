@@ -155,6 +155,39 @@ def test_two_processes_match_one_process_and_one_device(sample_data, tmp_path):
     np.testing.assert_allclose(l1, l4, rtol=2e-5)
 
 
+def test_train_configs_are_checked_before_any_work(tmp_path):
+    from mnlu_jax.train.config import check_batch_fits_mesh, check_train_config
+
+    shipped = [*sorted((ROOT / "configs/train").glob("*.yaml")),
+               *sorted((ROOT / "configs/paper").glob("biomistral_nlu_*.yaml"))]
+    assert len(shipped) >= 7
+    for path in shipped:  # every shipped run passes
+        check_train_config(load_config(TrainConfig, path))
+    tiny = ROOT / "configs/train/tiny.yaml"
+    cases = {"optim.learning_rate=-1": r"optim\.learning_rate: expected a number > 0, got -1\.0",
+             "optim.warmup_ratio=1.5": r"optim\.warmup_ratio: expected a number in \[0, 1\), got 1\.5",
+             "log_every=0": r"log_every: expected an integer >= 1, got 0",
+             "max_steps=0": r"max_steps: expected an integer >= 1 or null, got 0",
+             "distributed=slurm": r"distributed: expected one of \('auto', 'none', 'explicit'\), got 'slurm'",
+             "model.remat_policy=dots": r"model\.remat_policy: expected one of \('none', 'full', 'save_dots'\)",
+             "optim.grad_accum=3": r"global_batch_size 8 is not a multiple of optim\.grad_accum 3",
+             "mesh.tensor=0": r"mesh\.tensor: expected -1 \(the rest\) or an integer >= 1, got 0"}
+    for override, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            check_train_config(load_config(TrainConfig, tiny, [override]))
+    with pytest.raises(ValueError, match=r"checkpoint\.keep: .*; optim\.b2: expected a number in \[0, 1\), got 1\.0"):
+        check_train_config(load_config(TrainConfig, tiny, ["checkpoint.keep=0", "optim.b2=1.0"]))  # all at once
+    with pytest.raises(ValueError, match=r"global_batch_size 6 is not a multiple of the data x fsdp mesh size 8"):
+        check_batch_fits_mesh(6, 8, 1)
+    with pytest.raises(ValueError, match=r"global_batch_size 6 is not a multiple of the number of processes 4"):
+        check_batch_fits_mesh(6, 2, 4)
+    # the console script names the file and overrides, and stops before reading any data
+    r = subprocess.run([sys.executable, "-m", "mnlu_jax.cli", "train", "--config", str(tiny), "optim.learning_rate=-1",
+                        "data.path=/nonexistent", f"output_dir={tmp_path / 'never'}"], capture_output=True, text=True)
+    assert r.returncode != 0 and f"{tiny} with optim.learning_rate=-1 data.path=/nonexistent" in r.stderr
+    assert "optim.learning_rate: expected a number > 0" in r.stderr and not (tmp_path / "never").exists()
+
+
 def test_flop_count():
     from mnlu_jax.model.config import ModelConfig
 

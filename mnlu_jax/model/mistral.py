@@ -385,6 +385,9 @@ def _save_dots_and_fused_attention(prim, *args, **params) -> bool:
             or jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims(prim, *args, **params))
 
 
+REMAT_POLICIES = ("none", "full", "save_dots")
+
+
 def _remat(fn, policy: str):
     if policy == "none":
         return fn

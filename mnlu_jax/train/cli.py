@@ -12,10 +12,14 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
     def run(a):
         from mnlu_jax.config import load_config
-        from mnlu_jax.train.config import TrainConfig
+        from mnlu_jax.train.config import TrainConfig, check_train_config
         from mnlu_jax.train.loop import TrainingDiverged, run_train
 
         cfg = load_config(TrainConfig, a.config, a.overrides)
+        try:
+            check_train_config(cfg)
+        except ValueError as e:  # name the file (the overrides are on the command line the user just typed)
+            raise ValueError(f"{a.config}{' with ' + ' '.join(a.overrides) if a.overrides else ''}: {e}") from None
         try:
             s = run_train(cfg)
         except TrainingDiverged as e:

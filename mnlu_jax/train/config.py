@@ -7,6 +7,7 @@ checkpoints/ (Orbax, with the data-iterator state), tokenizer/, final/ (our chec
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 
@@ -80,3 +81,72 @@ class TrainConfig:
     wandb_project: str | None = None
     export_hf: bool = True                 # write output_dir/hf at the end (for merge and vLLM)
     distributed: str = "auto"              # auto | none | explicit (coordinator from MNLU_* env)
+
+
+DISTRIBUTED_MODES = ("auto", "none", "explicit")
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Refuse settings no run can use, naming the field, before any data is read or host is waited for: a negative
+    learning rate trained by gradient ascent, a warmup ratio over 1 never reached the peak, `log_every: 0` failed
+    at the first step and `optim.grad_accum` not dividing the batch inside the jitted step."""
+    from mnlu_jax.model.mistral import ATTENTION_IMPLS, DTYPES, REMAT_POLICIES
+
+    problems = []
+
+    def need(ok: bool, field: str, expected: str, value: Any) -> None:
+        if not ok:
+            problems.append(f"{field}: expected {expected}, got {value!r}")
+
+    def positive_int(field: str, value: Any, allow_none: bool = False) -> None:
+        need((allow_none and value is None) or (isinstance(value, int) and value >= 1), field,
+             "an integer >= 1" + (" or null" if allow_none else ""), value)
+
+    def number_in(field: str, value: Any, low: float, high: float, closed_high: bool = False) -> None:
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and low <= value and \
+            (value <= high if closed_high else value < high)
+        need(ok, field, f"a number in [{low}, {high}{']' if closed_high else ')'}", value)
+
+    m, d, o, c = cfg.model, cfg.data, cfg.optim, cfg.checkpoint
+    need(bool(cfg.output_dir), "output_dir", "a directory", cfg.output_dir)
+    for field, value in (("epochs", cfg.epochs), ("global_batch_size", cfg.global_batch_size),
+                         ("log_every", cfg.log_every), ("data.max_seq_length", d.max_seq_length),
+                         ("optim.grad_accum", o.grad_accum), ("checkpoint.every_steps", c.every_steps),
+                         ("checkpoint.keep", c.keep)):
+        positive_int(field, value)
+    positive_int("max_steps", cfg.max_steps, allow_none=True)
+    need(cfg.peak_tflops_per_device is None or (isinstance(cfg.peak_tflops_per_device, (int, float))
+                                               and cfg.peak_tflops_per_device > 0),
+         "peak_tflops_per_device", "a number > 0 or null", cfg.peak_tflops_per_device)
+    need(cfg.distributed in DISTRIBUTED_MODES, "distributed", f"one of {DISTRIBUTED_MODES}", cfg.distributed)
+    need(m.param_dtype in DTYPES, "model.param_dtype", f"one of {sorted(DTYPES)}", m.param_dtype)
+    need(m.compute_dtype in DTYPES, "model.compute_dtype", f"one of {sorted(DTYPES)}", m.compute_dtype)
+    need(m.remat_policy in REMAT_POLICIES, "model.remat_policy", f"one of {REMAT_POLICIES}", m.remat_policy)
+    need(m.attention_impl in ATTENTION_IMPLS, "model.attention_impl", f"one of {ATTENTION_IMPLS}", m.attention_impl)
+    for field, value in (("model.loss_chunk", m.loss_chunk), ("model.packed_attention_runs", m.packed_attention_runs)):
+        need(isinstance(value, int) and value >= 0, field, "an integer >= 0", value)
+    need(isinstance(o.learning_rate, (int, float)) and math.isfinite(o.learning_rate) and o.learning_rate > 0,
+         "optim.learning_rate", "a number > 0", o.learning_rate)
+    number_in("optim.warmup_ratio", o.warmup_ratio, 0, 1)
+    need(o.schedule in ("cosine", "constant"), "optim.schedule", "cosine or constant", o.schedule)
+    number_in("optim.weight_decay", o.weight_decay, 0, math.inf)
+    number_in("optim.b1", o.b1, 0, 1)
+    number_in("optim.b2", o.b2, 0, 1)
+    need(isinstance(o.eps, (int, float)) and o.eps > 0, "optim.eps", "a number > 0", o.eps)
+    number_in("optim.grad_clip", o.grad_clip, 0, math.inf)  # 0: no clipping
+    for axis in ("data", "fsdp", "tensor"):
+        size = getattr(cfg.mesh, axis)
+        need(isinstance(size, int) and (size == -1 or size >= 1), f"mesh.{axis}", "-1 (the rest) or an integer >= 1",
+             size)
+    if not problems and cfg.global_batch_size % o.grad_accum:
+        problems.append(f"global_batch_size {cfg.global_batch_size} is not a multiple of optim.grad_accum "
+                        f"{o.grad_accum} (the micro-batches split it evenly)")
+    if problems:
+        raise ValueError("train config: " + "; ".join(problems))
+
+
+def check_batch_fits_mesh(global_batch_size: int, data_shards: int, processes: int) -> None:
+    """The batch is split over the mesh's data and fsdp axes and read in equal parts by each process."""
+    for count, what in ((data_shards, "data x fsdp mesh size"), (processes, "number of processes")):
+        if global_batch_size % count:
+            raise ValueError(f"global_batch_size {global_batch_size} is not a multiple of the {what} {count}")

@@ -26,7 +26,7 @@ from mnlu_jax.model.mistral import (cudnn_packed_attention_api, init_params, max
                                     resolve_attention_impl)
 from mnlu_jax.sharding import batch_sharding, make_mesh, param_shardings
 from mnlu_jax.train import distributed
-from mnlu_jax.train.config import TrainConfig
+from mnlu_jax.train.config import TrainConfig, check_batch_fits_mesh, check_train_config
 from mnlu_jax.train.step import flops_per_token, init_state, make_optimizer, peak_tflops, train_step
 
 
@@ -101,7 +101,10 @@ def check_resume_settings(cfg: TrainConfig, out: Path) -> None:
 def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
     import orbax.checkpoint as ocp
 
+    check_train_config(cfg)
     distributed.initialize(cfg.distributed)
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    check_batch_fits_mesh(cfg.global_batch_size, mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count())
     out = Path(cfg.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     check_resume_settings(cfg, out)
@@ -117,7 +120,6 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
     if total_steps == 0:
         raise ValueError(f"no full batch of {cfg.global_batch_size} packed sequences; lower global_batch_size")
 
-    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     p_shard = param_shardings(config, mesh)
     b_shard = batch_sharding(mesh)
     tx, sched = make_optimizer(cfg.optim, total_steps)
