@@ -48,7 +48,7 @@ def cmd_merge(a: argparse.Namespace) -> int:
 
     overrides = list(a.overrides)
     for key in ("base", "out", "method", "drop_rate", "rescale", "apply", "lam", "seed", "exclude", "dtype",
-                "vocab_policy", "epsilon"):
+                "vocab_policy", "epsilon", "gamma", "t", "filter_wise"):
         v = getattr(a, key)
         if v is not None:
             overrides.append(f"{key}={json.dumps(v) if not isinstance(v, str) else v}")
@@ -96,18 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--shard-size", default="5GB", help="flax-to-hf: max safetensors shard size (e.g. 2GB, 500MB)")
     c.set_defaults(func=cmd_convert)
 
-    m = sub.add_parser("merge", help="merge fine-tunes into a base (DARE, TIES, DELLA, linear, task arithmetic)")
+    m = sub.add_parser("merge", help="merge fine-tunes into a base (DARE, TIES, DELLA, Breadcrumbs, SLERP, Model "
+                                     "Stock, linear, task arithmetic)")
     m.add_argument("--config", default=None, help="YAML MergeConfig (e.g. configs/merge/biomistral_nlu_dare.yaml)")
     m.add_argument("--base")
     m.add_argument("--models", nargs="+")
     m.add_argument("--weights", nargs="+", type=float)
-    m.add_argument("--method", choices=["linear", "task_arithmetic", "dare", "ties", "dare_ties", "della"])
+    m.add_argument("--method", help="linear, task_arithmetic, dare (default), ties, dare_ties, della, breadcrumbs, "
+                                    "breadcrumbs_ties, slerp or model_stock")
     m.add_argument("--drop-rate", dest="drop_rate", type=float)
     m.add_argument("--rescale", dest="rescale", action="store_true", default=None)
     m.add_argument("--no-rescale", dest="rescale", action="store_false")
     m.add_argument("--apply", choices=["average", "task_arithmetic"])
     m.add_argument("--lambda", dest="lam", type=float)
     m.add_argument("--epsilon", type=float)
+    m.add_argument("--gamma", type=float, help="breadcrumbs: fraction of the largest |delta| dropped")
+    m.add_argument("--t", type=float, help="slerp: 0 the base, 1 the model")
+    m.add_argument("--filter-wise", dest="filter_wise", action="store_true", default=None,
+                   help="model_stock: one angle per row")
     m.add_argument("--seed", type=int)
     m.add_argument("--exclude", help="regex of tensor names that keep the base value")
     m.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])

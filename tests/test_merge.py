@@ -211,6 +211,68 @@ def test_matches_mergekit(tmp_path, method, mk, params):
         np.testing.assert_allclose(ours[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=n)
 
 
+@pytest.mark.parametrize("method,mk_params,model_params,spec", [
+    ("slerp", {"t": 0.3}, {}, {"t": 0.3}),
+    ("model_stock", {}, {}, {}),
+    ("model_stock", {"filter_wise": True}, {}, {"filter_wise": True}),
+    ("breadcrumbs", {}, {"weight": 0.6, "density": 0.7, "gamma": 0.05}, {"drop_rate": 0.3, "gamma": 0.05}),
+    ("breadcrumbs_ties", {}, {"weight": 0.6, "density": 0.7, "gamma": 0.05}, {"drop_rate": 0.3, "gamma": 0.05}),
+])
+def test_more_methods_match_mergekit(tmp_path, method, mk_params, model_params, spec):
+    base = make_tiny_hf(tmp_path / "base", seed=0)
+    ms = [make_tiny_hf(tmp_path / f"m{i}", seed=i) for i in (1, 2, 3)][:1 if method == "slerp" else 3]
+    # mergekit lists the base among slerp's two inputs; its other methods take the models besides it
+    listed = [base, *ms] if method == "slerp" else ms
+    cfg = {"merge_method": method, "base_model": str(base), "dtype": "float32",
+           "models": [{"model": str(m), **({"parameters": model_params} if model_params else {})} for m in listed]}
+    if mk_params:
+        cfg["parameters"] = mk_params
+    ref = _mergekit(tmp_path, cfg, method)
+    weights = (0.6,) * len(ms) if "weight" in model_params else None
+    ours = _flat(merge_checkpoints(base, listed, MergeSpec(method, weights=None if method == "slerp" else weights,
+                                                             **spec), tmp_path / "ours", progress=False))
+    b = _flat(base)
+    for n in ours:
+        np.testing.assert_allclose(ours[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=n)
+    assert not np.allclose(ours["model.layers.0.mlp.up_proj.weight"], b["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_our_parameter_trees_merge_as_their_hf_tensors(hf_pair, tmp_path):
+    """merge_pytrees(layout="ours") on converted params (stacked layers, (in, out) kernels) == the streaming merge
+    of the HF checkpoints, bitwise, for methods whose masks, ranks or rows depend on the layout."""
+    from mnlu_jax.model.config import ModelConfig
+    from mnlu_jax.weights.convert import load_model, tensors_from_params
+
+    base, ft = hf_pair
+    other = make_tiny_hf(tmp_path / "other", seed=2)
+    (pb, config, _), (pf, _, _), (po, _, _) = load_model(base), load_model(ft), load_model(other)
+    assert isinstance(config, ModelConfig)
+    for spec, models, trees in [(MergeSpec("dare", drop_rate=0.2, seed=3), [ft, other], [pf, po]),
+                                (MergeSpec("ties", drop_rate=0.5), [ft, other], [pf, po]),
+                                (MergeSpec("della", drop_rate=0.5, epsilon=0.1, seed=1), [ft, other], [pf, po]),
+                                (MergeSpec("slerp", t=0.4), [ft], [pf]),
+                                (MergeSpec("model_stock", filter_wise=True), [ft, other], [pf, po])]:
+        streamed = _flat(merge_checkpoints(base, models, spec, tmp_path / spec.method, progress=False))
+        merged = dict(tensors_from_params(merge_pytrees(pb, trees, spec, layout="ours"), config))
+        assert set(merged) == set(streamed)
+        for n in streamed:
+            assert merged[n].tobytes() == streamed[n].tobytes(), (spec.method, n)
+    # read as plain tensors, a stacked (in, out) tree gives another TIES (ranks over all layers at once)
+    hf_layout = dict(tensors_from_params(merge_pytrees(pb, [pf, po], MergeSpec("ties", drop_rate=0.5)), config))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not np.array_equal(hf_layout[name], _flat(tmp_path / "ties")[name])
+    with pytest.raises(ValueError, match=r"layout 'torch': expected one of \('hf', 'ours'\)"):
+        merge_pytrees(pb, [pf], MergeSpec("dare"), layout="torch")
+    with pytest.raises(ValueError, match=r"'model_stock' takes at least 2 model\(s\) besides the base, got 1"):
+        merge_checkpoints(base, [ft], MergeSpec("model_stock"), tmp_path / "ms1", progress=False)
+    with pytest.raises(ValueError, match=r"'slerp' takes exactly 1 model\(s\) besides the base, got 2"):
+        merge_checkpoints(base, [ft, other], MergeSpec("slerp"), tmp_path / "s2", progress=False)
+    assert not (tmp_path / "s2").exists()
+    # the base listed among slerp's models is elided, as mergekit lists it: [base, ft] is slerp(base, ft)
+    listed = _flat(merge_checkpoints(base, [base, ft], MergeSpec("slerp", t=0.4), tmp_path / "s3", progress=False))
+    assert all(listed[n].tobytes() == _flat(tmp_path / "slerp")[n].tobytes() for n in listed)
+
+
 def test_dare_matches_mergekit_dare_linear_in_distribution(tmp_path):
     """mergekit `dare_linear`, rescale false, density 1 − p, weight 1/(n(1 − p)) == MergeLM's DARE average."""
     p = 0.2

@@ -20,6 +20,9 @@ class MergeConfig:
     lam: float = 1.0
     weights: list[float] | None = None
     epsilon: float = 0.15
+    gamma: float = 0.01
+    t: float = 0.5
+    filter_wise: bool = False
     normalize: bool | None = None
     seed: int = 0
     exclude: str | None = None
@@ -30,7 +33,8 @@ class MergeConfig:
     def spec(self) -> MergeSpec:
         return MergeSpec(method=self.method, drop_rate=self.drop_rate, rescale=self.rescale, apply=self.apply,
                          lam=self.lam, weights=tuple(self.weights) if self.weights else None, epsilon=self.epsilon,
-                         normalize=self.normalize, seed=self.seed)
+                         gamma=self.gamma, t=self.t, filter_wise=self.filter_wise, normalize=self.normalize,
+                         seed=self.seed)
 
 
 def run_merge(cfg: MergeConfig, progress: bool = True) -> Path:

@@ -13,6 +13,20 @@ Notation: θ_b the base tensor, θ_i the i-th model, δ_i = θ_i − θ_b, w_i i
 - dare_ties: DARE masks and 1/(1 − p) rescale, then TIES sign election (no normalisation, as mergekit).
 - della: DELLA's MagPrune: per row, keep probability rises linearly with magnitude rank from
   (1 − p) − ε to (1 − p) + ε; kept entries rescaled by 1/keep-probability; then TIES sign election and mean.
+- breadcrumbs (Model Breadcrumbs): per δ_i, drop the ⌊γ·n⌋ largest |δ| (outliers) and the smallest, keeping
+  ⌊(1 − p)·n⌋ entries; then θ_b + λ Σ w_i δ_i (no normalisation, no rescale: mergekit's defaults).
+  breadcrumbs_ties: the same masks, then TIES sign election (not normalised, as mergekit).
+- slerp: spherical interpolation from θ_b (t = 0) to the one model (t = 1) over the whole tensor flattened:
+  Ω = arccos(â·b̂) of the two unit vectors, θ_b·sin((1−t)Ω)/sin Ω + θ_1·sin(tΩ)/sin Ω, or the straight line where
+  |â·b̂| > 0.9995 (mergekit: one angle per tensor).
+- model_stock (Jang et al. 2024): with N ≥ 2 models and cos φ the mean pairwise cosine of their deltas (the
+  whole tensor flattened, or per row with `filter_wise`), t = N cos φ / (1 + (N − 1) cos φ) and
+  t·mean(θ_i) + (1 − t)·θ_b (the base where the denominator vanishes). Weights are not used.
+
+Layout: the tensor is read as Hugging Face stores it (one layer's weight, rows = output features). slerp's and
+model_stock's angles, TIES' and breadcrumbs' whole-tensor ranks and DELLA's and filter-wise rows depend on it;
+`merge_pytrees(layout="ours")` merges our stacked, transposed parameter trees layer by layer in that layout, so
+it equals the streaming merge.
 
 Masks come from `jax.random` keyed by a stable hash of the tensor's name and the model's index, so a tensor's
 mask does not depend on traversal order, sharding or process count. Math is fp32; the caller casts.
@@ -27,7 +41,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-METHODS = ("linear", "task_arithmetic", "dare", "ties", "dare_ties", "della")
+METHODS = ("linear", "task_arithmetic", "dare", "ties", "dare_ties", "della", "breadcrumbs", "breadcrumbs_ties",
+           "slerp", "model_stock")
+# how many models (besides the base) a method takes: (at least, at most)
+MODEL_COUNTS = {"slerp": (1, 1), "model_stock": (2, None)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +56,9 @@ class MergeSpec:
     lam: float = 1.0                # λ for task_arithmetic, ties, dare_ties, della and dare+task_arithmetic
     weights: tuple[float, ...] | None = None  # one per model (default all 1)
     epsilon: float = 0.15           # della
+    gamma: float = 0.01             # breadcrumbs: the fraction of largest |δ| dropped as outliers
+    t: float = 0.5                  # slerp: 0 the base, 1 the model
+    filter_wise: bool = False       # model_stock: one cos φ per row instead of per tensor
     normalize: bool | None = None   # ties/della default True, dare_ties False (mergekit defaults)
     seed: int = 0
     # Weight of models left out of the computation because their delta is exactly zero (the base listed as a
@@ -52,6 +72,10 @@ class MergeSpec:
             raise ValueError(f"drop_rate {self.drop_rate}: expected 0 <= p <= 1")
         if self.apply not in ("average", "task_arithmetic"):
             raise ValueError(f"apply {self.apply!r}: expected average or task_arithmetic")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma {self.gamma}: expected 0 <= gamma <= 1")
+        if not np.isfinite(self.t):
+            raise ValueError(f"t {self.t}: expected a finite number (0: the base, 1: the model)")
         if self.method == "della" and not (0 < 1 - self.drop_rate - self.epsilon and 1 - self.drop_rate + self.epsilon < 1):
             raise ValueError(f"della: need 0 < (1 - drop_rate) ± epsilon < 1, got drop_rate={self.drop_rate}, epsilon={self.epsilon}")
 
@@ -120,6 +144,63 @@ def della_drop(delta: jax.Array, key: jax.Array, density: float, epsilon: float,
     return out.reshape(delta.shape)
 
 
+def magnitude_outliers(delta: jax.Array, density: float, gamma: float) -> jax.Array:
+    """Model Breadcrumbs' mask (mergekit's `magnitude_outliers`): of the |δ| in ascending order keep the ⌊density·n⌋
+    that follow the smallest ones dropped, so that the ⌊γ·n⌋ largest go too (fewer when density needs them)."""
+    n = delta.size
+    if density >= 1.0 or n == 0:
+        return delta
+    target = int(density * n)
+    n_bottom = max(0, n - target - int(gamma * n))
+    order = jnp.argsort(jnp.abs(delta).reshape(-1), stable=True)
+    mask = jnp.zeros(n, bool).at[order[n_bottom:n_bottom + target]].set(True)
+    return jnp.where(mask.reshape(delta.shape), delta, 0.0)
+
+
+def slerp(t: float, v0: jax.Array, v1: jax.Array, dot_threshold: float = 0.9995, eps: float = 1e-8) -> jax.Array:
+    """Spherical interpolation of two tensors, one angle for the whole tensor (mergekit 0.1.5's slerp merge):
+    t = 0 gives v0, t = 1 gives v1."""
+    a, b = v0.reshape(-1), v1.reshape(-1)
+    if a.size == 0:
+        return v0
+    norm_a, norm_b = jnp.linalg.norm(a), jnp.linalg.norm(b)
+    norm_a, norm_b = jnp.where(norm_a > eps, norm_a, 1.0), jnp.where(norm_b > eps, norm_b, 1.0)
+    dot = jnp.clip(jnp.sum((a / norm_a) * (b / norm_b)), -1.0, 1.0)
+    linear = jnp.abs(dot) > dot_threshold
+    theta = jnp.arccos(jnp.where(linear, 0.0, dot))  # no singular value on the branch not taken
+    sin_theta = jnp.where(linear, 1.0, jnp.sin(theta))
+    coef_a = jnp.where(linear, 1 - t, jnp.sin((1 - t) * theta) / sin_theta)
+    coef_b = jnp.where(linear, t, jnp.sin(t * theta) / sin_theta)
+    return (coef_a * a + coef_b * b).reshape(v0.shape)
+
+
+def model_stock(base: jax.Array, thetas: jax.Array, filter_wise: bool) -> jax.Array:
+    """Model Stock (mergekit 0.1.5's `model_stock`): interpolate between the base and the models' mean by the
+    ratio the models' mean pairwise cosine implies."""
+    if filter_wise:
+        w0 = base if base.ndim > 1 else base[None]
+        ws = thetas if base.ndim > 1 else thetas[:, None]
+    else:
+        w0, ws = base.reshape(-1), thetas.reshape(thetas.shape[0], -1)
+    offsets = ws - w0
+    n = offsets.shape[0]
+    norms = jnp.linalg.norm(offsets, axis=-1)
+    cosines = [jnp.clip(jnp.sum(offsets[i] * offsets[j], axis=-1) / jnp.maximum(norms[i] * norms[j], 1e-6), -1, 1)
+               for i in range(n) for j in range(i + 1, n)]
+    cos = jnp.mean(jnp.stack(cosines), axis=0)[..., None]
+    denominator = 1 + (n - 1) * cos
+    singular = jnp.abs(denominator) < 1e-6
+    t = jnp.where(singular, 0.0, n * cos / jnp.where(singular, 1.0, denominator))
+    return (t * (ws.sum(0) / n) + (1 - t) * w0).reshape(base.shape)
+
+
+def check_model_count(spec: MergeSpec, n_models: int) -> None:
+    low, high = MODEL_COUNTS.get(spec.method, (1, None))
+    if n_models < low or (high is not None and n_models > high):
+        wanted = f"exactly {low}" if low == high else f"at least {low}"
+        raise ValueError(f"merge method {spec.method!r} takes {wanted} model(s) besides the base, got {n_models}")
+
+
 def _consensus(deltas: jax.Array, weights: jax.Array, normalize: bool) -> jax.Array:
     wd = deltas * weights
     majority = jnp.where(wd.sum(0) >= 0, 1.0, -1.0)
@@ -143,6 +224,11 @@ def merge_tensor(base: jax.Array, models: list[jax.Array] | tuple[jax.Array, ...
     wb = w.reshape((n,) + (1,) * base.ndim)
     if spec.method == "linear":
         return (thetas * wb).sum(0) / w.sum()
+    if spec.method in MODEL_COUNTS:
+        check_model_count(spec, n)
+        if spec.method == "slerp":
+            return slerp(spec.t, base, thetas[0])
+        return model_stock(base, thetas, spec.filter_wise)
     deltas = thetas - base
     if spec.method == "task_arithmetic":
         return base + spec.lam * (deltas * wb).sum(0)
@@ -159,6 +245,13 @@ def merge_tensor(base: jax.Array, models: list[jax.Array] | tuple[jax.Array, ...
         deltas = jnp.stack([magnitude_trim(deltas[i], spec.density) for i in range(n)])
         normalize = True if spec.normalize is None else spec.normalize
         return base + spec.lam * _consensus(deltas, wb, normalize)
+    if spec.method in ("breadcrumbs", "breadcrumbs_ties"):
+        deltas = jnp.stack([magnitude_outliers(deltas[i], spec.density, spec.gamma) for i in range(n)])
+        if spec.method == "breadcrumbs":
+            mixed = (deltas * wb).sum(0)
+            total = w.sum()
+            return base + spec.lam * (mixed / jnp.where(jnp.abs(total) < 1e-8, 1.0, total) if spec.normalize else mixed)
+        return base + spec.lam * _consensus(deltas, wb, bool(spec.normalize))
     if spec.method == "della":
         deltas = jnp.stack([della_drop(deltas[i], None if keys is None else keys[i], spec.density, spec.epsilon, spec.rescale) for i in range(n)])
         normalize = True if spec.normalize is None else spec.normalize

@@ -9,11 +9,32 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mnlu_jax.merge.math import MergeSpec, keys_for, merge_tensor
+from mnlu_jax.merge.math import MergeSpec, check_model_count, keys_for, merge_tensor
+
+LAYOUTS = ("hf", "ours")
 
 
 def _path_name(path) -> str:
     return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _merge_ours(name: str, parts: tuple[str, ...], base, models, spec: MergeSpec):
+    """One leaf of our parameter tree merged as the HF tensors it holds: layer by layer when stacked
+    (model.layers.*), a kernel (in, out) as its HF weight (out, in); masks keyed by the HF names."""
+    from mnlu_jax.weights.names import _hf_name
+
+    stacked, kernel = parts[:2] == ("model", "layers"), parts[-1] == "kernel"
+
+    def one(b, ms, layer):
+        hf = _hf_name(parts, layer)
+        if kernel:
+            b, ms = b.T, tuple(m.T for m in ms)
+        out = _merge_leaf(b, ms, keys_for(spec, hf, len(ms)), spec)
+        return out.T if kernel else out
+
+    if not stacked:
+        return one(base, tuple(models), None)
+    return jnp.stack([one(base[i], tuple(m[i] for m in models), i) for i in range(base.shape[0])])
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
@@ -21,12 +42,19 @@ def _merge_leaf(base, models, keys, spec):
     return merge_tensor(base, models, keys, spec).astype(base.dtype)
 
 
-def merge_pytrees(base: Any, models: list[Any], spec: MergeSpec, exclude: str | None = None) -> Any:
+def merge_pytrees(base: Any, models: list[Any], spec: MergeSpec, exclude: str | None = None,
+                  layout: str = "hf") -> Any:
     """Merge `models` into `base` leaf by leaf. Leaves keep the base's dtype (and sharding, under jit).
 
-    Each leaf's masks depend only on (spec.seed, the leaf's dotted path, model index); leaves whose path
-    matches `exclude` (a regex) or that are not floating point keep the base value.
+    `layout="hf"`: each leaf is one tensor as Hugging Face stores it (a dict of HF names, say); its masks depend
+    only on (spec.seed, the leaf's dotted path, model index). `layout="ours"`: the trees are our converted
+    parameters (layers stacked on axis 0, kernels (in, out)); each leaf is merged as the HF tensors it holds,
+    so the result equals the streaming merge of the HF exports, whatever the method (slerp's rows, TIES' ranks).
+    Leaves whose path matches `exclude` (a regex) or that are not floating point keep the base value.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}: expected one of {LAYOUTS}")
+    check_model_count(spec, len(models))
     pattern = re.compile(exclude) if exclude else None
     flat, treedef = jax.tree_util.tree_flatten_with_path(base)
     model_leaves = []
@@ -45,5 +73,8 @@ def merge_pytrees(base: Any, models: list[Any], spec: MergeSpec, exclude: str | 
         if (pattern and pattern.search(name)) or not jnp.issubdtype(b.dtype, jnp.floating):
             out.append(b)
             continue
-        out.append(_merge_leaf(b, tuple(ms), keys_for(spec, name, len(ms)), spec))
+        if layout == "ours":
+            out.append(_merge_ours(name, tuple(str(getattr(k, "key", k)) for k in path), b, ms, spec))
+        else:
+            out.append(_merge_leaf(b, tuple(ms), keys_for(spec, name, len(ms)), spec))
     return jax.tree_util.tree_unflatten(treedef, out)

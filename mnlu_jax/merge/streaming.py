@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from mnlu_jax.merge.math import MergeSpec, keys_for, merge_tensor
+from mnlu_jax.merge.math import MergeSpec, check_model_count, keys_for, merge_tensor
 from mnlu_jax.model.config import ModelConfig
 from mnlu_jax.weights.convert import (
     TOKENIZER_FILES, TensorSource, _dtype_name, atomic_dir, is_our_checkpoint, load_params, np_dtype,
@@ -140,9 +140,12 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
     # model indices, so the result is bitwise the same as computing it.
     n_all = len(ms)
     weights = list(spec.weights) if spec.weights else [1.0] * n_all
-    same = [i for i, m in enumerate(models) if spec.method != "linear" and Path(m).resolve() == Path(base).resolve()]
+    # (linear averages raw weights, and Model Stock counts every model and its angle to the others)
+    same = [i for i, m in enumerate(models)
+            if spec.method not in ("linear", "model_stock") and Path(m).resolve() == Path(base).resolve()]
     live = [i for i in range(n_all) if i not in same] or [0]
     same = [i for i in same if i not in live]
+    check_model_count(spec, len(live))
     run_spec = spec
     if same and live != list(range(n_all)):
         run_spec = dataclasses.replace(spec, weights=tuple(weights[i] for i in live),
@@ -175,6 +178,7 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
         (tmp / "merge_config.json").write_text(json.dumps(
             {"base": str(Path(base).absolute()), "models": [str(Path(m).absolute()) for m in models],
              "method": spec.method, "drop_rate": spec.drop_rate, "rescale": spec.rescale, "apply": spec.apply,
-             "lambda": spec.lam, "weights": spec.weights, "epsilon": spec.epsilon, "seed": spec.seed,
+             "lambda": spec.lam, "weights": spec.weights, "epsilon": spec.epsilon, "gamma": spec.gamma, "t": spec.t,
+             "filter_wise": spec.filter_wise, "seed": spec.seed,
              "exclude": exclude, "vocab_policy": vocab_policy}, indent=2))
     return Path(out)
