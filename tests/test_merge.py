@@ -1,5 +1,6 @@
 """Merge math: the paper's DARE semantics, invariants, streaming == in-memory, and mergekit 0.1.5 agreement."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -257,6 +258,16 @@ def test_our_parameter_trees_merge_as_their_hf_tensors(hf_pair, tmp_path):
         assert set(merged) == set(streamed)
         for n in streamed:
             assert merged[n].tobytes() == streamed[n].tobytes(), (spec.method, n)
+    from mnlu_jax.merge.settings import Schedule
+
+    varying = Schedule.make({"t": [{"filter": "mlp", "value": [0.2, 0.9]}, {"value": 0.5}]})
+    streamed = _flat(merge_checkpoints(base, [ft], MergeSpec("slerp"), tmp_path / "sv", progress=False,
+                                       schedule=varying))
+    merged = dict(tensors_from_params(merge_pytrees(pb, [pf], MergeSpec("slerp"), layout="ours", schedule=varying),
+                                      config))
+    assert all(merged[n].tobytes() == streamed[n].tobytes() for n in streamed)
+    assert not np.array_equal(streamed["model.layers.0.mlp.up_proj.weight"], _flat(tmp_path / "slerp")[
+        "model.layers.0.mlp.up_proj.weight"])
     # read as plain tensors, a stacked (in, out) tree gives another TIES (ranks over all layers at once)
     hf_layout = dict(tensors_from_params(merge_pytrees(pb, [pf, po], MergeSpec("ties", drop_rate=0.5)), config))
     name = "model.layers.0.self_attn.q_proj.weight"
@@ -271,6 +282,57 @@ def test_our_parameter_trees_merge_as_their_hf_tensors(hf_pair, tmp_path):
     # the base listed among slerp's models is elided, as mergekit lists it: [base, ft] is slerp(base, ft)
     listed = _flat(merge_checkpoints(base, [base, ft], MergeSpec("slerp", t=0.4), tmp_path / "s3", progress=False))
     assert all(listed[n].tobytes() == _flat(tmp_path / "slerp")[n].tobytes() for n in listed)
+
+
+def test_parameters_varying_by_tensor_match_mergekit(tmp_path):
+    """mergekit's gradients over the layers and name filters, for slerp's t and for TIES' weights, density and
+    lambda, on 3-layer models (layers at 0, 0.5 and 1 on the gradients; embeddings, norm and head at 0)."""
+    from mnlu_jax.merge.config import MergeConfig, run_merge
+    from mnlu_jax.merge.settings import Schedule, resolve
+
+    base = make_tiny_hf(tmp_path / "base", seed=0, num_hidden_layers=3)
+    m1 = make_tiny_hf(tmp_path / "m1", seed=1, num_hidden_layers=3)
+    m2 = make_tiny_hf(tmp_path / "m2", seed=2, num_hidden_layers=3)
+    t = [{"filter": "self_attn", "value": [0.1, 0.9]}, {"filter": "mlp", "value": [0.8, 0.0, 0.6]}, {"value": 0.3}]
+    ref = _mergekit(tmp_path, {"merge_method": "slerp", "base_model": str(base), "dtype": "float32",
+                               "models": [{"model": str(base)}, {"model": str(m1)}], "parameters": {"t": t}}, "slerp")
+    out = run_merge(MergeConfig(base=str(base), models=[str(base), str(m1)], method="slerp", t=t,
+                                out=str(tmp_path / "ours_slerp")), progress=False)
+    ours = _flat(out)
+    for n in ours:
+        np.testing.assert_allclose(ours[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=n)
+    assert json.loads((out / "merge_config.json").read_text())["varying"] == {"t": t}
+    density = [{"filter": "mlp", "value": 0.4}, {"value": 0.7}]
+    weights = [[0.2, 0.8], [1.0, 0.5]]
+    ref = _mergekit(tmp_path, {
+        "merge_method": "ties", "base_model": str(base), "dtype": "float32",
+        "parameters": {"lambda": [0.5, 1.5], "normalize": True},
+        "models": [{"model": str(m), "parameters": {"weight": w, "density": density}}
+                   for m, w in zip((m1, m2), weights)]},
+        "ties")
+    drop_rate = [{"filter": "mlp", "value": 0.6}, {"value": 0.3}]
+    cfg = MergeConfig(base=str(base), models=[str(m1), str(m2)], method="ties", weights=weights, lam=[0.5, 1.5],
+                      drop_rate=drop_rate, out=str(tmp_path / "ours_ties"))
+    ours = _flat(run_merge(cfg, progress=False))
+    for n in ours:
+        np.testing.assert_allclose(ours[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=n)
+    # the resolution itself: a gradient's straight lines, conditions in order, layers placed by their index
+    schedule = cfg.schedule()
+    spec = dataclasses.replace(schedule, num_layers=3).spec_for(cfg.spec(), "model.layers.1.mlp.up_proj.weight")
+    assert spec.drop_rate == 0.6 and spec.lam == 1.0 and spec.weights == (0.5, 0.75)
+    assert resolve([0.0, 1.0, 3.0], "x", 0.75) == 2.0 and resolve(t, "model.norm.weight", 0.0) == 0.3
+    for bad, message in [({"t": "half"}, r"t: expected a number, a list of numbers"),
+                         ({"t": [{"filter": "mlp"}]}, r"t\[0\]: expected \{filter: <part of a tensor name>"),
+                         ({"t": [{"filter": "mlp", "value": [0.1, "x"]}]}, r"t\[0\]\.value: expected a number"),
+                         ({"weights": [1.0, []]}, r"weights\[1\]: expected a number")]:
+        with pytest.raises(ValueError, match=message):
+            MergeConfig(base="b", models=["m1", "m2"], method="slerp", out="o", **bad).spec()
+    with pytest.raises(ValueError, match=r"t: no condition applies to tensor model\.norm\.weight"):
+        Schedule.make({"t": [{"filter": "mlp", "value": 0.5}]}, num_layers=3).spec_for(cfg.spec(), "model.norm.weight")
+    with pytest.raises(ValueError, match=r"drop_rate 1\.5: expected 0 <= p <= 1"):  # every tensor checked first
+        run_merge(MergeConfig(base=str(base), models=[str(m1)], method="dare", out=str(tmp_path / "never"),
+                              drop_rate=[{"filter": "layers.2.mlp", "value": 1.5}, {"value": 0.2}]), progress=False)
+    assert not (tmp_path / "never").exists()
 
 
 def test_dare_matches_mergekit_dare_linear_in_distribution(tmp_path):

@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from mnlu_jax.merge.math import MergeSpec
+from mnlu_jax.merge.settings import SCHEDULABLE, Schedule, check_setting
 
 
 @dataclasses.dataclass
 class MergeConfig:
+    """`drop_rate`, `lam`, `epsilon`, `gamma`, `t` and each of `weights` take a number or, as in mergekit, a
+    gradient over the layers or a list of {filter, value} conditions (merge/settings.py)."""
     base: str = ""
     models: list[str] = dataclasses.field(default_factory=list)
     out: str = ""
     method: str = "dare"
-    drop_rate: float = 0.2
+    drop_rate: Any = 0.2
     rescale: bool = True
     apply: str = "average"
-    lam: float = 1.0
-    weights: list[float] | None = None
-    epsilon: float = 0.15
-    gamma: float = 0.01
-    t: float = 0.5
+    lam: Any = 1.0
+    weights: list[Any] | None = None
+    epsilon: Any = 0.15
+    gamma: Any = 0.01
+    t: Any = 0.5
     filter_wise: bool = False
     normalize: bool | None = None
     seed: int = 0
@@ -31,10 +35,27 @@ class MergeConfig:
     shard_size_bytes: int = 2 * 2**30
 
     def spec(self) -> MergeSpec:
-        return MergeSpec(method=self.method, drop_rate=self.drop_rate, rescale=self.rescale, apply=self.apply,
-                         lam=self.lam, weights=tuple(self.weights) if self.weights else None, epsilon=self.epsilon,
-                         gamma=self.gamma, t=self.t, filter_wise=self.filter_wise, normalize=self.normalize,
+        """The spec of a tensor that no varying setting touches (each varying one at MergeSpec's default; the
+        schedule sets it per tensor)."""
+        for name in SCHEDULABLE:
+            check_setting(name, getattr(self, name))
+        for i, w in enumerate(self.weights or []):
+            check_setting(f"weights[{i}]", w)
+
+        def plain(name):
+            v = getattr(self, name)
+            return v if isinstance(v, (int, float)) else getattr(MergeSpec, name)
+
+        weights = self.weights if self.weights and all(isinstance(w, (int, float)) for w in self.weights) else None
+        if self.weights and weights is None:
+            weights = [1.0] * len(self.weights)
+        return MergeSpec(method=self.method, drop_rate=plain("drop_rate"), rescale=self.rescale, apply=self.apply,
+                         lam=plain("lam"), weights=tuple(weights) if weights else None, epsilon=plain("epsilon"),
+                         gamma=plain("gamma"), t=plain("t"), filter_wise=self.filter_wise, normalize=self.normalize,
                          seed=self.seed)
+
+    def schedule(self) -> Schedule | None:
+        return Schedule.make({name: getattr(self, name) for name in SCHEDULABLE}, self.weights)
 
 
 def run_merge(cfg: MergeConfig, progress: bool = True) -> Path:
@@ -46,4 +67,5 @@ def run_merge(cfg: MergeConfig, progress: bool = True) -> Path:
     if not cfg.models:
         raise ValueError("merge: `models` is required (flag --models or key models: in the YAML)")
     return merge_checkpoints(cfg.base, cfg.models, cfg.spec(), cfg.out, dtype=cfg.dtype, exclude=cfg.exclude,
-                             vocab_policy=cfg.vocab_policy, max_shard_bytes=cfg.shard_size_bytes, progress=progress)
+                             vocab_policy=cfg.vocab_policy, max_shard_bytes=cfg.shard_size_bytes, progress=progress,
+                             schedule=cfg.schedule())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from typing import Any
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from mnlu_jax.merge.math import MergeSpec, check_model_count, keys_for, merge_tensor
+from mnlu_jax.merge.settings import LAYER_INDEX, Schedule
 
 LAYOUTS = ("hf", "ours")
 
@@ -18,7 +20,7 @@ def _path_name(path) -> str:
     return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
-def _merge_ours(name: str, parts: tuple[str, ...], base, models, spec: MergeSpec):
+def _merge_ours(name: str, parts: tuple[str, ...], base, models, spec: MergeSpec, schedule: Schedule | None):
     """One leaf of our parameter tree merged as the HF tensors it holds: layer by layer when stacked
     (model.layers.*), a kernel (in, out) as its HF weight (out, in); masks keyed by the HF names."""
     from mnlu_jax.weights.names import _hf_name
@@ -27,9 +29,10 @@ def _merge_ours(name: str, parts: tuple[str, ...], base, models, spec: MergeSpec
 
     def one(b, ms, layer):
         hf = _hf_name(parts, layer)
+        s = spec if schedule is None else schedule.spec_for(spec, hf)
         if kernel:
             b, ms = b.T, tuple(m.T for m in ms)
-        out = _merge_leaf(b, ms, keys_for(spec, hf, len(ms)), spec)
+        out = _merge_leaf(b, ms, keys_for(s, hf, len(ms)), s)
         return out.T if kernel else out
 
     if not stacked:
@@ -43,7 +46,7 @@ def _merge_leaf(base, models, keys, spec):
 
 
 def merge_pytrees(base: Any, models: list[Any], spec: MergeSpec, exclude: str | None = None,
-                  layout: str = "hf") -> Any:
+                  layout: str = "hf", schedule: Schedule | None = None) -> Any:
     """Merge `models` into `base` leaf by leaf. Leaves keep the base's dtype (and sharding, under jit).
 
     `layout="hf"`: each leaf is one tensor as Hugging Face stores it (a dict of HF names, say); its masks depend
@@ -51,6 +54,7 @@ def merge_pytrees(base: Any, models: list[Any], spec: MergeSpec, exclude: str | 
     parameters (layers stacked on axis 0, kernels (in, out)); each leaf is merged as the HF tensors it holds,
     so the result equals the streaming merge of the HF exports, whatever the method (slerp's rows, TIES' ranks).
     Leaves whose path matches `exclude` (a regex) or that are not floating point keep the base value.
+    `schedule` varies numeric parameters by tensor (merge/settings.py); the layers are counted from the tree.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}: expected one of {LAYOUTS}")
@@ -63,6 +67,8 @@ def merge_pytrees(base: Any, models: list[Any], spec: MergeSpec, exclude: str | 
         if mdef != treedef:
             raise ValueError(f"model {i}: parameter tree differs from the base's")
         model_leaves.append([x for _, x in mflat])
+    if schedule is not None and schedule.num_layers is None:
+        schedule = dataclasses.replace(schedule, num_layers=_count_layers(flat, layout))
     out = []
     for j, (path, b) in enumerate(flat):
         name = _path_name(path)
@@ -74,7 +80,17 @@ def merge_pytrees(base: Any, models: list[Any], spec: MergeSpec, exclude: str | 
             out.append(b)
             continue
         if layout == "ours":
-            out.append(_merge_ours(name, tuple(str(getattr(k, "key", k)) for k in path), b, ms, spec))
+            out.append(_merge_ours(name, tuple(str(getattr(k, "key", k)) for k in path), b, ms, spec, schedule))
         else:
-            out.append(_merge_leaf(b, tuple(ms), keys_for(spec, name, len(ms)), spec))
+            s = spec if schedule is None else schedule.spec_for(spec, name)
+            out.append(_merge_leaf(b, tuple(ms), keys_for(s, name, len(ms)), s))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _count_layers(flat, layout: str) -> int:
+    if layout == "ours":
+        stacked = [leaf.shape[0] for path, leaf in flat
+                   if tuple(str(getattr(k, "key", k)) for k in path)[:2] == ("model", "layers")]
+        return max(stacked, default=1)
+    found = [int(m.group(1)) for path, _ in flat if (m := LAYER_INDEX.search(_path_name(path) + "."))]
+    return max(found, default=0) + 1

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mnlu_jax.merge.math import MergeSpec, check_model_count, keys_for, merge_tensor
+from mnlu_jax.merge.settings import Schedule
 from mnlu_jax.model.config import ModelConfig
 from mnlu_jax.weights.convert import (
     TOKENIZER_FILES, TensorSource, _dtype_name, atomic_dir, is_our_checkpoint, load_params, np_dtype,
@@ -118,8 +119,10 @@ def _merge_jit(base, models, keys, spec, out_dtype):
 
 def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpec, out: str | Path,
                       dtype: str | None = None, exclude: str | None = None, vocab_policy: str = "error",
-                      max_shard_bytes: int = 2 * 2**30, progress: bool = True) -> Path:
-    """Merge checkpoints tensor by tensor into an HF directory at `out` (written atomically)."""
+                      max_shard_bytes: int = 2 * 2**30, progress: bool = True,
+                      schedule: Schedule | None = None) -> Path:
+    """Merge checkpoints tensor by tensor into an HF directory at `out` (written atomically). `schedule` varies
+    numeric parameters by tensor (merge/settings.py: mergekit's gradients and filters)."""
     b = NamedTensors(base)
     ms = [NamedTensors(m) for m in models]
     if not ms:
@@ -139,17 +142,29 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
     # [base, fine-tune] merge) unless the method needs it (linear averages raw weights). Keys keep the original
     # model indices, so the result is bitwise the same as computing it.
     n_all = len(ms)
-    weights = list(spec.weights) if spec.weights else [1.0] * n_all
+    if spec.weights is not None and len(spec.weights) != n_all:
+        raise ValueError(f"{len(spec.weights)} weights for {n_all} models")
     # (linear averages raw weights, and Model Stock counts every model and its angle to the others)
     same = [i for i, m in enumerate(models)
             if spec.method not in ("linear", "model_stock") and Path(m).resolve() == Path(base).resolve()]
     live = [i for i in range(n_all) if i not in same] or [0]
     same = [i for i in same if i not in live]
     check_model_count(spec, len(live))
-    run_spec = spec
-    if same and live != list(range(n_all)):
-        run_spec = dataclasses.replace(spec, weights=tuple(weights[i] for i in live),
-                                       elided_weight=spec.elided_weight + sum(weights[i] for i in same))
+    if schedule is not None:
+        schedule = dataclasses.replace(schedule, num_layers=b.config.num_hidden_layers)
+        if schedule.weights is not None and len(schedule.weights) != n_all:
+            raise ValueError(f"{len(schedule.weights)} weights for {n_all} models")
+
+    def run_spec_for(name: str) -> MergeSpec:
+        s = spec if schedule is None else schedule.spec_for(spec, name)
+        if same and live != list(range(n_all)):
+            w = list(s.weights) if s.weights else [1.0] * n_all
+            s = dataclasses.replace(s, weights=tuple(w[i] for i in live),
+                                    elided_weight=s.elided_weight + sum(w[i] for i in same))
+        return s
+
+    for n in names:  # every tensor's parameters resolve (and are valid) before anything is written
+        run_spec_for(n)
     with atomic_dir(out) as tmp, tqdm(total=len(names), desc=f"merge ({spec.method})", unit="tensor",
                                       disable=not progress) as bar:
         def produce(name: str) -> np.ndarray:
@@ -160,8 +175,10 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
                 res = np.asarray(bt).astype(odt)
             else:
                 mts = tuple(_fit_rows(ms[i].get(name), r) for i in live)
-                keys = keys_for(spec, name, n_all)
-                res = np.asarray(_merge_jit(bt, mts, None if keys is None else keys[np.asarray(live)], run_spec, odt))
+                tensor_spec = run_spec_for(name)
+                keys = keys_for(tensor_spec, name, n_all)
+                res = np.asarray(_merge_jit(bt, mts, None if keys is None else keys[np.asarray(live)], tensor_spec,
+                                            odt))
             bar.update(1)
             return res
 
@@ -180,5 +197,6 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
              "method": spec.method, "drop_rate": spec.drop_rate, "rescale": spec.rescale, "apply": spec.apply,
              "lambda": spec.lam, "weights": spec.weights, "epsilon": spec.epsilon, "gamma": spec.gamma, "t": spec.t,
              "filter_wise": spec.filter_wise, "seed": spec.seed,
+             **({"varying": schedule.record()} if schedule is not None else {}),
              "exclude": exclude, "vocab_policy": vocab_policy}, indent=2))
     return Path(out)
