@@ -36,6 +36,10 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
     if a.direction == "hf-to-flax":
         out = hf_to_flax(a.src, a.out, dtype=a.dtype)
+    elif a.direction == "flax-to-gguf":
+        from mnlu_jax.weights.gguf_export import export_gguf
+
+        out = export_gguf(a.src, a.out, tensor_type=a.gguf_type, tokenizer_pre=a.tokenizer_pre)
     else:
         out = flax_to_hf(a.src, a.out, dtype=a.dtype, max_shard_bytes=_size(a.shard_size))
     print(f"wrote {out}")
@@ -87,13 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mnlu-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("convert", help="convert checkpoints between HF (safetensors/.bin/GGUF) and ours (Orbax)")
-    c.add_argument("direction", choices=["hf-to-flax", "flax-to-hf"])
-    c.add_argument("src", help="HF model directory or .gguf file (hf-to-flax); our checkpoint (flax-to-hf)")
-    c.add_argument("out", help="output directory (must not exist or be empty)")
+    c = sub.add_parser("convert", help="convert checkpoints between HF (safetensors/.bin/GGUF) and ours (Orbax); "
+                                       "export a GGUF file")
+    c.add_argument("direction", choices=["hf-to-flax", "flax-to-hf", "flax-to-gguf"])
+    c.add_argument("src", help="HF model directory or .gguf file (hf-to-flax); our checkpoint (flax-to-hf, "
+                               "flax-to-gguf, which also takes an HF directory or a GGUF file)")
+    c.add_argument("out", help="output directory (must not exist or be empty); a .gguf file for flax-to-gguf")
     c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="cast parameters (default: keep the source dtype; GGUF dequantises to float32)")
     c.add_argument("--shard-size", default="5GB", help="flax-to-hf: max safetensors shard size (e.g. 2GB, 500MB)")
+    c.add_argument("--gguf-type", dest="gguf_type", default="f16", choices=["f32", "f16", "bf16", "q8_0"],
+                   help="flax-to-gguf: type of the matrices (1-D tensors stay f32)")
+    c.add_argument("--tokenizer-pre", dest="tokenizer_pre", default=None,
+                   help="flax-to-gguf: llama.cpp's name of the pre-tokenizer (tokenizer.ggml.pre) when it is not "
+                        "recognised from tokenizer.json (e.g. smollm, llama-bpe, qwen2)")
     c.set_defaults(func=cmd_convert)
 
     m = sub.add_parser("merge", help="merge fine-tunes into a base (DARE, TIES, DELLA, Breadcrumbs, SLERP, Model "

@@ -383,3 +383,105 @@ def test_gguf_rope_scaling(tmp_path):
         gguf_config(_write_gguf(tmp_path / "freqs.gguf", True))
     with pytest.raises(ValueError, match="yarn.gguf.*RoPE type 'yarn' is not supported"):
         gguf_config(_write_gguf(tmp_path / "yarn.gguf", False, {"type": "yarn", "factor": 4.0}))
+
+
+def _spm_tokenizer(out_dir, vocab_size: int):
+    """A SentencePiece-style tokenizer.json (Mistral 7B / Llama 2): `▁` for spaces, byte fallback, <s> prepended."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    texts = ["Patients with renal failure received 20 mg of aspirin daily.", "BRCA1 mutations were detected."] * 20
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                       show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>").save_pretrained(
+        str(out_dir))
+
+
+@pytest.mark.parametrize("model_type,tokenizer,tensor_type", [("mistral", "spm", "f32"), ("llama", "byte_level", "f16"),
+                                                             ("mistral", "byte_level", "q8_0")])
+def test_gguf_export_round_trips(tmp_path, model_type, tokenizer, tensor_type):
+    """flax-to-gguf: our reader gives back the config and the weights (exactly in f32, within the type's rounding
+    otherwise), and transformers' GGUF loader gives the tokenizer's ids and the model's logits."""
+    from mnlu_jax.cli import main
+    from mnlu_jax.data.tiny_tokenizer import train_tiny_tokenizer
+    from mnlu_jax.weights.convert import tensors_from_params
+    from mnlu_jax.weights.gguf_io import gguf_tokenizer
+
+    src = make_tiny_hf(tmp_path / "hf", model_type=model_type, vocab_size=320)
+    if tokenizer == "spm":
+        _spm_tokenizer(src, 300)
+    else:
+        train_tiny_tokenizer(["Patients with renal failure received 20 mg of aspirin daily."] * 20, 300, src)
+    out = tmp_path / "model.gguf"
+    assert main(["convert", "flax-to-gguf", str(src), str(out), "--gguf-type", tensor_type]) == 0
+    a, ca, _ = load_model(src)
+    b, cb, tok_src = load_model(out)
+    # written as the llama architecture (read back as Mistral when it has a window); GGUF keeps eps in float32
+    assert cb == ca.replace(rms_norm_eps=float(np.float32(ca.rms_norm_eps)))
+    ta, tb = dict(tensors_from_params(a, ca)), dict(tensors_from_params(b, cb))
+    assert set(ta) == set(tb)
+    tolerance = {"f32": 0.0, "f16": 1e-3, "q8_0": 2e-2}[tensor_type]
+    for n in ta:
+        assert np.abs(ta[n] - tb[n]).max() <= tolerance * max(1.0, np.abs(ta[n]).max()), n
+        if ta[n].ndim == 1 or tensor_type == "f32":
+            assert ta[n].tobytes() == tb[n].tobytes(), n
+    text = "Patients with  renal failure: 20 mg, ünïcödé 日本.\nNext"
+    original, exported = transformers.AutoTokenizer.from_pretrained(src), gguf_tokenizer(out)
+    assert exported(text)["input_ids"] == original(text)["input_ids"]
+    assert exported.decode(exported(text)["input_ids"]) == original.decode(original(text)["input_ids"])
+    if tensor_type == "f32":
+        hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=out.name,
+                                                               dtype=torch.float32)
+        ids = torch.tensor([original(text)["input_ids"]])
+        # transformers reads a llama GGUF without a sliding window (llama.cpp too): equal up to the window
+        n = ca.sliding_window or ids.shape[1]
+        with torch.no_grad():
+            ref = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)(ids).logits
+            np.testing.assert_allclose(hf(ids).logits.numpy()[:, :n], ref.numpy()[:, :n], atol=1e-5)
+
+
+def test_gguf_export_refuses_what_it_cannot_write(tmp_path):
+    from mnlu_jax.weights.gguf_export import export_gguf
+
+    src = make_tiny_hf(tmp_path / "hf", vocab_size=320)
+    with pytest.raises(ValueError, match=r"no tokenizer beside the weights|no tokenizer\.json"):
+        export_gguf(src, tmp_path / "a.gguf")
+    from mnlu_jax.data.tiny_tokenizer import train_tiny_tokenizer
+
+    tok = train_tiny_tokenizer(["some text to learn from"] * 5, 300, src)
+    with pytest.raises(ValueError, match=r"tensor type 'q4_k': expected one of"):
+        export_gguf(src, tmp_path / "a.gguf", tensor_type="q4_k")
+    with pytest.raises(ValueError, match=r"a\.bin: expected a \.gguf file name"):
+        export_gguf(src, tmp_path / "a.bin")
+    spec = json.loads((src / "tokenizer.json").read_text())  # a split rule llama.cpp has no name for here
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\\d"}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    (src / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"tokenizer\.json: its pre-tokenizer .* give it \(tokenizer_pre"):
+        export_gguf(src, tmp_path / "a.gguf")
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*tmp"))
+    export_gguf(src, tmp_path / "named.gguf", tokenizer_pre="smollm", progress=False)
+    assert gguf_fields(tmp_path / "named.gguf")["tokenizer.ggml.pre"] == "smollm"
+    tokens = gguf_fields(tmp_path / "named.gguf")["tokenizer.ggml.tokens"]  # the model's 320 ids, the rest unused
+    assert len(tok) < 320 and len(tokens) == 320 and tokens[len(tok)] == f"[PAD{len(tok)}]"
+    rope = make_tiny_hf(tmp_path / "rope", model_type="llama", vocab_size=320, **LLAMA3_ROPE)
+    train_tiny_tokenizer(["some text to learn from"] * 5, 300, rope)
+    with pytest.raises(ValueError, match=r"only linear scaling has GGUF keys"):
+        export_gguf(rope, tmp_path / "r.gguf")
+    linear = make_tiny_hf(tmp_path / "linear", model_type="llama", vocab_size=320,
+                          rope_scaling={"rope_type": "linear", "factor": 2.0})
+    train_tiny_tokenizer(["some text to learn from"] * 5, 300, linear)
+    _, config, _ = load_model(export_gguf(linear, tmp_path / "l.gguf", progress=False))
+    assert dict(config.rope_scaling) == {"rope_type": "linear", "factor": 2.0}
+
+
+def gguf_fields(path) -> dict:
+    gguf = pytest.importorskip("gguf")
+    return {k: f.contents() for k, f in gguf.GGUFReader(str(path)).fields.items()}

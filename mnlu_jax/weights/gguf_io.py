@@ -68,8 +68,10 @@ def gguf_config(path: str | Path) -> ModelConfig:
         original = _field(r, f"{p}.rope.scaling.original_context_length")
         if original is not None:
             rope_scaling["original_max_position_embeddings"] = int(original)
+    window = _field(r, f"{p}.attention.sliding_window")
     hf = {
-        "model_type": "llama" if arch == "llama" else "mistral",
+        # llama.cpp writes Mistral as llama; a sliding window (our exports keep it) makes it Mistral again
+        "model_type": "mistral" if arch == "mistral" or window is not None else "llama",
         "vocab_size": int(n_vocab),
         "hidden_size": int(d),
         "intermediate_size": int(_field(r, f"{p}.feed_forward_length")),
@@ -81,7 +83,7 @@ def gguf_config(path: str | Path) -> ModelConfig:
         "rms_norm_eps": float(_field(r, f"{p}.attention.layer_norm_rms_epsilon", 1e-5)),
         "rope_theta": float(_field(r, f"{p}.rope.freq_base", 10000.0)),
         "rope_scaling": rope_scaling,
-        "sliding_window": _field(r, f"{p}.attention.sliding_window"),
+        "sliding_window": window,
         "tie_word_embeddings": "output.weight" not in names,
         "bos_token_id": _field(r, "tokenizer.ggml.bos_token_id"),
         "eos_token_id": _field(r, "tokenizer.ggml.eos_token_id"),
