@@ -737,15 +737,16 @@ def test_bionli_csv_in_the_authors_layout(tmp_path):
     assert "tag_swaps_left_out" in LEFT_OUT and "tag swaps left out" in stats_markdown(
         {"datasets": {"bionli": {"task": "NLI", "instances": len(inst), "labels": {}, **notes}}, "tasks": {}})
     bad = tmp_path / "b.csv"
-    bad.write_text("supp_set,conclusion,label_cat,pmid\nA premise.,A conclusion.,pos,1\nA premise.,Other.,neutral,1\n")
-    with pytest.raises(DataError, match=r"b\.csv:3: label_cat 'neutral'; expected 'pos' or a perturbation category"):
-        READERS["bionli_csv"](bad)
-    bad.write_text("premise,conclusion,label_cat,pmid\nA premise.,A conclusion.,pos,1\n")
-    with pytest.raises(DataError, match=r"b\.csv:1: no column 'supp_set' \(premise\)"):
-        READERS["bionli_csv"](bad)
-    bad.write_text("supp_set,conclusion,label_cat,pmid\nA premise.,<re> <er>,pos,1\n")
-    with pytest.raises(DataError, match=r"b\.csv:2: record 1 has an empty supp_set or conclusion"):
-        READERS["bionli_csv"](bad)
+    for text, message in [
+        ("supp_set,conclusion,label_cat,pmid\nA premise.,A conclusion.,pos,1\nA premise.,Other.,neutral,1\n",
+         r"b\.csv:3: label_cat 'neutral'; expected 'pos' or a perturbation category"),
+        ("premise,conclusion,label_cat,pmid\nA premise.,A conclusion.,pos,1\n",
+         r"b\.csv:1: no column 'supp_set' \(premise\)"),
+        ("supp_set,conclusion,label_cat,pmid\nA premise.,<re> <er>,pos,1\n",
+         r"b\.csv:2: record 1 has an empty supp_set or conclusion")]:
+        bad.write_text(text)
+        with pytest.raises(DataError, match=message):
+            READERS["bionli_csv"](bad)
     with pytest.raises(DataError, match=r"label 'neutral' in the label space \['entailment', 'contradiction'\]"):
         T.nli_instances([{"id": "x", "premise": "a", "hypothesis": "b", "label": "neutral",
                           "labels": ["entailment", "contradiction"]}], "bionli")
@@ -771,21 +772,19 @@ def test_pubmed_pico_sentence_labels(tmp_path):
     gold = inst[1].gold["entities"]
     assert gold["Interventions"] == [] and gold["Participants"] == docs[1]["entities"][0]["text"]
     bad = tmp_path / "p.txt"
-    bad.write_text("###1\nP|Adults with @ | or more visits.\na line without its label\n")
-    with pytest.raises(DataError, match=r"p\.txt:3: expected '<section heading>\|<label>\|<text>'"):
-        READERS["pubmed_pico"](bad)
-    bad.write_text("###1\nP|Adults with @ | or more visits.\n")
+    for text, message in [
+        ("###1\nP|Adults with @ | or more visits.\na line without its label\n",
+         r"p\.txt:3: expected '<section heading>\|<label>\|<text>'"),
+        ("P|text\n", r"p\.txt:1: a line before the first '###<PMID>' line"),
+        ("###1\nA|x\n###1\nP|y\n", r"p\.txt:3: abstract 1 again \(first at line 1\)"),
+        ("###1\nHEAD|p|lower-case labels\n",
+         r"no line has a label among \['I', 'O', 'P'\] \(`label_types`\); its labels: \{'p': 1\}")]:
+        bad.write_text(text)
+        with pytest.raises(DataError, match=message):
+            READERS["pubmed_pico"](bad)
+    bad.write_text("###1\nP|Adults with @ | or more visits.\n")  # two fields, a '|' inside the text
     assert READERS["pubmed_pico"](bad)[0]["entities"][0]["text"] == ["Adults with @ | or more visits."]
-    bad.write_text("P|text\n")
-    with pytest.raises(DataError, match=r"p\.txt:1: a line before the first '###<PMID>' line"):
-        READERS["pubmed_pico"](bad)
-    bad.write_text("###1\nA|x\n###1\nP|y\n")
-    with pytest.raises(DataError, match=r"p\.txt:3: abstract 1 again \(first at line 1\)"):
-        READERS["pubmed_pico"](bad)
     bad.write_text("###1\nHEAD|p|lower-case labels\n")
-    with pytest.raises(DataError, match=r"no line has a label among \['I', 'O', 'P'\] \(`label_types`\); its "
-                                       r"labels: \{'p': 1\}"):
-        READERS["pubmed_pico"](bad)
     assert READERS["pubmed_pico"](bad, label_types={"p": "Participants"})[0]["entities"][0]["type"] == "Participants"
 
 
