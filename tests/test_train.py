@@ -188,6 +188,57 @@ def test_train_configs_are_checked_before_any_work(tmp_path):
     assert "optim.learning_rate: expected a number > 0" in r.stderr and not (tmp_path / "never").exists()
 
 
+def test_optimizer_state_is_sharded_like_the_parameters():
+    """AdamW's mu and nu depend on no input's data: without out_shardings `jax.jit(tx.init)` put them on one
+    device, and the trainer then replicated them on every device (the whole optimizer state per device)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from mnlu_jax.model.config import ModelConfig
+    from mnlu_jax.model.mistral import init_params
+    from mnlu_jax.sharding import make_mesh, param_shardings
+    from mnlu_jax.train.config import OptimSection
+    from mnlu_jax.train.step import init_state, make_optimizer
+
+    config = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    mesh = make_mesh(1, jax.device_count(), 1)
+    params = jax.tree_util.tree_map(jax.device_put, init_params(config, jax.random.PRNGKey(0), "float32"),
+                                    param_shardings(config, mesh))
+    tx, _ = make_optimizer(OptimSection(weight_decay=0.1), 10)
+    adam = init_state(params, tx)["opt_state"][1][0]
+    for moments in (adam.mu, adam.nu):
+        for (path, m), p in zip(jax.tree_util.tree_leaves_with_path(moments), jax.tree_util.tree_leaves(params)):
+            assert m.sharding == p.sharding, jax.tree_util.keystr(path)
+    assert adam.count.sharding == NamedSharding(mesh, PartitionSpec())
+    if jax.device_count() > 1:
+        assert not adam.mu["model"]["layers"]["mlp"]["up_proj"]["kernel"].sharding.is_fully_replicated
+
+
+def test_ahead_of_time_compile_check(tmp_path, capsys):
+    """`train --aot-devices N`: the step compiled for the mesh with abstract inputs, memory per device reported;
+    nothing read, nothing written but the report."""
+    from mnlu_jax.cli import main
+
+    n = jax.device_count()  # 8 under scripts/test.sh
+    common = ["train", "--config", str(ROOT / "configs/train/tiny.yaml"), "mesh.data=1", "mesh.fsdp=-1",
+              "data.path=/nonexistent", f"output_dir={tmp_path / 'never'}"]
+    assert main([*common, "--aot-devices", str(n), "--device-memory", "1GB", "--report", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"compiled ahead of time for {n} devices" in out and "Fits in 0.93 GiB" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    b = report["per_device_bytes"]
+    assert report["mesh"] == {"data": 1, "fsdp": n, "tensor": 1} and report["fits"]
+    total = report["model"]["parameters"] * 4
+    assert b["parameters"] < total and b["optimizer_state"] <= 2 * b["parameters"] + 64  # sharded, both moments
+    assert b["peak"] == b["arguments"] + b["outputs"] - b["aliased"] + b["temporaries"] and b["temporaries"] > 0
+    assert not (tmp_path / "never").exists()
+    assert main([*common, "--aot-devices", str(n), "--device-memory", "1KB"]) == 1
+    assert "Does NOT fit" in capsys.readouterr().out
+    # another device count than this process has: a child process with that many host devices
+    assert main([*common, "--aot-devices", "2", "--report", str(tmp_path / "two.json")]) == 0
+    assert json.loads((tmp_path / "two.json").read_text())["mesh"]["fsdp"] == 2
+
+
 def test_flop_count():
     from mnlu_jax.model.config import ModelConfig
 
