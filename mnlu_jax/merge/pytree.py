@@ -23,12 +23,12 @@ def _path_name(path) -> str:
 def _merge_ours(name: str, parts: tuple[str, ...], base, models, spec: MergeSpec, schedule: Schedule | None):
     """One leaf of our parameter tree merged as the HF tensors it holds: layer by layer when stacked
     (model.layers.*), a kernel (in, out) as its HF weight (out, in); masks keyed by the HF names."""
-    from mnlu_jax.weights.names import _hf_name
+    from mnlu_jax.weights.names import hf_name
 
     stacked, kernel = parts[:2] == ("model", "layers"), parts[-1] == "kernel"
 
     def one(b, ms, layer):
-        hf = _hf_name(parts, layer)
+        hf = hf_name(parts, layer)
         s = spec if schedule is None else schedule.spec_for(spec, hf)
         if kernel:
             b, ms = b.T, tuple(m.T for m in ms)

@@ -27,9 +27,9 @@ import numpy as np
 
 from mnlu_jax.model.config import ModelConfig
 from mnlu_jax.weights import names as N
-from mnlu_jax.weights.gguf_io import _GGUF_TO_HF
+from mnlu_jax.weights.gguf_io import GGUF_TO_HF
 
-HF_TO_GGUF = {hf: g for g, hf in _GGUF_TO_HF.items()}
+HF_TO_GGUF = {hf: g for g, hf in GGUF_TO_HF.items()}
 TENSOR_TYPES = ("f32", "f16", "bf16", "q8_0")
 # general.file_type (llama.cpp's LLAMA_FTYPE_*) of a file whose matrices are of that type
 FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}
@@ -195,10 +195,10 @@ def _copy_gguf_tokenizer(src: Path) -> list[tuple[str, Any, Any, Any]]:
     """A GGUF file's `tokenizer.*` keys with their value types, to be written as they are."""
     from gguf import GGUFValueType
 
-    from mnlu_jax.weights.gguf_io import _reader
+    from mnlu_jax.weights.gguf_io import open_gguf
 
     out = []
-    for key, field in _reader(src).fields.items():
+    for key, field in open_gguf(src).fields.items():
         if key.startswith("tokenizer."):
             vtype = field.types[0]
             out.append((key, field.contents(), vtype, field.types[-1] if vtype == GGUFValueType.ARRAY else None))

@@ -14,7 +14,7 @@ import numpy as np
 
 from mnlu_jax.model.config import ModelConfig
 
-_GGUF_TO_HF = {
+GGUF_TO_HF = {
     "token_embd": "model.embed_tokens",
     "output_norm": "model.norm",
     "output": "lm_head",
@@ -30,7 +30,7 @@ _GGUF_TO_HF = {
 }
 
 
-def _reader(path: str | Path):
+def open_gguf(path: str | Path):
     import gguf
 
     try:
@@ -47,7 +47,7 @@ def _field(reader, key: str, default=None):
 
 
 def gguf_config(path: str | Path) -> ModelConfig:
-    r = _reader(path)
+    r = open_gguf(path)
     arch = _field(r, "general.architecture")
     if arch not in ("llama", "mistral"):
         raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported (expected llama or mistral)")
@@ -104,16 +104,16 @@ def gguf_tensors(path: str | Path, config: ModelConfig) -> Iterator[tuple[str, n
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
-    r = _reader(path)
+    r = open_gguf(path)
     for t in r.tensors:
         stem, _, kind = t.name.rpartition(".")
         if stem.startswith("blk."):
             _, idx, sub = stem.split(".", 2)
-            if sub not in _GGUF_TO_HF:
+            if sub not in GGUF_TO_HF:
                 raise ValueError(f"{path}: unexpected GGUF tensor {t.name!r}")
-            name = f"model.layers.{idx}.{_GGUF_TO_HF[sub]}.{kind}"
-        elif stem in _GGUF_TO_HF:
-            name = f"{_GGUF_TO_HF[stem]}.{kind}"
+            name = f"model.layers.{idx}.{GGUF_TO_HF[sub]}.{kind}"
+        elif stem in GGUF_TO_HF:
+            name = f"{GGUF_TO_HF[stem]}.{kind}"
         else:
             raise ValueError(f"{path}: unexpected GGUF tensor {t.name!r}")
         shape = tuple(int(x) for x in reversed(t.shape))  # GGUF lists dims fastest-first

@@ -26,7 +26,7 @@ class Entry:
     hf_shape: tuple[int, ...]
 
 
-def _hf_name(path: tuple[str, ...], layer: int | None) -> str:
+def hf_name(path: tuple[str, ...], layer: int | None) -> str:
     parts = list(path[:-1]) + ["weight"]
     if layer is not None:
         parts.insert(2, str(layer))  # model.layers.<i>.…
@@ -50,9 +50,9 @@ def entries(config: ModelConfig) -> list[Entry]:
                 hf_shape = tuple(reversed(shape)) if transpose else tuple(shape)
                 if stacked:
                     for i in range(config.num_hidden_layers):
-                        out.append(Entry(_hf_name(path, i), path, i, transpose, hf_shape))
+                        out.append(Entry(hf_name(path, i), path, i, transpose, hf_shape))
                 else:
-                    out.append(Entry(_hf_name(path, None), path, None, transpose, hf_shape))
+                    out.append(Entry(hf_name(path, None), path, None, transpose, hf_shape))
 
     walk(shapes, ())
     return out
