@@ -181,6 +181,10 @@ def test_train_configs_are_checked_before_any_work(tmp_path):
         check_batch_fits_mesh(6, 8, 1)
     with pytest.raises(ValueError, match=r"global_batch_size 6 is not a multiple of the number of processes 4"):
         check_batch_fits_mesh(6, 2, 4)
+    with pytest.raises(ValueError, match=r"16 / optim\.grad_accum 4 = 4 rows per micro-batch, not a multiple of the "
+                                         r"data x fsdp mesh size 8"):
+        check_batch_fits_mesh(16, 8, 1, grad_accum=4)
+    check_batch_fits_mesh(16, 8, 2, grad_accum=2)
     # the console script names the file and overrides, and stops before reading any data
     r = subprocess.run([sys.executable, "-m", "mnlu_jax.cli", "train", "--config", str(tiny), "optim.learning_rate=-1",
                         "data.path=/nonexistent", f"output_dir={tmp_path / 'never'}"], capture_output=True, text=True)

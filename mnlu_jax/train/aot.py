@@ -70,7 +70,7 @@ def compile_check(cfg: TrainConfig, model_config: str | None = None, device_memo
     check_train_config(cfg)
     config = model_config_for(cfg, model_config)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    check_batch_fits_mesh(cfg.global_batch_size, mesh.shape["data"] * mesh.shape["fsdp"], 1)
+    check_batch_fits_mesh(cfg.global_batch_size, mesh.shape["data"] * mesh.shape["fsdp"], 1, cfg.optim.grad_accum)
     dtype = DTYPES[cfg.model.param_dtype]
     shapes = param_shapes(config)
     is_shape = lambda x: isinstance(x, (tuple, list)) and all(isinstance(i, int) for i in x)  # noqa: E731

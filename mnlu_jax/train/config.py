@@ -145,8 +145,13 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise ValueError("train config: " + "; ".join(problems))
 
 
-def check_batch_fits_mesh(global_batch_size: int, data_shards: int, processes: int) -> None:
-    """The batch is split over the mesh's data and fsdp axes and read in equal parts by each process."""
+def check_batch_fits_mesh(global_batch_size: int, data_shards: int, processes: int, grad_accum: int = 1) -> None:
+    """The batch is split over the mesh's data and fsdp axes and read in equal parts by each process; so is each
+    micro-batch (with fewer rows than shards XLA replicates its activations: "involuntary full rematerialization")."""
     for count, what in ((data_shards, "data x fsdp mesh size"), (processes, "number of processes")):
         if global_batch_size % count:
             raise ValueError(f"global_batch_size {global_batch_size} is not a multiple of the {what} {count}")
+    rows = global_batch_size // grad_accum
+    if grad_accum > 1 and rows % data_shards:
+        raise ValueError(f"global_batch_size {global_batch_size} / optim.grad_accum {grad_accum} = {rows} rows per "
+                         f"micro-batch, not a multiple of the data x fsdp mesh size {data_shards}")

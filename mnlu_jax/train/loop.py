@@ -104,7 +104,8 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
     check_train_config(cfg)
     distributed.initialize(cfg.distributed)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    check_batch_fits_mesh(cfg.global_batch_size, mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count())
+    check_batch_fits_mesh(cfg.global_batch_size, mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count(),
+                          cfg.optim.grad_accum)
     out = Path(cfg.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     check_resume_settings(cfg, out)
