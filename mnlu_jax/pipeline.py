@@ -50,12 +50,13 @@ class PipelineConfig:
     merge_method: str = "dare"
     drop_rate: float = 0.2
     merge_seed: int = 0
+    gguf_type: str | None = None           # f16 | f32 | bf16 | q8_0: also write the merge as one GGUF file
     decode: DecodeSection = dataclasses.field(default_factory=DecodeSection)
 
 
 # each stage's folder under output_dir
 STAGE_DIRS = {"data": "data", "base": "base", "eval-sets": "eval_sets", "eval-base": "eval/base", "train": "train",
-              "merge": "merged", "eval-finetuned": "eval/finetuned", "eval-merged": "eval/merged"}
+              "merge": "merged", "gguf": "gguf", "eval-finetuned": "eval/finetuned", "eval-merged": "eval/merged"}
 
 
 def _file_digest(path: str) -> str | None:
@@ -75,8 +76,10 @@ def stage_settings(cfg: PipelineConfig) -> dict[str, dict]:
     train = {**data, **base, "train_config": cfg.train_config, "train_config_digest": _file_digest(cfg.train_config),
              "train_overrides": list(cfg.train_overrides), "chat_template": cfg.chat_template}
     merge = {**train, "merge_method": cfg.merge_method, "drop_rate": cfg.drop_rate, "merge_seed": cfg.merge_seed}
+    gguf = {"gguf": {**merge, "gguf_type": cfg.gguf_type}} if cfg.gguf_type else {}
     return {"data": data, "base": base, "eval-sets": sets, "eval-base": {**base, **sets, **decode}, "train": train,
-            "merge": merge, "eval-finetuned": {**train, **sets, **decode}, "eval-merged": {**merge, **sets, **decode}}
+            "merge": merge, **gguf, "eval-finetuned": {**train, **sets, **decode},
+            "eval-merged": {**merge, **sets, **decode}}
 
 
 class Stages:
@@ -141,7 +144,12 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
 
     out = Path(cfg.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    names = ["data", "base", "eval-sets", "eval-base", "train", "merge", "eval-finetuned", "eval-merged", "report"]
+    from mnlu_jax.weights.gguf_export import TENSOR_TYPES, export_gguf
+
+    if cfg.gguf_type is not None and cfg.gguf_type not in TENSOR_TYPES:
+        raise ValueError(f"gguf_type {cfg.gguf_type!r}: expected one of {TENSOR_TYPES} (or null: no GGUF file)")
+    names = ["data", "base", "eval-sets", "eval-base", "train", "merge", *(["gguf"] if cfg.gguf_type else []),
+             "eval-finetuned", "eval-merged", "report"]
     st = Stages(names, out / "stages.json", stage_settings(cfg))
     st.check(out)
     # the fine-tune's config is read and checked now, not after the base model's evaluation
@@ -185,6 +193,9 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
                                               MergeSpec(cfg.merge_method, drop_rate=cfg.drop_rate, seed=cfg.merge_seed),
                                               out / "merged"),
            (out / "merged" / "config.json").exists())
+    gguf_file = out / "gguf" / f"merged-{cfg.gguf_type}.gguf"
+    if cfg.gguf_type:  # the merge for llama.cpp and Ollama
+        st.run("gguf", lambda: export_gguf(out / "merged", gguf_file, tensor_type=cfg.gguf_type), gguf_file.exists())
     st.run("eval-finetuned", lambda: evaluate(out / "train" / "final", "finetuned"), scored("finetuned"))
     st.run("eval-merged", lambda: evaluate(out / "merged", "merged"), scored("merged"))
 
@@ -195,7 +206,9 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
             shutil.copy2(out / "train" / "loss.png", out / "report" / "loss.png")
         times = {k: round(v["seconds"], 1) for k, v in st.done.items() if "seconds" in v}
         md = ["# mnlu-jax pipeline report", "", f"Base model: `{cfg.base_model}`; data: `{cfg.data_config}`; "
-              f"merge: {cfg.merge_method} (drop rate {cfg.drop_rate}).", "",
+              f"merge: {cfg.merge_method} (drop rate {cfg.drop_rate})"
+              + (f"; as GGUF ({cfg.gguf_type}, llama.cpp / Ollama): `{gguf_file.relative_to(out)}`." if cfg.gguf_type
+                 else "."), "",
               "## Table 5 (paper-mode scoring; the paper's columns are its published numbers)", "",
               markdown(table5(results, "paper")), "## Official BLURB/BLUE scoring", "", markdown(table5(results, "official")),
               "![scores](scores_paper.png)", "", "![training loss](loss.png)", "",

@@ -47,12 +47,16 @@ def test_pipeline_tiny_end_to_end_and_cached_rerun(demo, capsys, monkeypatch):
     # rerun: every stage but the report is cached
     assert main(["pipeline", "--config", "configs/demo_tiny.yaml", f"output_dir={out}"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count(": cached") == 8
+    assert printed.count(": cached") == 9
+    from mnlu_jax.weights.convert import load_model
+
+    merged_gguf = out / "gguf" / "merged-f16.gguf"  # the merge for llama.cpp: our reader takes it back
+    assert load_model(merged_gguf)[1].num_hidden_layers == 2 and "gguf/merged-f16.gguf" in md
     # a rerun with another drop rate is not answered from the merge made with the old one
     assert main(["pipeline", "--config", "configs/demo_tiny.yaml", f"output_dir={out}", "drop_rate=0.3"]) == 2
     err = capsys.readouterr().err
-    assert "stages made with other settings: merge (merged/: drop_rate: 0.2 then, 0.3 now), eval-merged " \
-           "(eval/merged/: drop_rate: 0.2 then, 0.3 now). Delete those folders" in err
+    assert "stages made with other settings: merge (merged/: drop_rate: 0.2 then, 0.3 now), gguf (gguf/: drop_rate: " \
+           "0.2 then, 0.3 now), eval-merged (eval/merged/: drop_rate: 0.2 then, 0.3 now). Delete those folders" in err
     assert "drop_rate: 0.2" in (out / "pipeline.yaml").read_text()  # the record still says what made the outputs
 
 
