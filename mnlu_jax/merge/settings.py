@@ -129,7 +129,7 @@ def _resolved(name: str, setting: Any, tensor_name: str, position: float) -> flo
 
 
 def _freeze(x: Any) -> Any:
-    """Lists and dicts as tuples, so that a Schedule hashes (it travels with jit's static arguments' owners)."""
+    """Lists and dicts as tagged tuples, so that a Schedule (a frozen dataclass) hashes and compares by value."""
     if isinstance(x, list):
         return ("list", tuple(_freeze(v) for v in x))
     if isinstance(x, dict):

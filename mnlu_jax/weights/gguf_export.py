@@ -33,8 +33,8 @@ HF_TO_GGUF = {hf: g for g, hf in GGUF_TO_HF.items()}
 TENSOR_TYPES = ("f32", "f16", "bf16", "q8_0")
 # general.file_type (llama.cpp's LLAMA_FTYPE_*) of a file whose matrices are of that type
 FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}
-# GPT-2's own split rule (a ByteLevel pre-tokenizer with use_regex) and the other rules transformers' GGUF
-# tokenizer reads back by llama.cpp's names
+# llama.cpp's name for GPT-2's own split rule (a ByteLevel pre-tokenizer with use_regex); the names of other rules
+# come from transformers' GGUF tokenizer table (`_split_rules`)
 GPT2_PRE = "gpt-2"
 
 
@@ -101,7 +101,7 @@ def _split_rules() -> dict[str, str]:
     return dict(GGUF_PRE_TOKENIZER_SPLITS)
 
 
-def _pre_name(pre_tokenizer: dict | None, given: str | None, where: Path) -> str | None:
+def _pre_name(pre_tokenizer: dict | None, given: str | None, where: Path) -> str:
     """llama.cpp's name for a byte-level tokenizer's split rule."""
     if given is not None:
         return given
