@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mnlu_jax.merge.math import MergeSpec
-from mnlu_jax.merge.settings import SCHEDULABLE, Schedule, check_setting
+from mnlu_jax.merge.settings import SCHEDULABLE, Schedule, check_settings
 
 
 @dataclasses.dataclass
@@ -37,10 +37,7 @@ class MergeConfig:
     def spec(self) -> MergeSpec:
         """The spec of a tensor that no varying setting touches (each varying one at MergeSpec's default; the
         schedule sets it per tensor)."""
-        for name in SCHEDULABLE:
-            check_setting(name, getattr(self, name))
-        for i, w in enumerate(self.weights or []):
-            check_setting(f"weights[{i}]", w)
+        check_settings(self._settings(), self.weights)
 
         def plain(name):
             v = getattr(self, name)
@@ -55,7 +52,10 @@ class MergeConfig:
                          seed=self.seed)
 
     def schedule(self) -> Schedule | None:
-        return Schedule.make({name: getattr(self, name) for name in SCHEDULABLE}, self.weights)
+        return Schedule.make(self._settings(), self.weights)
+
+    def _settings(self) -> dict:
+        return {name: getattr(self, name) for name in SCHEDULABLE}
 
 
 def run_merge(cfg: MergeConfig, progress: bool = True) -> Path:

@@ -11,20 +11,23 @@ import jax
 import jax.numpy as jnp
 
 from mnlu_jax.merge.math import MergeSpec, check_model_count, keys_for, merge_tensor
-from mnlu_jax.merge.settings import LAYER_INDEX, Schedule
+from mnlu_jax.merge.settings import Schedule
+from mnlu_jax.weights.names import hf_name, layer_index
 
 LAYOUTS = ("hf", "ours")
 
 
+def _path_parts(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
 def _path_name(path) -> str:
-    return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    return ".".join(_path_parts(path))
 
 
-def _merge_ours(name: str, parts: tuple[str, ...], base, models, spec: MergeSpec, schedule: Schedule | None):
+def _merge_ours(parts: tuple[str, ...], base, models, spec: MergeSpec, schedule: Schedule | None):
     """One leaf of our parameter tree merged as the HF tensors it holds: layer by layer when stacked
     (model.layers.*), a kernel (in, out) as its HF weight (out, in); masks keyed by the HF names."""
-    from mnlu_jax.weights.names import hf_name
-
     stacked, kernel = parts[:2] == ("model", "layers"), parts[-1] == "kernel"
 
     def one(b, ms, layer):
@@ -80,7 +83,7 @@ def merge_pytrees(base: Any, models: list[Any], spec: MergeSpec, exclude: str | 
             out.append(b)
             continue
         if layout == "ours":
-            out.append(_merge_ours(name, tuple(str(getattr(k, "key", k)) for k in path), b, ms, spec, schedule))
+            out.append(_merge_ours(_path_parts(path), b, ms, spec, schedule))
         else:
             s = spec if schedule is None else schedule.spec_for(spec, name)
             out.append(_merge_leaf(b, tuple(ms), keys_for(s, name, len(ms)), s))
@@ -89,8 +92,6 @@ def merge_pytrees(base: Any, models: list[Any], spec: MergeSpec, exclude: str | 
 
 def _count_layers(flat, layout: str) -> int:
     if layout == "ours":
-        stacked = [leaf.shape[0] for path, leaf in flat
-                   if tuple(str(getattr(k, "key", k)) for k in path)[:2] == ("model", "layers")]
-        return max(stacked, default=1)
-    found = [int(m.group(1)) for path, _ in flat if (m := LAYER_INDEX.search(_path_name(path) + "."))]
+        return max((leaf.shape[0] for path, leaf in flat if _path_parts(path)[:2] == ("model", "layers")), default=1)
+    found = [i for path, _ in flat if (i := layer_index(_path_name(path) + ".")) is not None]
     return max(found, default=0) + 1

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Any
 
 from mnlu_jax.merge.math import MergeSpec
+from mnlu_jax.weights.names import layer_index
 
 SCHEDULABLE = ("t", "lam", "drop_rate", "epsilon", "gamma")
-LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 def _number(x: Any) -> bool:
@@ -55,11 +54,23 @@ def check_setting(field: str, setting: Any) -> None:
                      f"{{filter, value}} conditions, got {setting!r}")
 
 
+def check_settings(settings: dict[str, Any], weights: list[Any] | None = None) -> None:
+    """Every setting of MergeSpec's fields (by name) and of the models' weights well formed, else a ValueError
+    naming it."""
+    for name, s in settings.items():
+        if name not in SCHEDULABLE:
+            raise ValueError(f"{name}: not a merge parameter that can vary by tensor ({', '.join(SCHEDULABLE)}, "
+                             f"weights)")
+        check_setting(name, s)
+    for i, w in enumerate(weights or []):
+        check_setting(f"weights[{i}]", w)
+
+
 def layer_position(tensor_name: str, num_layers: int) -> float:
-    m = LAYER_INDEX.search(tensor_name)
-    if m is None:
+    index = layer_index(tensor_name)
+    if index is None:
         return 0.0
-    return int(m.group(1)) / (num_layers - 1) if num_layers > 1 else 1.0
+    return index / (num_layers - 1) if num_layers > 1 else 1.0
 
 
 def resolve(setting: Any, tensor_name: str, position: float) -> float | None:
@@ -89,13 +100,7 @@ class Schedule:
     @staticmethod
     def make(settings: dict[str, Any], weights: list[Any] | None = None,
              num_layers: int | None = None) -> Schedule | None:
-        for name, s in settings.items():
-            if name not in SCHEDULABLE:
-                raise ValueError(f"{name}: not a merge parameter that can vary by tensor ({', '.join(SCHEDULABLE)}, "
-                                 f"weights)")
-            check_setting(name, s)
-        for i, w in enumerate(weights or []):
-            check_setting(f"weights[{i}]", w)
+        check_settings(settings, weights)
         fields = tuple((k, _freeze(v)) for k, v in settings.items() if not _number(v))
         varying = weights is not None and not all(_number(w) for w in weights)
         if not fields and not varying:

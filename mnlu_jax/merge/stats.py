@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-_LAYER = re.compile(r"layers\.(\d+)\.")
 
 
 def tensor_stats(base: np.ndarray, models: list[np.ndarray]) -> dict:
@@ -66,11 +64,13 @@ def _plot(rows: list[dict], n_models: int, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from mnlu_jax.weights.names import layer_index
+
     layers: dict[int, list[dict]] = {}
     for r in rows:
-        m = _LAYER.search(r["tensor"])
-        if m:
-            layers.setdefault(int(m.group(1)), []).append(r)
+        index = layer_index(r["tensor"])
+        if index is not None:
+            layers.setdefault(index, []).append(r)
     xs = sorted(layers)
     panels = 2 if n_models > 1 else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)

@@ -395,7 +395,7 @@ def _remat(fn, policy: str):
         return jax.checkpoint(fn)
     if policy == "save_dots":
         return jax.checkpoint(fn, policy=_save_dots_and_fused_attention)
-    raise ValueError(f"remat_policy {policy!r}: expected none, full or save_dots")
+    raise ValueError(f"remat_policy {policy!r}: expected one of {REMAT_POLICIES}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,10 +51,7 @@ def model_config_for(cfg: TrainConfig, model_config: str | None):
             config = ModelConfig.from_json_file(src / "config.json")
         else:
             raise ValueError(f"model.source {m.source}: no config.json; give the architecture with --model-config")
-    impl = "xla" if m.attention_impl in ("cudnn", "auto") else m.attention_impl
-    return config.replace(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, remat_policy=m.remat_policy,
-                          scan_layers=m.scan_layers, loss_chunk=m.loss_chunk, attention_impl=impl,
-                          packed_attention_runs=m.packed_attention_runs)
+    return m.apply(config, attention_impl="xla" if m.attention_impl in ("cudnn", "auto") else m.attention_impl)
 
 
 def compile_check(cfg: TrainConfig, model_config: str | None = None, device_memory: int | None = None) -> dict:
@@ -65,30 +62,25 @@ def compile_check(cfg: TrainConfig, model_config: str | None = None, device_memo
 
     from mnlu_jax.model.mistral import DTYPES, param_shapes
     from mnlu_jax.sharding import batch_sharding, make_mesh, param_shardings
-    from mnlu_jax.train.step import flops_per_token, init_state, make_optimizer, opt_state_shardings, train_step
+    from mnlu_jax.train.step import flops_per_token, init_state, make_optimizer, state_shardings, train_step
 
     check_train_config(cfg)
     config = model_config_for(cfg, model_config)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     check_batch_fits_mesh(cfg.global_batch_size, mesh.shape["data"] * mesh.shape["fsdp"], 1, cfg.optim.grad_accum)
     dtype = DTYPES[cfg.model.param_dtype]
-    shapes = param_shapes(config)
-    is_shape = lambda x: isinstance(x, (tuple, list)) and all(isinstance(i, int) for i in x)  # noqa: E731
-    params = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(tuple(s), dtype, sharding=sh), shapes,
-                                    param_shardings(config, mesh), is_leaf=is_shape)
+    params = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s, dtype, sharding=sh), param_shapes(config),
+                                    param_shardings(config, mesh), is_leaf=lambda x: isinstance(x, tuple))
     tx, _ = make_optimizer(cfg.optim, 1000)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    abstract = jax.eval_shape(lambda p: init_state(p, tx), params)
-    state_shardings = {"params": jax.tree_util.tree_map(lambda p: p.sharding, params),
-                       "opt_state": opt_state_shardings(tx, params), "step": replicated, "rng": replicated}
-    state = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-                                   state_shardings)
+    shardings = state_shardings(tx, params)
+    state = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                   jax.eval_shape(lambda p: init_state(p, tx), params), shardings)
     rows, seq = cfg.global_batch_size, cfg.data.max_seq_length
     b_shard = batch_sharding(mesh)
     batch = {k: jax.ShapeDtypeStruct((rows, seq), jnp.float32 if k == "weights" else jnp.int32, sharding=b_shard)
              for k in BATCH_FIELDS}
     step = jax.jit(functools.partial(train_step, config=config, tx=tx, grad_accum=cfg.optim.grad_accum),
-                   in_shardings=(state_shardings, b_shard), out_shardings=(state_shardings, None),
+                   in_shardings=(shardings, b_shard), out_shardings=(shardings, None),
                    donate_argnums=(0,))
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
@@ -100,11 +92,10 @@ def compile_check(cfg: TrainConfig, model_config: str | None = None, device_memo
                    for x in jax.tree_util.tree_leaves(tree))
 
     peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
-    n_params = sum(int(np.prod(s)) for s in jax.tree_util.tree_leaves(shapes, is_leaf=is_shape))
     report = {
         "devices": mesh.devices.size, "mesh": dict(mesh.shape), "backend": jax.default_backend(),
         "jax": jax.__version__, "host": f"{platform.machine()}, {os.cpu_count()} cores",
-        "model": {"parameters": n_params, "layers": config.num_hidden_layers, "hidden": config.hidden_size,
+        "model": {"parameters": config.num_params(), "layers": config.num_hidden_layers, "hidden": config.hidden_size,
                   "param_dtype": cfg.model.param_dtype, "compute_dtype": cfg.model.compute_dtype,
                   "remat_policy": config.remat_policy, "attention_impl_compiled": config.attention_impl},
         "batch": {"rows": rows, "seq": seq, "grad_accum": cfg.optim.grad_accum},
@@ -137,13 +128,19 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_with_devices(argv: list[str], devices: int) -> int:
-    """Re-run `mnlu-jax train ...` in a child whose JAX sees `devices` host devices (XLA reads the count only at
-    start-up), on the CPU."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def host_devices_env(devices: int, env: dict | None = None) -> dict:
+    """`env` (default: this process's) with JAX on the CPU showing `devices` host devices; XLA reads the count
+    only when it starts."""
+    env = dict(os.environ if env is None else env, JAX_PLATFORMS="cpu")
     flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
     env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
-    return subprocess.run([sys.executable, "-m", "mnlu_jax.cli", "train", *argv], env=env).returncode
+    return env
+
+
+def run_with_devices(argv: list[str], devices: int) -> int:
+    """Re-run `mnlu-jax train ...` in a child process with `devices` host devices."""
+    return subprocess.run([sys.executable, "-m", "mnlu_jax.cli", "train", *argv],
+                          env=host_devices_env(devices)).returncode
 
 
 def write_report(report: dict, path: str | Path) -> None:

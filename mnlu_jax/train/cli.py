@@ -21,17 +21,14 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     def run_aot(a) -> int:
         import sys
 
-        from mnlu_jax.train.aot import compile_check, markdown, run_with_devices, write_report
+        from mnlu_jax.train.aot import compile_check, host_devices_env, markdown, run_with_devices, write_report
 
         if a.aot_devices < 1:
             raise ValueError(f"--aot-devices {a.aot_devices}: expected at least 1")
         if "jax" not in sys.modules:  # XLA reads the host device count only when it starts
             import os
 
-            flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-                     if not f.startswith("--xla_force_host_platform_device_count")]
-            os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={a.aot_devices}"])
-            os.environ["JAX_PLATFORMS"] = "cpu"
+            os.environ.update(host_devices_env(a.aot_devices))
         import jax
 
         if jax.default_backend() != "cpu" or jax.device_count() != a.aot_devices:

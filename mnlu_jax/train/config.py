@@ -27,6 +27,14 @@ class ModelSection:
     packed_attention_runs: int = 16        # cudnn on Hopper+: documents (+ padding) per row for the packed layout;
                                            # a batch with fuller rows uses the segment mask (0: always the mask)
 
+    def apply(self, config: Any, **changes: Any) -> Any:
+        """The ModelConfig trained: `config` (the architecture) with this section's dtypes, remat, layer loop, loss
+        chunk and attention (`changes` override them)."""
+        return config.replace(**{"param_dtype": self.param_dtype, "compute_dtype": self.compute_dtype,
+                                 "remat_policy": self.remat_policy, "scan_layers": self.scan_layers,
+                                 "loss_chunk": self.loss_chunk, "attention_impl": self.attention_impl,
+                                 "packed_attention_runs": self.packed_attention_runs, **changes})
+
 
 @dataclasses.dataclass
 class DataSection:

@@ -63,9 +63,7 @@ def load_model_and_tokenizer(cfg: TrainConfig, instances, out: Path):
         tok = load_tokenizer(m.tokenizer or tok_src)
     if len(tok) > config.vocab_size:
         raise ValueError(f"tokenizer has {len(tok)} tokens but the model's vocabulary is {config.vocab_size}")
-    config = config.replace(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, remat_policy=m.remat_policy,
-                            scan_layers=m.scan_layers, loss_chunk=m.loss_chunk, attention_impl=m.attention_impl,
-                            packed_attention_runs=m.packed_attention_runs)
+    config = m.apply(config)
     if jax.process_index() == 0:
         tok.save_pretrained(str(out / "tokenizer"))
     return params, config, tok, tok_src

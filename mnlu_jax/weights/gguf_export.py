@@ -27,7 +27,7 @@ import numpy as np
 
 from mnlu_jax.model.config import ModelConfig
 from mnlu_jax.weights import names as N
-from mnlu_jax.weights.gguf_io import GGUF_TO_HF
+from mnlu_jax.weights.gguf_io import GGUF_TO_HF, open_gguf
 
 HF_TO_GGUF = {hf: g for g, hf in GGUF_TO_HF.items()}
 TENSOR_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -194,8 +194,6 @@ def tokenizer_metadata(tok_dir: Path, vocab_size: int, tokenizer_pre: str | None
 def _copy_gguf_tokenizer(src: Path) -> list[tuple[str, Any, Any, Any]]:
     """A GGUF file's `tokenizer.*` keys with their value types, to be written as they are."""
     from gguf import GGUFValueType
-
-    from mnlu_jax.weights.gguf_io import open_gguf
 
     out = []
     for key, field in open_gguf(src).fields.items():

@@ -15,6 +15,13 @@ from mnlu_jax.model.config import ModelConfig
 from mnlu_jax.model.mistral import param_shapes
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def layer_index(name: str) -> int | None:
+    """The decoder layer a tensor name belongs to (`model.layers.3.mlp...` -> 3), None outside the layers."""
+    m = _LAYER_INDEX.search(name)
+    return int(m.group(1)) if m else None
 
 
 @dataclass(frozen=True)
