@@ -30,34 +30,38 @@ PRESETS = {
 }
 
 
-def make_pair(preset: str, work: Path) -> tuple[Path, Path, int]:
+def make_checkpoint(config, d: Path, noise: float = 0.0) -> Path:
+    """A random bf16 HF checkpoint of `config`'s shape at `d` (kept if already there): N(0, 0.02) weights seeded by
+    tensor name, plus `noise`-scaled N(0, 1) (the "fine-tune")."""
     import ml_dtypes
     import numpy as np
 
-    from mnlu_jax.model.config import ModelConfig
     from mnlu_jax.weights import names as N
     from mnlu_jax.weights.safetensors_io import write_sharded
 
+    specs = [(e.hf_name, e.hf_shape, np.dtype(ml_dtypes.bfloat16)) for e in N.entries(config)]
+    if not (d / "config.json").exists():
+        d.mkdir(parents=True, exist_ok=True)
+
+        def produce(n):
+            shape = next(s for t, s, _ in specs if t == n)
+            rng = np.random.default_rng(abs(hash(n)) % 2**32)
+            x = rng.standard_normal(int(np.prod(shape)), dtype=np.float32) * 0.02
+            if noise:
+                x += np.random.default_rng(7).standard_normal(x.size, dtype=np.float32) * noise
+            return x.reshape(shape).astype(ml_dtypes.bfloat16)
+
+        write_sharded(d, specs, produce, max_shard_bytes=2 * 2**30)
+        (d / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
+    return d
+
+
+def make_pair(preset: str, work: Path) -> tuple[Path, Path, int]:
+    from mnlu_jax.model.config import ModelConfig
+
     config = ModelConfig(**PRESETS[preset], model_type="mistral", sliding_window=4096, torch_dtype="bfloat16")
-    entries = N.entries(config)
-    specs = [(e.hf_name, e.hf_shape, np.dtype(ml_dtypes.bfloat16)) for e in entries]
-    out = []
-    for name, noise in (("base", 0.0), ("ft", 0.002)):
-        d = work / name
-        if not (d / "config.json").exists():
-            d.mkdir(parents=True, exist_ok=True)
-
-            def produce(n, noise=noise):
-                rng = np.random.default_rng(abs(hash(n)) % 2**32)
-                x = rng.standard_normal(int(np.prod(next(s for t, s, _ in specs if t == n))), dtype=np.float32) * 0.02
-                if noise:
-                    x += np.random.default_rng(7).standard_normal(x.size, dtype=np.float32) * noise
-                return x.reshape(next(s for t, s, _ in specs if t == n)).astype(ml_dtypes.bfloat16)
-
-            write_sharded(d, specs, produce, max_shard_bytes=2 * 2**30)
-            (d / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
-        out.append(d)
-    return out[0], out[1], config.num_params()
+    base, ft = (make_checkpoint(config, work / name, noise) for name, noise in (("base", 0.0), ("ft", 0.002)))
+    return base, ft, config.num_params()
 
 
 def measured(cmd: list[str]) -> tuple[float, float]:

@@ -150,6 +150,40 @@ def test_exclude_keeps_base(hf_pair, tmp_path):
     assert not np.array_equal(merged["model.embed_tokens.weight"], b["model.embed_tokens.weight"])
 
 
+def test_orbax_and_gguf_checkpoints_are_read_lazily_and_alike(hf_pair, tmp_path, monkeypatch):
+    """NamedTensors reads our checkpoints one stacked parameter at a time (each restored once when the names are
+    walked in order) and GGUF files tensor by tensor, with the same tensors as the safetensors they came from; a
+    merge from our checkpoint is bitwise the merge from its HF directory."""
+    import orbax.checkpoint as ocp
+
+    from mnlu_jax.data.tiny_tokenizer import train_tiny_tokenizer
+    from mnlu_jax.weights import names as N
+    from mnlu_jax.weights.convert import hf_to_flax
+    from mnlu_jax.weights.gguf_export import export_gguf
+    from mnlu_jax.weights.named_tensors import NamedTensors, ordered
+
+    base, ft = hf_pair
+    ours = hf_to_flax(ft, tmp_path / "ft_ours", progress=False)
+    with_tokenizer = make_tiny_hf(tmp_path / "g", vocab_size=320, seed=2)
+    train_tiny_tokenizer(["Aspirin was given daily."] * 5, 300, with_tokenizer)
+    gguf = export_gguf(with_tokenizer, tmp_path / "g.gguf", tensor_type="f32", progress=False)
+    restores = []
+    real_restore = ocp.PyTreeCheckpointer.restore
+    monkeypatch.setattr(ocp.PyTreeCheckpointer, "restore",
+                        lambda self, *a, **k: restores.append(1) or real_restore(self, *a, **k))
+    for source, hf in ((NamedTensors(ours), _flat(ft)), (NamedTensors(gguf), _flat(with_tokenizer))):
+        names = ordered(source.names(), source.config)
+        assert set(names) == set(hf)
+        for n in names:
+            assert source.shape(n) == hf[n].shape and source.get(n).tobytes() == hf[n].tobytes(), (source.path, n)
+    assert NamedTensors(ours).names() == [e.hf_name for e in N.entries(NamedTensors(ours).config)]
+    assert len(restores) == len({e.path for e in N.entries(NamedTensors(ours).config)})  # once per parameter
+    spec = MergeSpec("ties", drop_rate=0.5, seed=3)
+    from_ours = _flat(merge_checkpoints(base, [base, ours], spec, tmp_path / "mo", progress=False))
+    from_hf = _flat(merge_checkpoints(base, [base, ft], spec, tmp_path / "mh", progress=False))
+    assert set(from_ours) == set(from_hf) and all(from_ours[n].tobytes() == from_hf[n].tobytes() for n in from_hf)
+
+
 def test_vocab_mismatch_is_an_error_unless_a_policy_is_chosen(tmp_path):
     base = make_tiny_hf(tmp_path / "base", seed=0)
     ft = make_tiny_hf(tmp_path / "ft", seed=1, vocab_size=130)

@@ -1,6 +1,7 @@
 """Golden-logit parity with transformers (MaxText style) and conversion round trips (Levanter style)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -433,6 +434,8 @@ def test_gguf_export_round_trips(tmp_path, model_type, tokenizer, tensor_type):
             assert ta[n].tobytes() == tb[n].tobytes(), n
     text = "Patients with  renal failure: 20 mg, ünïcödé 日本.\nNext"
     original, exported = transformers.AutoTokenizer.from_pretrained(src), gguf_tokenizer(out)
+    fields = gguf_fields(out)  # both written: llama.cpp's defaults differ by tokenizer (BOS on for `llama`)
+    assert (fields["tokenizer.ggml.add_bos_token"], fields["tokenizer.ggml.add_eos_token"]) == (tokenizer == "spm", False)
     assert exported(text)["input_ids"] == original(text)["input_ids"]
     assert exported.decode(exported(text)["input_ids"]) == original.decode(original(text)["input_ids"])
     if tensor_type == "f32":
@@ -480,6 +483,17 @@ def test_gguf_export_refuses_what_it_cannot_write(tmp_path):
     train_tiny_tokenizer(["some text to learn from"] * 5, 300, linear)
     _, config, _ = load_model(export_gguf(linear, tmp_path / "l.gguf", progress=False))
     assert dict(config.rope_scaling) == {"rope_type": "linear", "factor": 2.0}
+    from mnlu_jax.weights.safetensors_io import write_sharded
+
+    st = SafetensorsCheckpoint(linear)  # a tensor the architecture has no place for is refused, not dropped
+    extra = tmp_path / "extra"
+    specs = [(n, st.shape(n), st.dtype(n)) for n in st.names()]
+    specs.append(("model.layers.0.self_attn.q_proj.bias", (64,), np.dtype(np.float32)))
+    write_sharded(extra, specs, lambda n: st.get(n) if n in st.names() else np.zeros(64, np.float32))
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(linear / f, extra / f)
+    with pytest.raises(ValueError, match=r"tensors a llama model does not have: \['model\.layers\.0\.self_attn"):
+        export_gguf(extra, tmp_path / "e.gguf")
 
 
 def gguf_fields(path) -> dict:

@@ -37,13 +37,14 @@ def tensor_stats(base: np.ndarray, models: list[np.ndarray]) -> dict:
 
 
 def merge_stats(base: str | Path, models: list[str | Path], out: str | Path, plot: bool = True) -> list[dict]:
-    from mnlu_jax.merge.streaming import NamedTensors, check_compatible
+    from mnlu_jax.merge.streaming import check_compatible
+    from mnlu_jax.weights.named_tensors import NamedTensors, ordered
 
     b = NamedTensors(base)
     ms = [NamedTensors(m) for m in models]
     check_compatible(b, ms, "error")
     rows = []
-    for name in tqdm(b.names(), desc="merge-stats", unit="tensor"):
+    for name in tqdm(ordered(b.names(), b.config), desc="merge-stats", unit="tensor"):
         row = {"tensor": name, **tensor_stats(b.get(name), [m.get(name) for m in ms])}
         rows.append(row)
     out = Path(out)

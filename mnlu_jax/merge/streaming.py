@@ -2,7 +2,9 @@
 
 Peak memory is a small multiple of the largest tensor (its fp32 copies for base and models, plus the
 result), so two 7B bf16 models merge on a 24 GiB machine. Inputs are HF directories (safetensors, or
-anything `TensorSource` reads) or our Orbax checkpoints (loaded whole; convert to HF to stream those).
+anything `TensorSource` reads) or our Orbax checkpoints, read through `NamedTensors` (weights/named_tensors.py):
+safetensors and GGUF tensor by tensor, Orbax one stacked parameter at a time (tensors are visited in that
+order, so each is restored once).
 """
 
 from __future__ import annotations
@@ -20,11 +22,8 @@ from tqdm.auto import tqdm
 
 from mnlu_jax.merge.math import MergeSpec, check_model_count, keys_for, merge_tensor
 from mnlu_jax.merge.settings import Schedule
-from mnlu_jax.model.config import ModelConfig
-from mnlu_jax.weights.convert import (
-    TOKENIZER_FILES, TensorSource, _dtype_name, atomic_dir, is_our_checkpoint, load_params, np_dtype,
-    tensors_from_params,
-)
+from mnlu_jax.weights.convert import TOKENIZER_FILES, _dtype_name, atomic_dir, np_dtype
+from mnlu_jax.weights.named_tensors import NamedTensors, ordered
 from mnlu_jax.weights.safetensors_io import write_sharded
 
 VOCAB_TENSORS = re.compile(r"(embed_tokens\.weight|lm_head\.weight)$")
@@ -32,39 +31,6 @@ VOCAB_POLICIES = ("error", "pad_mean", "truncate")
 # Config fields that must agree for a merge to make sense (dtype may differ).
 ARCH_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "head_dim", "tie_word_embeddings")
-
-
-class NamedTensors:
-    """HF-named tensors of one checkpoint: lazy for safetensors, in memory otherwise."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if self.path.is_dir() and is_our_checkpoint(self.path):
-            self.config = ModelConfig.from_json_file(self.path / "config.json")
-            params = load_params(self.path / "params")
-            self._mem = dict(tensors_from_params(params, self.config))
-            self._st = None
-            self.dir = self.path
-        else:
-            ts = TensorSource(self.path)
-            self.config = ts.config
-            self.dir = ts.tokenizer_dir
-            if ts.kind == "safetensors":
-                self._st, self._mem = ts.st, None
-            else:
-                self._st, self._mem = None, dict(ts.items())
-
-    def names(self) -> list[str]:
-        return self._st.names() if self._st is not None else list(self._mem)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self._st.shape(name) if self._st is not None else tuple(self._mem[name].shape)
-
-    def dtype(self, name: str) -> np.dtype:
-        return self._st.dtype(name) if self._st is not None else np.dtype(self._mem[name].dtype)
-
-    def get(self, name: str) -> np.ndarray:
-        return self._st.get(name) if self._st is not None else self._mem[name]
 
 
 def check_compatible(base: NamedTensors, models: list[NamedTensors], vocab_policy: str) -> dict[str, int]:
@@ -130,7 +96,7 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
     rows = check_compatible(b, ms, vocab_policy)
     pattern = re.compile(exclude) if exclude else None
     target = np_dtype(dtype)
-    names = b.names()
+    names = ordered(b.names(), b.config)
     specs = []
     for n in names:
         shape = b.shape(n)

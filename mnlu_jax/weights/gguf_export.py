@@ -13,15 +13,18 @@ Token types: added special tokens control, other added tokens user-defined, `<0x
 token unknown; ids the tokenizer lacks up to the model's vocabulary are `[PADn]`, unused. `tokenizer.ggml.pre`
 (llama.cpp's name for the pre-tokenizer's split rule) is taken from the split rule when it is one llama.cpp names,
 else from `tokenizer_pre`; an unknown rule without it is an error rather than a file that tokenizes differently.
-Tensors are written one at a time into a temporary file that is renamed when complete.
+Tensors are read one at a time (`NamedTensors`: memory-mapped safetensors and GGUF, one stacked parameter of our
+checkpoints) and written one at a time into a temporary file that is renamed when complete.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -180,15 +183,30 @@ def tokenizer_metadata(tok_dir: Path, vocab_size: int, tokenizer_pre: str | None
         value = token_id(key) if token_id(key) is not None else from_config.get(field)
         if value is not None:
             meta[field] = int(value)
-    for key in ("add_bos_token", "add_eos_token"):
-        if isinstance(tok_cfg.get(key), bool):
-            meta[key] = tok_cfg[key]
+    meta.update(_special_tokens_added(tok_dir, meta.get("bos_token_id"), meta.get("eos_token_id")))
     template = tok_cfg.get("chat_template")
     if (tok_dir / "chat_template.jinja").exists():
         template = (tok_dir / "chat_template.jinja").read_text(encoding="utf-8")
     if isinstance(template, str):
         meta["chat_template"] = template
     return meta
+
+
+def _special_tokens_added(tok_dir: Path, bos: int | None, eos: int | None) -> dict[str, bool]:
+    """Whether the tokenizer puts BOS before and EOS after a text, found by tokenizing one: transformers decides it
+    from the post-processor, tokenizer_config.json or the tokenizer class, and llama.cpp's own default differs by
+    tokenizer (on for `llama` and `llama-bpe`, off for `gpt-2`), so both keys are always written."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    plain = tok("x", add_special_tokens=False)["input_ids"]
+    ids = tok("x")["input_ids"]
+    start = next((i for i in range(len(ids) - len(plain) + 1) if ids[i:i + len(plain)] == plain), None)
+    before, after = (ids[:start], ids[start + len(plain):]) if start is not None else (None, None)
+    if before not in ([], [bos]) or after not in ([], [eos]):
+        raise ValueError(f"{tok_dir}: the tokenizer turns 'x' {plain} into {ids} with its special tokens; GGUF can "
+                         f"only say whether BOS ({bos}) goes before a text and EOS ({eos}) after it")
+    return {"add_bos_token": before == [bos], "add_eos_token": after == [eos]}
 
 
 def _copy_gguf_tokenizer(src: Path) -> list[tuple[str, Any, Any, Any]]:
@@ -257,28 +275,55 @@ def _add_config(writer, config: ModelConfig, tensor_type: str, name: str) -> Non
     writer.add_file_type(FILE_TYPES[tensor_type])
 
 
+def _converted(source, entries: list, config: ModelConfig, tensor_type: str) -> Iterator[np.ndarray]:
+    """The entries' tensors as written, in order. Reading stays in this thread (our checkpoints' reader holds one
+    stacked parameter); casting and quantising, numpy work that releases the GIL, run on one thread per core, one
+    tensor each, so at most cores + 1 converted tensors are in memory at once."""
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for e in entries:
+            pending.append(pool.submit(_data, e.hf_name, source.get(e.hf_name), config, tensor_type))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def export_gguf(src: str | Path, out: str | Path, tensor_type: str = "f16", tokenizer_pre: str | None = None,
                 progress: bool = True) -> Path:
     """Write `src` (our checkpoint, an HF directory or a GGUF file) as the GGUF file `out`."""
     import gguf
     from tqdm.auto import tqdm
 
-    from mnlu_jax.weights.convert import load_model, tensors_from_params
+    from mnlu_jax.weights.named_tensors import NamedTensors
 
     if tensor_type not in TENSOR_TYPES:
         raise ValueError(f"tensor type {tensor_type!r}: expected one of {TENSOR_TYPES}")
     out = Path(out)
     if out.suffix != ".gguf":
         raise ValueError(f"{out}: expected a .gguf file name")
-    params, config, tok_src = load_model(src)
-    if tok_src is None:
+    source = NamedTensors(src)
+    config = source.config
+    if source.tokenizer_source is None:
         raise ValueError(f"{src}: no tokenizer beside the weights; a GGUF file needs one")
-    tok_src = Path(tok_src)
+    tok_src = Path(source.tokenizer_source)
     meta = _copy_gguf_tokenizer(tok_src) if tok_src.suffix == ".gguf" else \
         tokenizer_metadata(tok_src, config.vocab_size, tokenizer_pre, config)
     entries = N.entries(config)
-    for e in entries:
-        gguf_name(e.hf_name)  # every tensor has a llama.cpp name before the file is started
+    present = set(source.names())
+    expected = {e.hf_name for e in entries}
+    unexpected = sorted(n for n in present - expected if not N.IGNORED_HF_TENSORS.search(n)
+                        and not (n == "lm_head.weight" and config.tie_word_embeddings))
+    if unexpected:  # (a tensor this architecture does not have would be lost, not written)
+        raise ValueError(f"{src}: tensors a {config.model_type} model does not have: {unexpected[:10]}")
+    for e in entries:  # every tensor is there, of its shape, and has a llama.cpp name before the file is started
+        gguf_name(e.hf_name)
+        if e.hf_name not in present:
+            raise ValueError(f"{src}: tensor {e.hf_name} missing")
+        if tuple(source.shape(e.hf_name)) != tuple(e.hf_shape):
+            raise ValueError(f"{src}: tensor {e.hf_name} has shape {tuple(source.shape(e.hf_name))}, expected "
+                             f"{tuple(e.hf_shape)}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -291,9 +336,9 @@ def export_gguf(src: str | Path, out: str | Path, tensor_type: str = "f16", toke
         writer.write_header_to_file(str(tmp))
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for name, arr in tqdm(tensors_from_params(params, config), total=len(entries), desc=f"gguf ({tensor_type})",
-                              unit="tensor", disable=not progress):
-            writer.write_tensor_data(_data(name, arr, config, tensor_type))
+        for data in tqdm(_converted(source, entries, config, tensor_type), total=len(entries),
+                         desc=f"gguf ({tensor_type})", unit="tensor", disable=not progress):
+            writer.write_tensor_data(data)
         writer.close()
         os.replace(tmp, out)
     finally:

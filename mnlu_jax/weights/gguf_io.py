@@ -7,8 +7,9 @@ so the result is in HF layout and no permutation ever reaches the model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -99,13 +100,33 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def gguf_tensors(path: str | Path, config: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (HF name, fp32 array in HF shape) one tensor at a time."""
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
+@dataclass(frozen=True)
+class GGUFTensor:
+    """One tensor of a memory-mapped GGUF file under its HF name; `read()` gives it as fp32 in HF's shape and
+    row order (dequantised, Q/K rows unpermuted)."""
 
-    r = open_gguf(path)
-    for t in r.tensors:
+    name: str
+    shape: tuple[int, ...]
+    tensor: Any                      # gguf.ReaderTensor
+    n_head: int | None               # heads whose rows llama.cpp permuted (Q and K), else None
+
+    def read(self) -> np.ndarray:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        t = self.tensor
+        if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            arr = np.asarray(t.data).astype(np.float32)
+        else:
+            arr = dequantize(t.data, t.tensor_type).astype(np.float32)
+        arr = arr.reshape(self.shape)
+        return _unpermute(arr, self.n_head) if self.n_head is not None else arr
+
+
+def gguf_tensor_index(path: str | Path, config: ModelConfig) -> dict[str, GGUFTensor]:
+    """Every tensor of the file by HF name, in the file's order; nothing is read until `read()`."""
+    out: dict[str, GGUFTensor] = {}
+    for t in open_gguf(path).tensors:
         stem, _, kind = t.name.rpartition(".")
         if stem.startswith("blk."):
             _, idx, sub = stem.split(".", 2)
@@ -116,18 +137,17 @@ def gguf_tensors(path: str | Path, config: ModelConfig) -> Iterator[tuple[str, n
             name = f"{GGUF_TO_HF[stem]}.{kind}"
         else:
             raise ValueError(f"{path}: unexpected GGUF tensor {t.name!r}")
+        n_head = config.num_attention_heads if name.endswith("self_attn.q_proj.weight") else \
+            config.kv_heads if name.endswith("self_attn.k_proj.weight") else None
         shape = tuple(int(x) for x in reversed(t.shape))  # GGUF lists dims fastest-first
-        if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
-            arr = np.asarray(t.data).astype(np.float32) if t.tensor_type != GGMLQuantizationType.BF16 else \
-                dequantize(t.data, t.tensor_type).astype(np.float32)
-        else:
-            arr = dequantize(t.data, t.tensor_type).astype(np.float32)
-        arr = arr.reshape(shape)
-        if name.endswith("self_attn.q_proj.weight"):
-            arr = _unpermute(arr, config.num_attention_heads)
-        elif name.endswith("self_attn.k_proj.weight"):
-            arr = _unpermute(arr, config.kv_heads)
-        yield name, arr
+        out[name] = GGUFTensor(name, shape, t, n_head)
+    return out
+
+
+def gguf_tensors(path: str | Path, config: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (HF name, fp32 array in HF shape) one tensor at a time."""
+    for name, t in gguf_tensor_index(path, config).items():
+        yield name, t.read()
 
 
 def gguf_tokenizer(path: str | Path):

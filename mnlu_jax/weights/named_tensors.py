@@ -1,0 +1,163 @@
+"""Random access to one checkpoint's HF-named tensors without loading the whole model.
+
+The streaming merge, merge statistics and GGUF export read checkpoints through this, one tensor at a time:
+- HF safetensors (one file or sharded): memory-mapped, each tensor read when asked for;
+- GGUF files: memory-mapped, each tensor dequantised (and its Q/K rows unpermuted) when asked for;
+- our Orbax checkpoints: one stacked parameter (every layer's copy of one weight) restored at a time with Orbax's
+  partial restore and kept until a tensor of another parameter is asked for, so host memory holds the largest
+  stacked parameter, not the model (a 7B Mistral's MLP weight is 32 × 4096 × 14336: 3.8 GB in bf16, against
+  14.5 GB for the model). `names()` lists a checkpoint's tensors parameter by parameter, and `ordered` puts any
+  list of names in that order, so that readers walking the names restore each parameter once;
+- PyTorch `.bin` files: in memory (torch.load reads them whole).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mnlu_jax.model.config import ModelConfig
+from mnlu_jax.weights import names as N
+from mnlu_jax.weights.convert import TensorSource, is_our_checkpoint
+
+
+def ordered(names: list[str], config: ModelConfig) -> list[str]:
+    """`names` in `N.entries` order (parameter by parameter, layers inside), unknown names last, as given."""
+    rank = {e.hf_name: i for i, e in enumerate(N.entries(config))}
+    return sorted(names, key=lambda n: rank.get(n, len(rank)))
+
+
+class _OrbaxParams:
+    """HF-named tensors of our checkpoint, restored one stacked parameter at a time."""
+
+    def __init__(self, params_dir: Path, config: ModelConfig):
+        import orbax.checkpoint as ocp
+
+        self.dir = params_dir.absolute()
+        meta = ocp.StandardCheckpointer().metadata(self.dir)
+        tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
+        self.tree = getattr(tree, "tree", tree)
+        self.entries = {e.hf_name: e for e in N.entries(config)}
+        self.num_layers = config.num_hidden_layers
+        for e in self.entries.values():
+            self._meta(e)  # every tensor the architecture has is in the checkpoint, with its shape
+        self._held: tuple[tuple[str, ...], np.ndarray] | None = None
+
+    def names(self) -> list[str]:
+        return list(self.entries)  # N.entries order: parameter by parameter
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.entries[name].hf_shape)
+
+    def _meta(self, e: N.Entry):
+        node = self.tree
+        for k in e.path:
+            if not isinstance(node, dict) or k not in node:
+                raise ValueError(f"{self.dir}: parameter {'/'.join(e.path)} missing from the checkpoint")
+            node = node[k]
+        ours = tuple(reversed(e.hf_shape)) if e.transpose else tuple(e.hf_shape)
+        expected = ((self.num_layers,) if e.layer is not None else ()) + ours
+        if tuple(node.shape) != expected:
+            raise ValueError(f"{self.dir}: parameter {'/'.join(e.path)} has shape {tuple(node.shape)}, expected "
+                             f"{expected} for {e.hf_name}")
+        return node
+
+    def dtype(self, name: str) -> np.dtype:
+        return np.dtype(self._meta(self.entries[name]).dtype)
+
+    def get(self, name: str) -> np.ndarray:
+        import jax
+        import orbax.checkpoint as ocp
+
+        e = self.entries[name]
+        if self._held is None or self._held[0] != e.path:
+            self._held = None  # let the previous parameter go before the next one is read
+            item: dict = {}
+            node = item
+            for k in e.path[:-1]:
+                node = node.setdefault(k, {})
+            m = self._meta(e)
+            node[e.path[-1]] = jax.ShapeDtypeStruct(tuple(m.shape), m.dtype)
+            restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+            restored = ocp.PyTreeCheckpointer().restore(
+                self.dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+            for k in e.path:
+                restored = restored[k]
+            self._held = (e.path, np.asarray(restored))
+        leaf = self._held[1]
+        return N.ours_to_hf(leaf[e.layer] if e.layer is not None else leaf, e)
+
+
+class _GGUFTensors:
+    """A GGUF file's tensors by HF name, dequantised to fp32 when read (as the in-memory reader gives them)."""
+
+    def __init__(self, path: Path, config: ModelConfig):
+        from mnlu_jax.weights.gguf_io import gguf_tensor_index
+
+        self.index = gguf_tensor_index(path, config)
+
+    def names(self) -> list[str]:
+        return list(self.index)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.index[name].shape
+
+    def dtype(self, name: str) -> np.dtype:
+        return np.dtype(np.float32)
+
+    def get(self, name: str) -> np.ndarray:
+        return self.index[name].read()
+
+
+class _InMemory:
+    def __init__(self, tensors: dict[str, np.ndarray]):
+        self.tensors = tensors
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.tensors[name].shape)
+
+    def dtype(self, name: str) -> np.dtype:
+        return np.dtype(self.tensors[name].dtype)
+
+    def get(self, name: str) -> np.ndarray:
+        return self.tensors[name]
+
+
+class NamedTensors:
+    """HF-named tensors of one checkpoint, read lazily (see the module docstring), with its config and the source
+    of its tokenizer (`tokenizer_source`: a directory, or the GGUF file itself)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.is_dir() and is_our_checkpoint(self.path):
+            self.config = ModelConfig.from_json_file(self.path / "config.json")
+            self._reader = _OrbaxParams(self.path / "params", self.config)
+            self.dir = self.path
+            self.tokenizer_source: Path | None = self.path
+            return
+        ts = TensorSource(self.path)
+        self.config = ts.config
+        self.dir = ts.tokenizer_dir
+        self.tokenizer_source = ts.gguf or ts.tokenizer_dir
+        if ts.kind == "safetensors":
+            self._reader = ts.st
+        elif ts.kind == "gguf":
+            self._reader = _GGUFTensors(ts.gguf, self.config)
+        else:
+            self._reader = _InMemory(dict(ts.items()))
+
+    def names(self) -> list[str]:
+        return list(self._reader.names())
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._reader.shape(name))
+
+    def dtype(self, name: str) -> np.dtype:
+        return self._reader.dtype(name)
+
+    def get(self, name: str) -> np.ndarray:
+        return self._reader.get(name)
