@@ -10,7 +10,8 @@ llama.cpp's converter is not on PyPI: point --llama-cpp at a llama.cpp source tr
 llama-cpp-python sdist works: `pip download --no-deps --no-binary :all: llama-cpp-python`; it needs torch).
 
     python benchmarks/gguf_export.py [--preset 1b] [--llama-cpp DIR] [--types f16 q8_0] [--sources hf orbax]
-    python benchmarks/gguf_export.py --preset 7b --sources orbax --types q8_0   # peak RSS of a 7B export
+    python benchmarks/gguf_export.py --preset 7b --sources hf --types q8_0 --llama-cpp DIR   # the 7B row
+(`--sources orbax` at 7B first converts the checkpoint with hf-to-flax, which needs about twice its 14 GiB.)
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def main():
     ap.add_argument("--sources", nargs="+", default=["hf", "orbax"], choices=["hf", "orbax"],
                     help="what ours exports from: the HF directory and/or our Orbax checkpoint of it")
     ap.add_argument("--workdir", default="/tmp/mnlu_gguf_bench")
-    ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
+    ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints and files")
     a = ap.parse_args()
     from mnlu_jax.model.config import ModelConfig
     from mnlu_jax.weights.convert import hf_to_flax, smollm2_path
