@@ -43,8 +43,10 @@ def make_checkpoint(config, d: Path, noise: float = 0.0) -> Path:
     if not (d / "config.json").exists():
         d.mkdir(parents=True, exist_ok=True)
 
+        shapes = {t: s for t, s, _ in specs}
+
         def produce(n):
-            shape = next(s for t, s, _ in specs if t == n)
+            shape = shapes[n]
             rng = np.random.default_rng(abs(hash(n)) % 2**32)
             x = rng.standard_normal(int(np.prod(shape)), dtype=np.float32) * 0.02
             if noise:

@@ -37,6 +37,18 @@ LLAMA3_ROPE = dict(rope_theta=5e5, rope_scaling={"rope_type": "llama3", "factor"
                                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
 
 
+def smollm2_chat_texts(tok) -> list[str]:
+    """16 chat-formatted NLU prompts of mixed lengths (NER and multiple-choice questions), as texts."""
+    topics = ["aspirin", "metformin", "BRCA1", "asthma", "warfarin", "insulin", "tumor necrosis factor", "sepsis"]
+    questions = []
+    for i, t in enumerate(topics):
+        questions.append(f"Extract the Chemical entities.\nMedical text: Patients received {t} daily for {i + 2} "
+                         "weeks.")
+        questions.append(f"Is {t} related to cancer? Options: (A) yes (B) no (C) maybe" + " Explain briefly." * (i % 3))
+    return [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+            for q in questions]
+
+
 def make_tiny_hf(path: Path, model_type: str = "mistral", dtype: str = "float32", seed: int = 0, **kw) -> Path:
     """Save a tiny random transformers model (GQA, 2 layers, window 8 for Mistral) to `path`."""
     torch = pytest.importorskip("torch")

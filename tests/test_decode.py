@@ -11,7 +11,7 @@ import jax
 from mnlu_jax.decode.engine import DecodeConfig, Generator, lookup_drafts, plan_prefixes, shard_params
 from mnlu_jax.sharding import make_mesh
 from mnlu_jax.weights.convert import load_model
-from tests.conftest import make_tiny_hf
+from tests.conftest import make_tiny_hf, smollm2_chat_texts
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -301,14 +301,7 @@ def test_smollm2_matches_hf_generate_on_16_chat_prompts(smollm2_path):
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name,
                                                            torch_dtype=torch.float32)
     hf.eval()
-    topics = ["aspirin", "metformin", "BRCA1", "asthma", "warfarin", "insulin", "tumor necrosis factor", "sepsis"]
-    questions = []
-    for i, t in enumerate(topics):
-        questions.append(f"Extract the Chemical entities.\nMedical text: Patients received {t} daily for {i + 2} weeks.")
-        questions.append(f"Is {t} related to cancer? Options: (A) yes (B) no (C) maybe" + " Explain briefly." * (i % 3))
-    prompts = [tok(tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                           add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-               for q in questions]
+    prompts = [tok(text, add_special_tokens=False)["input_ids"] for text in smollm2_chat_texts(tok)]
     assert len(prompts) == 16 and len({len(p) for p in prompts}) > 4
     gen = Generator(params, config, DecodeConfig(batch_size=8, max_new_tokens=24, buckets=(16, 32, 48, 64, 128),
                                                  prefill_batch=4, chunk_steps=8, stop_ids=config.eos_ids))

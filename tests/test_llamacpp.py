@@ -17,7 +17,7 @@ from mnlu_jax.decode.engine import DecodeConfig, Generator
 from mnlu_jax.model.mistral import forward
 from mnlu_jax.weights.convert import hf_to_flax, load_model, load_tokenizer
 from mnlu_jax.weights.gguf_export import export_gguf
-from tests.conftest import make_tiny_hf
+from tests.conftest import make_tiny_hf, smollm2_chat_texts
 
 llama_cpp = pytest.importorskip("llama_cpp")
 transformers = pytest.importorskip("transformers")
@@ -62,17 +62,6 @@ def _greedy(llm, ids, n, stop_ids) -> list[int]:
     return out
 
 
-def _chat_prompts(tok) -> list[list[int]]:
-    topics = ["aspirin", "metformin", "BRCA1", "asthma", "warfarin", "insulin", "tumor necrosis factor", "sepsis"]
-    questions = []
-    for i, t in enumerate(topics):
-        questions.append(f"Extract the Chemical entities.\nMedical text: Patients received {t} daily for {i + 2} "
-                         "weeks.")
-        questions.append(f"Is {t} related to cancer? Options: (A) yes (B) no (C) maybe" + " Explain briefly." * (i % 3))
-    return [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-            for q in questions]
-
-
 def test_smollm2_export_runs_in_llama_cpp_as_in_ours(smollm2_path, tmp_path):
     """SmolLM2 from our checkpoint (its tokenizer.json translated) in f32: llama.cpp splits the 16 chat prompts into
     our ids, its logits are ours to summation order, and its greedy answers are ours token for token; the q8_0
@@ -81,7 +70,7 @@ def test_smollm2_export_runs_in_llama_cpp_as_in_ours(smollm2_path, tmp_path):
     params, config, _ = load_model(ckpt)
     tok = load_tokenizer(ckpt)
     llm = _llama(export_gguf(ckpt, tmp_path / "smol-f32.gguf", tensor_type="f32", progress=False))
-    texts = _chat_prompts(tok)
+    texts = smollm2_chat_texts(tok)
     prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     assert [llm.tokenize(t.encode(), add_bos=False, special=True) for t in texts] == prompts
     assert _detokenize(llm, prompts[0]) == tok.decode(prompts[0])

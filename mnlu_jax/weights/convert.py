@@ -253,16 +253,22 @@ def save_params(path: Path, params: dict) -> None:
     ckptr.wait_until_finished()
 
 
+def params_metadata(path: str | Path) -> dict:
+    """The saved parameter tree's array metadata (shape, dtype per leaf), read without restoring anything."""
+    import orbax.checkpoint as ocp
+
+    meta = ocp.StandardCheckpointer().metadata(Path(path).absolute())
+    tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
+    return getattr(tree, "tree", tree)
+
+
 def load_params(path: str | Path, dtype: str | None = None, sharding: Any = None) -> dict:
     """Restore the parameter pytree; with `sharding` (a pytree of shardings) each array lands sharded."""
     import jax
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
-    ckptr = ocp.StandardCheckpointer()
-    meta = ckptr.metadata(path)
-    tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
-    tree = getattr(tree, "tree", tree)
+    tree = params_metadata(path)
     target_dt = np_dtype(dtype)
 
     def abstract(m, s=None):
@@ -274,7 +280,7 @@ def load_params(path: str | Path, dtype: str | None = None, sharding: Any = None
         target = jax.tree_util.tree_map(abstract, tree)
     else:
         target = jax.tree_util.tree_map(abstract, tree, sharding)
-    return ckptr.restore(path, target)
+    return ocp.StandardCheckpointer().restore(path, target)
 
 
 def write_checkpoint(out: str | Path, params: dict, config: ModelConfig, tokenizer_dir: Path | None = None,

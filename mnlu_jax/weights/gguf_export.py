@@ -196,9 +196,9 @@ def _special_tokens_added(tok_dir: Path, bos: int | None, eos: int | None) -> di
     """Whether the tokenizer puts BOS before and EOS after a text, found by tokenizing one: transformers decides it
     from the post-processor, tokenizer_config.json or the tokenizer class, and llama.cpp's own default differs by
     tokenizer (on for `llama` and `llama-bpe`, off for `gpt-2`), so both keys are always written."""
-    from transformers import AutoTokenizer
+    from mnlu_jax.weights.convert import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    tok = load_tokenizer(tok_dir)
     plain = tok("x", add_special_tokens=False)["input_ids"]
     ids = tok("x")["input_ids"]
     start = next((i for i in range(len(ids) - len(plain) + 1) if ids[i:i + len(plain)] == plain), None)

@@ -102,10 +102,9 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GGUFTensor:
-    """One tensor of a memory-mapped GGUF file under its HF name; `read()` gives it as fp32 in HF's shape and
-    row order (dequantised, Q/K rows unpermuted)."""
+    """One tensor of a memory-mapped GGUF file (`gguf_tensor_index` keys it by HF name); `read()` gives it as fp32
+    in HF's shape and row order (dequantised, Q/K rows unpermuted)."""
 
-    name: str
     shape: tuple[int, ...]
     tensor: Any                      # gguf.ReaderTensor
     n_head: int | None               # heads whose rows llama.cpp permuted (Q and K), else None
@@ -140,7 +139,7 @@ def gguf_tensor_index(path: str | Path, config: ModelConfig) -> dict[str, GGUFTe
         n_head = config.num_attention_heads if name.endswith("self_attn.q_proj.weight") else \
             config.kv_heads if name.endswith("self_attn.k_proj.weight") else None
         shape = tuple(int(x) for x in reversed(t.shape))  # GGUF lists dims fastest-first
-        out[name] = GGUFTensor(name, shape, t, n_head)
+        out[name] = GGUFTensor(shape, t, n_head)
     return out
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from mnlu_jax.model.config import ModelConfig
 from mnlu_jax.weights import names as N
-from mnlu_jax.weights.convert import TensorSource, is_our_checkpoint
+from mnlu_jax.weights.convert import TensorSource, is_our_checkpoint, params_metadata
 
 
 def ordered(names: list[str], config: ModelConfig) -> list[str]:
@@ -35,13 +35,11 @@ class _OrbaxParams:
         import orbax.checkpoint as ocp
 
         self.dir = params_dir.absolute()
-        meta = ocp.StandardCheckpointer().metadata(self.dir)
-        tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
-        self.tree = getattr(tree, "tree", tree)
+        self.checkpointer = ocp.PyTreeCheckpointer()
         self.entries = {e.hf_name: e for e in N.entries(config)}
-        self.num_layers = config.num_hidden_layers
-        for e in self.entries.values():
-            self._meta(e)  # every tensor the architecture has is in the checkpoint, with its shape
+        tree = params_metadata(self.dir)
+        # every tensor the architecture has is in the checkpoint, with its shape
+        self.meta = {name: self._leaf_meta(tree, e, config.num_hidden_layers) for name, e in self.entries.items()}
         self._held: tuple[tuple[str, ...], np.ndarray] | None = None
 
     def names(self) -> list[str]:
@@ -50,21 +48,21 @@ class _OrbaxParams:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.entries[name].hf_shape)
 
-    def _meta(self, e: N.Entry):
-        node = self.tree
+    def _leaf_meta(self, tree: dict, e: N.Entry, num_layers: int):
+        node = tree
         for k in e.path:
             if not isinstance(node, dict) or k not in node:
                 raise ValueError(f"{self.dir}: parameter {'/'.join(e.path)} missing from the checkpoint")
             node = node[k]
         ours = tuple(reversed(e.hf_shape)) if e.transpose else tuple(e.hf_shape)
-        expected = ((self.num_layers,) if e.layer is not None else ()) + ours
+        expected = ((num_layers,) if e.layer is not None else ()) + ours
         if tuple(node.shape) != expected:
             raise ValueError(f"{self.dir}: parameter {'/'.join(e.path)} has shape {tuple(node.shape)}, expected "
                              f"{expected} for {e.hf_name}")
         return node
 
     def dtype(self, name: str) -> np.dtype:
-        return np.dtype(self._meta(self.entries[name]).dtype)
+        return np.dtype(self.meta[name].dtype)
 
     def get(self, name: str) -> np.ndarray:
         import jax
@@ -77,10 +75,10 @@ class _OrbaxParams:
             node = item
             for k in e.path[:-1]:
                 node = node.setdefault(k, {})
-            m = self._meta(e)
+            m = self.meta[name]
             node[e.path[-1]] = jax.ShapeDtypeStruct(tuple(m.shape), m.dtype)
             restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-            restored = ocp.PyTreeCheckpointer().restore(
+            restored = self.checkpointer.restore(
                 self.dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
             for k in e.path:
                 restored = restored[k]
