@@ -11,7 +11,7 @@ llama-cpp-python sdist works: `pip download --no-deps --no-binary :all: llama-cp
 
     python benchmarks/gguf_export.py [--preset 1b] [--llama-cpp DIR] [--types f16 q8_0] [--sources hf orbax]
     python benchmarks/gguf_export.py --preset 7b --sources hf --types q8_0 --llama-cpp DIR   # the 7B row
-(`--sources orbax` at 7B first converts the checkpoint with hf-to-flax, which needs about twice its 14 GiB.)
+(`--sources orbax` first converts the checkpoint with hf-to-flax, not timed.)
 """
 
 from __future__ import annotations

@@ -170,6 +170,111 @@ def test_bad_inputs_name_the_tensor(tmp_path):
     assert not list(tmp_path.glob(".out.tmp-*"))
 
 
+def test_hf_to_flax_checks_every_tensor_before_writing(tmp_path):
+    """The leaf-by-leaf conversion checks names and shapes up front: a missing, mis-shaped or unknown tensor is an
+    error naming it, and nothing is written."""
+    from mnlu_jax.weights.safetensors_io import write_sharded
+
+    src = make_tiny_hf(tmp_path / "hf")
+    st = SafetensorsCheckpoint(src)
+    cases = {
+        "missing": ({"model.layers.1.mlp.up_proj.weight": None},
+                    r"tensor model\.layers\.1\.mlp\.up_proj\.weight missing"),
+        "shape": ({"model.layers.0.self_attn.q_proj.weight": np.zeros((3, 3), np.float32)},
+                  r"q_proj\.weight has shape \(3, 3\), expected \(64, 64\)"),
+        "unknown": ({"model.layers.0.self_attn.q_proj.bias": np.zeros(64, np.float32)},
+                    r"tensors a mistral model does not have: \['model\.layers\.0\.self_attn\.q_proj\.bias'\]"),
+    }
+    for case, (change, message) in cases.items():
+        tensors = {n: np.asarray(st.get(n)) for n in st.names()}
+        for n, v in change.items():
+            if v is None:
+                tensors.pop(n)
+            else:
+                tensors[n] = v
+        d = tmp_path / case
+        write_sharded(d, [(n, v.shape, v.dtype) for n, v in tensors.items()], tensors.__getitem__)
+        shutil.copy2(src / "config.json", d / "config.json")
+        with pytest.raises(ValueError, match=message):
+            hf_to_flax(d, tmp_path / f"out_{case}", progress=False)
+        assert not (tmp_path / f"out_{case}").exists() and not list(tmp_path.glob(f".out_{case}.tmp-*"))
+
+
+def test_hf_to_flax_from_bin_and_cast_equals_in_memory_conversion(tmp_path):
+    """The checkpoint written leaf by leaf holds what the in-memory conversion gives, for .bin input and with a
+    dtype cast (safetensors and GGUF inputs are covered by the round trips)."""
+    src = make_tiny_hf(tmp_path / "hf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(src)
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    torch.save(model.state_dict(), binary / "pytorch_model.bin")
+    (binary / "config.json").write_text((src / "config.json").read_text())
+    for source, dtype in ((binary, None), (src, "bfloat16")):
+        out = hf_to_flax(source, tmp_path / f"ours_{source.name}", dtype=dtype, progress=False)
+        expected, _, _ = load_model(source, dtype=dtype)
+        got = load_params(out / "params")
+        assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(expected)
+        for x, y in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(got)):
+            assert np.asarray(x).dtype == np.asarray(y).dtype
+            assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+        assert json.loads((out / "config.json").read_text())["torch_dtype"] == (dtype or "float32")
+
+
+def test_save_params_holds_one_lazy_parameter_at_a_time(tmp_path):
+    """`save_params` writes numpy leaves without copying them and builds `LazyParam`s one at a time: Python-side
+    allocations (numpy's, traced by tracemalloc) peak at about one parameter, where Orbax's defaults copy all."""
+    import tracemalloc
+
+    from mnlu_jax.weights.convert import LazyParam, save_params
+
+    n, shape = 8, (1024, 1024)  # 4 MiB each in float32
+    nbytes = 4 * shape[0] * shape[1]
+    tree = {f"p{i}": LazyParam(shape, np.float32, lambda i=i: np.full(shape, i, np.float32)) for i in range(n)}
+    save_params(tmp_path / "warm-up", {"w": np.zeros(2, np.float32)})  # Orbax's lazy imports are not traced
+    tracemalloc.start()
+    try:
+        save_params(tmp_path / "lazy", tree)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.5 * nbytes, f"peak {peak / nbytes:.1f} parameters in memory"
+    restored = load_params(tmp_path / "lazy")
+    for i in range(n):
+        np.testing.assert_array_equal(np.asarray(restored[f"p{i}"]), np.full(shape, i, np.float32))
+
+    arrays = {f"p{i}": np.full(shape, i, np.float32) for i in range(n)}
+    tracemalloc.start()
+    try:
+        save_params(tmp_path / "arrays", arrays)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * nbytes, f"numpy leaves copied: peak {peak / nbytes:.1f} parameters"
+    with pytest.raises(ValueError, match=r"built \(2,\) float32, declared \(3,\) float32"):
+        save_params(tmp_path / "wrong", {"w": LazyParam((3,), np.float32, lambda: np.zeros(2, np.float32))})
+
+
+@pytest.mark.parametrize("shape", [(1040, 1030), (2049, 517), (17, 70000)])
+def test_blocked_transpose_equals_numpy(shape):
+    """The conversions' transpose (16-row blocks over threads, above 2^20 elements; the tiny test models stay
+    below that) gives numpy's bytes: odd row counts, a cast, and a layer of a stacked buffer as the target."""
+    import ml_dtypes
+
+    from mnlu_jax.weights.names import transpose_into, transposed
+
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    for src in (x, x.astype(ml_dtypes.bfloat16)):
+        got = transposed(src)
+        assert got.flags.c_contiguous and got.dtype == src.dtype
+        assert got.tobytes() == np.ascontiguousarray(src.T).tobytes()
+    stacked = np.zeros((3,) + shape[::-1], ml_dtypes.bfloat16)
+    transpose_into(stacked[1], x)  # float32 in, bfloat16 out: cast as numpy casts
+    assert stacked[1].tobytes() == np.ascontiguousarray(x.T.astype(ml_dtypes.bfloat16)).tobytes()
+    assert not stacked[0].any() and not stacked[2].any()
+    with pytest.raises(ValueError, match=r"transpose of \(2, 3\) into \(2, 3\)"):
+        transpose_into(np.zeros((2, 3)), np.zeros((2, 3)))
+
+
 def test_truncated_safetensors_is_an_error(tmp_path):
     src = make_tiny_hf(tmp_path / "hf")
     shard = sorted(src.glob("*.safetensors"))[0]

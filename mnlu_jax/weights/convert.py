@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import ml_dtypes
 import numpy as np
@@ -191,17 +191,17 @@ def params_from_tensors(
             continue
         if tuple(arr.shape) != e.hf_shape:
             raise ValueError(f"{source}: tensor {name!r} has shape {tuple(arr.shape)}, expected {e.hf_shape}")
-        a = N.hf_to_ours(np.asarray(arr), e)
-        dt = target or a.dtype
+        ours = tuple(reversed(arr.shape)) if e.transpose else tuple(arr.shape)
+        dt = target or np.dtype(arr.dtype)
         node = out
         for k in e.path[:-1]:
             node = node.setdefault(k, {})
         if e.layer is None:
-            node[e.path[-1]] = np.array(a, dtype=dt)
+            node[e.path[-1]] = N.hf_to_ours(np.asarray(arr), e, out=np.empty(ours, dt))
         else:
             if e.path[-1] not in node:
-                node[e.path[-1]] = np.empty((config.num_hidden_layers,) + a.shape, dt)
-            node[e.path[-1]][e.layer] = a
+                node[e.path[-1]] = np.empty((config.num_hidden_layers,) + ours, dt)
+            N.hf_to_ours(np.asarray(arr), e, out=node[e.path[-1]][e.layer])
         seen.add(name)
     if unexpected:
         raise ValueError(f"{source}: unexpected tensors for {config.model_type}: {unexpected[:10]}"
@@ -245,12 +245,93 @@ def _copy_tokenizer(src_dir: Path | None, gguf: Path | None, out: Path) -> None:
             shutil.copy2(src_dir / name, out / name)
 
 
-def save_params(path: Path, params: dict) -> None:
+_malloc_trim: Any = None
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the OS. glibc keeps large freed blocks in its per-thread arenas: writing a
+    checkpoint parameter by parameter through tensorstore's threads still grew to 3-4 parameters of resident
+    memory without this, and ~2 with it. A no-op where the C library is not glibc."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+class LazyParam:
+    """A parameter known by shape and dtype, built by `build()` only when `save_params` writes it."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any, build: Callable[[], np.ndarray]):
+        self.shape, self.dtype, self.build = tuple(shape), np.dtype(dtype), build
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __deepcopy__(self, memo: dict) -> LazyParam:
+        # Orbax's NumpyHandler deep-copies what it is given (so an asynchronous save may outlive the caller's
+        # arrays); a recipe needs no copy, and save_params waits for the write.
+        return self
+
+
+def _save_handlers():
+    """Orbax type handlers that write `LazyParam`s one at a time: built, written, freed, then the next, so a tree of
+    them costs the host about one parameter, not the model."""
+    import asyncio
+
+    import jax
     import orbax.checkpoint as ocp
 
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(Path(path).absolute(), params)
-    ckptr.wait_until_finished()
+    class LazyParamHandler(ocp.type_handlers.NumpyHandler):
+        def __init__(self):
+            super().__init__()
+            self._turn: asyncio.Lock | None = None
+
+        # Orbax opens and writes every leaf concurrently; the lock makes each build-and-write wait for the last.
+        async def _open_and_write(self, value: LazyParam, tspec: dict, ts_context: Any) -> None:
+            if self._turn is None:
+                self._turn = asyncio.Lock()  # made inside the save's event loop
+            async with self._turn:
+                array = value.build()
+                if array.shape != value.shape or array.dtype != value.dtype:
+                    raise ValueError(f"parameter {tspec.get('kvstore', {}).get('path', '?')}: built "
+                                     f"{array.shape} {array.dtype}, declared {value.shape} {value.dtype}")
+                await super()._open_and_write(array, tspec, ts_context)
+                del array
+                trim_heap()
+
+    return ocp.type_handlers.create_type_handler_registry(
+        (LazyParam, LazyParamHandler()),
+        (jax.Array, ocp.type_handlers.get_type_handler(jax.Array)),
+    )
+
+
+def save_params(path: Path, params: dict) -> None:
+    """Save a parameter tree of numpy arrays, `LazyParam`s or jax arrays as an Orbax checkpoint (read by
+    `load_params`). Host arrays are written one at a time as they are, without the deep copy Orbax makes of each."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    def host(x):
+        if isinstance(x, np.ndarray):
+            return LazyParam(x.shape, x.dtype, lambda: x)
+        if isinstance(x, (LazyParam, jax.Array)):
+            return x
+        raise TypeError(f"parameter of type {type(x).__name__}: expected a numpy or jax array")
+
+    params = jax.tree_util.tree_map(host, params, is_leaf=lambda x: isinstance(x, LazyParam))
+    ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=_save_handlers()))
+    ckptr.save(Path(path).absolute(), args=ocp.args.PyTreeSave(params))
 
 
 def params_metadata(path: str | Path) -> dict:
@@ -299,26 +380,41 @@ def is_our_checkpoint(path: str | Path) -> bool:
 
 
 def hf_to_flax(src: str | Path, out: str | Path, dtype: str | None = None, progress: bool = True) -> Path:
-    """Convert an HF directory or GGUF file into our checkpoint at `out`."""
-    ts = TensorSource(src)
-    params = params_from_tensors(ts.config, ts.items(), dtype=dtype, source=str(src), progress=progress)
-    config = ts.config.replace(torch_dtype=dtype or ts.config.torch_dtype)
-    return write_checkpoint(out, params, config, ts.tokenizer_dir, ts.gguf, source=str(Path(src).absolute()))
+    """Convert an HF directory or GGUF file into our checkpoint at `out`.
+
+    Every tensor's name and shape is checked first; then each stacked parameter is built from the source and
+    written in turn, so host memory holds one parameter (a 7B MLP weight: 3.8 GB in bf16), not the model.
+    """
+    from mnlu_jax.weights.named_tensors import NamedTensors, lazy_params
+
+    source = NamedTensors(src)
+    source.check()
+    with tqdm(desc="convert", disable=not progress, unit="B", unit_scale=True) as bar:
+        params = lazy_params(source, dtype=dtype, bar=bar)
+        config = source.config.replace(torch_dtype=dtype or source.config.torch_dtype)
+        return write_checkpoint(out, params, config, source.dir, source.gguf, source=str(Path(src).absolute()))
 
 
 def export_hf(params: dict, config: ModelConfig, out: str | Path, tokenizer_dir: Path | None = None,
               gguf: Path | None = None, dtype: str | None = None, max_shard_bytes: int = 5 * 2**30,
               progress: bool = True) -> Path:
     """Write an HF directory (config.json, sharded safetensors + index, tokenizer) from a pytree."""
-    out = Path(out)
-    n = len(N.entries(config))
-    target = np_dtype(dtype)
     entries = {e.hf_name: e for e in N.entries(config)}
-    specs = [(e.hf_name, e.hf_shape, target or np.dtype(_leaf(params, e, index=False).dtype)) for e in entries.values()]
-    with atomic_dir(out) as tmp, tqdm(total=n, desc="export", disable=not progress, unit="tensor") as bar:
+    return _write_hf(out, config, lambda name: N.ours_to_hf(np.asarray(_leaf(params, entries[name])), entries[name]),
+                     lambda name: np.dtype(_leaf(params, entries[name], index=False).dtype),
+                     tokenizer_dir, gguf, dtype, max_shard_bytes, progress)
+
+
+def _write_hf(out: str | Path, config: ModelConfig, tensor: Callable[[str], np.ndarray],
+              source_dtype: Callable[[str], np.dtype], tokenizer_dir: Path | None, gguf: Path | None,
+              dtype: str | None, max_shard_bytes: int, progress: bool) -> Path:
+    """The HF directory of `config`'s tensors, each fetched by name when its shard is written."""
+    out = Path(out)
+    target = np_dtype(dtype)
+    specs = [(e.hf_name, e.hf_shape, target or source_dtype(e.hf_name)) for e in N.entries(config)]
+    with atomic_dir(out) as tmp, tqdm(total=len(specs), desc="export", disable=not progress, unit="tensor") as bar:
         def produce(name: str) -> np.ndarray:
-            e = entries[name]
-            a = N.ours_to_hf(np.asarray(_leaf(params, e)), e)
+            a = tensor(name)
             bar.update(1)
             return a.astype(target) if target is not None else a
 
@@ -343,13 +439,14 @@ def _dtype_name(dt) -> str:
 
 def flax_to_hf(src: str | Path, out: str | Path, dtype: str | None = None, max_shard_bytes: int = 5 * 2**30,
                progress: bool = True) -> Path:
+    """Export our checkpoint as an HF directory, restoring one stacked parameter at a time (see NamedTensors)."""
+    from mnlu_jax.weights.named_tensors import NamedTensors
+
     src = Path(src)
     if not is_our_checkpoint(src):
         raise ValueError(f"{src}: not an mnlu-jax checkpoint (no {MARKER}); convert it with hf-to-flax first")
-    config = ModelConfig.from_json_file(src / "config.json")
-    params = load_params(src / "params")
-    return export_hf(params, config, out, tokenizer_dir=src, dtype=dtype, max_shard_bytes=max_shard_bytes,
-                     progress=progress)
+    source = NamedTensors(src)
+    return _write_hf(out, source.config, source.get, source.dtype, src, None, dtype, max_shard_bytes, progress)
 
 
 def load_model(source: str | Path, dtype: str | None = None, **config_overrides: Any) -> tuple[dict, ModelConfig, Path | None]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from mnlu_jax.model.config import ModelConfig
 from mnlu_jax.weights import names as N
-from mnlu_jax.weights.convert import TensorSource, is_our_checkpoint, params_metadata
+from mnlu_jax.weights.convert import TensorSource, is_our_checkpoint, params_metadata, trim_heap
 
 
 def ordered(names: list[str], config: ModelConfig) -> list[str]:
@@ -71,6 +71,7 @@ class _OrbaxParams:
         e = self.entries[name]
         if self._held is None or self._held[0] != e.path:
             self._held = None  # let the previous parameter go before the next one is read
+            trim_heap()
             item: dict = {}
             node = item
             for k in e.path[:-1]:
@@ -136,10 +137,12 @@ class NamedTensors:
             self._reader = _OrbaxParams(self.path / "params", self.config)
             self.dir = self.path
             self.tokenizer_source: Path | None = self.path
+            self.gguf: Path | None = None
             return
         ts = TensorSource(self.path)
         self.config = ts.config
         self.dir = ts.tokenizer_dir
+        self.gguf = ts.gguf
         self.tokenizer_source = ts.gguf or ts.tokenizer_dir
         if ts.kind == "safetensors":
             self._reader = ts.st
@@ -159,3 +162,61 @@ class NamedTensors:
 
     def get(self, name: str) -> np.ndarray:
         return self._reader.get(name)
+
+    def check(self) -> None:
+        """Every tensor the architecture has is here with its shape, and nothing it has no place for (which a
+        conversion would otherwise lose)."""
+        present = set(self.names())
+        unexpected = sorted(n for n in present - {e.hf_name for e in N.entries(self.config)}
+                            if not N.IGNORED_HF_TENSORS.search(n)
+                            and not (n == "lm_head.weight" and self.config.tie_word_embeddings))
+        if unexpected:
+            raise ValueError(f"{self.path}: tensors a {self.config.model_type} model does not have: {unexpected[:10]}"
+                             + (f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else ""))
+        for e in N.entries(self.config):
+            if e.hf_name not in present:
+                raise ValueError(f"{self.path}: tensor {e.hf_name} missing")
+            if self.shape(e.hf_name) != tuple(e.hf_shape):
+                raise ValueError(f"{self.path}: tensor {e.hf_name} has shape {self.shape(e.hf_name)}, expected "
+                                 f"{tuple(e.hf_shape)}")
+
+
+def lazy_params(source: NamedTensors, dtype: str | None = None, bar=None) -> dict:
+    """The parameter pytree of `source` (checked with `check()`) as `LazyParam`s: each stacked parameter is read
+    layer by layer from the source when it is saved. `dtype` casts (default: the source's); `bar` (tqdm) counts
+    the bytes built."""
+    from mnlu_jax.weights.convert import LazyParam, np_dtype
+
+    target = np_dtype(dtype)
+    groups: dict[tuple[str, ...], list[N.Entry]] = {}
+    for e in N.entries(source.config):  # layer entries of one parameter are consecutive, layer 0 first
+        groups.setdefault(e.path, []).append(e)
+
+    def build(entries: list[N.Entry], shape: tuple[int, ...], dt: np.dtype):
+        def fill() -> np.ndarray:
+            out = np.empty(shape, dt)
+            for e in entries:
+                N.hf_to_ours(source.get(e.hf_name), e, out=out if e.layer is None else out[e.layer])
+            if bar is not None:
+                bar.update(out.nbytes)
+            return out
+        return fill
+
+    params: dict = {}
+    for path, entries in groups.items():
+        e0 = entries[0]
+        ours = tuple(reversed(e0.hf_shape)) if e0.transpose else tuple(e0.hf_shape)
+        shape = ((len(entries),) if e0.layer is not None else ()) + ours
+        dt = target or source.dtype(e0.hf_name)
+        node = params
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = LazyParam(shape, dt, build(entries, shape, dt))
+    if bar is not None:
+        bar.total = sum(leaf.nbytes for leaf in _leaves(params))
+    return params
+
+
+def _leaves(tree: dict):
+    for v in tree.values():
+        yield from (_leaves(v) if isinstance(v, dict) else [v])

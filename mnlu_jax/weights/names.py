@@ -6,6 +6,7 @@ linear layers' `weight` (out, in) stored as `kernel` (in, out): conversion is re
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -65,12 +66,70 @@ def entries(config: ModelConfig) -> list[Entry]:
     return out
 
 
-def hf_to_ours(array: np.ndarray, entry: Entry) -> np.ndarray:
-    return array.T if entry.transpose else array
+def hf_to_ours(array: np.ndarray, entry: Entry, out: np.ndarray | None = None) -> np.ndarray:
+    """HF's tensor in our layout, copied into `out` (e.g. one layer of a stacked parameter; cast to its dtype) or,
+    without `out`, a view where no transpose is needed."""
+    if out is None:
+        return transposed(array) if entry.transpose else array
+    return transpose_into(out, array) if entry.transpose else _assign(out, array)
 
 
 def ours_to_hf(array: np.ndarray, entry: Entry) -> np.ndarray:
-    return np.ascontiguousarray(array.T) if entry.transpose else np.asarray(array)
+    return transposed(array) if entry.transpose else np.asarray(array)
+
+
+def _assign(out: np.ndarray, array: np.ndarray) -> np.ndarray:
+    out[...] = array
+    return out
+
+
+# A weight's transpose, copied: numpy's strided copy runs at ~0.5 GB/s here, which made transposing most of the
+# time of a checkpoint conversion. Reading 16 source rows at a time fills 16 contiguous elements of every
+# destination row, and the row blocks are split over threads (numpy releases the GIL for plain integer copies):
+# 3-6x faster on 2 cores for 2048 x 5632 ... 14336 x 4096 bf16 weights.
+_ROWS_PER_BLOCK = 16
+_WORKERS = min(4, os.cpu_count() or 1)
+_pool = None
+
+
+def _threads():
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="transpose")
+    return _pool
+
+
+def transposed(array: np.ndarray) -> np.ndarray:
+    """`array.T` of a 2-D array as a new C-contiguous array."""
+    array = np.asarray(array)
+    return transpose_into(np.empty(array.shape[::-1], array.dtype), array)
+
+
+def transpose_into(out: np.ndarray, array: np.ndarray) -> np.ndarray:
+    """`out[...] = array.T` (cast to `out`'s dtype) for a 2-D array; returns `out`."""
+    array = np.asarray(array)
+    if out.shape != array.shape[::-1]:
+        raise ValueError(f"transpose of {array.shape} into {out.shape}")
+    if array.dtype != out.dtype:
+        array = array.astype(out.dtype)
+    if array.ndim != 2 or array.size < 1 << 20 or array.dtype.hasobject or array.dtype.itemsize not in (1, 2, 4, 8):
+        out[...] = array.T
+        return out
+    bits = np.dtype(f"u{array.dtype.itemsize}")  # the same bytes as plain integers, copied without the GIL
+    src, dst = array.view(bits), out.view(bits)
+    rows = src.shape[0]
+    bounds = [rows * k // _WORKERS // _ROWS_PER_BLOCK * _ROWS_PER_BLOCK for k in range(_WORKERS)] + [rows]
+
+    def part(lo: int, hi: int) -> None:
+        for i in range(lo, hi, _ROWS_PER_BLOCK):
+            j = min(i + _ROWS_PER_BLOCK, hi)
+            dst[:, i:j] = src[i:j].T
+
+    for f in [_threads().submit(part, lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]:
+        f.result()
+    return out
 
 
 # HF checkpoints may carry buffers that are not parameters; they are recomputed, never needed.
