@@ -229,27 +229,24 @@ def test_save_params_holds_one_lazy_parameter_at_a_time(tmp_path):
 
     n, shape = 8, (1024, 1024)  # 4 MiB each in float32
     nbytes = 4 * shape[0] * shape[1]
-    tree = {f"p{i}": LazyParam(shape, np.float32, lambda i=i: np.full(shape, i, np.float32)) for i in range(n)}
     save_params(tmp_path / "warm-up", {"w": np.zeros(2, np.float32)})  # Orbax's lazy imports are not traced
-    tracemalloc.start()
-    try:
-        save_params(tmp_path / "lazy", tree)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 2.5 * nbytes, f"peak {peak / nbytes:.1f} parameters in memory"
-    restored = load_params(tmp_path / "lazy")
-    for i in range(n):
-        np.testing.assert_array_equal(np.asarray(restored[f"p{i}"]), np.full(shape, i, np.float32))
 
+    def saved_with_peak(name: str, tree: dict) -> float:
+        tracemalloc.start()
+        try:
+            save_params(tmp_path / name, tree)
+            peak = tracemalloc.get_traced_memory()[1] / nbytes
+        finally:
+            tracemalloc.stop()
+        restored = load_params(tmp_path / name)
+        for i in range(n):
+            np.testing.assert_array_equal(np.asarray(restored[f"p{i}"]), np.full(shape, i, np.float32))
+        return peak
+
+    lazy = {f"p{i}": LazyParam(shape, np.float32, lambda i=i: np.full(shape, i, np.float32)) for i in range(n)}
+    assert (peak := saved_with_peak("lazy", lazy)) < 2.5, f"peak {peak:.1f} parameters in memory"
     arrays = {f"p{i}": np.full(shape, i, np.float32) for i in range(n)}
-    tracemalloc.start()
-    try:
-        save_params(tmp_path / "arrays", arrays)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 1.5 * nbytes, f"numpy leaves copied: peak {peak / nbytes:.1f} parameters"
+    assert (peak := saved_with_peak("arrays", arrays)) < 1.5, f"numpy leaves copied: peak {peak:.1f} parameters"
     with pytest.raises(ValueError, match=r"built \(2,\) float32, declared \(3,\) float32"):
         save_params(tmp_path / "wrong", {"w": LazyParam((3,), np.float32, lambda: np.zeros(2, np.float32))})
 
