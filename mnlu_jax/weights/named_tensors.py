@@ -203,6 +203,7 @@ def lazy_params(source: NamedTensors, dtype: str | None = None, bar=None) -> dic
         return fill
 
     params: dict = {}
+    total = 0
     for path, entries in groups.items():
         e0 = entries[0]
         ours = tuple(reversed(e0.hf_shape)) if e0.transpose else tuple(e0.hf_shape)
@@ -212,11 +213,7 @@ def lazy_params(source: NamedTensors, dtype: str | None = None, bar=None) -> dic
         for k in path[:-1]:
             node = node.setdefault(k, {})
         node[path[-1]] = LazyParam(shape, dt, build(entries, shape, dt))
+        total += node[path[-1]].nbytes
     if bar is not None:
-        bar.total = sum(leaf.nbytes for leaf in _leaves(params))
+        bar.total = total
     return params
-
-
-def _leaves(tree: dict):
-    for v in tree.values():
-        yield from (_leaves(v) if isinstance(v, dict) else [v])
