@@ -132,13 +132,18 @@ def test_several_eos_ids_load_and_export(tmp_path):
     assert transformers.AutoConfig.from_pretrained(tmp_path / "back").eos_token_id == [2, 3]
 
 
+def bin_copy(src, out):
+    """`src` (an HF safetensors directory) re-saved as `pytorch_model.bin` + config.json at `out`."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(src)
+    out.mkdir()
+    torch.save(model.state_dict(), out / "pytorch_model.bin")
+    (out / "config.json").write_text((src / "config.json").read_text())
+    return out
+
+
 def test_bin_checkpoint(tmp_path):
     src = make_tiny_hf(tmp_path / "hf")
-    model = transformers.AutoModelForCausalLM.from_pretrained(src)
-    binary = tmp_path / "bin"
-    binary.mkdir()
-    torch.save(model.state_dict(), binary / "pytorch_model.bin")
-    (binary / "config.json").write_text((src / "config.json").read_text())
+    binary = bin_copy(src, tmp_path / "bin")
     p1, _, _ = load_model(src)
     p2, _, _ = load_model(binary)
     for x, y in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
@@ -204,11 +209,7 @@ def test_hf_to_flax_from_bin_and_cast_equals_in_memory_conversion(tmp_path):
     """The checkpoint written leaf by leaf holds what the in-memory conversion gives, for .bin input and with a
     dtype cast (safetensors and GGUF inputs are covered by the round trips)."""
     src = make_tiny_hf(tmp_path / "hf")
-    model = transformers.AutoModelForCausalLM.from_pretrained(src)
-    binary = tmp_path / "bin"
-    binary.mkdir()
-    torch.save(model.state_dict(), binary / "pytorch_model.bin")
-    (binary / "config.json").write_text((src / "config.json").read_text())
+    binary = bin_copy(src, tmp_path / "bin")
     for source, dtype in ((binary, None), (src, "bfloat16")):
         out = hf_to_flax(source, tmp_path / f"ours_{source.name}", dtype=dtype, progress=False)
         expected, _, _ = load_model(source, dtype=dtype)

@@ -191,16 +191,15 @@ def params_from_tensors(
             continue
         if tuple(arr.shape) != e.hf_shape:
             raise ValueError(f"{source}: tensor {name!r} has shape {tuple(arr.shape)}, expected {e.hf_shape}")
-        ours = tuple(reversed(arr.shape)) if e.transpose else tuple(arr.shape)
         dt = target or np.dtype(arr.dtype)
         node = out
         for k in e.path[:-1]:
             node = node.setdefault(k, {})
         if e.layer is None:
-            node[e.path[-1]] = N.hf_to_ours(np.asarray(arr), e, out=np.empty(ours, dt))
+            node[e.path[-1]] = N.hf_to_ours(np.asarray(arr), e, out=np.empty(e.ours_shape, dt))
         else:
             if e.path[-1] not in node:
-                node[e.path[-1]] = np.empty((config.num_hidden_layers,) + ours, dt)
+                node[e.path[-1]] = np.empty((config.num_hidden_layers,) + e.ours_shape, dt)
             N.hf_to_ours(np.asarray(arr), e, out=node[e.path[-1]][e.layer])
         seen.add(name)
     if unexpected:

@@ -54,8 +54,7 @@ class _OrbaxParams:
             if not isinstance(node, dict) or k not in node:
                 raise ValueError(f"{self.dir}: parameter {'/'.join(e.path)} missing from the checkpoint")
             node = node[k]
-        ours = tuple(reversed(e.hf_shape)) if e.transpose else tuple(e.hf_shape)
-        expected = ((num_layers,) if e.layer is not None else ()) + ours
+        expected = ((num_layers,) if e.layer is not None else ()) + e.ours_shape
         if tuple(node.shape) != expected:
             raise ValueError(f"{self.dir}: parameter {'/'.join(e.path)} has shape {tuple(node.shape)}, expected "
                              f"{expected} for {e.hf_name}")
@@ -167,13 +166,14 @@ class NamedTensors:
         """Every tensor the architecture has is here with its shape, and nothing it has no place for (which a
         conversion would otherwise lose)."""
         present = set(self.names())
-        unexpected = sorted(n for n in present - {e.hf_name for e in N.entries(self.config)}
+        entries = N.entries(self.config)
+        unexpected = sorted(n for n in present - {e.hf_name for e in entries}
                             if not N.IGNORED_HF_TENSORS.search(n)
                             and not (n == "lm_head.weight" and self.config.tie_word_embeddings))
         if unexpected:
             raise ValueError(f"{self.path}: tensors a {self.config.model_type} model does not have: {unexpected[:10]}"
                              + (f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else ""))
-        for e in N.entries(self.config):
+        for e in entries:
             if e.hf_name not in present:
                 raise ValueError(f"{self.path}: tensor {e.hf_name} missing")
             if self.shape(e.hf_name) != tuple(e.hf_shape):
@@ -206,8 +206,7 @@ def lazy_params(source: NamedTensors, dtype: str | None = None, bar=None) -> dic
     total = 0
     for path, entries in groups.items():
         e0 = entries[0]
-        ours = tuple(reversed(e0.hf_shape)) if e0.transpose else tuple(e0.hf_shape)
-        shape = ((len(entries),) if e0.layer is not None else ()) + ours
+        shape = ((len(entries),) if e0.layer is not None else ()) + e0.ours_shape
         dt = target or source.dtype(e0.hf_name)
         node = params
         for k in path[:-1]:

@@ -33,6 +33,11 @@ class Entry:
     transpose: bool               # HF (out, in) <-> ours (in, out)
     hf_shape: tuple[int, ...]
 
+    @property
+    def ours_shape(self) -> tuple[int, ...]:
+        """This tensor's shape in our layout (one layer's, for a stacked parameter)."""
+        return tuple(reversed(self.hf_shape)) if self.transpose else tuple(self.hf_shape)
+
 
 def hf_name(path: tuple[str, ...], layer: int | None) -> str:
     parts = list(path[:-1]) + ["weight"]
