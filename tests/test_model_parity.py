@@ -132,18 +132,20 @@ def test_several_eos_ids_load_and_export(tmp_path):
     assert transformers.AutoConfig.from_pretrained(tmp_path / "back").eos_token_id == [2, 3]
 
 
-def bin_copy(src, out):
-    """`src` (an HF safetensors directory) re-saved as `pytorch_model.bin` + config.json at `out`."""
+def bin_copy(src, out, legacy=False):
+    """`src` (an HF safetensors directory) re-saved as `pytorch_model.bin` + config.json at `out` (`legacy`: in
+    torch's pre-1.6 format, which older Hub checkpoints use and which cannot be memory-mapped)."""
     model = transformers.AutoModelForCausalLM.from_pretrained(src)
     out.mkdir()
-    torch.save(model.state_dict(), out / "pytorch_model.bin")
+    torch.save(model.state_dict(), out / "pytorch_model.bin", _use_new_zipfile_serialization=not legacy)
     (out / "config.json").write_text((src / "config.json").read_text())
     return out
 
 
-def test_bin_checkpoint(tmp_path):
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_bin_checkpoint(tmp_path, legacy):
     src = make_tiny_hf(tmp_path / "hf")
-    binary = bin_copy(src, tmp_path / "bin")
+    binary = bin_copy(src, tmp_path / "bin", legacy=legacy)
     p1, _, _ = load_model(src)
     p2, _, _ = load_model(binary)
     for x, y in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -149,8 +150,10 @@ def _load_bin(src: Path) -> dict:
         ) from e
     state: dict = {}
     for f in sorted(src.glob("pytorch_model*.bin")):
+        # torch.save's zip format (torch >= 1.6) is memory-mapped, so tensors are read when converted; the legacy
+        # format (`_use_new_zipfile_serialization=False`, older Hub checkpoints) cannot be and is read whole
         try:
-            state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+            state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(f)))
         except Exception as e:
             raise ValueError(f"{f}: cannot be read by torch.load(weights_only=True): {e}") from e
     return state

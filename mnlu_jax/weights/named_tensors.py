@@ -8,7 +8,8 @@ The streaming merge, merge statistics and GGUF export read checkpoints through t
   stacked parameter, not the model (a 7B Mistral's MLP weight is 32 × 4096 × 14336: 3.8 GB in bf16, against
   14.5 GB for the model). `names()` lists a checkpoint's tensors parameter by parameter, and `ordered` puts any
   list of names in that order, so that readers walking the names restore each parameter once;
-- PyTorch `.bin` files: in memory (torch.load reads them whole).
+- PyTorch `.bin` files: torch's zip format memory-mapped (`torch.load(mmap=True)`), each tensor read when asked
+  for; the legacy pre-1.6 format read whole, which torch.load cannot map.
 """
 
 from __future__ import annotations
