@@ -31,6 +31,22 @@ def smollm2_path() -> Path:
     return p
 
 
+@pytest.fixture(scope="session")
+def smollm2_models(smollm2_path):
+    """SmolLM2 as (our parameters, config, tokenizer, transformers' fp32 model), loaded once for the session:
+    each load dequantises the GGUF, and transformers' takes ≈ 20 s here. Tests only read them."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from mnlu_jax.weights.convert import load_model, load_tokenizer
+
+    params, config, _ = load_model(smollm2_path)
+    tok = load_tokenizer(smollm2_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name,
+                                                           dtype=torch.float32)
+    return params, config, tok, hf.eval()
+
+
 # Llama 3.1's RoPE scaling at a tiny model's scale: with head_dim 16 and base 5e5 the wavelengths are 6.3, 32.5,
 # 168, ... tokens, so one frequency is kept (below 64/4), one interpolated (between 64/4 and 64/1), the rest scaled.
 LLAMA3_ROPE = dict(rope_theta=5e5, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,

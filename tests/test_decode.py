@@ -293,14 +293,8 @@ def test_speculative_decoding_gives_the_greedy_tokens(tiny, shared_head_prompts,
         Generator(params, config, DecodeConfig(speculate=2, lookup_min=3, lookup_max=2))
 
 
-def test_smollm2_matches_hf_generate_on_16_chat_prompts(smollm2_path):
-    from mnlu_jax.weights.convert import load_tokenizer
-
-    params, config, _ = load_model(smollm2_path)
-    tok = load_tokenizer(smollm2_path)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name,
-                                                           torch_dtype=torch.float32)
-    hf.eval()
+def test_smollm2_matches_hf_generate_on_16_chat_prompts(smollm2_models):
+    params, config, tok, hf = smollm2_models
     prompts = [tok(text, add_special_tokens=False)["input_ids"] for text in smollm2_chat_texts(tok)]
     assert len(prompts) == 16 and len({len(p) for p in prompts}) > 4
     gen = Generator(params, config, DecodeConfig(batch_size=8, max_new_tokens=24, buckets=(16, 32, 48, 64, 128),

@@ -604,3 +604,28 @@ def test_gguf_export_refuses_what_it_cannot_write(tmp_path):
 def gguf_fields(path) -> dict:
     gguf = pytest.importorskip("gguf")
     return {k: f.contents() for k, f in gguf.GGUFReader(str(path)).fields.items()}
+
+
+def test_gguf_reader_and_tokenizer_are_kept_per_file(tmp_path):
+    """The parsed GGUF metadata and its tokenizer are reused for the same file, each caller gets its own tokenizer,
+    and a file replaced at the same path is read afresh."""
+    from mnlu_jax.data.tiny_tokenizer import train_tiny_tokenizer
+    from mnlu_jax.weights.gguf_export import export_gguf
+    from mnlu_jax.weights.gguf_io import gguf_config, gguf_tokenizer, open_gguf
+
+    src = make_tiny_hf(tmp_path / "hf", vocab_size=320)
+    train_tiny_tokenizer(["Patients with renal failure received 20 mg of aspirin daily."] * 20, 300, src)
+    out = export_gguf(src, tmp_path / "model.gguf", tensor_type="f32", progress=False)
+    assert open_gguf(out) is open_gguf(str(out))
+    first, second = gguf_tokenizer(out), gguf_tokenizer(out)
+    assert first is not second
+    first.add_tokens(["<added>"])
+    assert len(gguf_tokenizer(out)) == len(second) == len(first) - 1
+    reader = open_gguf(out)
+    other = make_tiny_hf(tmp_path / "other", vocab_size=320, num_hidden_layers=3)
+    train_tiny_tokenizer(["Patients with renal failure received 20 mg of aspirin daily."] * 20, 300, other)
+    replacement = export_gguf(other, tmp_path / "replacement.gguf", tensor_type="f32", progress=False)
+    replacement.replace(out)
+    assert open_gguf(out) is not reader and gguf_config(out).num_hidden_layers == 3
+    with pytest.raises(ValueError, match="not a readable GGUF file"):
+        open_gguf(tmp_path / "missing.gguf")

@@ -19,31 +19,21 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def smol(smollm2_path):
-    params, config, tok_src = load_model(smollm2_path)
-    tok = load_tokenizer(smollm2_path)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name,
-                                                           torch_dtype=torch.float32)
-    hf.eval()
-    return params, config, tok, hf
-
-
 def _ids(tok, prompt):
     text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-def test_config_from_gguf(smol):
-    _, config, tok, _ = smol
+def test_config_from_gguf(smollm2_models):
+    _, config, tok, _ = smollm2_models
     assert config.model_type == "llama" and config.tie_word_embeddings
     assert (config.num_hidden_layers, config.hidden_size, config.kv_heads) == (30, 576, 3)
     assert config.rope_theta == 100000.0
     assert tok.chat_template and "<|im_start|>" in tok.chat_template
 
 
-def test_logits_match_transformers_on_chat_prompts(smol):
-    params, config, tok, hf = smol
+def test_logits_match_transformers_on_chat_prompts(smollm2_models):
+    params, config, tok, hf = smollm2_models
     for prompt in PROMPTS:
         ids = _ids(tok, prompt)
         with torch.no_grad():
@@ -54,8 +44,8 @@ def test_logits_match_transformers_on_chat_prompts(smol):
         assert (ours.argmax(-1) == ref.argmax(-1)).mean() > 0.98
 
 
-def test_gguf_export_reloads_in_transformers(smol, smollm2_path, tmp_path):
-    params, config, tok, hf = smol
+def test_gguf_export_reloads_in_transformers(smollm2_models, smollm2_path, tmp_path):
+    params, config, tok, hf = smollm2_models
     export_hf(params, config, tmp_path / "hf", gguf=smollm2_path, progress=False, max_shard_bytes=200 * 2**20)
     re = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", torch_dtype=torch.float32)
     tok2 = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
@@ -67,14 +57,14 @@ def test_gguf_export_reloads_in_transformers(smol, smollm2_path, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_gguf_file_export_of_a_checkpoint(smol, smollm2_path, tmp_path):
+def test_gguf_file_export_of_a_checkpoint(smollm2_models, smollm2_path, tmp_path):
     """flax-to-gguf from our checkpoint (tokenizer.json translated) in f32: our weights back bitwise, and
     transformers' GGUF loader gives the original GGUF's logits and the same token ids and chat template; from the
     GGUF itself (tokenizer keys copied) in q8_0: a quarter of the size, the same argmax on most positions."""
     from mnlu_jax.weights.gguf_export import export_gguf
     from mnlu_jax.weights.gguf_io import gguf_tokenizer
 
-    params, config, tok, hf = smol
+    params, config, tok, hf = smollm2_models
     ckpt = hf_to_flax(smollm2_path, tmp_path / "smol", progress=False)
     out = export_gguf(ckpt, tmp_path / "smol-f32.gguf", tensor_type="f32", progress=False)
     back, config_back, _ = load_model(out)

@@ -3,10 +3,17 @@
 Quantised tensors are dequantised with the `gguf` package. llama.cpp's converter permutes the rows of
 Q and K (it interleaves the two RoPE halves per head); we undo that here, as transformers does on load,
 so the result is in HF layout and no permutation ever reaches the model.
+
+Opening a file parses all of its metadata (`gguf.GGUFReader`: 1.4 s for SmolLM2's 49k-token vocabulary and merges
+on a 2-core CPU, with the plain-array view below), and building its tokenizer through transformers ≈ 9 s, while one conversion asks for the config,
+the tensors and the tokenizer separately. So the reader and the tokenizer are kept per file (by path, inode, size
+and modification time, for the last two files), and a caller gets its own copy of the tokenizer.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,11 +38,37 @@ GGUF_TO_HF = {
 }
 
 
-def open_gguf(path: str | Path):
+def _file_key(path: str | Path) -> tuple[str, int, int, int]:
+    """What identifies a file's contents for the caches: its resolved path, inode, size and modification time (a
+    file replaced by a rename, as every writer here does, gets a new inode)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return str(p), st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=2)
+def _reader(key: tuple[str, int, int, int]):
     import gguf
 
+    class Reader(gguf.GGUFReader):
+        """GGUFReader over a plain-ndarray view of its memory map. The reader slices its `data` once per value
+        (≈ 500k slices for a 49k-token vocabulary) and each `np.memmap` slice runs numpy's Python-level
+        `__array_finalize__`: 2.3× faster and half the memory held (3.2 -> 1.4 s, 157 -> 71 MiB for SmolLM2)."""
+
+        @property
+        def data(self):
+            return self._plain
+
+        @data.setter
+        def data(self, mapped):
+            self._plain = mapped.view(np.ndarray)  # the view keeps the map alive through `.base`
+
+    return Reader(key[0])  # read-only memory map: safe to share between callers
+
+
+def open_gguf(path: str | Path):
     try:
-        return gguf.GGUFReader(str(path))
+        return _reader(_file_key(path))
     except Exception as e:  # the gguf package raises ValueError/struct errors of many kinds
         raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
 
@@ -150,8 +183,14 @@ def gguf_tensors(path: str | Path, config: ModelConfig) -> Iterator[tuple[str, n
 
 
 def gguf_tokenizer(path: str | Path):
-    """A transformers tokenizer (with the chat template) built from the GGUF metadata."""
+    """A transformers tokenizer (with the chat template) built from the GGUF metadata (a copy of the cached one:
+    callers may add tokens or change settings)."""
+    return copy.deepcopy(_tokenizer(_file_key(path)))
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(key: tuple[str, int, int, int]):
     from transformers import AutoTokenizer
 
-    path = Path(path)
+    path = Path(key[0])
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
