@@ -5,9 +5,10 @@ Q and K (it interleaves the two RoPE halves per head); we undo that here, as tra
 so the result is in HF layout and no permutation ever reaches the model.
 
 Opening a file parses all of its metadata (`gguf.GGUFReader`: 1.4 s for SmolLM2's 49k-token vocabulary and merges
-on a 2-core CPU, with the plain-array view below), and building its tokenizer through transformers ≈ 9 s, while one conversion asks for the config,
-the tensors and the tokenizer separately. So the reader and the tokenizer are kept per file (by path, inode, size
-and modification time, for the last two files), and a caller gets its own copy of the tokenizer.
+on a 2-core CPU, with the plain-array view below), and building its tokenizer through transformers takes ≈ 9 s,
+while one conversion asks for the config, the tensors and the tokenizer separately. So the reader and the tokenizer
+are kept per file (by path, inode, size and modification time, for the last two files), and a caller gets its own
+copy of the tokenizer.
 """
 
 from __future__ import annotations
