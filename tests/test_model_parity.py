@@ -152,6 +152,28 @@ def test_bin_checkpoint(tmp_path, legacy):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_consolidated_safetensors_beside_hf_files_are_not_read(tmp_path):
+    """Mistral's repositories hold `consolidated.safetensors` (mistral-inference names) next to HF's files; without
+    an index naming the HF shards (removed here), the HF files are read."""
+    from mnlu_jax.weights.safetensors_io import INDEX_NAME, write_sharded
+
+    src = make_tiny_hf(tmp_path / "hf")
+    (src / INDEX_NAME).unlink()
+    st = SafetensorsCheckpoint(src)
+    native = {n.replace("model.", "").replace("self_attn.q_proj", "attention.wq"): np.asarray(st.get(n))
+              for n in st.names()}
+    expected, _, _ = load_model(src)
+    write_sharded(tmp_path / "native", [(n, v.shape, v.dtype) for n, v in native.items()], native.__getitem__)
+    next((tmp_path / "native").glob("*.safetensors")).rename(src / "consolidated.safetensors")
+    got, _, _ = load_model(src)
+    for x, y in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(got)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    for f in src.glob("model*.safetensors"):
+        f.unlink()
+    with pytest.raises(ValueError, match=r"layers\.0\.attention\.wq\.weight"):  # alone, it is read and refused
+        load_model(src)
+
+
 def test_bad_inputs_name_the_tensor(tmp_path):
     src = make_tiny_hf(tmp_path / "hf")
     ts = TensorSource(src)

@@ -80,6 +80,9 @@ class SafetensorsCheckpoint:
                 raise ValueError(f"{path / INDEX_NAME}: malformed index ({e}); expected a 'weight_map' object") from e
         else:
             files = sorted(path.glob("*.safetensors"))
+            # Mistral's own repositories ship `consolidated.safetensors` (its reference code's tensor names) beside
+            # the HF files; with no index to say which to read, read the HF files
+            files = [f for f in files if not f.name.startswith("consolidated")] or files
         if not files:
             raise FileNotFoundError(f"{path}: no *.safetensors files (and no {INDEX_NAME})")
         for f in files:
