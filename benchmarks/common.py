@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,3 +74,28 @@ def write_result(name: str, payload: dict) -> Path:
     os.replace(tmp, path)
     print(json.dumps(payload, indent=2))
     return path
+
+
+def measured(cmd: list[str]) -> tuple[float, float, float]:
+    """Run `cmd` as a child process; return (wall seconds, peak RSS GiB, peak anonymous RSS GiB) of that child.
+    Peak RSS counts the pages of memory-mapped input files that were read (page cache the kernel can take back);
+    the anonymous part, sampled from /proc every 20 ms, is the memory the command itself holds."""
+    with tempfile.TemporaryFile() as err:
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        anon_kb = 0
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            with contextlib.suppress(OSError):  # a process that has exited has no RssAnon line
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("RssAnon:"):
+                        anon_kb = max(anon_kb, int(line.split()[1]))
+            time.sleep(0.02)
+        seconds = time.perf_counter() - t
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{err.read().decode()[-3000:]}")
+    return seconds, usage.ru_maxrss / 2**20, anon_kb / 2**20

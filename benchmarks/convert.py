@@ -20,18 +20,14 @@ memory-mapped, and the pre-1.6 legacy format, which is read whole), against tran
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import measured, write_result  # noqa: E402
 from benchmarks.merge import PRESETS, make_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,38 +44,13 @@ def cli(checkout: Path, *args: str) -> list[str]:
     return [sys.executable, "-c", boot, *args]
 
 
-def measured_memory(cmd: list[str]) -> tuple[float, float, float]:
-    """Run `cmd`; return (wall seconds, peak RSS GiB, peak anonymous RSS GiB). Peak RSS counts the pages of
-    memory-mapped input files that were read (page cache the kernel can take back); the anonymous part, sampled
-    from /proc every 20 ms, is the memory the conversion itself holds."""
-    with tempfile.TemporaryFile() as err:
-        t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        anon_kb = 0
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            with contextlib.suppress(OSError):  # a process that has exited has no RssAnon line
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                    if line.startswith("RssAnon:"):
-                        anon_kb = max(anon_kb, int(line.split()[1]))
-            time.sleep(0.02)
-        seconds = time.perf_counter() - t
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode:
-            err.seek(0)
-            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{err.read().decode()[-3000:]}")
-    return seconds, usage.ru_maxrss / 2**20, anon_kb / 2**20
-
-
 def best_of(repeats: int, cmd: list[str], clear: Path) -> dict:
     """The shortest wall time and the largest peak RSS of `repeats` runs of `cmd` (removing `clear`, its output,
     before each): the page cache and the machine's other work make single wall times vary by 2x here."""
     runs = []
     for _ in range(repeats):
         shutil.rmtree(clear, ignore_errors=True)
-        runs.append(measured_memory(cmd))
+        runs.append(measured(cmd))
     return {"seconds": min(r[0] for r in runs), "peak_rss_gib": max(r[1] for r in runs),
             "peak_anon_gib": max(r[2] for r in runs), "all_seconds": [r[0] for r in runs]}
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import write_result  # noqa: E402
-from benchmarks.merge import make_checkpoint, measured  # noqa: E402
+from benchmarks.common import measured, write_result  # noqa: E402
+from benchmarks.merge import make_checkpoint  # noqa: E402
 
 PRESETS = {
     "1b": dict(vocab_size=49152, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
@@ -85,7 +85,7 @@ def main():
             runs[f"llama_cpp_{kind}"] = [sys.executable, str(a.llama_cpp / "convert_hf_to_gguf.py"), str(hf),
                                          "--outfile", str(work / f"llama_cpp_{kind}.gguf"), "--outtype", kind]
         for name, cmd in runs.items():
-            seconds, rss = measured(cmd)
+            seconds, rss, _ = measured(cmd)
             res["runs"][name] = {"seconds": seconds, "peak_rss_gib": rss,
                                  "file_gib": (work / f"{name}.gguf").stat().st_size / 2**30}
             print(name, res["runs"][name], flush=True)

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import measured, write_result  # noqa: E402
 
 PRESETS = {
     "1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
@@ -66,21 +65,6 @@ def make_pair(preset: str, work: Path) -> tuple[Path, Path, int]:
     return base, ft, config.num_params()
 
 
-def measured(cmd: list[str]) -> tuple[float, float]:
-    """Run `cmd` in a child of a fresh Python process; return (wall seconds, peak RSS GiB of that child)."""
-    probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-             "r = subprocess.run(sys.argv[1:]); dt = time.perf_counter() - t; "
-             "print('MEASURED', dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)")
-    p = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True)
-    line = next((l for l in p.stdout.splitlines() if l.startswith("MEASURED")), None)
-    if line is None:
-        raise RuntimeError(f"{cmd[0]} failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
-    _, dt, rss_kb, rc = line.split()
-    if int(rc) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {rc}:\n{p.stderr[-3000:]}")
-    return float(dt), int(rss_kb) / 2**20
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="1b", choices=list(PRESETS))
@@ -93,7 +77,7 @@ def main():
     base, ft, n_params = make_pair(a.preset, work)
     create_s = time.perf_counter() - t
     shutil.rmtree(work / "ours", ignore_errors=True)
-    ours_s, ours_rss = measured([sys.executable, "-m", "mnlu_jax", "merge", "--base", str(base), "--models", str(base),
+    ours_s, ours_rss, _ = measured([sys.executable, "-m", "mnlu_jax", "merge", "--base", str(base), "--models", str(base),
                                  str(ft), "--method", "dare", "--drop-rate", "0.2", "--seed", "0", "--out",
                                  str(work / "ours")])
     res = {"preset": a.preset, "params": n_params, "dtype": "bfloat16", "checkpoint_gib": n_params * 2 / 2**30,
@@ -106,7 +90,7 @@ def main():
                "models": [{"model": str(ft), "parameters": {"weight": 0.625, "density": 0.8}}]}
         (work / "mergekit.yaml").write_text(yaml.safe_dump(cfg))
         shutil.rmtree(work / "mergekit", ignore_errors=True)
-        mk_s, mk_rss = measured(["mergekit-yaml", str(work / "mergekit.yaml"), str(work / "mergekit"),
+        mk_s, mk_rss, _ = measured(["mergekit-yaml", str(work / "mergekit.yaml"), str(work / "mergekit"),
                                  "--random-seed", "0", "--quiet"])
         res["mergekit"] = {"seconds": mk_s, "peak_rss_gib": mk_rss}
         res["wall_time_ratio_ours_over_mergekit"] = ours_s / mk_s

@@ -13,6 +13,7 @@ error never leaves a half-written OUT behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -247,23 +248,22 @@ def _copy_tokenizer(src_dir: Path | None, gguf: Path | None, out: Path) -> None:
             shutil.copy2(src_dir / name, out / name)
 
 
-_malloc_trim: Any = None
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def trim_heap() -> None:
     """Hand freed heap memory back to the OS. glibc keeps large freed blocks in its per-thread arenas: writing a
     checkpoint parameter by parameter through tensorstore's threads still grew to 3-4 parameters of resident
     memory without this, and ~2 with it. A no-op where the C library is not glibc."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
+    if (trim := _malloc_trim()) is not None:
+        trim(0)
 
 
 class LazyParam:

@@ -6,8 +6,10 @@ linear layers' `weight` (out, in) stored as `kernel` (in, out): conversion is re
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,16 +96,11 @@ def _assign(out: np.ndarray, array: np.ndarray) -> np.ndarray:
 # 3-6x faster on 2 cores for 2048 x 5632 ... 14336 x 4096 bf16 weights.
 _ROWS_PER_BLOCK = 16
 _WORKERS = min(4, os.cpu_count() or 1)
-_pool = None
 
 
-def _threads():
-    global _pool
-    if _pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="transpose")
-    return _pool
+@functools.cache
+def _threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="transpose")
 
 
 def transposed(array: np.ndarray) -> np.ndarray:
