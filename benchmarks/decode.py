@@ -59,7 +59,7 @@ def evalset_prompts(tok, per_set: int):
         prompts = []
         for info in manifest["sets"].values():
             path = Path(d) / info["file"]
-            prompts += encode_records(read_jsonl(path)[:per_set], tok, None, False, 2048, str(path))
+            prompts += encode_records(read_jsonl(path)[:per_set], tok, None, False, 2048, str(path), "error")[0]
     return prompts
 
 

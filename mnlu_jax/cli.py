@@ -80,7 +80,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
     dc = DecodeConfig(batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, buckets=_buckets(a.buckets),
                       prefill_batch=min(a.prefill_batch, a.batch_size), chunk_steps=a.chunk_steps,
-                      layer_loop=a.layer_loop, prefix_cache=not a.no_prefix_cache, speculate=a.speculate)
+                      layer_loop=a.layer_loop, prefix_cache=not a.no_prefix_cache, speculate=a.speculate,
+                      prompt_overflow=a.prompt_overflow)
     stats = run_generate(a.model, a.input, a.out, dc, chat_template=a.chat_template, dtype=a.dtype,
                          drop_system=a.drop_system)
     print(json.dumps({k: v for k, v in stats.items() if k != "compiled"}, indent=2))
@@ -148,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--chunk-steps", type=int, default=16)
     g.add_argument("--buckets", default="64,128,256,512,1024,2048")
+    g.add_argument("--prompt-overflow", default="middle", choices=["middle", "left", "error"],
+                   help="prompts longer than the largest bucket: keep their first and last halves (middle: the "
+                        "instruction and the options stay), their end (left), or stop with an error")
     g.add_argument("--chat-template", default="tokenizer", help="tokenizer | zephyr | path to a Jinja file")
     g.add_argument("--drop-system", action="store_true", help="drop system messages (the original did for non-Llama)")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

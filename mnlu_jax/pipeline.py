@@ -33,6 +33,7 @@ class DecodeSection:
     dtype: str = "float32"
     prefix_cache: bool = True  # shared prompt heads computed once (DecodeConfig.prefix_cache)
     speculate: int = 0         # prompt-lookup drafts checked per step (DecodeConfig.speculate); same tokens
+    prompt_overflow: str = "middle"  # prompts longer than the largest bucket: middle | left | error (DecodeConfig)
 
 
 @dataclasses.dataclass
@@ -72,7 +73,8 @@ def stage_settings(cfg: PipelineConfig) -> dict[str, dict]:
     base = {"base_model": cfg.base_model, "tiny_model": cfg.tiny_model, **(data if cfg.base_model == "tiny" else {})}
     sets = {"eval_data_root": cfg.eval_data_root, "benchmark": cfg.benchmark, "eval_shots": cfg.eval_shots}
     decode = {"chat_template": cfg.chat_template, "decode.max_new_tokens": cfg.decode.max_new_tokens,
-              "decode.max_prompt": max(cfg.decode.buckets), "decode.dtype": cfg.decode.dtype}
+              "decode.max_prompt": max(cfg.decode.buckets), "decode.dtype": cfg.decode.dtype,
+              "decode.prompt_overflow": cfg.decode.prompt_overflow}
     train = {**data, **base, "train_config": cfg.train_config, "train_config_digest": _file_digest(cfg.train_config),
              "train_overrides": list(cfg.train_overrides), "chat_template": cfg.chat_template}
     merge = {**train, "merge_method": cfg.merge_method, "drop_rate": cfg.drop_rate, "merge_seed": cfg.merge_seed}
@@ -161,7 +163,7 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
     dec = DecodeConfig(batch_size=cfg.decode.batch_size, max_new_tokens=cfg.decode.max_new_tokens,
                        buckets=tuple(cfg.decode.buckets), prefill_batch=min(4, cfg.decode.batch_size),
                        chunk_steps=cfg.decode.chunk_steps, prefix_cache=cfg.decode.prefix_cache,
-                       speculate=cfg.decode.speculate)
+                       speculate=cfg.decode.speculate, prompt_overflow=cfg.decode.prompt_overflow)
 
     st.run("data", lambda: run_build(cfg.data_config, out / "data"), (out / "data" / "stats.json").exists())
 

@@ -100,6 +100,64 @@ def test_generate_resumes_after_a_crash(demo):
         resume(eval_set=out / "edited.jsonl")
     with pytest.raises(ValueError, match=r"BC2GM\.jsonl: holds \d+ ids that .*NCBI-disease\.jsonl does not"):
         resume(eval_set=out / "eval_sets" / "NCBI-disease.jsonl")
+    # only the last line may be torn: a bad line before it, or an id written twice, is named, not dropped
+    complete = pred.read_text()
+    good = complete.splitlines(keepends=True)
+    pred.write_text(good[0] + good[1][:30] + "\n" + "".join(good[2:]))
+    with pytest.raises(ValueError, match=r"BC2GM\.jsonl:2: not JSON .*not a torn last line"):
+        resume()
+    pred.write_text(good[0] + good[1] + good[0])
+    with pytest.raises(ValueError, match=r"BC2GM\.jsonl:3: id '[^']+' again \(first on line 1\)"):
+        resume()
+    pred.write_text(complete)
+    # a record written before the run record named the overflow policy was cut from the left: resumable as "left"
+    meta = pred.with_name("BC2GM.jsonl.run.json")
+    old_record = {k: v for k, v in json.loads(meta.read_text()).items() if k != "prompt_overflow"}
+    meta.write_text(json.dumps(old_record))
+    with pytest.raises(ValueError, match=r"prompt_overflow: 'left' then, 'middle' now"):
+        resume()
+    assert run_generate(out / "base", out / "eval_sets" / "BC2GM.jsonl", pred,
+                        DecodeConfig(batch_size=4, max_new_tokens=16, buckets=(256, 512), prompt_overflow="left"),
+                        chat_template="zephyr", progress=False)["skipped"] == len(lines)
+
+
+def test_generate_cuts_prompts_longer_than_the_largest_bucket(demo, tmp_path, caplog):
+    """Prompts over the largest bucket keep their first and last halves (the chat header and instruction, the options
+    and generation prompt), or their end, or are refused; each cut record says how many tokens it lost."""
+    from mnlu_jax.decode.engine import DecodeConfig
+    from mnlu_jax.decode.generate import encode_records, fit_prompt, read_jsonl, run_generate
+    from mnlu_jax.weights.convert import load_tokenizer
+
+    assert fit_prompt(list(range(10)), 6, "middle", "x") == ([0, 1, 2, 7, 8, 9], 4)
+    assert fit_prompt(list(range(10)), 7, "middle", "x") == ([0, 1, 2, 6, 7, 8, 9], 3)
+    assert fit_prompt(list(range(10)), 6, "left", "x") == ([4, 5, 6, 7, 8, 9], 4)
+    assert fit_prompt(list(range(5)), 6, "error", "x") == ([0, 1, 2, 3, 4], 0)
+    with pytest.raises(ValueError, match="prompt_overflow 'right'"):
+        DecodeConfig(prompt_overflow="right")
+    eval_set = demo / "eval_sets" / "ChemProt.jsonl"
+    records = read_jsonl(eval_set)
+    tok = load_tokenizer(demo / "base")
+    full, _ = encode_records(records, tok, "zephyr", False, 10_000)
+    limit = 64
+    assert min(map(len, full)) > limit  # every prompt is cut
+    cut, dropped = encode_records(records, tok, "zephyr", False, limit)
+    assert dropped == [len(ids) - limit for ids in full]
+    assert all(c == ids[:32] + ids[-32:] for c, ids in zip(cut, full))
+
+    def generate(policy, out):
+        return run_generate(demo / "base", eval_set, out, DecodeConfig(batch_size=4, max_new_tokens=4, buckets=(limit,),
+                                                                       prompt_overflow=policy),
+                            chat_template="zephyr", progress=False)
+
+    with pytest.raises(ValueError, match=r"ChemProt\.jsonl: record 1 \(id '[^']+'\): prompt of \d+ tokens is "
+                                         r"longer than the largest bucket \(64\)"):
+        generate("error", tmp_path / "refused.jsonl")
+    with caplog.at_level("WARNING"):
+        stats = generate("middle", tmp_path / "cut.jsonl")
+    assert stats["prompts_cut"] == len(records)
+    assert f"{len(records)} of {len(records)} prompts longer than 64 tokens cut" in caplog.text
+    written = {r["id"]: r for r in read_jsonl(tmp_path / "cut.jsonl")}
+    assert [written[r["id"]]["prompt_tokens_dropped"] for r in records] == dropped
 
 
 def test_compilation_cache_dir_choice(monkeypatch, tmp_path):

@@ -76,6 +76,13 @@ class DecodeConfig:
     speculate: int = 0
     lookup_max: int = 3
     lookup_min: int = 1
+    # Prompts longer than the largest bucket (decode/generate.py): "middle" keeps their first and last halves (the
+    # chat header and instruction, the options and generation prompt), "left" their end, "error" refuses them.
+    prompt_overflow: str = "middle"
+
+    def __post_init__(self):  # checked when made: a pipeline makes it before its first stage
+        if self.prompt_overflow not in ("middle", "left", "error"):
+            raise ValueError(f"prompt_overflow {self.prompt_overflow!r}: expected middle, left or error")
 
 
 @dataclasses.dataclass

@@ -2,17 +2,22 @@
 
 Each input line is a JSON object with an `id` and either `prompt` (raw text, tokenised as is) or
 `messages` (chat; a trailing assistant message, the gold answer, is removed before rendering). The
-output line is the input object plus `prediction`, `finish_reason` and `num_generated_tokens`. Lines are
-appended and flushed as each prompt finishes; on restart, ids already in the output are skipped. What made the output
-(model, dtype, stop ids, token limits, chat template) is kept beside it in `<out>.run.json`: a restart with any of
-these changed, or with an input that lacks ids the output has or gives them other prompts, is refused rather than
-mixing two runs in one file.
+output line is the input object plus `prediction`, `finish_reason` and `num_generated_tokens`, and
+`prompt_tokens_dropped` where the prompt was longer than the largest bucket and was cut (`DecodeConfig.
+prompt_overflow`: "middle", the default, keeps the first and last halves, so the chat header and instruction and the
+options and generation prompt stay and the text between loses its middle; "left" keeps the end; "error" refuses).
+Lines are appended and flushed as each prompt finishes; on restart, ids already in the output are skipped (a torn
+last line, a crash mid-write, is written again; any other unreadable line is an error naming it). What made the
+output (model, dtype, stop ids, token limits, overflow policy, chat template) is kept beside it in `<out>.run.json`:
+a restart with any of these changed, or with an input that lacks ids the output has or gives them other prompts, is
+refused rather than mixing two runs in one file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +29,40 @@ from mnlu_jax.data.chat import prompt_messages, render, resolve_template
 from mnlu_jax.decode.engine import DecodeConfig, Generator, cast_params
 from mnlu_jax.weights.convert import load_model, load_tokenizer
 
+log = logging.getLogger(__name__)
+
 
 def read_jsonl(path: str | Path) -> list[dict]:
     return [rec for _, rec in iter_jsonl(path)]
 
 
 def done_records(path: Path) -> dict[str, dict]:
-    """Records already written, by id; a torn last line (crash mid-write) is ignored and rewritten."""
+    """Records already written, by id. Only the last line may be torn (a crash mid-write: no newline after it, and
+    not JSON); it is dropped and the file rewritten without it. Anything else that is not a record with an id, or
+    an id written twice, is an error naming the line: resuming past it would drop or duplicate predictions."""
     if not path.exists():
         return {}
-    done = {}
+    done: dict[str, dict] = {}
+    where: dict[str, int] = {}
     good = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[str(rec["id"])] = rec
-            good.append(line if line.endswith("\n") else line + "\n")
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines) and not line.endswith("\n"):
+                break  # the torn last line
+            raise ValueError(f"{path}:{n}: not JSON ({e.msg}), and not a torn last line; fix or delete the line, "
+                             "or delete the file to decode everything again") from e
+        if not isinstance(rec, dict) or "id" not in rec:
+            raise ValueError(f"{path}:{n}: expected a JSON object with an 'id' (a prediction record)")
+        key = str(rec["id"])
+        if key in done:
+            raise ValueError(f"{path}:{n}: id {key!r} again (first on line {where[key]})")
+        done[key], where[key] = rec, n
+        good.append(line if line.endswith("\n") else line + "\n")
     write_text_atomic(path, "".join(good))
     return done
 
@@ -56,6 +76,7 @@ def check_run(out_path: Path, identity: dict[str, Any]) -> None:
             before = json.loads(meta.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{meta}: not JSON ({e}); delete it to resume {out_path.name} as this run") from e
+        before.setdefault("prompt_overflow", "left")  # what cut long prompts before the record named it
         changed = changed_settings(before, identity, keys=identity)
         if changed:
             raise ValueError(f"{out_path}: written by another run ({'; '.join(changed)}); write to another output, "
@@ -64,10 +85,31 @@ def check_run(out_path: Path, identity: dict[str, Any]) -> None:
     write_text_atomic(meta, json.dumps(identity, indent=2))
 
 
+PROMPT_OVERFLOW = ("middle", "left", "error")
+
+
+def fit_prompt(ids: list[int], limit: int, policy: str, where: str) -> tuple[list[int], int]:
+    """`ids` cut to `limit` tokens by `policy` (see the module docstring), and how many tokens were dropped."""
+    n = len(ids)
+    if n <= limit:
+        return ids, 0
+    if policy == "error":
+        raise ValueError(f"{where}: prompt of {n} tokens is longer than the largest bucket ({limit}); add a larger "
+                         "bucket, or let long prompts be cut (prompt overflow 'middle' or 'left')")
+    if policy == "left":
+        return ids[n - limit:], n - limit
+    if policy != "middle":
+        raise ValueError(f"prompt_overflow {policy!r}: expected one of {PROMPT_OVERFLOW}")
+    head = limit // 2
+    return ids[:head] + ids[n - (limit - head):], n - limit
+
+
 def encode_records(records: list[dict], tokenizer, template: str | None, drop_system: bool, max_prompt: int,
-                   source: str = "input") -> list[list[int]]:
+                   source: str = "input", overflow: str = "middle") -> tuple[list[list[int]], list[int]]:
+    """Token ids of each record's prompt, cut to `max_prompt` by the `overflow` policy, and the number of tokens
+    cut from each."""
     tpl = resolve_template(tokenizer, template)
-    out = []
+    out, dropped = [], []
     for n, rec in enumerate(records, 1):
         if "messages" in rec:
             text = render(tokenizer, prompt_messages(rec["messages"], drop_system), tpl, add_generation_prompt=True)
@@ -76,10 +118,10 @@ def encode_records(records: list[dict], tokenizer, template: str | None, drop_sy
             ids = tokenizer(rec["prompt"], add_special_tokens=False)["input_ids"]
         else:
             raise ValueError(f"{source}: record {n} (id {rec.get('id')!r}) has neither 'messages' nor 'prompt'")
-        if len(ids) > max_prompt:
-            ids = ids[-max_prompt:]  # keep the end: the question and the generation prompt
+        ids, cut = fit_prompt(ids, max_prompt, overflow, f"{source}: record {n} (id {rec.get('id')!r})")
         out.append(ids)
-    return out
+        dropped.append(cut)
+    return out, dropped
 
 
 def generation_config_eos(model_dir: str | Path) -> tuple[int, ...]:
@@ -147,8 +189,9 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
         model_name = str(Path(model).resolve()) if isinstance(model, (str, Path)) else "params"
     # what decides the tokens; batch size, buckets' spacing, layer loop and prefix cache do not (tests/test_decode.py)
     check_run(out_path, {"model": model_name, "dtype": dtype, "max_new_tokens": gen.dc.max_new_tokens,
-                         "max_prompt_tokens": max(gen.dc.buckets), "stop_ids": list(gen.dc.stop_ids),
-                         "chat_template": chat_template, "drop_system": drop_system})
+                         "max_prompt_tokens": max(gen.dc.buckets), "prompt_overflow": gen.dc.prompt_overflow,
+                         "stop_ids": list(gen.dc.stop_ids), "chat_template": chat_template,
+                         "drop_system": drop_system})
     seen = done_records(out_path)
     ids = [str(r.get("id", i)) for i, r in enumerate(records)]
     if len(set(ids)) != len(ids):
@@ -165,10 +208,19 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
     for r, i in zip(records, ids):
         r["id"] = i
     todo = [r for r, i in zip(records, ids) if i not in seen]
-    stats = {"total": len(records), "skipped": len(records) - len(todo), "generated_tokens": 0, "seconds": 0.0}
+    stats = {"total": len(records), "skipped": len(records) - len(todo), "generated_tokens": 0, "seconds": 0.0,
+             "prompts_cut": 0}
     if not todo:
         return stats
-    prompts = encode_records(todo, tokenizer, chat_template, drop_system, max(gen.dc.buckets), str(input_path))
+    limit = max(gen.dc.buckets)
+    prompts, dropped = encode_records(todo, tokenizer, chat_template, drop_system, limit, str(input_path),
+                                      gen.dc.prompt_overflow)
+    cut = [r["id"] for r, d in zip(todo, dropped) if d]
+    if cut:
+        stats["prompts_cut"] = len(cut)
+        log.warning("%s: %d of %d prompts longer than %d tokens cut (prompt overflow %r; their records say how many "
+                    "tokens as prompt_tokens_dropped): %s%s", input_path, len(cut), len(todo), limit,
+                    gen.dc.prompt_overflow, ", ".join(cut[:5]), ", ..." if len(cut) > 5 else "")
     before = dict(gen.stats)
     bar = tqdm(total=len(todo), desc=f"generate {Path(input_path).stem}", unit="prompt", disable=not progress)
     with open(out_path, "a") as f:
@@ -177,6 +229,8 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
             rec["prediction"] = tokenizer.decode(res.tokens, skip_special_tokens=True)
             rec["finish_reason"] = res.finish_reason
             rec["num_generated_tokens"] = len(res.tokens)
+            if dropped[res.index]:
+                rec["prompt_tokens_dropped"] = dropped[res.index]
             f.write(json.dumps(rec) + "\n")
             f.flush()
             bar.update(1)

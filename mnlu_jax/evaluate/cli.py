@@ -74,6 +74,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--max-new-tokens", type=int, default=256)
     e.add_argument("--buckets", default="128,256,512,1024,2048")
+    e.add_argument("--prompt-overflow", default="middle", choices=["middle", "left", "error"],
+                   help="as for generate")
     e.add_argument("--chat-template", default="tokenizer")
     e.add_argument("--drop-system", action="store_true")
     e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -86,7 +88,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     def evaluate(a):
         dc = DecodeConfig(batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
                           buckets=tuple(int(x) for x in a.buckets.split(",")), prefill_batch=min(4, a.batch_size),
-                          layer_loop=a.layer_loop, prefix_cache=not a.no_prefix_cache, speculate=a.speculate)
+                          layer_loop=a.layer_loop, prefix_cache=not a.no_prefix_cache, speculate=a.speculate,
+                          prompt_overflow=a.prompt_overflow)
         run_evaluate(a.model, a.eval_dir, a.out, dc, a.chat_template, a.drop_system, a.dtype, a.name)
         print((Path(a.out) / "table5_paper.md").read_text())
         return 0
