@@ -233,6 +233,26 @@ def test_perfect_predictions_score_100_and_garbage_0(eval_sets, tmp_path):
     assert (tmp_path / "report" / "charts_paper" / "BC2GM.png").exists()
 
 
+def test_scoring_refuses_partial_or_repeated_predictions(eval_sets, tmp_path):
+    """A set decoded only in part (a stopped run) is not scored as if whole against the manifest, an instance read
+    twice is named, and a manifest that is not there is an error, not a silently missing column."""
+    perfect = tmp_path / "perfect"
+    _with_predictions(eval_sets, perfect, lambda r: r["messages"][-1]["content"])
+    manifest = eval_sets / "manifest.json"
+    lines = (perfect / "HoC.jsonl").read_text().splitlines(keepends=True)
+    (perfect / "HoC.jsonl").write_text("".join(lines[:-2]))
+    with pytest.raises(ValueError, match=rf"perfect: predictions do not cover their eval sets \(HoC {len(lines) - 2} "
+                                         rf"of {len(lines)} instances, by the manifest\)"):
+        run_score({"ours": perfect}, tmp_path / "report", manifest=manifest)
+    assert "HoC" in run_score({"ours": perfect}, tmp_path / "report")["ours"]["datasets"]  # a subset, on purpose
+    (perfect / "HoC.jsonl").write_text("".join(lines + lines[:1]))
+    with pytest.raises(ValueError, match=rf"HoC\.jsonl:{len(lines) + 1}: HoC instance '[^']+' again \(first at "
+                                         r"HoC\.jsonl:1\)"):
+        run_score({"ours": perfect}, tmp_path / "report", manifest=manifest)
+    with pytest.raises(FileNotFoundError, match="nowhere.json: no such manifest"):
+        run_score({"ours": perfect}, tmp_path / "report", manifest=tmp_path / "nowhere.json")
+
+
 def test_aggregates():
     s = {n: 50.0 for n in ["BC5-chemical", "BC5-disease", "NCBI-disease", "BC2GM", "JNLPBA", "EBM PICO", "ChemProt",
                            "DDI", "GAD", "BioSSES", "HoC", "PubMedQA", "BioASQ"]}

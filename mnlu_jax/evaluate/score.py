@@ -38,13 +38,30 @@ def load_predictions(path: str | Path) -> dict[str, list[dict]]:
     if not files:
         raise FileNotFoundError(f"{path}: no prediction .jsonl files")
     by: dict[str, list[dict]] = defaultdict(list)
+    seen: dict[tuple[str, str], str] = {}  # (dataset, id) -> where it was first read
     for f in files:
         for n, r in iter_jsonl(f):
             for k in ("dataset", "type", "options", "gold", "prediction"):
                 if k not in r:
                     raise ValueError(f"{f}:{n}: record lacks {k!r} (expected an eval instance plus 'prediction')")
+            if "id" in r:  # an instance scored twice would count twice
+                key = (str(r["dataset"]), str(r["id"]))
+                if key in seen:
+                    raise ValueError(f"{f}:{n}: {key[0]} instance {key[1]!r} again (first at {seen[key]})")
+                seen[key] = f"{f.name}:{n}"
             by[r["dataset"]].append(r)
     return dict(by)
+
+
+def check_complete(preds: dict[str, list[dict]], sets: dict[str, dict], where: str | Path) -> None:
+    """Refuse predictions that cover only part of an eval set the manifest lists: its scores would be a subset's,
+    with nothing in the report to say so (a decode that was stopped before it finished the set)."""
+    short = [f"{name} {len(recs)} of {sets[name]['instances']}" for name, recs in sorted(preds.items())
+             if name in sets and len(recs) != sets[name]["instances"]]
+    if short:
+        raise ValueError(f"{where}: predictions do not cover their eval sets ({'; '.join(short)} instances, by the "
+                         "manifest); finish decoding them (generate and evaluate resume), or score without the "
+                         "manifest")
 
 
 def aggregates(scores: dict[str, float]) -> dict[str, float | None]:
@@ -175,13 +192,19 @@ def write_report(results: dict[str, dict], out: str | Path) -> dict:
 
 
 def run_score(predictions: dict[str, str | Path], out: str | Path, manifest: str | Path | None = None) -> dict:
-    """`predictions`: system name -> prediction file or directory."""
+    """`predictions`: system name -> prediction file or directory. With `manifest` (build-eval's manifest.json) the
+    gold counts sit beside the paper's, and every set it lists that a system has predictions for must be covered
+    whole (`check_complete`)."""
     results = {}
-    counts = {}
-    if manifest and Path(manifest).exists():
-        counts = {k: v["gold_count"] for k, v in json.loads(Path(manifest).read_text())["sets"].items()}
+    sets = {}
+    if manifest is not None:
+        if not Path(manifest).is_file():
+            raise FileNotFoundError(f"{manifest}: no such manifest (build-eval writes manifest.json beside the sets)")
+        sets = json.loads(Path(manifest).read_text())["sets"]
+    counts = {k: v["gold_count"] for k, v in sets.items()}
     for system, path in predictions.items():
         preds = load_predictions(path)
+        check_complete(preds, sets, path)
         res = score_all(preds)
         for name, d in res["datasets"].items():
             if name in counts:
