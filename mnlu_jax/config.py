@@ -37,7 +37,7 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping for {typ.__name__}, got {value!r}")
-        return from_dict(typ, value, where)
+        return from_dict(typ, value, where, nested=True)
     if origin in (list, tuple):
         if isinstance(value, str):
             value = yaml.safe_load(value)
@@ -71,13 +71,15 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
+def from_dict(cls: type[T], data: dict, where: str = "config", nested: bool = False) -> T:
+    """`cls` from a mapping, each value coerced to its field's type; errors name the field as `where: a.b.c` (the
+    file, then the dotted key an override would use)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
-    kw = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    kw = {k: _coerce(v, hints[k], f"{where}.{k}" if nested else f"{where}: {k}") for k, v in data.items()}
     return cls(**kw)
 
 

@@ -185,11 +185,21 @@ def test_train_configs_are_checked_before_any_work(tmp_path):
                                          r"data x fsdp mesh size 8"):
         check_batch_fits_mesh(16, 8, 1, grad_accum=4)
     check_batch_fits_mesh(16, 8, 2, grad_accum=2)
+    # a value of the wrong type names the file and the dotted key; an unknown key names the section it is not in
+    with pytest.raises(ValueError, match=rf"{tiny}: optim\.learning_rate: expected float, got 'abc'"):
+        load_config(TrainConfig, tiny, ["optim.learning_rate=abc"])
+    with pytest.raises(ValueError, match=rf"{tiny}: optim: unknown field\(s\) \['lr'\] for OptimSection"):
+        load_config(TrainConfig, tiny, ["optim.lr=0.1"])
     # the console script names the file and overrides, and stops before reading any data
     r = subprocess.run([sys.executable, "-m", "mnlu_jax.cli", "train", "--config", str(tiny), "optim.learning_rate=-1",
                         "data.path=/nonexistent", f"output_dir={tmp_path / 'never'}"], capture_output=True, text=True)
     assert r.returncode != 0 and f"{tiny} with optim.learning_rate=-1 data.path=/nonexistent" in r.stderr
     assert "optim.learning_rate: expected a number > 0" in r.stderr and not (tmp_path / "never").exists()
+    r = subprocess.run([sys.executable, "-m", "mnlu_jax.cli", "train", "--config", str(tiny),
+                        "data.path=/nonexistent", f"output_dir={tmp_path / 'never'}"], capture_output=True, text=True)
+    assert r.returncode == 2 and "data.path '/nonexistent': no such file or directory (expected build-data's " \
+        "output directory or one JSONL file)" in r.stderr, r.stderr
+    assert not (tmp_path / "never").exists()
 
 
 def test_optimizer_state_is_sharded_like_the_parameters():

@@ -36,6 +36,9 @@ class TrainingDiverged(RuntimeError):
 
 def _instances(path: str | Path):
     p = Path(path)
+    if not str(path) or not p.exists():
+        raise FileNotFoundError(f"data.path {str(path)!r}: no such file or directory (expected build-data's output "
+                                "directory or one JSONL file)")
     files = shard_files(p) if p.is_dir() else [p]
     if not files:
         raise FileNotFoundError(f"data.path {p}: no train-*.jsonl shards (run mnlu-jax build-data first)")
@@ -104,13 +107,13 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     check_batch_fits_mesh(cfg.global_batch_size, mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count(),
                           cfg.optim.grad_accum)
+    instances = _instances(cfg.data.path)  # before output_dir is made: a wrong path leaves nothing behind
     out = Path(cfg.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     check_resume_settings(cfg, out)
     if jax.process_index() == 0:
         save_config(cfg, out / "config.yaml")
 
-    instances = _instances(cfg.data.path)
     params, config, tok, tok_src = load_model_and_tokenizer(cfg, instances, out)
     examples, trunc = tokenize_all(instances, tok, cfg.data.chat_template, cfg.data.max_seq_length + 1)
     seq = cfg.data.max_seq_length
