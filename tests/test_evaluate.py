@@ -251,6 +251,11 @@ def test_scoring_refuses_partial_or_repeated_predictions(eval_sets, tmp_path):
         run_score({"ours": perfect}, tmp_path / "report", manifest=manifest)
     with pytest.raises(FileNotFoundError, match="nowhere.json: no such manifest"):
         run_score({"ours": perfect}, tmp_path / "report", manifest=tmp_path / "nowhere.json")
+    from mnlu_jax.decode.engine import DecodeConfig
+    from mnlu_jax.evaluate.cli import run_evaluate
+
+    with pytest.raises(FileNotFoundError, match=r"perfect: no manifest\.json \(build-eval writes"):
+        run_evaluate("no-model-needed", perfect, tmp_path / "eval", DecodeConfig())  # refused before loading a model
 
 
 def test_aggregates():

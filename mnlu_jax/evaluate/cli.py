@@ -19,6 +19,8 @@ def run_evaluate(model, eval_dir: str | Path, out: str | Path, decode: DecodeCon
     from mnlu_jax.evaluate.score import run_score
 
     eval_dir, out = Path(eval_dir), Path(out)
+    if not (eval_dir / "manifest.json").is_file():
+        raise FileNotFoundError(f"{eval_dir}: no manifest.json (build-eval writes the eval sets and their manifest)")
     manifest = json.loads((eval_dir / "manifest.json").read_text())
     generator, tokenizer = load_generator(model, decode, dtype, tokenizer, config)
     pred_dir = out / "predictions"
