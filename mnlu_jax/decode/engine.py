@@ -45,6 +45,7 @@ from mnlu_jax.model.feature_major import feature_major_axes, forward_feature_maj
 from mnlu_jax.model.mistral import forward, init_cache, to_dtype, unstack_layers
 
 LAYER_LOOPS = ("auto", "scan", "unrolled", "feature_major")
+PROMPT_OVERFLOW = ("middle", "left", "error")  # what generate does with a prompt over the largest bucket
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +82,8 @@ class DecodeConfig:
     prompt_overflow: str = "middle"
 
     def __post_init__(self):  # checked when made: a pipeline makes it before its first stage
-        if self.prompt_overflow not in ("middle", "left", "error"):
-            raise ValueError(f"prompt_overflow {self.prompt_overflow!r}: expected middle, left or error")
+        if self.prompt_overflow not in PROMPT_OVERFLOW:
+            raise ValueError(f"prompt_overflow {self.prompt_overflow!r}: expected one of {PROMPT_OVERFLOW}")
 
 
 @dataclasses.dataclass

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from mnlu_jax.config import changed_settings, write_text_atomic
 from mnlu_jax.data.schema import iter_jsonl
 from mnlu_jax.data.chat import prompt_messages, render, resolve_template
-from mnlu_jax.decode.engine import DecodeConfig, Generator, cast_params
+from mnlu_jax.decode.engine import PROMPT_OVERFLOW, DecodeConfig, Generator, cast_params
 from mnlu_jax.weights.convert import load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,6 @@ def check_run(out_path: Path, identity: dict[str, Any]) -> None:
                              "or delete it and its .run.json to start again")
         return
     write_text_atomic(meta, json.dumps(identity, indent=2))
-
-
-PROMPT_OVERFLOW = ("middle", "left", "error")
 
 
 def fit_prompt(ids: list[int], limit: int, policy: str, where: str) -> tuple[list[int], int]:
