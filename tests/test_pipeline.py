@@ -121,6 +121,26 @@ def test_generate_resumes_after_a_crash(demo):
                         chat_template="zephyr", progress=False)["skipped"] == len(lines)
 
 
+def test_plain_prompts_get_the_tokenizers_bos_and_chat_prompts_their_templates():
+    """A plain `prompt` is tokenised as vLLM's generate() and transformers' pipelines do, with the tokenizer's special
+    tokens (Mistral's and Llama's BOS); a chat prompt's template writes its own BOS, so it gets no second one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from mnlu_jax.decode.generate import encode_records
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "hello", "world", "[INST]", "[/INST]"])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tok.chat_template = "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    ids, dropped = encode_records([{"id": "plain", "prompt": "hello world"},
+                                   {"id": "chat", "messages": [{"role": "user", "content": "hello"}]}],
+                                  tok, "tokenizer", False, 64)
+    assert ids == [[1, 3, 4], [1, 5, 3, 6]] and dropped == [0, 0]
+
+
 def test_generate_cuts_prompts_longer_than_the_largest_bucket(demo, tmp_path, caplog):
     """Prompts over the largest bucket keep their first and last halves (the chat header and instruction, the options
     and generation prompt), or their end, or are refused; each cut record says how many tokens it lost."""

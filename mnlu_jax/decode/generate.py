@@ -1,7 +1,8 @@
 """`mnlu-jax generate`: prompts JSONL -> predictions JSONL, resumable, with a tokens/s progress bar.
 
-Each input line is a JSON object with an `id` and either `prompt` (raw text, tokenised as is) or
-`messages` (chat; a trailing assistant message, the gold answer, is removed before rendering). The
+Each input line is a JSON object with an `id` and either `prompt` (raw text, tokenised with the tokenizer's special
+tokens, BOS for Mistral and Llama, as vLLM tokenizes a plain prompt) or `messages` (chat; a trailing assistant
+message, the gold answer, is removed before rendering, and the rendered text is tokenised as it is). The
 output line is the input object plus `prediction`, `finish_reason` and `num_generated_tokens`, and
 `prompt_tokens_dropped` where the prompt was longer than the largest bucket and was cut (`DecodeConfig.
 prompt_overflow`: "middle", the default, keeps the first and last halves, so the chat header and instruction and the
@@ -112,7 +113,9 @@ def encode_records(records: list[dict], tokenizer, template: str | None, drop_sy
             text = render(tokenizer, prompt_messages(rec["messages"], drop_system), tpl, add_generation_prompt=True)
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         elif "prompt" in rec:
-            ids = tokenizer(rec["prompt"], add_special_tokens=False)["input_ids"]
+            # with the tokenizer's special tokens (Mistral's and Llama's BOS), as vLLM's generate() and transformers'
+            # pipelines tokenize a plain prompt; a rendered chat template writes its own
+            ids = tokenizer(rec["prompt"])["input_ids"]
         else:
             raise ValueError(f"{source}: record {n} (id {rec.get('id')!r}) has neither 'messages' nor 'prompt'")
         ids, cut = fit_prompt(ids, max_prompt, overflow, f"{source}: record {n} (id {rec.get('id')!r})")
@@ -185,10 +188,13 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
     if model_name is None:
         model_name = str(Path(model).resolve()) if isinstance(model, (str, Path)) else "params"
     # what decides the tokens; batch size, buckets' spacing, layer loop and prefix cache do not (tests/test_decode.py)
-    check_run(out_path, {"model": model_name, "dtype": dtype, "max_new_tokens": gen.dc.max_new_tokens,
-                         "max_prompt_tokens": max(gen.dc.buckets), "prompt_overflow": gen.dc.prompt_overflow,
-                         "stop_ids": list(gen.dc.stop_ids), "chat_template": chat_template,
-                         "drop_system": drop_system})
+    identity = {"model": model_name, "dtype": dtype, "max_new_tokens": gen.dc.max_new_tokens,
+                "max_prompt_tokens": max(gen.dc.buckets), "prompt_overflow": gen.dc.prompt_overflow,
+                "stop_ids": list(gen.dc.stop_ids), "chat_template": chat_template, "drop_system": drop_system}
+    if any("messages" not in r and "prompt" in r for r in records):
+        # plain prompts got no BOS before session 22; a record without this key is of that kind
+        identity["plain_prompts"] = "with the tokenizer's special tokens"
+    check_run(out_path, identity)
     seen = done_records(out_path)
     ids = [str(r.get("id", i)) for i, r in enumerate(records)]
     if len(set(ids)) != len(ids):
