@@ -54,11 +54,22 @@ def test_loss_falls_and_outputs_load(sample_data, tmp_path):
     assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == [20, 30]
 
 
-def test_nan_stops_cleanly_with_last_good_checkpoint(sample_data, tmp_path):
+@pytest.mark.parametrize("log_every", [1, 100])
+def test_nan_stops_cleanly_with_last_good_checkpoint(sample_data, tmp_path, log_every):
+    """Divergence stops the run, and the checkpoint it names holds finite weights, also when the steps between two
+    log lines save checkpoints (log_every 100: before session 22 a NaN state was saved and named as the last good)."""
+    import orbax.checkpoint as ocp
+
     cfg = cfg_for(sample_data, tmp_path / "nan", "optim.learning_rate=1.0e+30", "optim.grad_clip=0",
-                  "checkpoint.every_steps=1", "max_steps=20")
-    with pytest.raises(TrainingDiverged, match=r"loss is nan at step \d+; stopped. Last good checkpoint: step \d+"):
+                  "checkpoint.every_steps=1", "max_steps=20", f"log_every={log_every}")
+    with pytest.raises(TrainingDiverged, match=r"(loss is nan|gradient norm is nan|the weights hold non-finite "
+                                               r"values) at step \d+; stopped. Last good checkpoint: step (\d+)") as e:
         run_train(cfg, progress=False)
+    last_good = int(str(e.value).split("Last good checkpoint: step ")[1].split()[0])
+    saved = sorted(int(p.name) for p in (tmp_path / "nan" / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved[-1] == last_good
+    state = ocp.StandardCheckpointer().restore(tmp_path / "nan" / "checkpoints" / str(last_good) / "state")
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state["params"]))
 
 
 def test_sigterm_writes_a_restorable_checkpoint(sample_data, tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import yaml
 from tqdm.auto import tqdm
@@ -148,9 +149,29 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
         it.set_state(restored["data"])
         print(f"resumed from step {start} ({out / 'checkpoints'})")
 
+    params_finite = jax.jit(lambda p: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))
+
     def save(step: int, force: bool = False) -> None:
+        # Nothing non-finite goes into a checkpoint, whatever log_every is: a NaN between two log steps used to be
+        # saved and then named as the last good checkpoint. Finite loss and gradients can still give infinite
+        # weights (an overflowing update), so the weights are checked too: one reduction, next to a full write.
+        check_finite(step, m)
+        if not bool(params_finite(state["params"])):
+            diverged(step, "the weights hold non-finite values")
         mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(it.get_state())),
                   force=force)
+
+    def diverged(step: int, what: str) -> None:
+        raise TrainingDiverged(
+            f"{what} at step {step}; stopped. Last good checkpoint: "
+            f"{'step ' + str(last_good) if last_good is not None else 'none'} in {out / 'checkpoints'}")
+
+    def check_finite(step: int, metrics: dict) -> None:
+        loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+        if not math.isfinite(loss):
+            diverged(step, f"loss is {loss}")
+        if not math.isfinite(grad_norm):
+            diverged(step, f"gradient norm is {grad_norm}")
 
     stop = {"signal": None}
     prev = signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))
@@ -165,6 +186,7 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
     bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", disable=not progress or jax.process_index())
     last_good = mngr.latest_step()
     history = []
+    m = None
     t_last = time.perf_counter()
     step = start
     try:
@@ -180,11 +202,8 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
             state, m = step_fn(state, batch)
             step += 1
             if step % cfg.log_every == 0 or step == total_steps:
+                check_finite(step, m)
                 loss = float(m["loss"])
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss is {loss} at step {step}; stopped. Last good checkpoint: "
-                        f"{'step ' + str(last_good) if last_good is not None else 'none'} in {out / 'checkpoints'}")
                 now = time.perf_counter()
                 dt = (now - t_last) / cfg.log_every if step > start + 1 else now - t_last
                 t_last = now
@@ -217,6 +236,7 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
                 return {"preempted": True, "step": step, "history": history}
         mngr.wait_until_finished()
     finally:
+        mngr.wait_until_finished()  # also when stopping on divergence: the last good checkpoint is the one named
         signal.signal(signal.SIGTERM, prev)
         bar.close()
         if metrics_f:
