@@ -201,6 +201,9 @@ def test_stop_ids_and_length(tiny):
                                                  stop_ids=(stop_at,))).generate(prompts[:1])[0]
     assert res.finish_reason == "stop" and res.tokens == base[0].tokens[: base[0].tokens.index(stop_at)]
     assert all(len(r.tokens) <= 10 for r in base)
+    with pytest.raises(ValueError, match=r"prompt 1 is empty \(1 empty prompts\)"):  # nothing to predict from
+        Generator(params, config, DecodeConfig(batch_size=2, max_new_tokens=10, buckets=(32,))).generate(
+            [prompts[0], []])
 
 
 def test_generation_config_eos_ids_stop_like_hf(tiny, tmp_path):

@@ -139,6 +139,11 @@ def test_plain_prompts_get_the_tokenizers_bos_and_chat_prompts_their_templates()
                                    {"id": "chat", "messages": [{"role": "user", "content": "hello"}]}],
                                   tok, "tokenizer", False, 64)
     assert ids == [[1, 3, 4], [1, 5, 3, 6]] and dropped == [0, 0]
+    core.post_processor = None  # no BOS: an empty plain prompt has no token to start from
+    with pytest.raises(ValueError, match=r"in\.jsonl: record 2 \(id 'e'\): the prompt has no tokens"):
+        encode_records([{"id": "p", "prompt": "hello"}, {"id": "e", "prompt": ""}],
+                       PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>"), "tokenizer", False, 64,
+                       "in.jsonl")
 
 
 def test_generate_cuts_prompts_longer_than_the_largest_bucket(demo, tmp_path, caplog):

@@ -390,6 +390,9 @@ class Generator:
         B = dc.batch_size
         if not prompts:
             return
+        empty = [i for i, p in enumerate(prompts) if len(p) == 0]
+        if empty:  # its "next token" would be read off a padding position; transformers and vLLM refuse it too
+            raise ValueError(f"prompt {empty[0]} is empty ({len(empty)} empty prompts); every prompt needs a token")
         # a split only pays where the tail falls into a smaller bucket than the whole prompt (with coarse buckets
         # it would save no prefill and only lengthen the cache)
         heads = plan_prefixes(prompts, dc.prefix_block, lambda n, m: self.bucket_for(n - m) < self.bucket_for(n)) \

@@ -118,6 +118,8 @@ def encode_records(records: list[dict], tokenizer, template: str | None, drop_sy
             ids = tokenizer(rec["prompt"])["input_ids"]
         else:
             raise ValueError(f"{source}: record {n} (id {rec.get('id')!r}) has neither 'messages' nor 'prompt'")
+        if not ids:
+            raise ValueError(f"{source}: record {n} (id {rec.get('id')!r}): the prompt has no tokens")
         ids, cut = fit_prompt(ids, max_prompt, overflow, f"{source}: record {n} (id {rec.get('id')!r})")
         out.append(ids)
         dropped.append(cut)
