@@ -173,7 +173,7 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
         else:
             src = resolve_source(cfg.base_model)
             if is_our_checkpoint(src):
-                shutil.copytree(src, out / "base")
+                copy_checkpoint(src, out / "base")
             else:
                 hf_to_flax(src, out / "base")
 
@@ -220,6 +220,15 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
     st.run("report", report, False)
     print(f"report: {out / 'report' / 'report.md'}")
     return json.loads((out / "report" / "scores.json").read_text())
+
+
+def copy_checkpoint(src: Path, dst: Path) -> None:
+    """Copy a checkpoint whole or not at all: the pipeline takes a base holding its marker file as done, and a copy
+    stopped after the marker (copytree's order is the directory's) used to pass for one."""
+    from mnlu_jax.weights.convert import atomic_dir
+
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
 
 
 def _make_tiny_base(cfg: PipelineConfig, out: Path) -> None:

@@ -185,6 +185,35 @@ def test_generate_cuts_prompts_longer_than_the_largest_bucket(demo, tmp_path, ca
     assert [written[r["id"]]["prompt_tokens_dropped"] for r in records] == dropped
 
 
+def test_a_base_checkpoint_is_copied_whole_or_not_at_all(tmp_path, monkeypatch):
+    import shutil
+
+    from mnlu_jax.pipeline import copy_checkpoint
+
+    src = tmp_path / "ckpt"
+    (src / "params").mkdir(parents=True)
+    for name in ("mnlu_jax.json", "config.json", "params/shard"):
+        (src / name).write_text(name)
+    real_copytree = shutil.copytree
+
+    def failing_copy2(a, b, **kw):
+        if Path(a).name == "shard":
+            raise OSError("disk full")
+        return shutil.copy2(a, b, **kw)
+
+    def copytree(src, dst, *rest, **kw):  # copytree calls itself for subdirectories, passing copy_function on
+        return real_copytree(src, dst, *rest, **kw) if rest else real_copytree(src, dst, copy_function=failing_copy2,
+                                                                                  **kw)
+
+    monkeypatch.setattr(shutil, "copytree", copytree)
+    with pytest.raises(OSError, match="disk full"):
+        copy_checkpoint(src, tmp_path / "base")
+    assert not (tmp_path / "base").exists() and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    monkeypatch.undo()
+    copy_checkpoint(src, tmp_path / "base")
+    assert (tmp_path / "base" / "params" / "shard").read_text() == "params/shard"
+
+
 def test_compilation_cache_dir_choice(monkeypatch, tmp_path):
     from mnlu_jax.compile_cache import ENV, cache_dir
 
