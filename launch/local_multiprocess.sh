@@ -12,6 +12,31 @@ for ((i = 0; i < N; i++)); do
     python3 -m mnlu_jax train --config "$CONFIG" distributed=explicit "$@" &
   pids+=($!)
 done
+# One process that dies leaves the others blocked in a collective (and then in jax.distributed's shutdown barrier,
+# up to its 300 s timeout): the first failure stops the rest with SIGTERM (each saves a checkpoint if it can), and
+# what still runs MNLU_LAUNCH_GRACE_S seconds later (default 60) is killed. Ctrl-C or SIGTERM to this script does
+# the same.
+GRACE=${MNLU_LAUNCH_GRACE_S:-60}
+stop_all() {
+  kill "${pids[@]}" 2>/dev/null || true
+  for ((t = 0; t < GRACE; t++)); do
+    running=$(jobs -rp | wc -l)
+    ((running == 0)) && return 0
+    sleep 1
+  done
+  echo "local_multiprocess.sh: processes still running ${GRACE}s after SIGTERM; killing them" >&2
+  kill -9 "${pids[@]}" 2>/dev/null || true
+}
+trap 'stop_all; wait; exit 130' INT
+trap 'stop_all; wait; exit 143' TERM
 status=0
-for p in "${pids[@]}"; do wait "$p" || status=$?; done
+for ((i = 0; i < N; i++)); do
+  rc=0
+  wait -n || rc=$?
+  if ((rc != 0 && status == 0)); then
+    status=$rc
+    echo "local_multiprocess.sh: a process exited with status $rc; stopping the others" >&2
+    stop_all
+  fi
+done
 exit $status
