@@ -102,6 +102,28 @@ def test_sigterm_writes_a_restorable_checkpoint(sample_data, tmp_path, monkeypat
     assert s2["steps"] == 30 and s2["history"][0]["step"] == s["step"] + 1
 
 
+def test_local_launcher_stops_the_other_processes_when_one_fails(tmp_path):
+    """launch/local_multiprocess.sh with a stand-in `python3`: process 1 fails, process 0 ignores SIGTERM as a
+    process blocked in a collective does; the script kills it after the grace period and exits with the failure's
+    status (it used to wait for it forever)."""
+    fake = tmp_path / "bin" / "python3"
+    fake.parent.mkdir()
+    fake.write_text("#!/usr/bin/env bash\n"
+                    "if [ \"$MNLU_PROCESS_ID\" = 1 ]; then sleep 0.5; exit 3; fi\n"
+                    "trap 'echo got-term' TERM\n"
+                    "for i in $(seq 1 600); do sleep 0.1; done\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}", MNLU_LAUNCH_GRACE_S="2",
+               MNLU_COORDINATOR_PORT="1")
+    t = time.time()
+    r = subprocess.run(["bash", str(ROOT / "launch/local_multiprocess.sh"), "2", "1", "configs/train/tiny.yaml"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert "a process exited with status 3; stopping the others" in r.stderr
+    assert "still running 2s after SIGTERM; killing them" in r.stderr and "got-term" in r.stdout
+    assert time.time() - t < 30
+
+
 def _spawn(args, env_extra=None):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **(env_extra or {}))
     return subprocess.Popen([sys.executable, "-m", "mnlu_jax", "train", *args], env=env, cwd=ROOT,
