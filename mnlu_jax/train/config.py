@@ -116,7 +116,9 @@ def check_train_config(cfg: TrainConfig) -> None:
         need(ok, field, f"a number in [{low}, {high}{']' if closed_high else ')'}", value)
 
     m, d, o, c = cfg.model, cfg.data, cfg.optim, cfg.checkpoint
-    need(bool(cfg.output_dir), "output_dir", "a directory", cfg.output_dir)
+    need(bool(cfg.output_dir) and "://" not in cfg.output_dir, "output_dir",
+         "a directory (a path every host sees: gs:// and other URLs are not written to; mount a bucket with gcsfuse)",
+         cfg.output_dir)
     for field, value in (("epochs", cfg.epochs), ("global_batch_size", cfg.global_batch_size),
                          ("log_every", cfg.log_every), ("data.max_seq_length", d.max_seq_length),
                          ("optim.grad_accum", o.grad_accum), ("checkpoint.every_steps", c.every_steps),
