@@ -4,6 +4,7 @@ import dataclasses
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,6 +200,14 @@ def test_vocab_mismatch_is_an_error_unless_a_policy_is_chosen(tmp_path):
     assert json.loads((out / "config.json").read_text())["vocab_size"] == 130
     out = merge_checkpoints(base, [ft], MergeSpec("linear"), tmp_path / "m3", vocab_policy="truncate", progress=False)
     assert _flat(out)["lm_head.weight"].shape == (128, 64)
+    # the tokenizer that knows the merge's rows goes with it: the fine-tune's when its added tokens are kept
+    for d, n in ((base, 128), (ft, 130)):
+        (Path(d) / "tokenizer_config.json").write_text(json.dumps({"vocab": n}))
+    for policy, rows, source in (("pad_mean", 130, ft), ("truncate", 128, base)):
+        out = merge_checkpoints(base, [base, ft], MergeSpec("linear"), tmp_path / f"tok_{policy}",
+                                vocab_policy=policy, progress=False)
+        assert json.loads((out / "tokenizer_config.json").read_text()) == {"vocab": rows}
+        assert json.loads((out / "merge_config.json").read_text())["tokenizer_from"] == str(Path(source).absolute())
 
 
 def test_shape_and_architecture_mismatch_name_the_problem(tmp_path):

@@ -65,6 +65,18 @@ def check_compatible(base: NamedTensors, models: list[NamedTensors], vocab_polic
     return rows
 
 
+def tokenizer_checkpoint(base: NamedTensors, models: list[NamedTensors], rows: dict[str, int]) -> NamedTensors:
+    """Whose tokenizer goes with the merge: the base's, unless the vocabulary policy gave the merge another model's
+    row count (pad_mean to a fine-tune that added tokens, such as chat markers: the base's tokenizer knows none of
+    them, so the new rows could never be produced or read), then the first model with that many rows."""
+    if not rows:
+        return base
+    name, want = next(iter(rows.items()))
+    if base.shape(name)[0] == want:
+        return base
+    return next(m for m in models if m.shape(name)[0] == want)
+
+
 def _fit_rows(a: np.ndarray, rows: int | None) -> np.ndarray:
     if rows is None or a.shape[0] == rows:
         return a
@@ -154,15 +166,17 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
         if rows:
             cfg["vocab_size"] = next(iter(rows.values()))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        if b.dir is not None:
+        tok = tokenizer_checkpoint(b, ms, rows)
+        if tok.dir is not None:
             for f in TOKENIZER_FILES:
-                if (b.dir / f).exists():
-                    shutil.copy2(b.dir / f, tmp / f)
+                if (tok.dir / f).exists():
+                    shutil.copy2(tok.dir / f, tmp / f)
         (tmp / "merge_config.json").write_text(json.dumps(
             {"base": str(Path(base).absolute()), "models": [str(Path(m).absolute()) for m in models],
              "method": spec.method, "drop_rate": spec.drop_rate, "rescale": spec.rescale, "apply": spec.apply,
              "lambda": spec.lam, "weights": spec.weights, "epsilon": spec.epsilon, "gamma": spec.gamma, "t": spec.t,
              "filter_wise": spec.filter_wise, "seed": spec.seed,
              **({"varying": schedule.record()} if schedule is not None else {}),
-             "exclude": exclude, "vocab_policy": vocab_policy}, indent=2))
+             "exclude": exclude, "vocab_policy": vocab_policy,
+             "tokenizer_from": None if tok.dir is None else str(Path(tok.path).absolute())}, indent=2))
     return Path(out)
