@@ -121,24 +121,37 @@ def test_generate_resumes_after_a_crash(demo):
                         chat_template="zephyr", progress=False)["skipped"] == len(lines)
 
 
-def test_plain_prompts_get_the_tokenizers_bos_and_chat_prompts_their_templates():
-    """A plain `prompt` is tokenised as vLLM's generate() and transformers' pipelines do, with the tokenizer's special
-    tokens (Mistral's and Llama's BOS); a chat prompt's template writes its own BOS, so it gets no second one."""
+def test_prompts_start_with_one_bos_in_training_and_decoding_alike():
+    """With a tokenizer that puts BOS in front of plain text (Mistral, Llama 2): a plain `prompt` gets it, as vLLM's
+    generate() gives it; a chat prompt starts with exactly one, whether its template writes `bos_token` (Mistral's
+    own) or not (the paper's zephyr template), and training's tokens for the same conversation begin with the same
+    prompt ids. Before session 22 decoding gave chat prompts no BOS and training doubled a template's own."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
+    from mnlu_jax.data.chat import ZEPHYR_TEMPLATE
+    from mnlu_jax.data.schema import Instance
+    from mnlu_jax.data.tokenize import tokenize_instance
     from mnlu_jax.decode.generate import encode_records
 
-    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "hello", "world", "[INST]", "[/INST]"])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words = ["<unk>", "<s>", "</s>", "hello", "world", "[INST]", "[/INST]", "<|user|>", "<|assistant|>", "yes"]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    tok.chat_template = "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
-    ids, dropped = encode_records([{"id": "plain", "prompt": "hello world"},
-                                   {"id": "chat", "messages": [{"role": "user", "content": "hello"}]}],
-                                  tok, "tokenizer", False, 64)
-    assert ids == [[1, 3, 4], [1, 5, 3, 6]] and dropped == [0, 0]
+    mistral = "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]" \
+              "{% else %} {{ m['content'] }}</s>{% endif %}{% endfor %}"
+    zephyr = ZEPHYR_TEMPLATE.replace("\\n", " ")  # the vocabulary splits on whitespace only
+    chat = [{"role": "user", "content": "hello"}]
+    for template, prompt_ids in ((mistral, [1, 5, 3, 6]), (zephyr, [1, 7, 3, 2, 8])):
+        tok.chat_template = template
+        ids, dropped = encode_records([{"id": "plain", "prompt": "hello world"}, {"id": "chat", "messages": chat}],
+                                      tok, "tokenizer", False, 64)
+        assert ids == [[1, 3, 4], prompt_ids] and dropped == [0, 0], template
+        trained = tokenize_instance(Instance("i", "d", "NLI", "t", [], chat + [{"role": "assistant", "content": "yes"}],
+                                             {}), tok, template, 64)
+        assert list(trained.ids[:len(prompt_ids)]) == prompt_ids and trained.ids[len(prompt_ids)] == 9
+        assert trained.loss_mask.tolist() == [False] * len(prompt_ids) + [True] * (len(trained.ids) - len(prompt_ids))
     core.post_processor = None  # no BOS: an empty plain prompt has no token to start from
     with pytest.raises(ValueError, match=r"in\.jsonl: record 2 \(id 'e'\): the prompt has no tokens"):
         encode_records([{"id": "p", "prompt": "hello"}, {"id": "e", "prompt": ""}],

@@ -7,6 +7,7 @@ with a generation prompt the text ends in `<|assistant|>\\n`.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 ZEPHYR_TEMPLATE = (
@@ -45,3 +46,30 @@ def prompt_messages(messages: list[dict], drop_system: bool = False) -> list[dic
     if drop_system:
         msgs = [m for m in msgs if m["role"] != "system"]
     return msgs
+
+
+_ADDS_BOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts BOS in front of plain text (Mistral's and Llama 2's do, SmolLM2's does not), found
+    by tokenising a letter: the `add_bos_token` attribute is not set by every way of loading a tokenizer."""
+    if tokenizer not in _ADDS_BOS:
+        bos = tokenizer.bos_token_id
+        _ADDS_BOS[tokenizer] = bos is not None and tokenizer("a")["input_ids"][:1] == [bos] and \
+            tokenizer("a", add_special_tokens=False)["input_ids"][:1] != [bos]
+    return _ADDS_BOS[tokenizer]
+
+
+def chat_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of rendered chat text, starting with exactly one BOS where the tokenizer adds one to plain text.
+
+    A template that writes `bos_token` itself (Mistral's, Llama 3's) keeps its own; one that does not (the zephyr
+    template of the paper's code) gets it in front, as the original run got it from vLLM, which tokenises a
+    rendered prompt with the tokenizer's special tokens. Training and decoding both tokenise through here, so a
+    fine-tune sees at inference the start it was trained with (before session 22 decoding added none, and training
+    added one even after a template's own)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
+        ids = [tokenizer.bos_token_id] + ids
+    return ids

@@ -19,7 +19,7 @@ from typing import Iterable
 
 import numpy as np
 
-from mnlu_jax.data.chat import render, resolve_template
+from mnlu_jax.data.chat import chat_ids, render, resolve_template
 from mnlu_jax.data.schema import DataError, Instance
 
 
@@ -39,27 +39,25 @@ def tokenize_instance(inst: Instance, tokenizer, template: str, max_len: int, ke
         raise DataError(f"instance {inst.id}: empty assistant answer")
     prompt_text = render(tokenizer, msgs[:-1], template, add_generation_prompt=True)
     full_text = render(tokenizer, msgs, template, add_generation_prompt=False)
-    prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    full = tokenizer(full_text, add_special_tokens=False)["input_ids"]
+    prompt = chat_ids(tokenizer, prompt_text)  # with the one BOS decoding gives it too (data/chat.py)
+    full = chat_ids(tokenizer, full_text)
     if full[: len(prompt)] != prompt:
         raise DataError(f"instance {inst.id}: the rendered prompt does not tokenise to a prefix of the conversation; "
                         "the chat template breaks the assistant-mask computation")
     answer = full[len(prompt):]
     if not answer:
         raise DataError(f"instance {inst.id}: zero trainable tokens after the prompt")
-    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None else []
     truncated = False
-    budget = max_len - len(bos)
-    if len(prompt) + len(answer) > budget:
+    if len(prompt) + len(answer) > max_len:
         truncated = True
-        answer = answer[: max(budget - min(min_prompt, len(prompt)), 1)]
-        room = budget - len(answer)
+        answer = answer[: max(max_len - min(min_prompt, len(prompt)), 1)]
+        room = max_len - len(answer)
         if len(prompt) > room:
-            head = min(keep_head, room // 2)
+            head = min(keep_head, room // 2)  # the head keeps the BOS and the instruction
             prompt = prompt[:head] + prompt[len(prompt) - (room - head):]
-    ids = np.asarray(bos + prompt + answer, np.int32)
+    ids = np.asarray(prompt + answer, np.int32)
     mask = np.zeros(len(ids), bool)
-    mask[len(bos) + len(prompt):] = True
+    mask[len(prompt):] = True
     return Tokenized(ids, mask, truncated)
 
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from mnlu_jax.config import changed_settings, write_text_atomic
 from mnlu_jax.data.schema import iter_jsonl
-from mnlu_jax.data.chat import prompt_messages, render, resolve_template
+from mnlu_jax.data.chat import adds_bos, chat_ids, prompt_messages, render, resolve_template
 from mnlu_jax.decode.engine import PROMPT_OVERFLOW, DecodeConfig, Generator, cast_params
 from mnlu_jax.weights.convert import load_model, load_tokenizer
 
@@ -111,7 +111,7 @@ def encode_records(records: list[dict], tokenizer, template: str | None, drop_sy
     for n, rec in enumerate(records, 1):
         if "messages" in rec:
             text = render(tokenizer, prompt_messages(rec["messages"], drop_system), tpl, add_generation_prompt=True)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = chat_ids(tokenizer, text)  # one BOS where the tokenizer adds one, as training had (data/chat.py)
         elif "prompt" in rec:
             # with the tokenizer's special tokens (Mistral's and Llama's BOS), as vLLM's generate() and transformers'
             # pipelines tokenize a plain prompt; a rendered chat template writes its own
@@ -196,6 +196,9 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
     if any("messages" not in r and "prompt" in r for r in records):
         # plain prompts got no BOS before session 22; a record without this key is of that kind
         identity["plain_prompts"] = "with the tokenizer's special tokens"
+    if adds_bos(tokenizer) and any("messages" in r for r in records):
+        # chat prompts of a BOS-adding tokenizer (Mistral) start with one BOS since session 22, none before
+        identity["chat_prompt_bos"] = "one"
     check_run(out_path, identity)
     seen = done_records(out_path)
     ids = [str(r.get("id", i)) for i, r in enumerate(records)]
