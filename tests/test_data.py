@@ -1227,6 +1227,24 @@ def tiny_tok(sample_build):
     return train_tiny_tokenizer(instance_texts(inst), vocab_size=400)
 
 
+def test_build_counts_truncations_as_training_tokenises(sample_build, tiny_tok, tmp_path):
+    """build-data --tokenizer counts what the trainer would cut: sequences of max_seq_length + 1 tokens (inputs and
+    targets of max_seq_length each) in the training config's default template (it counted at max_seq_length with
+    the tokenizer's own template, one token short)."""
+    out, _ = sample_build
+    tiny_tok.save_pretrained(tmp_path / "tok")
+    inst = [i for f in sorted(out.glob("train-*.jsonl")) for i in read_instances(f)]
+    longest = max(len(tokenize_instance(i, tiny_tok, ZEPHYR_TEMPLATE, 10**6).ids) for i in inst)
+
+    def truncated(seq):
+        stats = run_build(ROOT / "configs/data/sample.yaml", tmp_path / f"b{seq}", tokenizer=str(tmp_path / "tok"),
+                          max_seq_length=seq)
+        return sum(d["truncated"] for d in stats["datasets"].values())
+
+    assert truncated(longest - 1) == 0  # the longest example just fits the trainer's sequence + 1
+    assert truncated(longest - 2) >= 1
+
+
 def test_sample_mix_covers_all_tasks(sample_build):
     out, stats = sample_build
     assert {"NER", "ETE", "EAE", "EAC", "DC", "RE", "NLI", "STS", "SUM"} <= set(stats["tasks"])

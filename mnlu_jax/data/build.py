@@ -264,7 +264,9 @@ def stats_markdown(stats: dict) -> str:
 
 
 def run_build(config_path: str | Path, out: str | Path, overrides: list[str] | None = None,
-              tokenizer: str | None = None, max_seq_length: int = 2048) -> dict:
+              tokenizer: str | None = None, max_seq_length: int = 2048, chat_template: str = "zephyr") -> dict:
+    """Read, render and mix the corpora of a mixer config into shards in `out`; with `tokenizer`, count per dataset
+    the instances training would truncate at `max_seq_length` with `chat_template` (the trainer's defaults)."""
     cfg = load_config(MixConfig, config_path, overrides)
     base = Path(cfg.base_dir) if cfg.base_dir else Path(config_path).parent
     if cfg.base_config:
@@ -280,7 +282,8 @@ def run_build(config_path: str | Path, out: str | Path, overrides: list[str] | N
         from mnlu_jax.data.tokenize import count_truncations
         from mnlu_jax.weights.convert import load_tokenizer
 
-        truncation = count_truncations(instances, load_tokenizer(tokenizer), max_seq_length)
+        # as the trainer tokenises: sequences of max_seq_length + 1 tokens give max_seq_length inputs and targets
+        truncation = count_truncations(instances, load_tokenizer(tokenizer), max_seq_length + 1, chat_template)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n_shards = max(1, math.ceil(len(instances) / cfg.shard_size))
@@ -302,11 +305,13 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="mixer YAML, e.g. configs/data/sample.yaml")
     p.add_argument("--out", required=True)
     p.add_argument("--tokenizer", help="count truncations at --max-seq-length with this tokenizer/checkpoint/GGUF")
-    p.add_argument("--max-seq-length", type=int, default=2048)
+    p.add_argument("--max-seq-length", type=int, default=2048, help="as the training config's data.max_seq_length")
+    p.add_argument("--chat-template", default="zephyr",
+                   help="as the training config's data.chat_template: zephyr | tokenizer | a Jinja file")
     p.add_argument("overrides", nargs="*", help="key=value overrides (e.g. style=medtuned total_instances=500)")
 
     def run(a):
-        stats = run_build(a.config, a.out, a.overrides, a.tokenizer, a.max_seq_length)
+        stats = run_build(a.config, a.out, a.overrides, a.tokenizer, a.max_seq_length, a.chat_template)
         print(stats_markdown(stats))
         print(f"wrote {stats['total']} instances to {a.out}")
         return 0
