@@ -413,6 +413,11 @@ def test_cli_merge_and_stats(hf_pair, tmp_path):
     row = next(r for r in rows if r["tensor"] == "model.norm.weight")
     assert row["delta_norm_1"] == 0.0 and row["zero_fraction_1"] == 1.0 and row["delta_norm_0"] > 0
     assert (tmp_path / "st" / "merge_stats.png").exists()
+    assert json.loads((tmp_path / "st" / "merge_stats_models.json").read_text())["models"] == {
+        "0": str(Path(ft).absolute()), "1": str(Path(base).absolute())}
+    from mnlu_jax.merge.stats import short_names
+
+    assert short_names(["runs/x/train/final", "merged"]) == ["0: train/final", "1: merged"]
 
 
 def test_models_equal_to_base_are_elided_without_changing_the_result(hf_pair, tmp_path):

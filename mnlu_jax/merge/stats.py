@@ -54,12 +54,22 @@ def merge_stats(base: str | Path, models: list[str | Path], out: str | Path, plo
         w.writeheader()
         w.writerows(rows)
     (out / "merge_stats.json").write_text(json.dumps(rows, indent=1))
+    # which model each column's index is (the columns stay indexed: names can be long and repeat)
+    (out / "merge_stats_models.json").write_text(json.dumps(
+        {"base": str(Path(base).absolute()), "models": {str(i): str(Path(m).absolute()) for i, m in enumerate(models)}},
+        indent=1))
     if plot:
-        _plot(rows, len(ms), out / "merge_stats.png")
+        _plot(rows, short_names(models), out / "merge_stats.png")
     return rows
 
 
-def _plot(rows: list[dict], n_models: int, path: Path) -> None:
+def short_names(paths: list[str | Path]) -> list[str]:
+    """Legend labels: `i: parent/name` (a trainer's `final` or a hub snapshot needs its parent to be told apart)."""
+    return [f"{i}: {Path(p).parent.name}/{Path(p).name}" if Path(p).parent.name else f"{i}: {Path(p).name}"
+            for i, p in enumerate(paths)]
+
+
+def _plot(rows: list[dict], names: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,18 +83,19 @@ def _plot(rows: list[dict], n_models: int, path: Path) -> None:
         if index is not None:
             layers.setdefault(index, []).append(r)
     xs = sorted(layers)
+    n_models = len(names)
     panels = 2 if n_models > 1 else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
     for i in range(n_models):
         axes[0][0].plot(xs, [np.mean([r[f"relative_delta_{i}"] for r in layers[x]]) for x in xs], marker="o",
-                        label=f"model {i}")
+                        label=names[i])
     axes[0][0].set(xlabel="layer", ylabel="mean ‖δ‖/‖θ_base‖", title="relative delta per layer")
     axes[0][0].legend()
     if n_models > 1:
         axes[0][1].plot(xs, [np.mean([r["cosine_0_1"] for r in layers[x]]) for x in xs], marker="o", label="cosine")
         axes[0][1].plot(xs, [np.mean([r["sign_conflict_0_1"] for r in layers[x]]) for x in xs], marker="s",
                         label="sign conflict")
-        axes[0][1].set(xlabel="layer", title="model 0 vs model 1")
+        axes[0][1].set(xlabel="layer", title=f"{names[0]} vs {names[1]}")
         axes[0][1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
