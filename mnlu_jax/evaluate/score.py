@@ -134,16 +134,18 @@ def plot_bars(results: dict[str, dict], path: Path, mode: str = "paper") -> None
     width = 0.8 / (len(systems) + 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4))
     x = np.arange(len(names))
-    paper = [PAPER_TABLE5[n][4] or 0 for n in names]
+    # a score that does not exist (a set a system was not run on, the paper's "-") draws no bar, not a zero
+    paper = [np.nan if PAPER_TABLE5[n][4] is None else PAPER_TABLE5[n][4] for n in names]
     ax.bar(x, paper, width, label="BioMistral-NLU (paper)", color="#bbbbbb")
     for k, s in enumerate(systems):
-        vals = [results[s]["datasets"][n][mode]["score"] if n in results[s]["datasets"] else 0 for n in names]
+        vals = [results[s]["datasets"][n][mode]["score"] if n in results[s]["datasets"] else np.nan for n in names]
         ax.bar(x + (k + 1) * width, vals, width, label=s)
     ax.set_xticks(x + width * len(systems) / 2)
     ax.set_xticklabels(names, rotation=40, ha="right")
     ax.set_ylabel(f"score ({mode} mode)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=8)
+    # above the axes: inside, it covered the last sets' bars
+    ax.legend(fontsize=8, ncol=len(systems) + 1, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -152,8 +154,8 @@ def plot_bars(results: dict[str, dict], path: Path, mode: str = "paper") -> None
     charts.mkdir(exist_ok=True)
     for n in names:
         labels = [*PAPER_SYSTEMS, *systems]
-        vals = [v or 0 for v in PAPER_TABLE5[n]] + [results[s]["datasets"][n][mode]["score"] if n in results[s]["datasets"]
-                                                   else 0 for s in systems]
+        vals = [np.nan if v is None else v for v in PAPER_TABLE5[n]] + [
+            results[s]["datasets"][n][mode]["score"] if n in results[s]["datasets"] else np.nan for s in systems]
         fig, ax = plt.subplots(figsize=(6, 3))
         ax.bar(range(len(labels)), vals, color=["#bbbbbb"] * len(PAPER_SYSTEMS) + ["#1f77b4"] * len(systems))
         ax.set_xticks(range(len(labels)))
