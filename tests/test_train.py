@@ -72,6 +72,19 @@ def test_nan_stops_cleanly_with_last_good_checkpoint(sample_data, tmp_path, log_
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state["params"]))
 
 
+def test_a_resumed_run_keeps_the_metrics_of_the_steps_it_does_not_repeat(tmp_path):
+    """metrics.jsonl after a kill: the records past the checkpoint and a torn last one go, so the resumed run's
+    records follow on (appending glued its first record to the torn line, and repeated steps twice)."""
+    from mnlu_jax.train.loop import _keep_metrics_through
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": i, "loss": 1.0 / i}) + "\n" for i in range(1, 6)) + '{"step": 6, "lo')
+    _keep_metrics_through(path, 3)
+    assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [1, 2, 3]
+    _keep_metrics_through(path, 0)  # a run started over
+    assert path.read_text() == ""
+
+
 def test_sigterm_writes_a_restorable_checkpoint(sample_data, tmp_path, monkeypatch):
     """SIGTERM arrives during step 3 (sent from the progress bar's update, so it does not race the training speed:
     a timer once fired after a fast run had already finished)."""

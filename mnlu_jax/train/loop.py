@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from mnlu_jax.config import changed_settings, save_config, to_dict
+from mnlu_jax.config import changed_settings, save_config, to_dict, write_text_atomic
 from mnlu_jax.data.loader import count_batches, make_dataset
 from mnlu_jax.data.schema import read_instances, shard_files
 from mnlu_jax.data.tokenize import tokenize_all
@@ -182,6 +182,8 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
     max_runs, warned = 0, False
     writer = _tensorboard(out) if cfg.tensorboard and jax.process_index() == 0 else None
     wandb_run = _wandb(cfg) if cfg.wandb_project and jax.process_index() == 0 else None
+    if jax.process_index() == 0:
+        _keep_metrics_through(out / "metrics.jsonl", start)
     metrics_f = open(out / "metrics.jsonl", "a") if jax.process_index() == 0 else None
     bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", disable=not progress or jax.process_index())
     last_good = mngr.latest_step()
@@ -320,6 +322,23 @@ def _wandb(cfg: TrainConfig):
     from mnlu_jax.config import to_dict
 
     return wandb.init(project=cfg.wandb_project, config=to_dict(cfg), dir=cfg.output_dir)
+
+
+def _keep_metrics_through(path: Path, step: int) -> None:
+    """Before (re)starting at `step`, keep the metrics records of steps up to it and drop the rest: the steps after
+    the checkpoint are trained and logged again, and a record torn by a kill mid-write would otherwise be glued to
+    the next run's first line."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # torn by a kill (or glued to the next run's first record by versions before session 22)
+        if isinstance(rec, dict) and rec.get("step", step + 1) <= step:
+            kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))
 
 
 def _plot_loss(out: Path) -> None:
