@@ -180,7 +180,7 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
     peak = cfg.peak_tflops_per_device or peak_tflops(jax.devices()[0])
     packed_runs = config.packed_attention_runs if _packed_attention_active(config) else None
     max_runs, warned = 0, False
-    writer = _tensorboard(out) if cfg.tensorboard and jax.process_index() == 0 else None
+    writer = _tensorboard(out, start) if cfg.tensorboard and jax.process_index() == 0 else None
     wandb_run = _wandb(cfg) if cfg.wandb_project and jax.process_index() == 0 else None
     if jax.process_index() == 0:
         _keep_metrics_through(out / "metrics.jsonl", start)
@@ -307,13 +307,15 @@ def _finish(cfg: TrainConfig, params, config: ModelConfig, out: Path, tok_src) -
     multihost_utils.sync_global_devices("mnlu_jax: final outputs written")
 
 
-def _tensorboard(out: Path):
+def _tensorboard(out: Path, start: int = 0):
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
         print("tensorboardX not installed: no TensorBoard events (pip install tensorboardX)")
         return None
-    return SummaryWriter(str(out / "tensorboard"))
+    # purge_step: TensorBoard hides the events past the checkpoint a resumed run starts from, as metrics.jsonl drops
+    # them, so the steps trained again are not drawn twice
+    return SummaryWriter(str(out / "tensorboard"), purge_step=start + 1 if start else None)
 
 
 def _wandb(cfg: TrainConfig):
