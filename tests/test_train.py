@@ -85,6 +85,34 @@ def test_a_resumed_run_keeps_the_metrics_of_the_steps_it_does_not_repeat(tmp_pat
     assert path.read_text() == ""
 
 
+def test_a_resumed_run_continues_its_wandb_run(sample_data, tmp_path, monkeypatch):
+    """wandb (optional, not installed here) through a stand-in module: the resumed run opens the same wandb run
+    (id kept in output_dir, resume="allow"), logs only the steps after its checkpoint, and finishes it."""
+    import types
+
+    calls = []
+
+    class Run:
+        def __init__(self, **kw):
+            calls.append(("init", kw))
+
+        def log(self, rec, step):
+            calls.append(("log", step))
+
+        def finish(self):
+            calls.append(("finish", None))
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: Run(**kw)))
+    out = tmp_path / "wb"
+    run_train(cfg_for(sample_data, out, "max_steps=2", "checkpoint.every_steps=1", "wandb_project=p"), progress=False)
+    run_train(cfg_for(sample_data, out, "max_steps=4", "checkpoint.every_steps=1", "wandb_project=p"), progress=False)
+    inits = [kw for what, kw in calls if what == "init"]
+    assert len(inits) == 2 and inits[0]["id"] == inits[1]["id"] == (out / "wandb_run_id").read_text().strip()
+    assert all(kw["resume"] == "allow" and kw["project"] == "p" for kw in inits)
+    assert [c for c in calls if c[0] != "init"] == [("log", 1), ("log", 2), ("finish", None), ("log", 3),
+                                                   ("log", 4), ("finish", None)]
+
+
 def test_sigterm_writes_a_restorable_checkpoint(sample_data, tmp_path, monkeypatch):
     """SIGTERM arrives during step 3 (sent from the progress bar's update, so it does not race the training speed:
     a timer once fired after a fast run had already finished)."""

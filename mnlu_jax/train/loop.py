@@ -181,7 +181,7 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
     packed_runs = config.packed_attention_runs if _packed_attention_active(config) else None
     max_runs, warned = 0, False
     writer = _tensorboard(out, start) if cfg.tensorboard and jax.process_index() == 0 else None
-    wandb_run = _wandb(cfg) if cfg.wandb_project and jax.process_index() == 0 else None
+    wandb_run = _wandb(cfg, out) if cfg.wandb_project and jax.process_index() == 0 else None
     if jax.process_index() == 0:
         _keep_metrics_through(out / "metrics.jsonl", start)
     metrics_f = open(out / "metrics.jsonl", "a") if jax.process_index() == 0 else None
@@ -245,6 +245,8 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
             metrics_f.close()
         if writer:
             writer.close()
+        if wandb_run:
+            wandb_run.finish()
     _finish(cfg, state["params"], config, out, tok_src)
     summary = {"steps": step, "total_steps": total_steps, "truncated": dict(trunc), "history": history,
                "flops_per_token": fpt}
@@ -318,12 +320,20 @@ def _tensorboard(out: Path, start: int = 0):
     return SummaryWriter(str(out / "tensorboard"), purge_step=start + 1 if start else None)
 
 
-def _wandb(cfg: TrainConfig):
+def _wandb(cfg: TrainConfig, out: Path):
+    """A wandb run that a resumed training run continues: its id is kept in output_dir (each start used to open a
+    new wandb run, so one training run showed as several)."""
+    import secrets
+
     import wandb  # optional: only when wandb_project is set
 
-    from mnlu_jax.config import to_dict
-
-    return wandb.init(project=cfg.wandb_project, config=to_dict(cfg), dir=cfg.output_dir)
+    id_file = out / "wandb_run_id"
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = secrets.token_hex(4)
+        write_text_atomic(id_file, run_id + "\n")
+    return wandb.init(project=cfg.wandb_project, config=to_dict(cfg), dir=str(out), id=run_id, resume="allow")
 
 
 def _keep_metrics_through(path: Path, step: int) -> None:
