@@ -51,13 +51,23 @@ def prompt_messages(messages: list[dict], drop_system: bool = False) -> list[dic
 _ADDS_BOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def special_tokens_around(tokenizer) -> tuple[list[int], list[int]] | None:
+    """The ids the tokenizer puts before and after a text with its special tokens on (None when the plain text's ids
+    are not found among them), found by tokenising one: transformers decides it from the post-processor,
+    tokenizer_config.json or the tokenizer class, and the `add_bos_token` attribute is not set by every way of
+    loading a tokenizer. Shared by decoding and training (`chat_ids`) and the GGUF export's add_bos/eos keys."""
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    ids = tokenizer("x")["input_ids"]
+    start = next((i for i in range(len(ids) - len(plain) + 1) if ids[i:i + len(plain)] == plain), None)
+    return None if start is None else (ids[:start], ids[start + len(plain):])
+
+
 def adds_bos(tokenizer) -> bool:
-    """Whether the tokenizer puts BOS in front of plain text (Mistral's and Llama 2's do, SmolLM2's does not), found
-    by tokenising a letter: the `add_bos_token` attribute is not set by every way of loading a tokenizer."""
+    """Whether the tokenizer puts BOS in front of plain text (Mistral's and Llama 2's do, SmolLM2's does not)."""
     if tokenizer not in _ADDS_BOS:
-        bos = tokenizer.bos_token_id
-        _ADDS_BOS[tokenizer] = bos is not None and tokenizer("a")["input_ids"][:1] == [bos] and \
-            tokenizer("a", add_special_tokens=False)["input_ids"][:1] != [bos]
+        around = special_tokens_around(tokenizer)
+        _ADDS_BOS[tokenizer] = tokenizer.bos_token_id is not None and around is not None and \
+            around[0] == [tokenizer.bos_token_id]
     return _ADDS_BOS[tokenizer]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +40,15 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def done_records(path: Path) -> dict[str, dict]:
     """Records already written, by id. Only the last line may be torn (a crash mid-write: no newline after it, and
-    not JSON); it is dropped and the file rewritten without it. Anything else that is not a record with an id, or
-    an id written twice, is an error naming the line: resuming past it would drop or duplicate predictions."""
+    not JSON); it is cut off the file. Anything else that is not a record with an id, or an id written twice, is an
+    error naming the line: resuming past it would drop or duplicate predictions."""
     if not path.exists():
         return {}
     done: dict[str, dict] = {}
     where: dict[str, int] = {}
-    good = []
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    data = path.read_bytes()
+    lines = data.decode("utf-8").splitlines(keepends=True)
+    torn = False
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -54,7 +56,8 @@ def done_records(path: Path) -> dict[str, dict]:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             if n == len(lines) and not line.endswith("\n"):
-                break  # the torn last line
+                torn = True
+                break
             raise ValueError(f"{path}:{n}: not JSON ({e.msg}), and not a torn last line; fix or delete the line, "
                              "or delete the file to decode everything again") from e
         if not isinstance(rec, dict) or "id" not in rec:
@@ -63,8 +66,14 @@ def done_records(path: Path) -> dict[str, dict]:
         if key in done:
             raise ValueError(f"{path}:{n}: id {key!r} again (first on line {where[key]})")
         done[key], where[key] = rec, n
-        good.append(line if line.endswith("\n") else line + "\n")
-    write_text_atomic(path, "".join(good))
+    # Only the end of the file is mended, in place (it was rewritten whole on every resume): a torn line is cut off,
+    # a whole record that lost its newline gets it, so that the next append starts a line of its own.
+    if data and not data.endswith(b"\n"):
+        if torn:
+            os.truncate(path, data.rfind(b"\n") + 1)
+        else:
+            with open(path, "ab") as f:
+                f.write(b"\n")
     return done
 
 

@@ -193,19 +193,17 @@ def tokenizer_metadata(tok_dir: Path, vocab_size: int, tokenizer_pre: str | None
 
 
 def _special_tokens_added(tok_dir: Path, bos: int | None, eos: int | None) -> dict[str, bool]:
-    """Whether the tokenizer puts BOS before and EOS after a text, found by tokenizing one: transformers decides it
-    from the post-processor, tokenizer_config.json or the tokenizer class, and llama.cpp's own default differs by
-    tokenizer (on for `llama` and `llama-bpe`, off for `gpt-2`), so both keys are always written."""
+    """Whether the tokenizer puts BOS before and EOS after a text (`special_tokens_around`). llama.cpp's own default
+    differs by tokenizer (on for `llama` and `llama-bpe`, off for `gpt-2`), so both keys are always written."""
+    from mnlu_jax.data.chat import special_tokens_around
     from mnlu_jax.weights.convert import load_tokenizer
 
     tok = load_tokenizer(tok_dir)
-    plain = tok("x", add_special_tokens=False)["input_ids"]
-    ids = tok("x")["input_ids"]
-    start = next((i for i in range(len(ids) - len(plain) + 1) if ids[i:i + len(plain)] == plain), None)
-    before, after = (ids[:start], ids[start + len(plain):]) if start is not None else (None, None)
+    before, after = special_tokens_around(tok) or (None, None)
     if before not in ([], [bos]) or after not in ([], [eos]):
-        raise ValueError(f"{tok_dir}: the tokenizer turns 'x' {plain} into {ids} with its special tokens; GGUF can "
-                         f"only say whether BOS ({bos}) goes before a text and EOS ({eos}) after it")
+        raise ValueError(f"{tok_dir}: the tokenizer turns 'x' {tok('x', add_special_tokens=False)['input_ids']} into "
+                         f"{tok('x')['input_ids']} with its special tokens; GGUF can only say whether BOS ({bos}) "
+                         f"goes before a text and EOS ({eos}) after it")
     return {"add_bos_token": before == [bos], "add_eos_token": after == [eos]}
 
 
