@@ -122,7 +122,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     new one, never half of it."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -215,7 +215,7 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
               markdown(table5(results, "paper")), "## Official BLURB/BLUE scoring", "", markdown(table5(results, "official")),
               "![scores](scores_paper.png)", "", "![training loss](loss.png)", "",
               f"Stage times (s): {json.dumps(times)}", ""]
-        (out / "report" / "report.md").write_text("\n".join(md))
+        write_text_atomic(out / "report" / "report.md", "\n".join(md))
 
     st.run("report", report, False)
     print(f"report: {out / 'report' / 'report.md'}")

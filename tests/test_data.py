@@ -1191,6 +1191,51 @@ def test_document_id_list_selects_a_split(tmp_path):
         dataset_instances(spec, 0, "mnlu", tmp_path)
 
 
+def test_text_that_is_not_utf8_is_named_by_line_and_column(tmp_path):
+    """Every reader goes through read_text / read_bytes_as_utf8 / iter_jsonl, so a stray Latin-1 byte in a 100 MB
+    corpus is named by its line, not by a byte position in the whole file."""
+    from mnlu_jax.data.schema import iter_jsonl, read_bytes_as_utf8, read_text
+
+    iob = tmp_path / "train.tsv"
+    iob.write_bytes(b"We\tO\nsaw\tO\n\nna\xefve\tO\n")
+    for read in (read_text, read_bytes_as_utf8, READERS["iob"]):
+        with pytest.raises(DataError, match=r"train\.tsv:4: byte 0xef at column 3 is not UTF-8; expected UTF-8"):
+            read(iob)
+    assert read_text(iob, fallback="latin-1").splitlines()[3] == "na\u00efve\tO"
+    jl = tmp_path / "p.jsonl"
+    jl.write_bytes(b'{"id": "a"}\r\n\n{"id": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"p\.jsonl:3: byte 0xe9 at column 12 is not UTF-8"):
+        list(iter_jsonl(jl))
+    jl.write_bytes(b'{"id": "a"}\r\n\n{"id": "b"}')
+    assert list(iter_jsonl(jl)) == [(1, {"id": "a"}), (3, {"id": "b"})]
+    (tmp_path / "crlf.txt").write_bytes(b"a\r\nb\rc\n")
+    assert read_text(tmp_path / "crlf.txt") == "a\nb\nc\n"  # universal newlines, as Path.read_text gave
+    assert read_bytes_as_utf8(tmp_path / "crlf.txt") == "a\r\nb\rc\n"
+
+
+def test_instances_read_back_are_checked(tmp_path):
+    """MNLU-Instruct shards may come from elsewhere (the original's data, a user's own): a chat the trainer could
+    not render, options or gold of the wrong kind are named by file and line when read."""
+    from mnlu_jax.data.schema import read_instances
+
+    good = T.nli_instances([{"id": "p", "premise": "a", "hypothesis": "b", "label": "neutral"}], "x")[0][0]
+    base = json.loads(good.to_json())
+    assert list(read_instances(_write_lines(tmp_path / "ok.jsonl", [base])))[0] == good
+    bad = [({"messages": "hi"}, r"messages: expected a non-empty list"),
+           ({"messages": [{"role": "bot", "content": "a"}]}, r"messages\[0\]: expected \{\"role\""),
+           ({"messages": base["messages"][:1] + [{"role": "user", "content": 3}]}, r"messages\[1\]: expected"),
+           ({"options": "A, B"}, "options: expected a list of strings"), ({"gold": None}, "gold: expected an object")]
+    for change, match in bad:
+        path = _write_lines(tmp_path / "bad.jsonl", [base, {**base, **change}])
+        with pytest.raises(DataError, match=r"bad\.jsonl:2: " + match):
+            list(read_instances(path))
+
+
+def _write_lines(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
 def test_build_stats_list_what_was_left_out():
     from mnlu_jax.data.build import statistics, stats_markdown
 
@@ -1202,6 +1247,11 @@ def test_build_stats_list_what_was_left_out():
 def test_pubmedqa_bad_ground_truth_names_the_file(tmp_path):
     (tmp_path / "gt.json").write_text('{"1": "yes",')
     with pytest.raises(DataError, match=r"gt\.json: cannot read as JSON"):
+        READERS["pubmedqa"](SAMPLES / "pubmedqa/ori_pqal.json", ground_truth=tmp_path / "gt.json")
+    gt = json.loads((SAMPLES / "pubmedqa/test_ground_truth.json").read_text())
+    pmid = sorted(gt)[0]
+    (tmp_path / "gt.json").write_text(json.dumps({**gt, pmid: "perhaps"}))
+    with pytest.raises(DataError, match=rf"gt\.json: PMID {pmid} answer 'perhaps'; expected yes, no or maybe"):
         READERS["pubmedqa"](SAMPLES / "pubmedqa/ori_pqal.json", ground_truth=tmp_path / "gt.json")
 
 

@@ -249,6 +249,12 @@ def test_scoring_refuses_partial_or_repeated_predictions(eval_sets, tmp_path):
     with pytest.raises(ValueError, match=rf"HoC\.jsonl:{len(lines) + 1}: HoC instance '[^']+' again \(first at "
                                          r"HoC\.jsonl:1\)"):
         run_score({"ours": perfect}, tmp_path / "report", manifest=manifest)
+    (perfect / "HoC.jsonl").write_text("".join(lines[:1]) + json.dumps({**json.loads(lines[1]), "prediction": None})
+                                        + "\n")
+    with pytest.raises(ValueError, match=r"HoC\.jsonl:2: prediction: expected the model's output text, got "
+                                         r"NoneType None"):
+        run_score({"ours": perfect}, tmp_path / "report")
+    (perfect / "HoC.jsonl").write_text("".join(lines))
     with pytest.raises(FileNotFoundError, match="nowhere.json: no such manifest"):
         run_score({"ours": perfect}, tmp_path / "report", manifest=tmp_path / "nowhere.json")
     from mnlu_jax.decode.engine import DecodeConfig
@@ -256,6 +262,37 @@ def test_scoring_refuses_partial_or_repeated_predictions(eval_sets, tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"perfect: no manifest\.json \(build-eval writes"):
         run_evaluate("no-model-needed", perfect, tmp_path / "eval", DecodeConfig())  # refused before loading a model
+
+    # a torn or foreign manifest names the file and what it lacks (was a bare KeyError / JSON message)
+    (tmp_path / "torn.json").write_text(manifest.read_text()[:40])
+    with pytest.raises(ValueError, match=r"torn\.json: cannot read as JSON"):
+        run_score({"ours": perfect}, tmp_path / "report", manifest=tmp_path / "torn.json")
+    (tmp_path / "other.json").write_text('{"datasets": {}}')
+    with pytest.raises(ValueError, match=r"other\.json: sets: expected an object of eval sets"):
+        run_score({"ours": perfect}, tmp_path / "report", manifest=tmp_path / "other.json")
+    (tmp_path / "old.json").write_text('{"sets": {"HoC": {"file": "HoC.jsonl"}}}')
+    with pytest.raises(ValueError, match=r"old\.json: sets\.HoC: expected keys .*missing \['instances', 'gold_count'\]"):
+        run_score({"ours": perfect}, tmp_path / "report", manifest=tmp_path / "old.json")
+    with pytest.raises(ValueError, match=r"manifest\.json has no eval sets \['HoCC'\]; it has \["):
+        run_evaluate("no-model-needed", eval_sets, tmp_path / "eval", DecodeConfig(), names=["HoCC"])
+
+
+def test_scores_json_is_written_last(eval_sets, tmp_path, monkeypatch):
+    """The pipeline takes eval/<name>/scores.json as a finished evaluation: a report stopped part way (here in the
+    plot) must not leave one behind."""
+    from mnlu_jax.evaluate import score as S
+
+    perfect = tmp_path / "perfect"
+    _with_predictions(eval_sets, perfect, lambda r: r["messages"][-1]["content"])
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(S, "plot_bars", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_score({"ours": perfect}, tmp_path / "report", manifest=eval_sets / "manifest.json")
+    assert (tmp_path / "report" / "table5_paper.md").exists() and not (tmp_path / "report" / "scores.json").exists()
+    assert not list((tmp_path / "report").glob(".*.tmp"))
 
 
 def test_aggregates():

@@ -17,11 +17,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-from mnlu_jax.config import load_config, save_config
+from mnlu_jax.config import load_config, save_config, write_text_atomic
 from mnlu_jax.data import tasks as T
 from mnlu_jax.data.formats import READERS
 from mnlu_jax.data.formats.hf import HUB_PREFIX
-from mnlu_jax.data.schema import DataError, Instance, shard_name, write_jsonl
+from mnlu_jax.data.schema import DataError, Instance, read_text, shard_name, write_jsonl
 
 
 @dataclasses.dataclass
@@ -82,9 +82,9 @@ def listed_documents(docs: list[dict], id_file: Path, dataset: str) -> tuple[lis
     """The documents whose ids `id_file` lists (one a line, blank lines ignored), in the reader's order, and how
     many were not listed. A listed id without a document is a DataError: a list for another release or folder."""
     try:
-        wanted = {line.strip() for line in id_file.read_text(encoding="utf-8").splitlines() if line.strip()}
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"dataset {dataset}: document_ids {id_file}: cannot read ({e})") from e
+        wanted = {line.strip() for line in read_text(id_file).splitlines() if line.strip()}
+    except DataError as e:
+        raise DataError(f"dataset {dataset}: document_ids {e}") from e
     if not wanted:
         raise DataError(f"dataset {dataset}: document_ids {id_file}: no ids")
     missing = sorted(wanted - {str(d["id"]) for d in docs})
@@ -294,8 +294,8 @@ def run_build(config_path: str | Path, out: str | Path, overrides: list[str] | N
         if old.name not in written:
             old.unlink()
     stats = statistics(instances, notes, truncation)
-    (out / "stats.json").write_text(json.dumps(stats, indent=2))
-    (out / "stats.md").write_text(stats_markdown(stats))
+    write_text_atomic(out / "stats.json", json.dumps(stats, indent=2))
+    write_text_atomic(out / "stats.md", stats_markdown(stats))
     save_config(cfg, out / "mix_config.yaml")
     return stats
 

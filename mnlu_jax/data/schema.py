@@ -58,11 +58,31 @@ class Instance:
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in d]
         if missing:
             raise DataError(f"{where}: missing field(s) {missing}")
+        check_messages(d["messages"], where)
+        if not isinstance(d["options"], list) or not all(isinstance(o, str) for o in d["options"]):
+            raise DataError(f"{where}: options: expected a list of strings, got {d['options']!r:.80}")
+        if not isinstance(d["gold"], dict):
+            raise DataError(f"{where}: gold: expected an object, got {d['gold']!r:.80}")
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
 
     @property
     def answer(self) -> str:
         return self.messages[-1]["content"] if self.messages and self.messages[-1]["role"] == "assistant" else ""
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def check_messages(messages: Any, where: str) -> None:
+    """A chat as training and decoding read it: a non-empty list of {"role": system|user|assistant, "content":
+    str}; anything else (a string, a "bot" role, a missing or non-text content) names the message."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: messages: expected a non-empty list of {{role, content}} objects, got "
+                        f"{messages!r:.80}")
+    for k, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: messages[{k}]: expected {{\"role\": one of {list(ROLES)}, \"content\": "
+                            f"text}}, got {m!r:.120}")
 
 
 def _punctuation_blanked(got: str, expected: str) -> bool:
@@ -122,17 +142,45 @@ def resolve_concept_relations(entities: list[dict], relations: list[tuple[str, s
     return resolved, unresolved
 
 
-def read_text(path: Path, fallback: str | None = None) -> str:
-    """A UTF-8 text file's contents (universal newlines), or, if it is not UTF-8, decoded as `fallback` (for the
-    releases written in Latin-1, such as EU-ADR's); an unreadable or undecodable file is a DataError naming it."""
+def not_utf8(path: Path, e: UnicodeDecodeError, line: int | None = None) -> DataError:
+    """A DataError naming the file, line and column of the first byte that is not UTF-8 (`e.object` is the bytes
+    decoded: the whole file, or with `line` given, that line)."""
+    data, at = e.object, e.start
+    if line is None:
+        line = data.count(b"\n", 0, at) + 1
+    column = at - (data.rfind(b"\n", 0, at) + 1) + 1
+    return DataError(f"{path}:{line}: byte 0x{data[at]:02x} at column {column} is not UTF-8; expected UTF-8 text "
+                     "(convert the file, e.g. iconv -f latin1 -t utf-8)")
+
+
+def read_bytes_as_utf8(path: Path) -> str:
+    """A UTF-8 file's contents exactly as written (no newline translation: for offsets that count every byte's
+    character); a DataError names the file, and the line of the first byte that is not UTF-8."""
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        if fallback is None:
-            raise DataError(f"{path}: cannot read ({e})") from e
-        return Path(path).read_text(encoding=fallback)
+        raw = Path(path).read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e})") from e
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from e
+
+
+def read_text(path: Path, fallback: str | None = None) -> str:
+    """A UTF-8 text file's contents (universal newlines), or, if it is not UTF-8, decoded as `fallback` (for the
+    releases written in Latin-1, such as EU-ADR's); an unreadable or undecodable file is a DataError naming it (and
+    the line of the first undecodable byte)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if fallback is None:
+            raise not_utf8(path, e) from e
+        text = raw.decode(fallback)
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as Path.read_text gives
 
 
 def input_files(path: Path, pattern: str, what: str) -> list[Path]:
@@ -246,8 +294,16 @@ def shard_files(folder: str | Path) -> list[Path]:
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line; invalid JSON or a non-object names the file and line."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    try:
+        f = open(path, "rb")  # bytes, so that a line that is not UTF-8 is named by its number
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+    with f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise not_utf8(path, e, line=n) from e
             if not line.strip():
                 continue
             try:

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from mnlu_jax.decode.engine import DecodeConfig
+from mnlu_jax.config import write_text_atomic
+from mnlu_jax.decode.engine import DecodeConfig, parse_buckets
 
 
 def run_evaluate(model, eval_dir: str | Path, out: str | Path, decode: DecodeConfig, chat_template: str | None = None,
@@ -18,22 +19,28 @@ def run_evaluate(model, eval_dir: str | Path, out: str | Path, decode: DecodeCon
     from mnlu_jax.decode.generate import load_generator, run_generate
     from mnlu_jax.evaluate.score import run_score
 
+    from mnlu_jax.evaluate.sets import read_manifest
+
     eval_dir, out = Path(eval_dir), Path(out)
     if not (eval_dir / "manifest.json").is_file():
         raise FileNotFoundError(f"{eval_dir}: no manifest.json (build-eval writes the eval sets and their manifest)")
-    manifest = json.loads((eval_dir / "manifest.json").read_text())
+    sets = read_manifest(eval_dir / "manifest.json")
+    unknown = sorted(set(names or ()) - set(sets))
+    if unknown:
+        raise ValueError(f"{eval_dir}/manifest.json has no eval sets {unknown}; it has {sorted(sets)}")
     generator, tokenizer = load_generator(model, decode, dtype, tokenizer, config)
     pred_dir = out / "predictions"
     stats = {}
-    for name, info in manifest["sets"].items():
+    for name, info in sets.items():
         if names and name not in names:
             continue
         stats[name] = run_generate(model, eval_dir / info["file"], pred_dir / info["file"], decode,
                                    chat_template=chat_template, drop_system=drop_system, tokenizer=tokenizer,
                                    progress=progress, generator=generator, dtype=dtype,
                                    model_name=None if isinstance(model, (str, Path)) else system_name)
-    run_score({system_name: pred_dir}, out, manifest=eval_dir / "manifest.json")
-    (out / "generation_stats.json").write_text(json.dumps(stats, indent=2, default=str))
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "generation_stats.json", json.dumps(stats, indent=2, default=str))
+    run_score({system_name: pred_dir}, out, manifest=eval_dir / "manifest.json")  # scores.json last: the done mark
     return stats
 
 
@@ -89,7 +96,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
     def evaluate(a):
         dc = DecodeConfig(batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
-                          buckets=tuple(int(x) for x in a.buckets.split(",")), prefill_batch=min(4, a.batch_size),
+                          buckets=parse_buckets(a.buckets), prefill_batch=min(4, a.batch_size),
                           layer_loop=a.layer_loop, prefix_cache=not a.no_prefix_cache, speculate=a.speculate,
                           prompt_overflow=a.prompt_overflow)
         run_evaluate(a.model, a.eval_dir, a.out, dc, a.chat_template, a.drop_system, a.dtype, a.name)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from mnlu_jax.config import write_text_atomic
 from mnlu_jax.evaluate.metrics import score_records
 from mnlu_jax.data.schema import Instance, iter_jsonl
-from mnlu_jax.evaluate.sets import BY_NAME, EVAL_SETS, gold_count
+from mnlu_jax.evaluate.sets import BY_NAME, EVAL_SETS, gold_count, read_manifest
 
 # The paper's Table 5 (zero-shot; NER 2-shot for the open models): ChatGPT (1-shot), GPT-4, LLaMA-3.1-8B,
 # BioMistral-7B baseline and BioMistral-NLU. None where the paper reports "-".
@@ -44,6 +46,9 @@ def load_predictions(path: str | Path) -> dict[str, list[dict]]:
             for k in ("dataset", "type", "options", "gold", "prediction"):
                 if k not in r:
                     raise ValueError(f"{f}:{n}: record lacks {k!r} (expected an eval instance plus 'prediction')")
+            if not isinstance(r["prediction"], str):  # e.g. a failed request's null: not to be scored as "None"
+                raise ValueError(f"{f}:{n}: prediction: expected the model's output text, got "
+                                 f"{type(r['prediction']).__name__} {r['prediction']!r}")
             if "id" in r:  # an instance scored twice would count twice
                 key = (str(r["dataset"]), str(r["id"]))
                 if key in seen:
@@ -183,13 +188,15 @@ def write_report(results: dict[str, dict], out: str | Path) -> dict:
                     with open(edir / f"{name.replace(' ', '_')}.jsonl", "w") as f:
                         for e in errs:
                             f.write(json.dumps(e) + "\n")
-    (out / "scores.json").write_text(json.dumps(slim, indent=2))
     for mode in ("paper", "official"):
         rows = table5(results, mode)
-        (out / f"table5_{mode}.md").write_text(markdown(rows))
-        with open(out / f"table5_{mode}.csv", "w", newline="") as f:
-            csv.writer(f).writerows(rows)
+        write_text_atomic(out / f"table5_{mode}.md", markdown(rows))
+        table = io.StringIO(newline="")
+        csv.writer(table).writerows(rows)
+        write_text_atomic(out / f"table5_{mode}.csv", table.getvalue())
         plot_bars(results, out / f"scores_{mode}.png", mode)
+    # last and whole: the pipeline takes a scores.json as a finished evaluation
+    write_text_atomic(out / "scores.json", json.dumps(slim, indent=2))
     return slim
 
 
@@ -200,9 +207,7 @@ def run_score(predictions: dict[str, str | Path], out: str | Path, manifest: str
     results = {}
     sets = {}
     if manifest is not None:
-        if not Path(manifest).is_file():
-            raise FileNotFoundError(f"{manifest}: no such manifest (build-eval writes manifest.json beside the sets)")
-        sets = json.loads(Path(manifest).read_text())["sets"]
+        sets = read_manifest(manifest)
     counts = {k: v["gold_count"] for k, v in sets.items()}
     for system, path in predictions.items():
         preds = load_predictions(path)

@@ -21,7 +21,8 @@ from typing import Callable
 from mnlu_jax.data import labels as L
 from mnlu_jax.data import tasks as T
 from mnlu_jax.data.formats import READERS
-from mnlu_jax.data.schema import Instance, write_jsonl
+from mnlu_jax.config import write_text_atomic
+from mnlu_jax.data.schema import DataError, Instance, read_json_object, read_text, write_jsonl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +67,7 @@ def _pico(root, es, shots, seed):
 
 def _hoc(root, es, shots, seed):
     # BLUE's and BLURB's own form (labels, sentence, index) or the generic id/text/labels TSV
-    with open(root / es.files[0], encoding="utf-8") as f:
-        head = {h.strip() for h in f.readline().lower().split("\t")}
+    head = {h.strip() for h in read_text(root / es.files[0]).split("\n", 1)[0].lower().split("\t")}
     reader = "hoc_tsv" if {"labels", "sentence", "index"} <= head else "classification_tsv"
     docs = READERS[reader](root / es.files[0])
     return T.dc_instances(docs, es.name, L.HOC_HALLMARKS, "cancer hallmark", seed)
@@ -172,5 +172,26 @@ def build_eval(benchmark: str, data_root: str | Path, out: str | Path, shots: in
                                      "benchmarks": list(es.benchmarks)}
         log(f"{es.name:14s} {len(inst):6d} instances, gold {n} {es.count_unit} (paper: {es.paper_count})")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    # written last and whole: its presence is what says the sets are built (evaluate, pipeline)
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
+
+
+MANIFEST_SET_KEYS = ("file", "instances", "gold_count")
+
+
+def read_manifest(path: str | Path) -> dict[str, dict]:
+    """build-eval's manifest.json -> its "sets" (name -> file, instances, gold_count, ...); a missing file, a file
+    that is not JSON or a set without the keys the readers use is an error naming the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such manifest (build-eval writes manifest.json beside the sets)")
+    sets = read_json_object(path, "build-eval's manifest (an object with \"sets\")").get("sets")
+    if not isinstance(sets, dict):
+        raise DataError(f"{path}: sets: expected an object of eval sets (name -> file, instances, gold_count), got "
+                        f"{type(sets).__name__ if sets is not None else 'nothing'}")
+    for name, info in sets.items():
+        missing = [k for k in MANIFEST_SET_KEYS if not isinstance(info, dict) or k not in info]
+        if missing:
+            raise DataError(f"{path}: sets.{name}: expected keys {list(MANIFEST_SET_KEYS)}, missing {missing}")
+    return sets

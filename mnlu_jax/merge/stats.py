@@ -8,12 +8,14 @@ deltas disagree in sign: what TIES' sign election resolves). Written as CSV, JSO
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from mnlu_jax.config import write_text_atomic
 
 
 def tensor_stats(base: np.ndarray, models: list[np.ndarray]) -> dict:
@@ -49,13 +51,14 @@ def merge_stats(base: str | Path, models: list[str | Path], out: str | Path, plo
         rows.append(row)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "merge_stats.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (out / "merge_stats.json").write_text(json.dumps(rows, indent=1))
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(out / "merge_stats.csv", table.getvalue())
+    write_text_atomic(out / "merge_stats.json", json.dumps(rows, indent=1))
     # which model each column's index is (the columns stay indexed: names can be long and repeat)
-    (out / "merge_stats_models.json").write_text(json.dumps(
+    write_text_atomic(out / "merge_stats_models.json", json.dumps(
         {"base": str(Path(base).absolute()), "models": {str(i): str(Path(m).absolute()) for i, m in enumerate(models)}},
         indent=1))
     if plot:

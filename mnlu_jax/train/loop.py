@@ -251,7 +251,8 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
     summary = {"steps": step, "total_steps": total_steps, "truncated": dict(trunc), "history": history,
                "flops_per_token": fpt}
     if jax.process_index() == 0:
-        (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+        write_text_atomic(out / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "history"},
+                                                           indent=2))
         _plot_loss(out)
     return summary
 
@@ -303,9 +304,10 @@ def _finish(cfg: TrainConfig, params, config: ModelConfig, out: Path, tok_src) -
         (final / "config.json").write_text(json.dumps(final_cfg.to_hf_dict(), indent=2))
         for f in (out / "tokenizer").iterdir():
             shutil.copy2(f, final / f.name)
-        (final / MARKER).write_text(json.dumps({"format": 1, "source": "mnlu-jax train"}, indent=2))
         if host is not None:
             export_hf(host, final_cfg, out / "hf", tokenizer_dir=out / "tokenizer", progress=False)
+        # last: a pipeline rerun takes the marker as a finished run, so it must not precede the HF export
+        write_text_atomic(final / MARKER, json.dumps({"format": 1, "source": "mnlu-jax train"}, indent=2))
     multihost_utils.sync_global_devices("mnlu_jax: final outputs written")
 
 

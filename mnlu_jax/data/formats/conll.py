@@ -146,7 +146,7 @@ def read_ebmnlp(path: str | Path, split: str = "test/gold", annotations: str = "
         tok_file = root / "documents" / f"{pmid}.tokens"
         if not tok_file.exists():
             raise DataError(f"{tok_file}: missing tokens for annotated PMID {pmid}")
-        tokens = tok_file.read_text(encoding="utf-8").split()
+        tokens = read_text(tok_file).split()
         offsets, pos = [], 0
         for t in tokens:
             offsets.append((pos, pos + len(t)))
@@ -157,7 +157,7 @@ def read_ebmnlp(path: str | Path, split: str = "test/gold", annotations: str = "
             ann = ann_dirs[k] / f"{pmid}.AGGREGATED.ann"
             if not ann.exists():
                 continue
-            labels = ann.read_text().split()
+            labels = read_text(ann).split()
             if len(labels) != len(tokens):
                 raise DataError(f"{ann}: {len(labels)} labels for {len(tokens)} tokens in {tok_file.name}")
             start = None

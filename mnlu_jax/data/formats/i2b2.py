@@ -33,7 +33,8 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError, check_span, input_files, read_text, read_xml_root
+from mnlu_jax.data.schema import (DataError, check_span, input_files, read_bytes_as_utf8, read_text,
+                                  read_xml_root)
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def read_i2b2_2010(path: str | Path) -> list[dict]:
         raise DataError(f"{base}: no .txt files (expected txt/ with concept/ and rel/)")
     docs = []
     for txt in txts:
-        text = txt.read_text(encoding="utf-8")
+        text = read_text(txt)
         offs = _token_offsets(text)
         ents, key_to_id, rels = [], {}, []
         con = _find(base, "concept", txt.stem, ".con")
@@ -104,7 +105,7 @@ def read_i2b2_2010(path: str | Path) -> list[dict]:
             key_to_id[position] = eid
         rel = _find(base, "rel", txt.stem, ".rel")
         if rel is not None:
-            for n, line in enumerate(rel.read_text(encoding="utf-8").splitlines(), 1):
+            for n, line in enumerate(read_text(rel).splitlines(), 1):
                 if not line.strip():
                     continue
                 m = _REL.match(line.strip())
@@ -264,10 +265,7 @@ def read_i2b2_2014_deid(path: str | Path, level: str = "type") -> list[dict]:
         raise ValueError(f"level: expected 'type' or 'category', got {level!r}")
     docs = []
     for f in input_files(Path(path), "*.xml", "i2b2 2014 de-identification .xml files"):
-        try:
-            raw = f.read_bytes().decode("utf-8")  # no newline translation: the offsets count what the file holds
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"{f}: cannot read ({e})") from e
+        raw = read_bytes_as_utf8(f)  # no newline translation: the offsets count what the file holds
         cdata, tags = _cdata_text_and_tags(raw, f, tags_required=True)
         texts = [cdata] + ([cdata.replace("\r\n", "\n")] if "\r\n" in cdata else [])
         for k, text in enumerate(texts):

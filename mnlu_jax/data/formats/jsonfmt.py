@@ -49,7 +49,8 @@ def read_pubmedqa(path: str | Path, ground_truth: str | Path | None = None) -> l
                 raise DataError(f"{path}: PMID {pmid} lacks {key}")
         ans = gt[pmid] if gt is not None else rec.get("final_decision")
         if ans not in ("yes", "no", "maybe"):
-            raise DataError(f"{path}: PMID {pmid} decision {ans!r}; expected yes, no or maybe")
+            where = f"{ground_truth}: PMID {pmid} answer" if gt is not None else f"{path}: PMID {pmid} final_decision"
+            raise DataError(f"{where} {ans!r}; expected yes, no or maybe")  # named in the file it came from
         docs.append({"schema": "qa", "id": pmid, "question": rec["QUESTION"], "context": " ".join(rec["CONTEXTS"]),
                      "choices": ["yes", "no", "maybe"], "answer": [ans]})
     return docs

@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mnlu_jax.data.schema import DataError, iter_jsonl, read_csv_table, read_text
+from mnlu_jax.data.schema import DataError, iter_jsonl, read_bytes_as_utf8, read_csv_table, read_text
 
 # A csv.writer-quoted field: an opening quote, text in which every quote is doubled, a closing quote at the end of
 # the field.
@@ -223,10 +223,7 @@ _PAIR_SUFFIXES = (".source", ".target", ".doi", ".id")
 def _pair_lines(path: Path) -> list[str]:
     """A line-aligned file's lines, split on "\n" alone (a stray carriage return or form feed inside a document
     must not shift the alignment, as Python's universal newlines would), a trailing "\r" removed from each."""
-    try:
-        raw = path.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from e
+    raw = read_bytes_as_utf8(path)
     lines = raw.split("\n")
     if lines and lines[-1] == "":  # the newline that ends the last line
         lines.pop()
