@@ -21,14 +21,13 @@ def _size(text: str) -> int:
     units = {"k": 10**3, "m": 10**6, "g": 10**9, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10,
              "mib": 2**20, "gib": 2**30}
     t = text.strip().lower()
-    for u in sorted(units, key=len, reverse=True):
-        if t.endswith(u):
-            return int(float(t[: -len(u)]) * units[u])
-    return int(t)
-
-
-def _buckets(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(","))
+    try:
+        for u in sorted(units, key=len, reverse=True):
+            if t.endswith(u):
+                return int(float(t[: -len(u)]) * units[u])
+        return int(t)
+    except ValueError:
+        raise ValueError(f"--shard-size {text!r}: expected a size such as 2GB, 500MB or 1GiB") from None
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
@@ -75,10 +74,10 @@ def cmd_merge_stats(a: argparse.Namespace) -> int:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from mnlu_jax.decode.engine import DecodeConfig
+    from mnlu_jax.decode.engine import DecodeConfig, parse_buckets
     from mnlu_jax.decode.generate import run_generate
 
-    dc = DecodeConfig(batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, buckets=_buckets(a.buckets),
+    dc = DecodeConfig(batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, buckets=parse_buckets(a.buckets),
                       prefill_batch=min(a.prefill_batch, a.batch_size), chunk_steps=a.chunk_steps,
                       layer_loop=a.layer_loop, prefix_cache=not a.no_prefix_cache, speculate=a.speculate,
                       prompt_overflow=a.prompt_overflow)

@@ -293,7 +293,28 @@ def test_speculative_decoding_gives_the_greedy_tokens(tiny, shared_head_prompts,
                                                   stop_ids=(stop, *config.eos_ids)))
     assert [r.tokens for r in wide.generate(prompts)] == cut and wide.stats["draft_tokens_kept"] > 0
     with pytest.raises(ValueError, match="lookup_min <= lookup_max"):
-        Generator(params, config, DecodeConfig(speculate=2, lookup_min=3, lookup_max=2))
+        DecodeConfig(speculate=2, lookup_min=3, lookup_max=2)
+
+
+def test_decode_config_refuses_bad_settings_when_made():
+    """A pipeline makes its DecodeConfig before its first stage, so a bad setting stops it then, not after
+    training; --buckets is parsed with a message that names the flag."""
+    from mnlu_jax.decode.engine import parse_buckets
+
+    for kw, match in [({"batch_size": 0}, "batch_size 0: expected an integer >= 1"),
+                      ({"max_new_tokens": -1}, "max_new_tokens -1"), ({"chunk_steps": 0}, "chunk_steps 0"),
+                      ({"prefill_batch": 0}, "prefill_batch 0"), ({"speculate": -1}, "speculate -1: expected an "
+                                                                   "integer >= 0"),
+                      ({"buckets": ()}, r"buckets \(\): expected one or more"), ({"buckets": (0, 64)}, "buckets"),
+                      ({"layer_loop": "fast"}, "layer_loop 'fast': expected one of"),
+                      ({"prompt_overflow": "right"}, "prompt_overflow 'right'")]:
+        with pytest.raises(ValueError, match=match):
+            DecodeConfig(**kw)
+    assert DecodeConfig(batch_size=np.int64(4)).batch_size == 4
+    assert parse_buckets("64,128") == (64, 128)
+    for bad in ("64,abc", "", "0,64", "64;128"):
+        with pytest.raises(ValueError, match=rf"--buckets '{bad}': expected prompt lengths separated by commas"):
+            parse_buckets(bad)
 
 
 def test_smollm2_matches_hf_generate_on_16_chat_prompts(smollm2_models):

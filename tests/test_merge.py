@@ -149,6 +149,11 @@ def test_exclude_keeps_base(hf_pair, tmp_path):
     merged, b = _flat(out), _flat(base)
     assert np.array_equal(merged["model.norm.weight"], b["model.norm.weight"])
     assert not np.array_equal(merged["model.embed_tokens.weight"], b["model.embed_tokens.weight"])
+    with pytest.raises(ValueError, match=r"exclude 'norm\(': not a regular expression \(missing \)"):
+        merge_checkpoints(base, [ft], MergeSpec("linear"), tmp_path / "m2", exclude=r"norm(", progress=False)
+    with pytest.raises(ValueError, match=r"exclude '\[': not a regular expression"):
+        merge_pytrees(_flat(base), [_flat(ft)], MergeSpec("linear"), exclude="[")
+    assert not (tmp_path / "m2").exists()
 
 
 def test_orbax_and_gguf_checkpoints_are_read_lazily_and_alike(hf_pair, tmp_path, monkeypatch):

@@ -157,6 +157,12 @@ def test_prompts_start_with_one_bos_in_training_and_decoding_alike():
         encode_records([{"id": "p", "prompt": "hello"}, {"id": "e", "prompt": ""}],
                        PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>"), "tokenizer", False, 64,
                        "in.jsonl")
+    for rec, match in [({"id": "r", "messages": [{"role": "bot", "content": "hello"}]},
+                        r"in\.jsonl: record 1 \(id 'r'\): messages\[0\]: expected \{\"role\": one of"),
+                       ({"id": "s", "messages": "hello"}, r"record 1 \(id 's'\): messages: expected a non-empty list"),
+                       ({"id": "t", "prompt": ["hello"]}, r"record 1 \(id 't'\): prompt: expected text, got list")]:
+        with pytest.raises(ValueError, match=match):  # was rendered (or tokenized as a batch) as it came
+            encode_records([rec], tok, "tokenizer", False, 64, "in.jsonl")
 
 
 def test_generate_cuts_prompts_longer_than_the_largest_bucket(demo, tmp_path, caplog):

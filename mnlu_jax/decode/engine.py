@@ -84,6 +84,30 @@ class DecodeConfig:
     def __post_init__(self):  # checked when made: a pipeline makes it before its first stage
         if self.prompt_overflow not in PROMPT_OVERFLOW:
             raise ValueError(f"prompt_overflow {self.prompt_overflow!r}: expected one of {PROMPT_OVERFLOW}")
+        if self.layer_loop not in LAYER_LOOPS:
+            raise ValueError(f"layer_loop {self.layer_loop!r}: expected one of {LAYER_LOOPS}")
+        for name, least in (("batch_size", 1), ("max_new_tokens", 1), ("prefill_batch", 1), ("chunk_steps", 1),
+                            ("prefix_block", 1), ("speculate", 0), ("lookup_min", 1), ("lookup_max", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+                raise ValueError(f"{name} {v!r}: expected an integer >= {least}")
+        if self.lookup_max < self.lookup_min:
+            raise ValueError(f"lookup_max {self.lookup_max} < lookup_min {self.lookup_min}: expected "
+                             "1 <= lookup_min <= lookup_max")
+        if not self.buckets or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1
+                                   for b in self.buckets):
+            raise ValueError(f"buckets {self.buckets!r}: expected one or more prompt lengths (integers >= 1)")
+
+
+def parse_buckets(text: str) -> tuple[int, ...]:
+    """`--buckets 128,256,512` -> (128, 256, 512); anything else is named."""
+    try:
+        buckets = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        buckets = ()
+    if not buckets or min(buckets) < 1:
+        raise ValueError(f"--buckets {text!r}: expected prompt lengths separated by commas, e.g. 128,256,512")
+    return buckets
 
 
 @dataclasses.dataclass
@@ -314,16 +338,7 @@ class Generator:
         self.stop_ids = tuple(int(s) for s in stop)
         self.mesh = mesh
         self._buckets = sorted(decode.buckets)  # bucket_for runs per prompt and per candidate head
-        loop = decode.layer_loop
-        if loop not in LAYER_LOOPS:
-            raise ValueError(f"layer_loop {loop!r}: expected one of {LAYER_LOOPS}")
-        for name in ("batch_size", "prefill_batch", "chunk_steps", "max_new_tokens"):
-            if getattr(decode, name) < 1:
-                raise ValueError(f"DecodeConfig.{name} must be at least 1, got {getattr(decode, name)}")
-        if decode.speculate < 0 or (decode.speculate and not 1 <= decode.lookup_min <= decode.lookup_max):
-            raise ValueError(f"DecodeConfig: speculate must be >= 0 and 1 <= lookup_min <= lookup_max, got "
-                             f"speculate={decode.speculate}, lookup_min={decode.lookup_min}, "
-                             f"lookup_max={decode.lookup_max}")
+        loop = decode.layer_loop  # DecodeConfig checked its settings when it was made
         if loop == "auto":
             platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
             loop = "feature_major" if platform == "cpu" else "scan"

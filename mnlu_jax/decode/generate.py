@@ -26,7 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mnlu_jax.config import changed_settings, write_text_atomic
-from mnlu_jax.data.schema import iter_jsonl
+from mnlu_jax.data.schema import check_messages, iter_jsonl
 from mnlu_jax.data.chat import adds_bos, chat_ids, prompt_messages, render, resolve_template
 from mnlu_jax.decode.engine import PROMPT_OVERFLOW, DecodeConfig, Generator, cast_params
 from mnlu_jax.weights.convert import load_model, load_tokenizer
@@ -118,18 +118,22 @@ def encode_records(records: list[dict], tokenizer, template: str | None, drop_sy
     tpl = resolve_template(tokenizer, template)
     out, dropped = [], []
     for n, rec in enumerate(records, 1):
+        where = f"{source}: record {n} (id {rec.get('id')!r})"
         if "messages" in rec:
+            check_messages(rec["messages"], where)
             text = render(tokenizer, prompt_messages(rec["messages"], drop_system), tpl, add_generation_prompt=True)
             ids = chat_ids(tokenizer, text)  # one BOS where the tokenizer adds one, as training had (data/chat.py)
         elif "prompt" in rec:
             # with the tokenizer's special tokens (Mistral's and Llama's BOS), as vLLM's generate() and transformers'
             # pipelines tokenize a plain prompt; a rendered chat template writes its own
+            if not isinstance(rec["prompt"], str):
+                raise ValueError(f"{where}: prompt: expected text, got {type(rec['prompt']).__name__}")
             ids = tokenizer(rec["prompt"])["input_ids"]
         else:
-            raise ValueError(f"{source}: record {n} (id {rec.get('id')!r}) has neither 'messages' nor 'prompt'")
+            raise ValueError(f"{where} has neither 'messages' nor 'prompt'")
         if not ids:
-            raise ValueError(f"{source}: record {n} (id {rec.get('id')!r}): the prompt has no tokens")
-        ids, cut = fit_prompt(ids, max_prompt, overflow, f"{source}: record {n} (id {rec.get('id')!r})")
+            raise ValueError(f"{where}: the prompt has no tokens")
+        ids, cut = fit_prompt(ids, max_prompt, overflow, where)
         out.append(ids)
         dropped.append(cut)
     return out, dropped

@@ -35,6 +35,7 @@ mask does not depend on traversal order, sharding or process count. Math is fp32
 from __future__ import annotations
 
 import dataclasses
+import re
 import zlib
 
 import jax
@@ -192,6 +193,16 @@ def model_stock(base: jax.Array, thetas: jax.Array, filter_wise: bool) -> jax.Ar
     singular = jnp.abs(denominator) < 1e-6
     t = jnp.where(singular, 0.0, n * cos / jnp.where(singular, 1.0, denominator))
     return (t * (ws.sum(0) / n) + (1 - t) * w0).reshape(base.shape)
+
+
+def exclude_pattern(exclude: str | None) -> re.Pattern | None:
+    """`exclude` (a regex of tensor names that keep the base value) compiled; a malformed one is named."""
+    if not exclude:
+        return None
+    try:
+        return re.compile(exclude)
+    except re.error as e:
+        raise ValueError(f"exclude {exclude!r}: not a regular expression ({e})") from e
 
 
 def check_model_count(spec: MergeSpec, n_models: int) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from mnlu_jax.merge.math import MergeSpec, check_model_count, keys_for, merge_tensor
+from mnlu_jax.merge.math import MergeSpec, check_model_count, exclude_pattern, keys_for, merge_tensor
 from mnlu_jax.merge.settings import Schedule
 from mnlu_jax.weights.names import hf_name, layer_index
 
@@ -62,7 +61,7 @@ def merge_pytrees(base: Any, models: list[Any], spec: MergeSpec, exclude: str | 
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}: expected one of {LAYOUTS}")
     check_model_count(spec, len(models))
-    pattern = re.compile(exclude) if exclude else None
+    pattern = exclude_pattern(exclude)
     flat, treedef = jax.tree_util.tree_flatten_with_path(base)
     model_leaves = []
     for i, m in enumerate(models):

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from mnlu_jax.merge.math import MergeSpec, check_model_count, keys_for, merge_tensor
+from mnlu_jax.merge.math import MergeSpec, check_model_count, exclude_pattern, keys_for, merge_tensor
 from mnlu_jax.merge.settings import Schedule
 from mnlu_jax.weights.convert import TOKENIZER_FILES, _dtype_name, atomic_dir, np_dtype
 from mnlu_jax.weights.named_tensors import NamedTensors, ordered
@@ -101,12 +101,12 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
                       schedule: Schedule | None = None) -> Path:
     """Merge checkpoints tensor by tensor into an HF directory at `out` (written atomically). `schedule` varies
     numeric parameters by tensor (merge/settings.py: mergekit's gradients and filters)."""
+    pattern = exclude_pattern(exclude)
     b = NamedTensors(base)
     ms = [NamedTensors(m) for m in models]
     if not ms:
         raise ValueError("merge needs at least one model besides the base")
     rows = check_compatible(b, ms, vocab_policy)
-    pattern = re.compile(exclude) if exclude else None
     target = np_dtype(dtype)
     names = ordered(b.names(), b.config)
     specs = []
