@@ -1308,6 +1308,29 @@ def test_sample_mix_covers_all_tasks(sample_build):
     assert again == stats
 
 
+def test_mix_settings_are_refused_before_reading(tmp_path):
+    """A repeated dataset name, a negative fraction or total, a zero shard size or an unknown task/style used to
+    give a mix with repeated ids, an empty mix written without a word, or a ZeroDivisionError."""
+    cfg = tmp_path / "mix.yaml"
+    iob = SAMPLES / "iob/chemical/train.tsv"
+    chem = {"name": "chem", "reader": "iob", "path": str(iob), "task": "NER", "types": ["Chemical"],
+            "reader_options": {"default_type": "Chemical"}}
+    cases = [([chem, chem], [], r"datasets\[1\] \(chem\): the name of datasets\[0\] again"),
+             ([{**chem, "fraction": -0.5}], [], r"datasets\[0\] \(chem\): fraction -0.5: expected >= 0"),
+             ([{**chem, "task": "NRE"}], [], r"task 'NRE': expected one of \['NER'"),
+             ([chem], ["total_instances=-5"], r"total_instances -5: expected at least 1"),
+             ([chem], ["shard_size=0", "style=alpaca"], r"style 'alpaca': expected mnlu or medtuned; shard_size 0"),
+             ([{**chem, "fraction": 0.0}], [], r"the mix gives no instances \(chem: \d+ available\); nothing written")]
+    for datasets, overrides, match in cases:
+        cfg.write_text(json.dumps({"seed": 1, "datasets": datasets}))
+        with pytest.raises(DataError, match=r"mix\.yaml: .*" + match):
+            run_build(cfg, tmp_path / "out", overrides)
+        assert not (tmp_path / "out").exists()
+    cfg.write_text(json.dumps({"seed": 1, "datasets": [{**chem, "task": "EE", "reader": "brat",
+                                                        "path": str(SAMPLES / "brat/sdoh"), "reader_options": {}}]}))
+    assert run_build(cfg, tmp_path / "out")["total"] > 0  # EE: all three event subtasks of one corpus
+
+
 def test_rebuild_replaces_every_shard(tmp_path):
     from mnlu_jax.data.schema import shard_files
     from mnlu_jax.train.loop import _instances

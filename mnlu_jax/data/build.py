@@ -21,7 +21,7 @@ from mnlu_jax.config import load_config, save_config, write_text_atomic
 from mnlu_jax.data import tasks as T
 from mnlu_jax.data.formats import READERS
 from mnlu_jax.data.formats.hf import HUB_PREFIX
-from mnlu_jax.data.schema import DataError, Instance, read_text, shard_name, write_jsonl
+from mnlu_jax.data.schema import TASKS, DataError, Instance, read_text, shard_name, write_jsonl
 
 
 @dataclasses.dataclass
@@ -59,6 +59,9 @@ class MixConfig:
     shard_size: int = 10000                      # instances per JSONL shard
     base_dir: str | None = None                  # paths are relative to this (default: the config's folder)
     base_config: str | None = None               # take `datasets` from this mixer (ablations reuse the full mix)
+
+
+SPEC_TASKS = TASKS + ("EE",)  # EE: all three event subtasks (ETE, EAE, EAC) of one corpus
 
 
 def _task_family(task: str) -> str:
@@ -197,6 +200,34 @@ def apportion(sizes: dict[str, dict[str, int]], total: int) -> dict[str, int]:
     return shares
 
 
+def check_mix(cfg: MixConfig, where: str) -> None:
+    """Settings no corpus needs to be read to refuse, named by field before any reading: a repeated dataset name
+    (its instances would share ids and its statistics would be summed), a negative fraction or total (they gave an
+    empty mix without a word), a shard size of 0, an unknown task, style or balance."""
+    problems = []
+    if cfg.style not in ("mnlu", "medtuned"):
+        problems.append(f"style {cfg.style!r}: expected mnlu or medtuned")
+    if cfg.balance not in ("none", "task"):
+        problems.append(f"balance {cfg.balance!r}: expected none or task")
+    if cfg.total_instances is not None and cfg.total_instances < 1:
+        problems.append(f"total_instances {cfg.total_instances}: expected at least 1 (or leave it out)")
+    if cfg.shard_size < 1:
+        problems.append(f"shard_size {cfg.shard_size}: expected at least 1")
+    seen: dict[str, int] = {}
+    for k, s in enumerate(cfg.datasets):
+        at = f"datasets[{k}] ({s.name})"
+        if s.name in seen:
+            problems.append(f"{at}: the name of datasets[{seen[s.name]}] again (names key instance ids and stats)")
+        seen.setdefault(s.name, k)
+        if s.task not in SPEC_TASKS:
+            problems.append(f"{at}: task {s.task!r}: expected one of {list(SPEC_TASKS)}")
+        for field in ("fraction", "negative_ratio"):
+            if getattr(s, field) < 0:
+                problems.append(f"{at}: {field} {getattr(s, field)}: expected >= 0")
+    if problems:
+        raise DataError(f"{where}: " + "; ".join(problems))
+
+
 def build_mix(cfg: MixConfig, base: Path) -> tuple[list[Instance], dict]:
     specs = [s for s in cfg.datasets
              if (cfg.domains is None or s.domain in cfg.domains)
@@ -276,7 +307,11 @@ def run_build(config_path: str | Path, out: str | Path, overrides: list[str] | N
         inner = load_config(MixConfig, parent)
         cfg.datasets = inner.datasets
         base = Path(inner.base_dir) if inner.base_dir else parent.parent
+    check_mix(cfg, str(config_path))
     instances, notes = build_mix(cfg, base)
+    if not instances:
+        available = ", ".join(f"{n}: {d.get('available', 0)} available" for n, d in notes.items())
+        raise DataError(f"{config_path}: the mix gives no instances ({available}); nothing written")
     truncation = None
     if tokenizer:
         from mnlu_jax.data.tokenize import count_truncations
