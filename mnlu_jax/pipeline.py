@@ -145,11 +145,16 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
     from mnlu_jax.weights.convert import MARKER, hf_to_flax, is_our_checkpoint, resolve_source
 
     out = Path(cfg.output_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
     from mnlu_jax.weights.gguf_export import TENSOR_TYPES, export_gguf
 
+    # every setting a later stage uses is checked now, not hours in, after the training it follows
     if cfg.gguf_type is not None and cfg.gguf_type not in TENSOR_TYPES:
         raise ValueError(f"gguf_type {cfg.gguf_type!r}: expected one of {TENSOR_TYPES} (or null: no GGUF file)")
+    if cfg.benchmark not in ("blurb", "blue", "all"):
+        raise ValueError(f"benchmark {cfg.benchmark!r}: expected blurb, blue or all")
+    if cfg.decode.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"decode.dtype {cfg.decode.dtype!r}: expected float32 or bfloat16")
+    merge_spec = MergeSpec(cfg.merge_method, drop_rate=cfg.drop_rate, seed=cfg.merge_seed)  # checks both
     names = ["data", "base", "eval-sets", "eval-base", "train", "merge", *(["gguf"] if cfg.gguf_type else []),
              "eval-finetuned", "eval-merged", "report"]
     st = Stages(names, out / "stages.json", stage_settings(cfg))
@@ -159,11 +164,12 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
         f"output_dir={out / 'train'}", f"data.path={out / 'data'}", f"model.source={out / 'base'}",
         f"data.chat_template={cfg.chat_template}", *cfg.train_overrides])
     check_train_config(train_cfg)
-    save_config(cfg, out / "pipeline.yaml")
     dec = DecodeConfig(batch_size=cfg.decode.batch_size, max_new_tokens=cfg.decode.max_new_tokens,
                        buckets=tuple(cfg.decode.buckets), prefill_batch=min(4, cfg.decode.batch_size),
                        chunk_steps=cfg.decode.chunk_steps, prefix_cache=cfg.decode.prefix_cache,
                        speculate=cfg.decode.speculate, prompt_overflow=cfg.decode.prompt_overflow)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "pipeline.yaml")
 
     st.run("data", lambda: run_build(cfg.data_config, out / "data"), (out / "data" / "stats.json").exists())
 
@@ -192,8 +198,7 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
 
     st.run("train", lambda: run_train(train_cfg), (out / "train" / "final" / MARKER).exists())
     st.run("merge", lambda: merge_checkpoints(out / "base", [out / "base", out / "train" / "final"],
-                                              MergeSpec(cfg.merge_method, drop_rate=cfg.drop_rate, seed=cfg.merge_seed),
-                                              out / "merged"),
+                                              merge_spec, out / "merged"),
            (out / "merged" / "config.json").exists())
     gguf_file = out / "gguf" / f"merged-{cfg.gguf_type}.gguf"
     if cfg.gguf_type:  # the merge for llama.cpp and Ollama

@@ -67,6 +67,15 @@ def test_pipeline_checks_the_fine_tune_config_before_any_stage(tmp_path, capsys,
                  "train_overrides=[max_steps=12, optim.warmup_ratio=1.5]"]) == 2
     assert "optim.warmup_ratio: expected a number in [0, 1), got 1.5" in capsys.readouterr().err
     assert not (out / "data").exists() and not (out / "base").exists()
+    # the merge, decode and eval settings too (a bad merge method used to stop the run after training)
+    for override, message in [("merge_method=dar", "merge method 'dar': expected one of"),
+                              ("drop_rate=1.5", "drop_rate 1.5: expected 0 <= p <= 1"),
+                              ("decode.batch_size=0", "batch_size 0: expected an integer >= 1"),
+                              ("decode.dtype=fp16", "decode.dtype 'fp16': expected float32 or bfloat16"),
+                              ("benchmark=blurbb", "benchmark 'blurbb': expected blurb, blue or all")]:
+        assert main(["pipeline", "--config", "configs/demo_tiny.yaml", f"output_dir={out}", override]) == 2
+        assert message in capsys.readouterr().err, override
+        assert not out.exists()
 
 
 def test_generate_resumes_after_a_crash(demo):
