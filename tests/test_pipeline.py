@@ -119,6 +119,21 @@ def test_generate_resumes_after_a_crash(demo):
     with pytest.raises(ValueError, match=r"BC2GM\.jsonl:3: id '[^']+' again \(first on line 1\)"):
         resume()
     pred.write_text(complete)
+    # the input given as the output (its records have no prediction: they were all taken as done), or a folder,
+    # is refused before a model is loaded
+    eval_set = out / "eval_sets" / "BC2GM.jsonl"
+    for wrong, match in [(eval_set, r"--out .*BC2GM\.jsonl is the input file"), (out, r"--out .*: a directory")]:
+        with pytest.raises(ValueError, match=match):
+            run_generate("no-model-loaded", eval_set, wrong, DecodeConfig())
+    (out / "copy.jsonl").write_text(eval_set.read_text())
+    with pytest.raises(ValueError, match=r"copy\.jsonl:1: expected a prediction record .*an input rather than"):
+        run_generate(out / "base", eval_set, out / "copy.jsonl", DecodeConfig(batch_size=4, max_new_tokens=16,
+                                                                               buckets=(256, 512)),
+                     chat_template="zephyr", progress=False)
+    twice = eval_set.read_text().splitlines(keepends=True)
+    (out / "twice.jsonl").write_text("".join(twice[:2] + twice[:1]))
+    with pytest.raises(ValueError, match=r"twice\.jsonl: record 3 has the id '[^']+' of record 1; ids must be unique"):
+        run_generate("no-model-loaded", out / "twice.jsonl", out / "twice_out.jsonl", DecodeConfig())
     # a record written before the run record named the overflow policy was cut from the left: resumable as "left"
     meta = pred.with_name("BC2GM.jsonl.run.json")
     old_record = {k: v for k, v in json.loads(meta.read_text()).items() if k != "prompt_overflow"}

@@ -60,8 +60,9 @@ def done_records(path: Path) -> dict[str, dict]:
                 break
             raise ValueError(f"{path}:{n}: not JSON ({e.msg}), and not a torn last line; fix or delete the line, "
                              "or delete the file to decode everything again") from e
-        if not isinstance(rec, dict) or "id" not in rec:
-            raise ValueError(f"{path}:{n}: expected a JSON object with an 'id' (a prediction record)")
+        if not isinstance(rec, dict) or "id" not in rec or "prediction" not in rec:
+            raise ValueError(f"{path}:{n}: expected a prediction record (a JSON object with 'id' and 'prediction'); "
+                             "is this file an input rather than an output?")
         key = str(rec["id"])
         if key in done:
             raise ValueError(f"{path}:{n}: id {key!r} again (first on line {where[key]})")
@@ -192,14 +193,26 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
     """Generate for every record not yet in `out_path`. `model` is a path or a params pytree (then pass config=
     and tokenizer=; pass generator= to reuse compiled steps across files). `model_name` names the model in the
     output's run record where `model` is not a path (default: "params")."""
+    out_path, input_path = Path(out_path), Path(input_path)
+    # checked before a model is loaded: the output is appended to, so the input must not be it
+    if out_path.is_dir():
+        raise ValueError(f"--out {out_path}: a directory; expected the .jsonl file to write predictions to")
+    if out_path.exists() and input_path.exists() and out_path.samefile(input_path):
+        raise ValueError(f"--out {out_path} is the input file; write predictions to another file")
+    records = read_jsonl(input_path)
+    ids = [str(r.get("id", i)) for i, r in enumerate(records)]
+    first: dict[str, int] = {}
+    for k, i in enumerate(ids):
+        if i in first:
+            raise ValueError(f"{input_path}: record {k + 1} has the id {i!r} of record {first[i] + 1}; ids must be "
+                             "unique (the output is resumed by id)")
+        first[i] = k
     if generator is None:
         generator, tokenizer = load_generator(model, decode, dtype, tokenizer, config)
     elif tokenizer is None:
         raise ValueError("passing generator= needs tokenizer=")
     gen = generator
-    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    records = read_jsonl(input_path)
     if model_name is None:
         model_name = str(Path(model).resolve()) if isinstance(model, (str, Path)) else "params"
     # what decides the tokens; batch size, buckets' spacing, layer loop and prefix cache do not (tests/test_decode.py)
@@ -214,9 +227,6 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
         identity["chat_prompt_bos"] = "one"
     check_run(out_path, identity)
     seen = done_records(out_path)
-    ids = [str(r.get("id", i)) for i, r in enumerate(records)]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{input_path}: duplicate ids")
     strays = sorted(set(seen) - set(ids))
     # an output record carries its input's fields: a prompt that has changed since is another input
     changed = [i for r, i in zip(records, ids) if i in seen
