@@ -204,6 +204,11 @@ def test_stop_ids_and_length(tiny):
     with pytest.raises(ValueError, match=r"prompt 1 is empty \(1 empty prompts\)"):  # nothing to predict from
         Generator(params, config, DecodeConfig(batch_size=2, max_new_tokens=10, buckets=(32,))).generate(
             [prompts[0], []])
+    # an id past the embedding table (a tokenizer with tokens the model lacks) was clamped to the last row
+    with pytest.raises(ValueError, match=rf"prompt 1 has token id {config.vocab_size}, outside the model's "
+                                         rf"vocabulary \(0\.\.{config.vocab_size - 1}\)"):
+        Generator(params, config, DecodeConfig(batch_size=2, max_new_tokens=10, buckets=(32,))).generate(
+            [prompts[0], [1, config.vocab_size]])
 
 
 def test_generation_config_eos_ids_stop_like_hf(tiny, tmp_path):

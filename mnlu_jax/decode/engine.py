@@ -408,6 +408,12 @@ class Generator:
         empty = [i for i, p in enumerate(prompts) if len(p) == 0]
         if empty:  # its "next token" would be read off a padding position; transformers and vLLM refuse it too
             raise ValueError(f"prompt {empty[0]} is empty ({len(empty)} empty prompts); every prompt needs a token")
+        vocab = self.config.vocab_size
+        if min(min(p) for p in prompts) < 0 or max(max(p) for p in prompts) >= vocab:
+            # an embedding lookup would clamp it to another token without a word
+            i, t = next((i, t) for i, p in enumerate(prompts) for t in p if not 0 <= t < vocab)
+            raise ValueError(f"prompt {i} has token id {t}, outside the model's vocabulary (0..{vocab - 1}): is the "
+                             "tokenizer the model's own?")
         # a split only pays where the tail falls into a smaller bucket than the whole prompt (with coarse buckets
         # it would save no prefill and only lengthen the cache)
         heads = plan_prefixes(prompts, dc.prefix_block, lambda n, m: self.bucket_for(n - m) < self.bucket_for(n)) \
