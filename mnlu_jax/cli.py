@@ -194,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     enable_compilation_cache()  # before anything compiles; see compile_cache.py
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+    # input and setup errors whose message names the file or field; anything else keeps its traceback
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,
+            ImportError) as e:
         print(f"mnlu-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,5 +1,7 @@
 """Real weights: SmolLM2-135M-Instruct (GGUF, Q4_1) against transformers' own GGUF loader."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -100,3 +102,49 @@ def test_smollm2_alias_resolves_to_the_packaged_gguf(smollm2_path):
     from mnlu_jax.weights.convert import resolve_source
 
     assert resolve_source("smollm2") == smollm2_path
+
+
+def test_gguf_tokenizer_is_kept_on_disk_and_reloads_the_same(smollm2_path, tmp_path, monkeypatch):
+    """The tokenizer built from a GGUF file (≈ 7 s through transformers) is saved once to the tokenizer cache and
+    loaded from there by later processes: it must tokenize, render the chat template and decode as the fresh build
+    does. The key changes with the file's contents or time; `off` keeps nothing."""
+    from mnlu_jax.weights import gguf_io
+
+    monkeypatch.setenv(gguf_io.TOKENIZER_CACHE_ENV, str(tmp_path / "cache"))
+    gguf_io._tokenizer.cache_clear()
+    fresh = gguf_io.gguf_tokenizer(smollm2_path)  # built, and saved
+    (entry,) = (tmp_path / "cache").iterdir()
+    assert (entry / "tokenizer.json").is_file() and not list((tmp_path / "cache").glob(".*"))
+    gguf_io._tokenizer.cache_clear()
+    build = transformers.AutoTokenizer.from_pretrained
+
+    def no_build(*args, **kwargs):  # a cache hit must not build from the GGUF again
+        assert "gguf_file" not in kwargs, "built again despite the cache"
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_build)
+    cached = gguf_io.gguf_tokenizer(smollm2_path)
+    texts = PROMPTS + ["naïve café  two  spaces\n\ttab", "<|im_start|>user\nhi<|im_end|>", ""]
+    assert [cached(t)["input_ids"] for t in texts] == [fresh(t)["input_ids"] for t in texts]
+    assert [_ids(cached, p) for p in PROMPTS] == [_ids(fresh, p) for p in PROMPTS]
+    assert cached.chat_template == fresh.chat_template and cached.get_vocab() == fresh.get_vocab()
+    assert cached.eos_token == fresh.eos_token and cached.bos_token == fresh.bos_token
+    ids = fresh(PROMPTS[0])["input_ids"]
+    assert cached.decode(ids, skip_special_tokens=True) == fresh.decode(ids, skip_special_tokens=True)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", build)
+    gguf_io._tokenizer.cache_clear()
+    monkeypatch.setenv(gguf_io.TOKENIZER_CACHE_ENV, "off")
+    gguf_io.gguf_tokenizer(smollm2_path)
+    assert len(list((tmp_path / "cache").iterdir())) == 1 and gguf_io._tokenizer_cache_entry(smollm2_path) is None
+    gguf_io._tokenizer.cache_clear()
+    # the key follows the file: rewritten in place with the same size and time, or only touched, it changes
+    monkeypatch.setenv(gguf_io.TOKENIZER_CACHE_ENV, str(tmp_path / "cache"))
+    f = tmp_path / "model.gguf"
+    f.write_bytes(b"GGUF" + bytes(60))
+    first = gguf_io._tokenizer_cache_entry(f)
+    stamp = f.stat().st_mtime_ns
+    f.write_bytes(b"GGUF" + bytes(59) + b"x")
+    os.utime(f, ns=(stamp, stamp))
+    second = gguf_io._tokenizer_cache_entry(f)
+    os.utime(f, ns=(stamp + 10**9, stamp + 10**9))
+    assert len({first, second, gguf_io._tokenizer_cache_entry(f)}) == 3
