@@ -130,6 +130,17 @@ def test_generate_resumes_after_a_crash(demo):
         run_generate(out / "base", eval_set, out / "copy.jsonl", DecodeConfig(batch_size=4, max_new_tokens=16,
                                                                                buckets=(256, 512)),
                      chat_template="zephyr", progress=False)
+    # a second run on the same output (another shell, every worker of a pod) is refused while the first holds it
+    import fcntl
+
+    with open(pred.with_name("BC2GM.jsonl.lock"), "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.truncate(0)
+        held.write("pid 1 on elsewhere\n")
+        held.flush()
+        with pytest.raises(ValueError, match=r"BC2GM\.jsonl: being written by pid 1 on elsewhere \(lock "):
+            resume()
+    assert resume()["skipped"] == len(lines)  # released: the next run goes on
     twice = eval_set.read_text().splitlines(keepends=True)
     (out / "twice.jsonl").write_text("".join(twice[:2] + twice[:1]))
     with pytest.raises(ValueError, match=r"twice\.jsonl: record 3 has the id '[^']+' of record 1; ids must be unique"):

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,44 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
     if adds_bos(tokenizer) and any("messages" in r for r in records):
         # chat prompts of a BOS-adding tokenizer (Mistral) start with one BOS since session 22, none before
         identity["chat_prompt_bos"] = "one"
+    with output_lock(out_path):  # one writer per output: two would interleave and repeat records
+        return _resume_into(out_path, input_path, records, ids, identity, gen, tokenizer, chat_template, drop_system,
+                            progress)
+
+
+def output_lock(out_path: Path):
+    """An exclusive lock on `<out>.lock` for the run (flock: released by the kernel when the process dies, so a
+    killed run leaves nothing to clean up); a second run on the same output is refused, naming the holder."""
+    import contextlib
+    import fcntl
+
+    @contextlib.contextmanager
+    def held():
+        lock_path = out_path.with_name(out_path.name + ".lock")
+        with open(lock_path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise ValueError(f"{out_path}: being written by {holder} (lock {lock_path}); wait for it, or write "
+                                 "to another output") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    return held()
+
+
+def _resume_into(out_path: Path, input_path: Path, records: list[dict], ids: list[str], identity: dict, gen,
+                 tokenizer, chat_template, drop_system: bool, progress: bool) -> dict:
+    """Append a prediction for every record `out_path` does not hold yet (the output checked against this run and
+    this input first)."""
     check_run(out_path, identity)
     seen = done_records(out_path)
     strays = sorted(set(seen) - set(ids))
