@@ -70,6 +70,13 @@ def test_nan_stops_cleanly_with_last_good_checkpoint(sample_data, tmp_path, log_
     assert saved[-1] == last_good
     state = ocp.StandardCheckpointer().restore(tmp_path / "nan" / "checkpoints" / str(last_good) / "state")
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state["params"]))
+    if log_every == 1:  # the run that stopped let go of its output_dir; one that holds it keeps others out
+        import fcntl
+
+        with open(tmp_path / "nan" / "train.lock", "a+") as held:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with pytest.raises(ValueError, match=r"nan: being written by pid \d+ on .*\(lock .*train\.lock\)"):
+                run_train(cfg, progress=False)
 
 
 def test_a_resumed_run_keeps_the_metrics_of_the_steps_it_does_not_repeat(tmp_path):

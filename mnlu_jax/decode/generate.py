@@ -20,16 +20,16 @@ import dataclasses
 import json
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from mnlu_jax.config import changed_settings, write_text_atomic
-from mnlu_jax.data.schema import check_messages, iter_jsonl
 from mnlu_jax.data.chat import adds_bos, chat_ids, prompt_messages, render, resolve_template
+from mnlu_jax.data.schema import check_messages, iter_jsonl
 from mnlu_jax.decode.engine import PROMPT_OVERFLOW, DecodeConfig, Generator, cast_params
+from mnlu_jax.locks import exclusive
 from mnlu_jax.weights.convert import load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -226,38 +226,9 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
     if adds_bos(tokenizer) and any("messages" in r for r in records):
         # chat prompts of a BOS-adding tokenizer (Mistral) start with one BOS since session 22, none before
         identity["chat_prompt_bos"] = "one"
-    with output_lock(out_path):  # one writer per output: two would interleave and repeat records
+    with exclusive(out_path.with_name(out_path.name + ".lock"), str(out_path)):  # mnlu_jax/locks.py
         return _resume_into(out_path, input_path, records, ids, identity, gen, tokenizer, chat_template, drop_system,
                             progress)
-
-
-def output_lock(out_path: Path):
-    """An exclusive lock on `<out>.lock` for the run (flock: released by the kernel when the process dies, so a
-    killed run leaves nothing to clean up); a second run on the same output is refused, naming the holder."""
-    import contextlib
-    import fcntl
-
-    @contextlib.contextmanager
-    def held():
-        lock_path = out_path.with_name(out_path.name + ".lock")
-        with open(lock_path, "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "another process"
-                raise ValueError(f"{out_path}: being written by {holder} (lock {lock_path}); wait for it, or write "
-                                 "to another output") from None
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-            f.flush()
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    return held()
 
 
 def _resume_into(out_path: Path, input_path: Path, records: list[dict], ids: list[str], identity: dict, gen,

@@ -5,6 +5,7 @@ Read top to bottom: setup -> (restore) -> for each batch: step, log, maybe check
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -22,6 +23,7 @@ from mnlu_jax.config import changed_settings, save_config, to_dict, write_text_a
 from mnlu_jax.data.loader import count_batches, make_dataset
 from mnlu_jax.data.schema import read_instances, shard_files
 from mnlu_jax.data.tokenize import tokenize_all
+from mnlu_jax.locks import exclusive
 from mnlu_jax.model.config import ModelConfig
 from mnlu_jax.model.mistral import (cudnn_packed_attention_api, init_params, max_runs_per_row,
                                     resolve_attention_impl)
@@ -101,8 +103,6 @@ def check_resume_settings(cfg: TrainConfig, out: Path) -> None:
 
 
 def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
-    import orbax.checkpoint as ocp
-
     check_train_config(cfg)
     distributed.initialize(cfg.distributed)
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
@@ -111,6 +111,14 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
     instances = _instances(cfg.data.path)  # before output_dir is made: a wrong path leaves nothing behind
     out = Path(cfg.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
+    # one run per output_dir (its own processes share it: process 0 holds the lock for them; mnlu_jax/locks.py)
+    with exclusive(out / "train.lock", str(out)) if jax.process_index() == 0 else contextlib.nullcontext():
+        return _train(cfg, progress, mesh, instances, out)
+
+
+def _train(cfg: TrainConfig, progress: bool, mesh, instances: list, out: Path) -> dict:
+    import orbax.checkpoint as ocp
+
     check_resume_settings(cfg, out)
     if jax.process_index() == 0:
         save_config(cfg, out / "config.yaml")
