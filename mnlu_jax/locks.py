@@ -1,8 +1,8 @@
 """One writer per output: an exclusive advisory lock beside what a command appends to or resumes.
 
-`generate` appends records to its output and `train` writes checkpoints and logs under its `output_dir`; two runs
-on the same output (another shell, or every worker of a pod launched with a single-process command) would
-interleave and repeat records or race on checkpoints. The lock is `flock` on a sidecar file: the kernel releases it
+`generate` appends records to its output, `train` writes checkpoints and logs under its `output_dir` and `pipeline`
+runs every stage under its own; two runs on the same output (another shell, or every worker of a pod launched with
+a single-process command) would interleave and repeat records or race on checkpoints. The lock is `flock` on a sidecar file: the kernel releases it
 when the process ends, however it ends, so a killed run leaves nothing to clean up. The file stays (unlinking a
 lock file others may have opened breaks the exclusion) and names the last holder.
 """

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from mnlu_jax.config import changed_settings, load_config, save_config, write_text_atomic
+from mnlu_jax.locks import exclusive
 
 
 @dataclasses.dataclass
@@ -169,62 +170,67 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
                        chunk_steps=cfg.decode.chunk_steps, prefix_cache=cfg.decode.prefix_cache,
                        speculate=cfg.decode.speculate, prompt_overflow=cfg.decode.prompt_overflow)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "pipeline.yaml")
+    with exclusive(out / "pipeline.lock", str(out)):  # one pipeline per output_dir (mnlu_jax/locks.py)
+        save_config(cfg, out / "pipeline.yaml")
 
-    st.run("data", lambda: run_build(cfg.data_config, out / "data"), (out / "data" / "stats.json").exists())
+        st.run("data", lambda: run_build(cfg.data_config, out / "data"), (out / "data" / "stats.json").exists())
 
-    def make_base():
-        if cfg.base_model == "tiny":
-            _make_tiny_base(cfg, out)
-        else:
-            src = resolve_source(cfg.base_model)
-            if is_our_checkpoint(src):
-                copy_checkpoint(src, out / "base")
+        def make_base():
+            if cfg.base_model == "tiny":
+                _make_tiny_base(cfg, out)
             else:
-                hf_to_flax(src, out / "base")
+                src = resolve_source(cfg.base_model)
+                if is_our_checkpoint(src):
+                    copy_checkpoint(src, out / "base")
+                else:
+                    hf_to_flax(src, out / "base")
 
-    st.run("base", make_base, (out / "base" / MARKER).exists())
-    st.run("eval-sets", lambda: build_eval(cfg.benchmark, cfg.eval_data_root, out / "eval_sets", shots=cfg.eval_shots),
-           (out / "eval_sets" / "manifest.json").exists())
+        st.run("base", make_base, (out / "base" / MARKER).exists())
+        st.run("eval-sets",
+               lambda: build_eval(cfg.benchmark, cfg.eval_data_root, out / "eval_sets", shots=cfg.eval_shots),
+               (out / "eval_sets" / "manifest.json").exists())
 
-    def evaluate(model_dir: Path, name: str):
-        run_evaluate(model_dir, out / "eval_sets", out / "eval" / name, dec, chat_template=cfg.chat_template,
-                     dtype=cfg.decode.dtype, system_name=name)
+        def evaluate(model_dir: Path, name: str):
+            run_evaluate(model_dir, out / "eval_sets", out / "eval" / name, dec, chat_template=cfg.chat_template,
+                         dtype=cfg.decode.dtype, system_name=name)
 
-    def scored(name: str) -> bool:
-        return (out / "eval" / name / "scores.json").exists()
+        def scored(name: str) -> bool:
+            return (out / "eval" / name / "scores.json").exists()
 
-    st.run("eval-base", lambda: evaluate(out / "base", "base"), scored("base"))
+        st.run("eval-base", lambda: evaluate(out / "base", "base"), scored("base"))
 
-    st.run("train", lambda: run_train(train_cfg), (out / "train" / "final" / MARKER).exists())
-    st.run("merge", lambda: merge_checkpoints(out / "base", [out / "base", out / "train" / "final"],
-                                              merge_spec, out / "merged"),
-           (out / "merged" / "config.json").exists())
-    gguf_file = out / "gguf" / f"merged-{cfg.gguf_type}.gguf"
-    if cfg.gguf_type:  # the merge for llama.cpp and Ollama
-        st.run("gguf", lambda: export_gguf(out / "merged", gguf_file, tensor_type=cfg.gguf_type), gguf_file.exists())
-    st.run("eval-finetuned", lambda: evaluate(out / "train" / "final", "finetuned"), scored("finetuned"))
-    st.run("eval-merged", lambda: evaluate(out / "merged", "merged"), scored("merged"))
+        st.run("train", lambda: run_train(train_cfg), (out / "train" / "final" / MARKER).exists())
+        st.run("merge", lambda: merge_checkpoints(out / "base", [out / "base", out / "train" / "final"],
+                                                  merge_spec, out / "merged"),
+               (out / "merged" / "config.json").exists())
+        gguf_file = out / "gguf" / f"merged-{cfg.gguf_type}.gguf"
+        if cfg.gguf_type:  # the merge for llama.cpp and Ollama
+            st.run("gguf", lambda: export_gguf(out / "merged", gguf_file, tensor_type=cfg.gguf_type),
+                   gguf_file.exists())
+        st.run("eval-finetuned", lambda: evaluate(out / "train" / "final", "finetuned"), scored("finetuned"))
+        st.run("eval-merged", lambda: evaluate(out / "merged", "merged"), scored("merged"))
 
-    def report():
-        systems = {n: out / "eval" / n / "predictions" for n in ("base", "finetuned", "merged")}
-        results = run_score(systems, out / "report", manifest=out / "eval_sets" / "manifest.json")
-        if (out / "train" / "loss.png").exists():
-            shutil.copy2(out / "train" / "loss.png", out / "report" / "loss.png")
-        times = {k: round(v["seconds"], 1) for k, v in st.done.items() if "seconds" in v}
-        md = ["# mnlu-jax pipeline report", "", f"Base model: `{cfg.base_model}`; data: `{cfg.data_config}`; "
-              f"merge: {cfg.merge_method} (drop rate {cfg.drop_rate})"
-              + (f"; as GGUF ({cfg.gguf_type}, llama.cpp / Ollama): `{gguf_file.relative_to(out)}`." if cfg.gguf_type
-                 else "."), "",
-              "## Table 5 (paper-mode scoring; the paper's columns are its published numbers)", "",
-              markdown(table5(results, "paper")), "## Official BLURB/BLUE scoring", "", markdown(table5(results, "official")),
-              "![scores](scores_paper.png)", "", "![training loss](loss.png)", "",
-              f"Stage times (s): {json.dumps(times)}", ""]
-        write_text_atomic(out / "report" / "report.md", "\n".join(md))
+        def report():
+            systems = {n: out / "eval" / n / "predictions" for n in ("base", "finetuned", "merged")}
+            results = run_score(systems, out / "report", manifest=out / "eval_sets" / "manifest.json")
+            if (out / "train" / "loss.png").exists():
+                shutil.copy2(out / "train" / "loss.png", out / "report" / "loss.png")
+            times = {k: round(v["seconds"], 1) for k, v in st.done.items() if "seconds" in v}
+            md = ["# mnlu-jax pipeline report", "", f"Base model: `{cfg.base_model}`; data: `{cfg.data_config}`; "
+                  f"merge: {cfg.merge_method} (drop rate {cfg.drop_rate})"
+                  + (f"; as GGUF ({cfg.gguf_type}, llama.cpp / Ollama): `{gguf_file.relative_to(out)}`."
+                     if cfg.gguf_type
+                     else "."), "",
+                  "## Table 5 (paper-mode scoring; the paper's columns are its published numbers)", "",
+                  markdown(table5(results, "paper")), "## Official BLURB/BLUE scoring", "",
+                  markdown(table5(results, "official")),
+                  "![scores](scores_paper.png)", "", "![training loss](loss.png)", "",
+                  f"Stage times (s): {json.dumps(times)}", ""]
+            write_text_atomic(out / "report" / "report.md", "\n".join(md))
 
-    st.run("report", report, False)
-    print(f"report: {out / 'report' / 'report.md'}")
-    return json.loads((out / "report" / "scores.json").read_text())
+        st.run("report", report, False)
+        print(f"report: {out / 'report' / 'report.md'}")
+        return json.loads((out / "report" / "scores.json").read_text())
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:

@@ -76,6 +76,15 @@ def test_pipeline_checks_the_fine_tune_config_before_any_stage(tmp_path, capsys,
         assert main(["pipeline", "--config", "configs/demo_tiny.yaml", f"output_dir={out}", override]) == 2
         assert message in capsys.readouterr().err, override
         assert not out.exists()
+    # one pipeline per output_dir: a second one is refused before its first stage
+    import fcntl
+
+    out.mkdir()
+    with open(out / "pipeline.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["pipeline", "--config", "configs/demo_tiny.yaml", f"output_dir={out}"]) == 2
+    assert "being written by another process (lock" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["pipeline.lock"]
 
 
 def test_generate_resumes_after_a_crash(demo):
