@@ -1457,3 +1457,24 @@ def test_ablation_configs_reuse_the_full_mix(tmp_path):
     # as to add up (rounding each alone gave 3 + 2 + 2 + 2 + 1 = 10 here, but 31 in all with four datasets)
     dc = {n: d["instances"] for n, d in stats["datasets"].items() if d["task"] == "DC"}
     assert len(dc) == 5 and sum(dc.values()) == stats["tasks"]["DC"] == 10
+
+
+def test_tokenizer_template_without_one_falls_back_to_zephyr_with_a_warning(tiny_tok, caplog):
+    """`--chat-template tokenizer` on a base model's tokenizer (no template) renders the paper's zephyr template, and
+    says so once per tokenizer (it used to switch without a word)."""
+    import copy
+    import logging
+
+    from mnlu_jax.data.chat import ZEPHYR_TEMPLATE, resolve_template
+
+    tok = copy.deepcopy(tiny_tok)
+    tok.chat_template = None
+    with caplog.at_level(logging.WARNING, logger="mnlu_jax.data.chat"):
+        assert resolve_template(tok, "tokenizer") == ZEPHYR_TEMPLATE == resolve_template(tok, None)
+    assert [r.getMessage() for r in caplog.records].count(
+        f"chat template 'tokenizer': {tok.name_or_path or type(tok).__name__} has none; using the zephyr template "
+        "(the paper's)") == 1
+    tok.chat_template = "{{ messages[0]['content'] }}"
+    assert resolve_template(tok, "tokenizer") == tok.chat_template
+    with pytest.raises(ValueError, match=r"chat template 'zephyrr': expected 'tokenizer', 'zephyr' or a path"):
+        resolve_template(tok, "zephyrr")

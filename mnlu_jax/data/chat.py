@@ -7,8 +7,11 @@ with a generation prompt the text ends in `<|assistant|>\\n`.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 ZEPHYR_TEMPLATE = (
     "{% for message in messages %}"
@@ -17,12 +20,17 @@ ZEPHYR_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
 TEMPLATES = {"zephyr": ZEPHYR_TEMPLATE}
+_WARNED_NO_TEMPLATE: set[int] = set()  # once per tokenizer, not once per prompt
 
 
 def resolve_template(tokenizer, choice: str | None) -> str:
     """`choice`: None or "tokenizer" (the tokenizer's own), "zephyr", or a path to a Jinja file."""
     if choice in (None, "", "tokenizer"):
-        if not getattr(tokenizer, "chat_template", None):
+        if not getattr(tokenizer, "chat_template", None):  # a base model's tokenizer: the paper's template
+            if id(tokenizer) not in _WARNED_NO_TEMPLATE:
+                _WARNED_NO_TEMPLATE.add(id(tokenizer))
+                log.warning("chat template 'tokenizer': %s has none; using the zephyr template (the paper's)",
+                            getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__)
             return ZEPHYR_TEMPLATE
         return tokenizer.chat_template
     if choice in TEMPLATES:
