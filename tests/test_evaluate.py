@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from mnlu_jax.data import tasks as T
 from mnlu_jax.evaluate import parse as P
 from mnlu_jax.evaluate.metrics import score_records
-from mnlu_jax.evaluate.score import aggregates, run_score
+from mnlu_jax.evaluate.score import aggregates, run_score, table5
 from mnlu_jax.data.schema import DataError
 from mnlu_jax.evaluate.sets import build_eval
 
@@ -275,6 +275,22 @@ def test_scoring_refuses_partial_or_repeated_predictions(eval_sets, tmp_path):
         run_score({"ours": perfect}, tmp_path / "report", manifest=tmp_path / "old.json")
     with pytest.raises(ValueError, match=r"manifest\.json has no eval sets \['HoCC'\]; it has \["):
         run_evaluate("no-model-needed", eval_sets, tmp_path / "eval", DecodeConfig(), names=["HoCC"])
+
+
+def test_a_set_outside_table5_is_listed_after_it(eval_sets, tmp_path):
+    """A user's own set (another name) is scored as its records' type says and listed after Table 5's rows, outside
+    the averages; it used to appear in scores.json only."""
+    perfect = tmp_path / "perfect"
+    _with_predictions(eval_sets, perfect, lambda r: r["messages"][-1]["content"])
+    recs = [json.loads(l) for l in (perfect / "HoC.jsonl").read_text().splitlines()]
+    (perfect / "MyHoC.jsonl").write_text("".join(json.dumps({**r, "dataset": "MyHoC"}) + "\n" for r in recs))
+    res = run_score({"ours": perfect}, tmp_path / "report")
+    rows = {r[2]: r for r in table5(res, "paper")}
+    assert rows["MyHoC (not in Table 5)"][0] == "DC" and rows["MyHoC (not in Table 5)"][-1] == "100.0"
+    assert "MyHoC (not in Table 5)" in (tmp_path / "report" / "table5_official.md").read_text()
+    (perfect / "MyHoC.jsonl").unlink()  # the averages are Table 5's sets' alone
+    assert run_score({"ours": perfect}, tmp_path / "report2")["ours"]["aggregates_paper"] == \
+        res["ours"]["aggregates_paper"]
 
 
 def test_scores_json_is_written_last(eval_sets, tmp_path, monkeypatch):

@@ -89,6 +89,7 @@ def score_all(preds: dict[str, list[dict]]) -> dict:
     result = {"datasets": {}, "modes": ["paper", "official"]}
     for name, recs in preds.items():
         result["datasets"][name] = {mode: score_records(recs, mode) for mode in ("paper", "official")}
+        result["datasets"][name]["task"] = recs[0].get("task", recs[0]["type"])  # for sets outside Table 5
     for mode in ("paper", "official"):
         result[f"aggregates_{mode}"] = aggregates({n: d[mode]["score"] for n, d in result["datasets"].items()})
     return result
@@ -112,6 +113,16 @@ def table5(results: dict[str, dict], mode: str = "paper") -> list[list[str]]:
         ours = [_fmt(r["datasets"][es.name][mode]["score"]) if es.name in r["datasets"] else "-" for r in results.values()]
         rows.append([es.task, es.metric, f"{es.name} {mark}", f"{es.paper_count:,}", "-" if gold is None else f"{gold:,}",
                      *[_fmt(x) for x in PAPER_TABLE5[es.name]], *ours])
+    # sets of the user's own (another name, another corpus): scored the same way, listed after Table 5's, outside
+    # the averages (they used to be in scores.json only)
+    others = sorted({n for r in results.values() for n in r["datasets"] if n not in BY_NAME})
+    for name in others:
+        first = next(r["datasets"][name] for r in results.values() if name in r["datasets"])
+        gold = first.get("gold_count")
+        rows.append([first.get("task", "-"), f"{mode} mode", f"{name} (not in Table 5)", "-",
+                     "-" if gold is None else f"{gold:,}", *["-"] * len(PAPER_SYSTEMS),
+                     *[_fmt(r["datasets"][name][mode]["score"]) if name in r["datasets"] else "-"
+                       for r in results.values()]])
     for bench, key in (("BLURB", "BLURB macro avg (paper)"), ("BLUE", "BLUE macro avg (paper)")):
         rows.append(["Benchmark", "Macro AVG", bench, "-", "-", *[_fmt(x) for x in PAPER_AVG[bench]],
                      *[_fmt(r[f"aggregates_{mode}"][key]) for r in results.values()]])
