@@ -326,9 +326,18 @@ def test_build_eval_counts_and_skips(tmp_path):
     m = build_eval("blue", ROOT / "data/eval_samples", tmp_path / "e", log=logs.append)
     assert set(m["sets"]) == {"BC5-chemical", "BC5-disease", "HoC", "DDI", "ChemProt", "i2b2-2010", "MedNLI", "BioSSES"}
     assert m["sets"]["BC5-chemical"]["paper_count"] == 5385
-    m = build_eval("all", tmp_path / "nothing", tmp_path / "e2", log=logs.append)
-    assert not m["sets"] and "MedNLI" in m["skipped"]
+    # a data root with none of the sets (or none at all) wrote an empty manifest that evaluated nothing
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"nothing: none of the 15 eval sets asked for is there"):
+        build_eval("all", tmp_path / "nothing", tmp_path / "e2", log=logs.append)
+    assert not (tmp_path / "e2").exists()
     assert any("skip MedNLI: expected" in l and "restricted" in l for l in logs)
+    with pytest.raises(FileNotFoundError, match=r"--data-root .*nowhere: no such directory"):
+        build_eval("all", tmp_path / "nowhere", tmp_path / "e2")
+    with pytest.raises(ValueError, match=r"shots -2: expected 0"):
+        build_eval("all", ROOT / "data/eval_samples", tmp_path / "e2", shots=-2)
+    with pytest.raises(ValueError, match=r"eval sets \['HOC'\]: not among"):
+        build_eval("all", ROOT / "data/eval_samples", tmp_path / "e2", names=["HOC"])
     m = build_eval("blurb", ROOT / "data/eval_samples", tmp_path / "e3", shots=2, log=logs.append)
     first = json.loads((tmp_path / "e3" / "BC2GM.jsonl").read_text().splitlines()[0])
     assert "Example 2:" in first["messages"][1]["content"]

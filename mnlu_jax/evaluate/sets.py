@@ -149,7 +149,15 @@ def build_eval(benchmark: str, data_root: str | Path, out: str | Path, shots: in
     """Write `<out>/<name>.jsonl` per available set and `<out>/manifest.json` (counts beside the paper's)."""
     if benchmark not in ("blurb", "blue", "all"):
         raise ValueError(f"benchmark {benchmark!r}: expected blurb, blue or all")
+    if shots < 0:
+        raise ValueError(f"shots {shots}: expected 0 (zero-shot) or more in-context examples")
     root, out = Path(data_root), Path(out)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data-root {root}: no such directory (expected the eval files' folders, e.g. "
+                                f"{root}/BC2GM-IOB/test.tsv)")
+    unknown = sorted(set(names or ()) - {es.name for es in EVAL_SETS})
+    if unknown:
+        raise ValueError(f"eval sets {unknown}: not among {[es.name for es in EVAL_SETS]}")
     manifest = {"benchmark": benchmark, "shots": shots, "seed": seed, "sets": {}, "skipped": {}}
     for es in EVAL_SETS:
         if benchmark != "all" and benchmark not in es.benchmarks:
@@ -171,6 +179,9 @@ def build_eval(benchmark: str, data_root: str | Path, out: str | Path, shots: in
                                      "paper_count": es.paper_count, "task": es.task, "metric": es.metric,
                                      "benchmarks": list(es.benchmarks)}
         log(f"{es.name:14s} {len(inst):6d} instances, gold {n} {es.count_unit} (paper: {es.paper_count})")
+    if not manifest["sets"]:
+        raise FileNotFoundError(f"{root}: none of the {len(manifest['skipped'])} eval sets asked for is there "
+                                "(the lines above name the file each expected); nothing written")
     out.mkdir(parents=True, exist_ok=True)
     # written last and whole: its presence is what says the sets are built (evaluate, pipeline)
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
