@@ -153,6 +153,9 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
         raise ValueError(f"gguf_type {cfg.gguf_type!r}: expected one of {TENSOR_TYPES} (or null: no GGUF file)")
     if cfg.benchmark not in ("blurb", "blue", "all"):
         raise ValueError(f"benchmark {cfg.benchmark!r}: expected blurb, blue or all")
+    if not Path(cfg.eval_data_root).is_dir():
+        raise FileNotFoundError(f"eval_data_root {cfg.eval_data_root}: no such directory (the BLURB/BLUE files; "
+                                "data/eval_samples for the shipped samples)")
     if cfg.decode.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"decode.dtype {cfg.decode.dtype!r}: expected float32 or bfloat16")
     merge_spec = MergeSpec(cfg.merge_method, drop_rate=cfg.drop_rate, seed=cfg.merge_seed)  # checks both

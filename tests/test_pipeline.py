@@ -72,7 +72,8 @@ def test_pipeline_checks_the_fine_tune_config_before_any_stage(tmp_path, capsys,
                               ("drop_rate=1.5", "drop_rate 1.5: expected 0 <= p <= 1"),
                               ("decode.batch_size=0", "batch_size 0: expected an integer >= 1"),
                               ("decode.dtype=fp16", "decode.dtype 'fp16': expected float32 or bfloat16"),
-                              ("benchmark=blurbb", "benchmark 'blurbb': expected blurb, blue or all")]:
+                              ("benchmark=blurbb", "benchmark 'blurbb': expected blurb, blue or all"),
+                              ("eval_data_root=data/nowhere", "eval_data_root data/nowhere: no such directory")]:
         assert main(["pipeline", "--config", "configs/demo_tiny.yaml", f"output_dir={out}", override]) == 2
         assert message in capsys.readouterr().err, override
         assert not out.exists()
