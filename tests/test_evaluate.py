@@ -373,3 +373,17 @@ def test_build_eval_reads_blurbs_own_file_forms(tmp_path):
     (root / "HoC/test.tsv").write_text("labels\tsentence\tindex\n0_0,12_1\tX .\t1_s0\n")
     with pytest.raises(DataError, match=r"HoC/test\.tsv:2: label '12_1'"):
         build_eval("blurb", root, tmp_path / "out2", names=["HoC"], log=lambda s: None)
+
+
+def test_score_names_each_system_of_several():
+    """Two bare paths were both named "ours", and the second silently replaced the first."""
+    from mnlu_jax.evaluate.cli import prediction_systems
+
+    assert prediction_systems(["runs/a.jsonl"]) == {"ours": "runs/a.jsonl"}
+    assert prediction_systems(["runs/base.jsonl", "runs/merged.jsonl"]) == {"base": "runs/base.jsonl",
+                                                                            "merged": "runs/merged.jsonl"}
+    assert prediction_systems(["b=runs/x", "m=runs/y"]) == {"b": "runs/x", "m": "runs/y"}
+    with pytest.raises(ValueError, match=r"system 'predictions' given twice \(a/predictions and b/predictions\)"):
+        prediction_systems(["a/predictions", "b/predictions"])
+    with pytest.raises(ValueError, match=r"--predictions '=x': expected FILE_OR_DIR or NAME=FILE_OR_DIR"):
+        prediction_systems(["=x"])

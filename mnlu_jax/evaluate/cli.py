@@ -44,6 +44,21 @@ def run_evaluate(model, eval_dir: str | Path, out: str | Path, decode: DecodeCon
     return stats
 
 
+def prediction_systems(items: list[str]) -> dict[str, str]:
+    """`--predictions` items -> system name: path. NAME=PATH names a system; a bare path is "ours" when it is the only
+    one, else named by its file or folder name. A name given twice is an error (one would replace the other)."""
+    systems: dict[str, str] = {}
+    for item in items:
+        name, path = item.split("=", 1) if "=" in item else ("ours" if len(items) == 1 else Path(item).stem, item)
+        if not name or not path:
+            raise ValueError(f"--predictions {item!r}: expected FILE_OR_DIR or NAME=FILE_OR_DIR")
+        if name in systems:
+            raise ValueError(f"--predictions: system {name!r} given twice ({systems[name]} and {path}); name them "
+                             "NAME=FILE_OR_DIR")
+        systems[name] = path
+    return systems
+
+
 def register_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build-eval", help="build the BLURB/BLUE test sets in the unified format")
     p.add_argument("--benchmark", choices=["blurb", "blue", "all"], default="all")
@@ -69,8 +84,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     def score(a):
         from mnlu_jax.evaluate.score import markdown, run_score, table5
 
-        preds = dict(x.split("=", 1) if "=" in x else ("ours", x) for x in a.predictions)
-        results = run_score(preds, a.out, a.manifest)
+        results = run_score(prediction_systems(a.predictions), a.out, a.manifest)
         print(markdown(table5(results, "paper")))
         return 0
 
