@@ -346,3 +346,20 @@ def test_flop_count():
     attn = 3 * cfg.num_hidden_layers * 2 * 2 * 4096 * 1024
     assert fpt == pytest.approx(6 * matmul + attn)
     assert 6.9e9 < matmul < 7.2e9
+
+
+def test_explicit_distributed_settings_are_named(monkeypatch):
+    """MNLU_COORDINATOR without its two companions was a KeyError; a malformed one reached jax.distributed."""
+    from mnlu_jax.train import distributed
+
+    monkeypatch.setenv("MNLU_COORDINATOR", "127.0.0.1:12355")
+    monkeypatch.delenv("MNLU_NUM_PROCESSES", raising=False)
+    with pytest.raises(ValueError, match=r"MNLU_NUM_PROCESSES must be an integer >= 1; got None"):
+        distributed.initialize("explicit")
+    monkeypatch.setenv("MNLU_NUM_PROCESSES", "2")
+    monkeypatch.setenv("MNLU_PROCESS_ID", "2")
+    with pytest.raises(ValueError, match=r"MNLU_PROCESS_ID=2: expected 0 \.\. MNLU_NUM_PROCESSES - 1 = 1"):
+        distributed.initialize("explicit")
+    monkeypatch.setenv("MNLU_COORDINATOR", "127.0.0.1")
+    with pytest.raises(ValueError, match=r"MNLU_COORDINATOR='127\.0\.0\.1': expected host:port"):
+        distributed.initialize("auto")
