@@ -88,7 +88,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mnlu_jax import __version__
+
     p = argparse.ArgumentParser(prog="mnlu-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"mnlu-jax {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="convert checkpoints between HF (safetensors/.bin/GGUF) and ours (Orbax); "

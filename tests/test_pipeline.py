@@ -333,3 +333,16 @@ def test_compilation_cache_before_jax_is_imported_goes_through_the_environment(t
     )
     out = _run_with_cache(script, tmp_path / "cache").stdout
     assert "IMPORTED False" in out and f"DIR {tmp_path / 'cache'}" in out
+
+
+def test_version_is_the_packages(capsys):
+    import re
+
+    import mnlu_jax
+
+    # tomllib is 3.11+, and the package supports 3.10
+    declared = re.search(r'^version = "([^"]+)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"mnlu-jax {declared}" == \
+        f"mnlu-jax {mnlu_jax.__version__}"
