@@ -412,6 +412,10 @@ def test_cli_merge_and_stats(hf_pair, tmp_path):
     ref = merge_checkpoints(base, [base, ft], MergeSpec("dare", drop_rate=0.2, seed=42), tmp_path / "api", progress=False)
     a, b = _flat(tmp_path / "merged"), _flat(ref)
     assert all(np.array_equal(a[n], b[n]) for n in a)
+    card = (tmp_path / "merged" / "README.md").read_text()  # a model card, as mergekit writes one
+    assert card.startswith(f"---\nbase_model:\n- {Path(base).absolute()}\nlibrary_name: transformers\n")
+    assert f"- `{Path(base).absolute()}` (the base)\n- `{Path(ft).absolute()}`\n" in card
+    assert "[dare](https://arxiv.org/abs/2311.03099)" in card and '"seed": 42' in card
     assert main(["merge", "--base", str(base), "--out", str(tmp_path / "x")]) == 2  # no models: clear error
     assert main(["merge-stats", "--base", str(base), "--models", str(ft), str(base), "--out", str(tmp_path / "st")]) == 0
     rows = json.loads((tmp_path / "st" / "merge_stats.json").read_text())

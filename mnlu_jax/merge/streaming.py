@@ -171,12 +171,37 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
             for f in TOKENIZER_FILES:
                 if (tok.dir / f).exists():
                     shutil.copy2(tok.dir / f, tmp / f)
-        (tmp / "merge_config.json").write_text(json.dumps(
-            {"base": str(Path(base).absolute()), "models": [str(Path(m).absolute()) for m in models],
-             "method": spec.method, "drop_rate": spec.drop_rate, "rescale": spec.rescale, "apply": spec.apply,
-             "lambda": spec.lam, "weights": spec.weights, "epsilon": spec.epsilon, "gamma": spec.gamma, "t": spec.t,
-             "filter_wise": spec.filter_wise, "seed": spec.seed,
-             **({"varying": schedule.record()} if schedule is not None else {}),
-             "exclude": exclude, "vocab_policy": vocab_policy,
-             "tokenizer_from": None if tok.dir is None else str(Path(tok.path).absolute())}, indent=2))
+        record = {"base": str(Path(base).absolute()), "models": [str(Path(m).absolute()) for m in models],
+                  "method": spec.method, "drop_rate": spec.drop_rate, "rescale": spec.rescale, "apply": spec.apply,
+                  "lambda": spec.lam, "weights": spec.weights, "epsilon": spec.epsilon, "gamma": spec.gamma,
+                  "t": spec.t, "filter_wise": spec.filter_wise, "seed": spec.seed,
+                  **({"varying": schedule.record()} if schedule is not None else {}),
+                  "exclude": exclude, "vocab_policy": vocab_policy,
+                  "tokenizer_from": None if tok.dir is None else str(Path(tok.path).absolute())}
+        (tmp / "merge_config.json").write_text(json.dumps(record, indent=2))
+        (tmp / "README.md").write_text(model_card(record, Path(out).name))
     return Path(out)
+
+
+METHOD_PAPERS = {"dare": "https://arxiv.org/abs/2311.03099", "dare_ties": "https://arxiv.org/abs/2311.03099",
+                 "ties": "https://arxiv.org/abs/2306.01708", "della": "https://arxiv.org/abs/2406.11617",
+                 "breadcrumbs": "https://arxiv.org/abs/2312.06795", "breadcrumbs_ties": "https://arxiv.org/abs/2312.06795",
+                 "task_arithmetic": "https://arxiv.org/abs/2212.04089", "model_stock": "https://arxiv.org/abs/2403.19522",
+                 "slerp": "https://en.wikipedia.org/wiki/Slerp"}
+
+
+def model_card(record: dict, name: str) -> str:
+    """A Hugging Face model card for the merge (what mergekit writes beside its merges): front matter naming the
+    base, then the method, the models and the settings, so that the merge says what it is when uploaded."""
+    method = record["method"]
+    paper = METHOD_PAPERS.get(method)
+    shown = f"[{method}]({paper})" if paper else method
+    # as given: the base listed among the models counts in an average (the paper's [base, fine-tune] DARE merge)
+    models = [f"`{m}`" + (" (the base)" if m == record["base"] else "") for m in record["models"]]
+    settings = {k: v for k, v in record.items() if k not in ("base", "models") and v is not None}
+    return "\n".join([
+        "---", "base_model:", f"- {record['base']}", "library_name: transformers", "tags:", "- merge", "- mnlu-jax",
+        "---", f"# {name}", "",
+        f"A merge made with mnlu-jax (`mnlu-jax merge`) by the {shown} method, with "
+        f"`{record['base']}` as the base.", "", "## Models merged", "", *[f"- {m}" for m in models], "",
+        "## Settings (as in merge_config.json)", "", "```json", json.dumps(settings, indent=2), "```", ""])
