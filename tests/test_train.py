@@ -50,6 +50,9 @@ def test_loss_falls_and_outputs_load(sample_data, tmp_path):
     assert config.sliding_window == 32
     transformers = pytest.importorskip("transformers")
     transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "hf")
+    card = (tmp_path / "run" / "hf" / "README.md").read_text()  # a model card, as transformers' Trainer writes
+    assert card.startswith("---\nlibrary_name: transformers\n") and "| optimizer steps | 30 |" in card
+    assert f"| final training loss | {losses[-1]:.4f} |" in card and "randomly initialised" in card
     assert (tmp_path / "run" / "loss.png").exists() and (tmp_path / "run" / "config.yaml").exists()
     assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == [20, 30]
 

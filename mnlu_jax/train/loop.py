@@ -255,7 +255,7 @@ def _train(cfg: TrainConfig, progress: bool, mesh, instances: list, out: Path) -
             writer.close()
         if wandb_run:
             wandb_run.finish()
-    _finish(cfg, state["params"], config, out, tok_src)
+    _finish(cfg, state["params"], config, out, tok_src, step, history[-1]["loss"] if history else None)
     summary = {"steps": step, "total_steps": total_steps, "truncated": dict(trunc), "history": history,
                "flops_per_token": fpt}
     if jax.process_index() == 0:
@@ -285,7 +285,8 @@ def _on_mesh(tree, mesh):
     return jax.tree_util.tree_map(fix, tree)
 
 
-def _finish(cfg: TrainConfig, params, config: ModelConfig, out: Path, tok_src) -> None:
+def _finish(cfg: TrainConfig, params, config: ModelConfig, out: Path, tok_src, steps: int = 0,
+            last_loss: float | None = None) -> None:
     """Our checkpoint at out/final (all processes write their shards through Orbax) and, if asked, an HF export
     at out/hf (gathered to process 0). The marker file is written last, so a crash leaves no valid-looking dir."""
     import shutil
@@ -314,9 +315,35 @@ def _finish(cfg: TrainConfig, params, config: ModelConfig, out: Path, tok_src) -
             shutil.copy2(f, final / f.name)
         if host is not None:
             export_hf(host, final_cfg, out / "hf", tokenizer_dir=out / "tokenizer", progress=False)
+            write_text_atomic(out / "hf" / "README.md", model_card(cfg, steps, last_loss))
         # last: a pipeline rerun takes the marker as a finished run, so it must not precede the HF export
         write_text_atomic(final / MARKER, json.dumps({"format": 1, "source": "mnlu-jax train"}, indent=2))
     multihost_utils.sync_global_devices("mnlu_jax: final outputs written")
+
+
+def model_card(cfg: TrainConfig, steps: int, last_loss: float | None) -> str:
+    """A Hugging Face model card for the HF export (as transformers' Trainer writes one): the base model in the front
+    matter, then the data and the settings that made it, so that an upload says what it is."""
+    o = cfg.optim
+    base = cfg.model.source
+    rows = [("data", f"`{cfg.data.path}` (MNLU-Instruct format), chat template `{cfg.data.chat_template}`"),
+            ("epochs", cfg.epochs), ("optimizer steps", steps),
+            ("global batch (packed sequences)", cfg.global_batch_size),
+            ("sequence length", cfg.data.max_seq_length),
+            ("learning rate", f"{o.learning_rate:g}, {o.schedule}, warmup ratio {o.warmup_ratio:g}"),
+            ("AdamW", f"b1 {o.b1:g}, b2 {o.b2:g}, eps {o.eps:g}, weight decay {o.weight_decay:g} (not on norms)"),
+            ("gradient clipping / accumulation", f"{o.grad_clip:g} / {o.grad_accum}"),
+            ("precision", f"{cfg.model.param_dtype} weights, {cfg.model.compute_dtype} compute"),
+            ("loss", "assistant tokens only"),
+            ("final training loss", "-" if last_loss is None else f"{last_loss:.4f}")]
+    front = ["---", *(["base_model:", f"- {base}"] if base != "random" else []), "library_name: transformers",
+             "tags:", "- mnlu-jax", "- sft", "- biomedical", "---"]
+    return "\n".join([*front, f"# {Path(cfg.output_dir).name}", "",
+                      "Full-parameter supervised fine-tuning with mnlu-jax (`mnlu-jax train`)"
+                      + (f" of `{base}`." if base != "random" else " of a randomly initialised model."), "",
+                      "| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
+                      "The run's resolved configuration is its `config.yaml`; per-step metrics are in `metrics.jsonl`.",
+                      ""])
 
 
 def _tensorboard(out: Path, start: int = 0):
