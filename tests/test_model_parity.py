@@ -326,6 +326,12 @@ def test_missing_source_and_offline_hub_id_are_clear_errors(tmp_path, monkeypatc
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(FileNotFoundError, match="BioMistral/BioMistral-7B-DARE: not a local path, and downloading"):
         resolve_source("BioMistral/BioMistral-7B-DARE")
+    from mnlu_jax.weights.convert import load_tokenizer
+
+    (tmp_path / "weights_only").mkdir()  # transformers' message named neither the folder nor the files
+    (tmp_path / "weights_only" / "generation_config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"weights_only: no tokenizer files \(expected tokenizer\.json"):
+        load_tokenizer(tmp_path / "weights_only")
 
 
 def test_flax_module_wraps_the_same_pytree_with_logical_axes(tiny_mistral_dir):

@@ -476,4 +476,9 @@ def load_tokenizer(tokenizer_source: str | Path):
         from mnlu_jax.weights.gguf_io import gguf_tokenizer
 
         return gguf_tokenizer(p)
+    if p.is_dir() and not any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                                                         "vocab.json", "vocab.txt")):
+        # transformers' own message for this case names neither the folder nor the files it looked for
+        raise FileNotFoundError(f"{p}: no tokenizer files (expected tokenizer.json, or tokenizer.model with "
+                                "tokenizer_config.json, beside the weights)")
     return AutoTokenizer.from_pretrained(str(p))
