@@ -383,7 +383,9 @@ def test_score_names_each_system_of_several():
     assert prediction_systems(["runs/base.jsonl", "runs/merged.jsonl"]) == {"base": "runs/base.jsonl",
                                                                             "merged": "runs/merged.jsonl"}
     assert prediction_systems(["b=runs/x", "m=runs/y"]) == {"b": "runs/x", "m": "runs/y"}
-    with pytest.raises(ValueError, match=r"system 'predictions' given twice \(a/predictions and b/predictions\)"):
-        prediction_systems(["a/predictions", "b/predictions"])
+    assert prediction_systems(["runs/base/predictions", "runs/merged/predictions/"]) == {
+        "base": "runs/base/predictions", "merged": "runs/merged/predictions/"}  # evaluate's <out>/predictions
+    with pytest.raises(ValueError, match=r"system 'preds' given twice \(a/preds and b/preds\)"):
+        prediction_systems(["a/preds", "b/preds"])
     with pytest.raises(ValueError, match=r"--predictions '=x': expected FILE_OR_DIR or NAME=FILE_OR_DIR"):
         prediction_systems(["=x"])

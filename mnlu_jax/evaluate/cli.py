@@ -18,7 +18,6 @@ def run_evaluate(model, eval_dir: str | Path, out: str | Path, decode: DecodeCon
     `model` is a checkpoint path (ours, HF or GGUF) or a params pytree (then pass `config` and `tokenizer`)."""
     from mnlu_jax.decode.generate import load_generator, run_generate
     from mnlu_jax.evaluate.score import run_score
-
     from mnlu_jax.evaluate.sets import read_manifest
 
     eval_dir, out = Path(eval_dir), Path(out)
@@ -46,10 +45,16 @@ def run_evaluate(model, eval_dir: str | Path, out: str | Path, decode: DecodeCon
 
 def prediction_systems(items: list[str]) -> dict[str, str]:
     """`--predictions` items -> system name: path. NAME=PATH names a system; a bare path is "ours" when it is the only
-    one, else named by its file or folder name. A name given twice is an error (one would replace the other)."""
+    one, else named by its file or folder name (the folder above for evaluate's `<out>/predictions`). A name given
+    twice is an error (one would replace the other)."""
+
+    def named(path: str) -> str:
+        p = Path(path).absolute()
+        return p.parent.name if p.name == "predictions" else p.stem
+
     systems: dict[str, str] = {}
     for item in items:
-        name, path = item.split("=", 1) if "=" in item else ("ours" if len(items) == 1 else Path(item).stem, item)
+        name, path = item.split("=", 1) if "=" in item else ("ours" if len(items) == 1 else named(item), item)
         if not name or not path:
             raise ValueError(f"--predictions {item!r}: expected FILE_OR_DIR or NAME=FILE_OR_DIR")
         if name in systems:
