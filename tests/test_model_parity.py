@@ -174,6 +174,39 @@ def test_consolidated_safetensors_beside_hf_files_are_not_read(tmp_path):
         load_model(src)
 
 
+def test_a_sharded_index_that_contradicts_its_shards_is_named(tmp_path, caplog):
+    """The index says where transformers looks for each tensor; one that points elsewhere, a tensor stored twice (the
+    later copy would silently win) or shards the index leaves out are named."""
+    import logging
+    import shutil
+
+    from mnlu_jax.weights.safetensors_io import INDEX_NAME, write_sharded
+
+    src = make_tiny_hf(tmp_path / "hf")
+    index = json.loads((src / INDEX_NAME).read_text())
+    wm = index["weight_map"]
+    a, b = sorted(set(wm.values()))[:2]
+    name = next(n for n, f in wm.items() if f == a)
+    bad = tmp_path / "moved"
+    shutil.copytree(src, bad)
+    (bad / INDEX_NAME).write_text(json.dumps({**index, "weight_map": {**wm, name: b}}))
+    with pytest.raises(ValueError, match=rf"{INDEX_NAME}: 1 tensors listed in the wrong shard, e.g. '{name}' in {b}, "
+                                         rf"which is in {a}"):
+        SafetensorsCheckpoint(bad)
+    twice = tmp_path / "twice"
+    shutil.copytree(src, twice)
+    value = np.asarray(SafetensorsCheckpoint(src).get(name))
+    write_sharded(tmp_path / "extra", [(name, value.shape, value.dtype)], lambda n: value)
+    next((tmp_path / "extra").glob("*.safetensors")).rename(twice / "zz-extra.safetensors")
+    (twice / INDEX_NAME).write_text(json.dumps({**index, "weight_map": {**wm, "x": "zz-extra.safetensors"}}))
+    with pytest.raises(ValueError, match=rf"tensor '{name}' is in both {a} and zz-extra\.safetensors"):
+        SafetensorsCheckpoint(twice)
+    (twice / INDEX_NAME).write_text(json.dumps(index))  # the extra shard unlisted: not read, and said so
+    with caplog.at_level(logging.WARNING, logger="mnlu_jax.weights.safetensors_io"):
+        SafetensorsCheckpoint(twice)
+    assert "shards ['zz-extra.safetensors'] are not in" in caplog.text
+
+
 def test_bad_inputs_name_the_tensor(tmp_path):
     src = make_tiny_hf(tmp_path / "hf")
     ts = TensorSource(src)

@@ -8,6 +8,7 @@ bf16 round-trips bit for bit without going through torch.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Callable, Iterator
 
 import ml_dtypes
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 DTYPE_FROM_ST = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -70,13 +73,14 @@ class SafetensorsCheckpoint:
 
     def __init__(self, path: str | Path):
         path = Path(path)
+        weight_map = None
         if path.is_file():
             files = [path]
         elif (path / INDEX_NAME).exists():
             try:
-                index = json.loads((path / INDEX_NAME).read_text())
-                files = sorted({path / f for f in index["weight_map"].values()})
-            except (json.JSONDecodeError, KeyError) as e:
+                weight_map = json.loads((path / INDEX_NAME).read_text())["weight_map"]
+                files = sorted({path / f for f in weight_map.values()})
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
                 raise ValueError(f"{path / INDEX_NAME}: malformed index ({e}); expected a 'weight_map' object") from e
         else:
             files = sorted(path.glob("*.safetensors"))
@@ -92,7 +96,22 @@ class SafetensorsCheckpoint:
         self.where: dict[str, SafetensorsFile] = {}
         for f in self.files:
             for name in f.names():
+                if name in self.where:  # the later shard's copy would replace the earlier one unseen
+                    raise ValueError(f"{path}: tensor {name!r} is in both {self.where[name].path.name} and "
+                                     f"{f.path.name}")
                 self.where[name] = f
+        if weight_map is not None:
+            # the index must not contradict the shards (a listed tensor absent from them all is left to the name
+            # check: tied heads are listed without being stored in some repositories)
+            wrong = [(n, f) for n, f in weight_map.items() if n in self.where and self.where[n].path.name != f]
+            if wrong:
+                n, f = wrong[0]
+                raise ValueError(f"{path / INDEX_NAME}: {len(wrong)} tensors listed in the wrong shard, e.g. {n!r} in "
+                                 f"{f}, which is in {self.where[n].path.name}")
+            unlisted = sorted(f.name for f in set(path.glob("*.safetensors")) - set(files)
+                              if not f.name.startswith("consolidated"))
+            if unlisted:
+                log.warning("%s: shards %s are not in %s and are not read", path, unlisted, INDEX_NAME)
 
     def names(self) -> list[str]:
         return list(self.where)
