@@ -213,6 +213,16 @@ def test_vocab_mismatch_is_an_error_unless_a_policy_is_chosen(tmp_path):
                                 vocab_policy=policy, progress=False)
         assert json.loads((out / "tokenizer_config.json").read_text()) == {"vocab": rows}
         assert json.loads((out / "merge_config.json").read_text())["tokenizer_from"] == str(Path(source).absolute())
+    # merge-stats compares a fine-tune that added tokens on the rows both have (it stopped with advice to pass a
+    # --vocab-policy it does not take)
+    from mnlu_jax.merge.stats import merge_stats
+
+    rows = {r["tensor"]: r for r in merge_stats(base, [ft], tmp_path / "st", plot=False)}
+    b, f = _flat(base), _flat(ft)
+    d = f["lm_head.weight"][:128] - b["lm_head.weight"]
+    assert rows["lm_head.weight"]["delta_norm_0"] == pytest.approx(float(np.linalg.norm(d)), rel=1e-5)
+    assert json.loads((tmp_path / "st" / "merge_stats_models.json").read_text())["vocabulary_rows_compared"] == {
+        "lm_head.weight": 128, "model.embed_tokens.weight": 128}
 
 
 def test_shape_and_architecture_mismatch_name_the_problem(tmp_path):

@@ -44,10 +44,13 @@ def merge_stats(base: str | Path, models: list[str | Path], out: str | Path, plo
 
     b = NamedTensors(base)
     ms = [NamedTensors(m) for m in models]
-    check_compatible(b, ms, "error")
+    # a fine-tune that added tokens has more vocabulary rows: its embedding and head are compared on the rows all
+    # share (the vocabulary's first rows are the same tokens), and the record says how many
+    shared = check_compatible(b, ms, "truncate")
     rows = []
     for name in tqdm(ordered(b.names(), b.config), desc="merge-stats", unit="tensor"):
-        row = {"tensor": name, **tensor_stats(b.get(name), [m.get(name) for m in ms])}
+        n = shared.get(name)
+        row = {"tensor": name, **tensor_stats(b.get(name)[:n], [m.get(name)[:n] for m in ms])}
         rows.append(row)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,8 +62,8 @@ def merge_stats(base: str | Path, models: list[str | Path], out: str | Path, plo
     write_text_atomic(out / "merge_stats.json", json.dumps(rows, indent=1))
     # which model each column's index is (the columns stay indexed: names can be long and repeat)
     write_text_atomic(out / "merge_stats_models.json", json.dumps(
-        {"base": str(Path(base).absolute()), "models": {str(i): str(Path(m).absolute()) for i, m in enumerate(models)}},
-        indent=1))
+        {"base": str(Path(base).absolute()), "models": {str(i): str(Path(m).absolute()) for i, m in enumerate(models)},
+         **({"vocabulary_rows_compared": shared} if shared else {})}, indent=1))
     if plot:
         _plot(rows, short_names(models), out / "merge_stats.png")
     return rows
