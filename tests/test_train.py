@@ -287,6 +287,13 @@ def test_train_configs_are_checked_before_any_work(tmp_path):
         "output directory or one JSONL file)" in r.stderr, r.stderr
     assert not (tmp_path / "never").exists()
 
+def test_a_mistyped_model_path_is_named_before_output_dir_is_made(sample_data, tmp_path):
+    for field in ("model.source", "model.tokenizer"):  # the tokenizer's reached transformers as a bad repo id
+        with pytest.raises(FileNotFoundError, match=rf"{field} '/nowhere/x': no such file or directory \(nor a "
+                                                    r"Hugging Face Hub id"):
+            run_train(cfg_for(sample_data, tmp_path / "never", f"{field}=/nowhere/x"), progress=False)
+        assert not (tmp_path / "never").exists()
+
 
 def test_optimizer_state_is_sharded_like_the_parameters():
     """AdamW's mu and nu depend on no input's data: without out_shardings `jax.jit(tx.init)` put them on one

@@ -48,6 +48,17 @@ def _instances(path: str | Path):
     return [i for f in files for i in read_instances(f)]
 
 
+def _check_model_paths(cfg: TrainConfig) -> None:
+    """`model.source` and `model.tokenizer` must be a local path or a Hub id ("org/name"): a mistyped path used to be
+    found only after output_dir was made, and a tokenizer path reached transformers as a malformed repo id."""
+    from mnlu_jax.weights.convert import HUB_ID
+
+    for field, value in (("model.source", cfg.model.source), ("model.tokenizer", cfg.model.tokenizer)):
+        if value in (None, "", "random", "smollm2") or Path(value).exists() or HUB_ID.match(str(value)):
+            continue
+        raise FileNotFoundError(f"{field} {value!r}: no such file or directory (nor a Hugging Face Hub id, org/name)")
+
+
 def load_model_and_tokenizer(cfg: TrainConfig, instances, out: Path):
     from mnlu_jax.weights.convert import load_model, load_tokenizer
 
@@ -109,6 +120,7 @@ def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
     check_batch_fits_mesh(cfg.global_batch_size, mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count(),
                           cfg.optim.grad_accum)
     instances = _instances(cfg.data.path)  # before output_dir is made: a wrong path leaves nothing behind
+    _check_model_paths(cfg)  # likewise
     out = Path(cfg.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     # one run per output_dir (its own processes share it: process 0 holds the lock for them; mnlu_jax/locks.py)
