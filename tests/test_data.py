@@ -1478,3 +1478,33 @@ def test_tokenizer_template_without_one_falls_back_to_zephyr_with_a_warning(tiny
     assert resolve_template(tok, "tokenizer") == tok.chat_template
     with pytest.raises(ValueError, match=r"chat template 'zephyrr': expected 'tokenizer', 'zephyr' or a path"):
         resolve_template(tok, "zephyrr")
+
+
+def test_chat_template_errors_name_the_file_or_the_record(tiny_tok, tmp_path):
+    """A template file that does not parse is named with its line when it is chosen; a template that refuses a
+    conversation (Mistral's own raises on a system message) names the record and suggests --drop-system. Both were
+    jinja2 tracebacks."""
+    import copy
+
+    from mnlu_jax.data.chat import resolve_template
+    from mnlu_jax.decode.generate import encode_records
+
+    (tmp_path / "bad.jinja").write_text("{% for m in messages %}\n{{ m.content }\n")
+    with pytest.raises(ValueError, match=r"bad\.jinja:2: chat template does not parse \(unexpected '}'\)"):
+        resolve_template(tiny_tok, str(tmp_path / "bad.jinja"))
+    (tmp_path / "gen.jinja").write_text("{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}"
+                                        "{% endfor %}")  # transformers' own tags parse
+    assert "generation" in resolve_template(tiny_tok, str(tmp_path / "gen.jinja"))
+    strict = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('Conversation roles must "
+              "alternate user/assistant') }}{% endif %}{{ m['content'] }}{% endfor %}")
+    tok = copy.deepcopy(tiny_tok)
+    tok.chat_template = strict
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    with pytest.raises(ValueError, match=r"in\.jsonl: record 1 \(id 's'\): the chat template refused messages with "
+                                         r"roles \['system', 'user'\]: Conversation roles must alternate .*"
+                                         r"--drop-system"):
+        encode_records([{"id": "s", "messages": chat}], tok, "tokenizer", False, 64, "in.jsonl")
+    assert encode_records([{"id": "s", "messages": chat}], tok, "tokenizer", True, 64, "in.jsonl")[0]
+    inst = T.nli_instances([{"id": "p", "premise": "a", "hypothesis": "b", "label": "neutral"}], "x")[0][0]
+    with pytest.raises(ValueError, match=r"instance x-p: the chat template refused"):
+        tokenize_instance(inst, tok, strict, 512)

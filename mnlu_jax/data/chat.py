@@ -38,12 +38,40 @@ def resolve_template(tokenizer, choice: str | None) -> str:
     p = Path(choice)
     if not p.exists():
         raise ValueError(f"chat template {choice!r}: expected 'tokenizer', 'zephyr' or a path to a Jinja file")
-    return p.read_text()
+    text = p.read_text()
+    import jinja2
+
+    try:  # a syntax error is named now, with its line, not when the first prompt is rendered
+        _compile_as_transformers_does(text)
+    except jinja2.TemplateSyntaxError as e:
+        raise ValueError(f"{p}:{e.lineno}: chat template does not parse ({e.message})") from e
+    return text
 
 
-def render(tokenizer, messages: list[dict], template: str, add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+def _compile_as_transformers_does(text: str) -> None:
+    """Compile a template in transformers' own environment (its sandbox and extensions, such as `{% generation %}`),
+    falling back to plain Jinja where that private helper has moved."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:
+        import jinja2
+
+        jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(text)
+        return
+    _compile_jinja_template(text)
+
+
+def render(tokenizer, messages: list[dict], template: str, add_generation_prompt: bool, where: str = "") -> str:
+    import jinja2
+
+    try:
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+    except jinja2.TemplateError as e:  # e.g. Mistral's own template refuses a system message (raise_exception)
+        roles = [m["role"] for m in messages]
+        hint = " (--drop-system leaves system messages out)" if "system" in roles else ""
+        raise ValueError(f"{where or 'chat template'}: the chat template refused messages with roles {roles}: "
+                         f"{e}{hint}") from e
 
 
 def prompt_messages(messages: list[dict], drop_system: bool = False) -> list[dict]:

@@ -37,8 +37,8 @@ def tokenize_instance(inst: Instance, tokenizer, template: str, max_len: int, ke
         raise DataError(f"instance {inst.id}: the last message must be the assistant's answer")
     if not msgs[-1]["content"].strip():
         raise DataError(f"instance {inst.id}: empty assistant answer")
-    prompt_text = render(tokenizer, msgs[:-1], template, add_generation_prompt=True)
-    full_text = render(tokenizer, msgs, template, add_generation_prompt=False)
+    prompt_text = render(tokenizer, msgs[:-1], template, add_generation_prompt=True, where=f"instance {inst.id}")
+    full_text = render(tokenizer, msgs, template, add_generation_prompt=False, where=f"instance {inst.id}")
     prompt = chat_ids(tokenizer, prompt_text)  # with the one BOS decoding gives it too (data/chat.py)
     full = chat_ids(tokenizer, full_text)
     if full[: len(prompt)] != prompt:

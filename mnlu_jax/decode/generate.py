@@ -123,7 +123,8 @@ def encode_records(records: list[dict], tokenizer, template: str | None, drop_sy
         where = f"{source}: record {n} (id {rec.get('id')!r})"
         if "messages" in rec:
             check_messages(rec["messages"], where)
-            text = render(tokenizer, prompt_messages(rec["messages"], drop_system), tpl, add_generation_prompt=True)
+            text = render(tokenizer, prompt_messages(rec["messages"], drop_system), tpl, add_generation_prompt=True,
+                          where=where)
             ids = chat_ids(tokenizer, text)  # one BOS where the tokenizer adds one, as training had (data/chat.py)
         elif "prompt" in rec:
             # with the tokenizer's special tokens (Mistral's and Llama's BOS), as vLLM's generate() and transformers'
