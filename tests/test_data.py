@@ -1492,6 +1492,15 @@ def test_chat_template_errors_name_the_file_or_the_record(tiny_tok, tmp_path):
     (tmp_path / "bad.jinja").write_text("{% for m in messages %}\n{{ m.content }\n")
     with pytest.raises(ValueError, match=r"bad\.jinja:2: chat template does not parse \(unexpected '}'\)"):
         resolve_template(tiny_tok, str(tmp_path / "bad.jinja"))
+    from mnlu_jax.data.chat import check_template_choice
+    from mnlu_jax.decode.engine import DecodeConfig
+    from mnlu_jax.decode.generate import run_generate
+
+    check_template_choice("zephyr")
+    check_template_choice("tokenizer")
+    with pytest.raises(ValueError, match=r"bad\.jinja:2: chat template does not parse"):  # before any model load
+        run_generate("no-model-loaded", tmp_path / "in.jsonl", tmp_path / "out.jsonl", DecodeConfig(),
+                     chat_template=str(tmp_path / "bad.jinja"))
     (tmp_path / "gen.jinja").write_text("{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}"
                                         "{% endfor %}")  # transformers' own tags parse
     assert "generation" in resolve_template(tiny_tok, str(tmp_path / "gen.jinja"))

@@ -257,7 +257,9 @@ def test_train_configs_are_checked_before_any_work(tmp_path):
              "optim.grad_accum=3": r"global_batch_size 8 is not a multiple of optim\.grad_accum 3",
              "mesh.tensor=0": r"mesh\.tensor: expected -1 \(the rest\) or an integer >= 1, got 0",
              "output_dir=gs://bucket/run": r"output_dir: expected a directory \(a path every host sees: gs:// and "
-                                            r"other URLs are not written to"}
+                                            r"other URLs are not written to",
+             "data.chat_template=zephir": r"data\.chat_template: chat template 'zephir': expected 'tokenizer', "
+                                          r"'zephyr' or a path to a Jinja file"}
     for override, message in cases.items():
         with pytest.raises(ValueError, match=message):
             check_train_config(load_config(TrainConfig, tiny, [override]))

@@ -48,6 +48,13 @@ def resolve_template(tokenizer, choice: str | None) -> str:
     return text
 
 
+def check_template_choice(choice: str | None) -> None:
+    """What `resolve_template` would refuse, found before a model or data is loaded: an unknown name, a missing file
+    or one that does not parse ("tokenizer" is checked when the tokenizer is there)."""
+    if choice not in (None, "", "tokenizer") and choice not in TEMPLATES:
+        resolve_template(None, choice)
+
+
 def _compile_as_transformers_does(text: str) -> None:
     """Compile a template in transformers' own environment (its sandbox and extensions, such as `{% generation %}`),
     falling back to plain Jinja where that private helper has moved."""

@@ -26,7 +26,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mnlu_jax.config import changed_settings, write_text_atomic
-from mnlu_jax.data.chat import adds_bos, chat_ids, prompt_messages, render, resolve_template
+from mnlu_jax.data.chat import (adds_bos, chat_ids, check_template_choice, prompt_messages, render,
+                                resolve_template)
 from mnlu_jax.data.schema import check_messages, iter_jsonl
 from mnlu_jax.decode.engine import PROMPT_OVERFLOW, DecodeConfig, Generator, cast_params
 from mnlu_jax.locks import exclusive
@@ -201,6 +202,7 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
         raise ValueError(f"--out {out_path}: a directory; expected the .jsonl file to write predictions to")
     if out_path.exists() and input_path.exists() and out_path.samefile(input_path):
         raise ValueError(f"--out {out_path} is the input file; write predictions to another file")
+    check_template_choice(chat_template)
     records = read_jsonl(input_path)
     ids = [str(r.get("id", i)) for i, r in enumerate(records)]
     first: dict[str, int] = {}

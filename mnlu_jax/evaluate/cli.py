@@ -16,6 +16,7 @@ def run_evaluate(model, eval_dir: str | Path, out: str | Path, decode: DecodeCon
     """Decode every eval set in `eval_dir` (resumable per set) into `out/predictions/`, then score into `out/`.
 
     `model` is a checkpoint path (ours, HF or GGUF) or a params pytree (then pass `config` and `tokenizer`)."""
+    from mnlu_jax.data.chat import check_template_choice
     from mnlu_jax.decode.generate import load_generator, run_generate
     from mnlu_jax.evaluate.score import run_score
     from mnlu_jax.evaluate.sets import read_manifest
@@ -24,6 +25,7 @@ def run_evaluate(model, eval_dir: str | Path, out: str | Path, decode: DecodeCon
     if not (eval_dir / "manifest.json").is_file():
         raise FileNotFoundError(f"{eval_dir}: no manifest.json (build-eval writes the eval sets and their manifest)")
     sets = read_manifest(eval_dir / "manifest.json")
+    check_template_choice(chat_template)  # before the model is loaded
     unknown = sorted(set(names or ()) - set(sets))
     if unknown:
         raise ValueError(f"{eval_dir}/manifest.json has no eval sets {unknown}; it has {sorted(sets)}")

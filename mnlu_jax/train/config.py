@@ -144,6 +144,12 @@ def check_train_config(cfg: TrainConfig) -> None:
     number_in("optim.b2", o.b2, 0, 1)
     need(isinstance(o.eps, (int, float)) and o.eps > 0, "optim.eps", "a number > 0", o.eps)
     number_in("optim.grad_clip", o.grad_clip, 0, math.inf)  # 0: no clipping
+    try:  # a template name or file the first tokenisation would refuse
+        from mnlu_jax.data.chat import check_template_choice
+
+        check_template_choice(d.chat_template)
+    except ValueError as e:
+        problems.append(f"data.chat_template: {e}")
     for axis in ("data", "fsdp", "tensor"):
         size = getattr(cfg.mesh, axis)
         need(isinstance(size, int) and (size == -1 or size >= 1), f"mesh.{axis}", "-1 (the rest) or an integer >= 1",
