@@ -163,6 +163,13 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
              "eval-finetuned", "eval-merged", "report"]
     st = Stages(names, out / "stages.json", stage_settings(cfg))
     st.check(out)
+    # the stages pass these to the fine-tune themselves; an override would train on other data or write elsewhere
+    # than the merge and the evaluation read
+    owned = ("output_dir", "data.path", "model.source", "data.chat_template")
+    taken = [o for o in cfg.train_overrides if o.split("=", 1)[0].strip() in owned]
+    if taken:
+        raise ValueError(f"train_overrides {taken}: the pipeline sets {list(owned)} itself (chat_template: the "
+                         "pipeline's own key; the rest follow output_dir and base_model)")
     # the fine-tune's config is read and checked now, not after the base model's evaluation
     train_cfg = load_config(TrainConfig, cfg.train_config, [
         f"output_dir={out / 'train'}", f"data.path={out / 'data'}", f"model.source={out / 'base'}",

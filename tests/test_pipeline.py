@@ -73,7 +73,9 @@ def test_pipeline_checks_the_fine_tune_config_before_any_stage(tmp_path, capsys,
                               ("decode.batch_size=0", "batch_size 0: expected an integer >= 1"),
                               ("decode.dtype=fp16", "decode.dtype 'fp16': expected float32 or bfloat16"),
                               ("benchmark=blurbb", "benchmark 'blurbb': expected blurb, blue or all"),
-                              ("eval_data_root=data/nowhere", "eval_data_root data/nowhere: no such directory")]:
+                              ("eval_data_root=data/nowhere", "eval_data_root data/nowhere: no such directory"),
+                              ("train_overrides=[output_dir=/tmp/elsewhere]",
+                               "train_overrides ['output_dir=/tmp/elsewhere']: the pipeline sets")]:
         assert main(["pipeline", "--config", "configs/demo_tiny.yaml", f"output_dir={out}", override]) == 2
         assert message in capsys.readouterr().err, override
         assert not out.exists()
