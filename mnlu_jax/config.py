@@ -126,6 +126,16 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_csv_atomic(path: str | Path, rows: list[list]) -> None:
+    """Rows (the first a header) as CSV, through `write_text_atomic`."""
+    import csv
+    import io
+
+    table = io.StringIO(newline="")
+    csv.writer(table).writerows(rows)
+    write_text_atomic(path, table.getvalue())
+
+
 def changed_settings(before: dict, now: dict, keys: Any = None) -> list[str]:
     """`"key: old then, new now"` for each of `keys` (default: every key of either) whose value differs: how the
     rerun checks (generate's run record, a resumed training run, pipeline stages) say what changed."""

@@ -20,15 +20,15 @@ ZEPHYR_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
 TEMPLATES = {"zephyr": ZEPHYR_TEMPLATE}
-_WARNED_NO_TEMPLATE: set[int] = set()  # once per tokenizer, not once per prompt
+_WARNED_NO_TEMPLATE: weakref.WeakSet = weakref.WeakSet()  # once per tokenizer, not once per prompt
 
 
 def resolve_template(tokenizer, choice: str | None) -> str:
     """`choice`: None or "tokenizer" (the tokenizer's own), "zephyr", or a path to a Jinja file."""
     if choice in (None, "", "tokenizer"):
         if not getattr(tokenizer, "chat_template", None):  # a base model's tokenizer: the paper's template
-            if id(tokenizer) not in _WARNED_NO_TEMPLATE:
-                _WARNED_NO_TEMPLATE.add(id(tokenizer))
+            if tokenizer not in _WARNED_NO_TEMPLATE:
+                _WARNED_NO_TEMPLATE.add(tokenizer)
                 log.warning("chat template 'tokenizer': %s has none; using the zephyr template (the paper's)",
                             getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__)
             return ZEPHYR_TEMPLATE

@@ -171,15 +171,11 @@ def read_text(path: Path, fallback: str | None = None) -> str:
     releases written in Latin-1, such as EU-ADR's); an unreadable or undecodable file is a DataError naming it (and
     the line of the first undecodable byte)."""
     try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e})") from e
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if fallback is None:
-            raise not_utf8(path, e) from e
-        text = raw.decode(fallback)
+        text = read_bytes_as_utf8(path)
+    except DataError as e:
+        if fallback is None or not isinstance(e.__cause__, UnicodeDecodeError):
+            raise
+        text = e.__cause__.object.decode(fallback)  # the bytes already read
     return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as Path.read_text gives
 
 

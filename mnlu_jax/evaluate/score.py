@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from mnlu_jax.config import write_text_atomic
+from mnlu_jax.config import write_csv_atomic, write_text_atomic
 from mnlu_jax.evaluate.metrics import score_records
 from mnlu_jax.data.schema import Instance, iter_jsonl
 from mnlu_jax.evaluate.sets import BY_NAME, EVAL_SETS, gold_count, read_manifest
@@ -202,9 +200,7 @@ def write_report(results: dict[str, dict], out: str | Path) -> dict:
     for mode in ("paper", "official"):
         rows = table5(results, mode)
         write_text_atomic(out / f"table5_{mode}.md", markdown(rows))
-        table = io.StringIO(newline="")
-        csv.writer(table).writerows(rows)
-        write_text_atomic(out / f"table5_{mode}.csv", table.getvalue())
+        write_csv_atomic(out / f"table5_{mode}.csv", rows)
         plot_bars(results, out / f"scores_{mode}.png", mode)
     # last and whole: the pipeline takes a scores.json as a finished evaluation
     write_text_atomic(out / "scores.json", json.dumps(slim, indent=2))

@@ -7,15 +7,13 @@ deltas disagree in sign: what TIES' sign election resolves). Written as CSV, JSO
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from mnlu_jax.config import write_text_atomic
+from mnlu_jax.config import write_csv_atomic, write_text_atomic
 
 
 def tensor_stats(base: np.ndarray, models: list[np.ndarray]) -> dict:
@@ -54,11 +52,8 @@ def merge_stats(base: str | Path, models: list[str | Path], out: str | Path, plo
         rows.append(row)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = io.StringIO(newline="")
-    w = csv.DictWriter(table, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    write_text_atomic(out / "merge_stats.csv", table.getvalue())
+    header = list(rows[0])
+    write_csv_atomic(out / "merge_stats.csv", [header, *([r[k] for k in header] for r in rows)])
     write_text_atomic(out / "merge_stats.json", json.dumps(rows, indent=1))
     # which model each column's index is (the columns stay indexed: names can be long and repeat)
     write_text_atomic(out / "merge_stats_models.json", json.dumps(

@@ -51,12 +51,11 @@ def _instances(path: str | Path):
 def _check_model_paths(cfg: TrainConfig) -> None:
     """`model.source` and `model.tokenizer` must be a local path or a Hub id ("org/name"): a mistyped path used to be
     found only after output_dir was made, and a tokenizer path reached transformers as a malformed repo id."""
-    from mnlu_jax.weights.convert import HUB_ID
+    from mnlu_jax.weights.convert import check_source
 
     for field, value in (("model.source", cfg.model.source), ("model.tokenizer", cfg.model.tokenizer)):
-        if value in (None, "", "random", "smollm2") or Path(value).exists() or HUB_ID.match(str(value)):
-            continue
-        raise FileNotFoundError(f"{field} {value!r}: no such file or directory (nor a Hugging Face Hub id, org/name)")
+        if value not in (None, "", "random"):
+            check_source(value, field)
 
 
 def load_model_and_tokenizer(cfg: TrainConfig, instances, out: Path):

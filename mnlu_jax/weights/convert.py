@@ -84,6 +84,14 @@ def smollm2_path() -> Path:
     return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def check_source(src: str | Path, field: str) -> None:
+    """What `resolve_source` would take, checked without downloading: a local path, "smollm2" or a Hub id; anything
+    else is named by `field` before work that depends on it begins."""
+    if str(src) == "smollm2" or Path(src).exists() or HUB_ID.match(str(src)):
+        return
+    raise FileNotFoundError(f"{field} {str(src)!r}: no such file or directory (nor a Hugging Face Hub id, org/name)")
+
+
 def resolve_source(src: str | Path) -> Path:
     """A local path as is; "smollm2" for the packaged SmolLM2 GGUF; a Hugging Face Hub id ("org/name", no such local path) is downloaded (weights in
     safetensors, config and tokenizer files only) into the HF cache and its snapshot directory returned."""
