@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import types
@@ -78,16 +79,52 @@ def from_dict(cls: type[T], data: dict, where: str = "config", nested: bool = Fa
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
+        raise ValueError(f"{where}: unknown field(s) {unknown} for {cls.__name__}{_did_you_mean(unknown, names)}; "
+                         f"known: {sorted(names)}")
     kw = {k: _coerce(v, hints[k], f"{where}.{k}" if nested else f"{where}: {k}") for k, v in data.items()}
     return cls(**kw)
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """`a.b=3` sets data['a']['b'] = 3 (values parsed as YAML scalars)."""
+def _did_you_mean(unknown: list[str], names: Any) -> str:
+    close = [m for u in unknown for m in difflib.get_close_matches(u, sorted(names), n=1, cutoff=0.6)]
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def _dataclass_of(typ: Any) -> Any:
+    """The dataclass a field holds (`X` or `X | None`), else None: overrides below it are checked by name."""
+    if dataclasses.is_dataclass(typ):
+        return typ
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(typ) if a is not type(None)]
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            return inner[0]
+    return None
+
+
+def check_override_key(cls: type, item: str) -> None:
+    """Name an override whose dotted key is not a field of `cls` here, not later as a config-file error: the key
+    is the user's typo on the command line, and the YAML file the later error would name does not hold it."""
+    key = item.split("=", 1)[0].strip()
+    node: Any = cls
+    for depth, part in enumerate(key.split(".")):
+        names = {f.name for f in dataclasses.fields(node)}
+        if part not in names:
+            where = ".".join(key.split(".")[:depth]) or node.__name__
+            raise ValueError(f"override {item!r}: {where} has no field {part!r}{_did_you_mean([part], names)}; "
+                             f"known: {sorted(names)}")
+        node = _dataclass_of(typing.get_type_hints(node)[part])
+        if node is None:  # a scalar, list or free mapping: the value's own check names what is wrong
+            return
+
+
+def apply_overrides(data: dict, overrides: list[str], cls: type | None = None) -> dict:
+    """`a.b=3` sets data['a']['b'] = 3 (values parsed as YAML scalars); with `cls`, each key is first checked
+    against its fields."""
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r}: expected key=value")
+        if cls is not None:
+            check_override_key(cls, item)
         key, raw = item.split("=", 1)
         node = data
         parts = key.strip().split(".")
@@ -99,17 +136,44 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys in a mapping without a word; a config that sets `learning_rate`
+    twice then trains with whichever came last. Here a repeated key is an error naming both lines."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is set twice in one mapping (first on line {seen[key] + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's contents, refusing repeated keys. A syntax error is one line, `file:line:column: problem`,
+    not PyYAML's several lines that quote `<unicode string>` for the file."""
+    try:
+        return yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ValueError(f"{where}: {'; '.join(x for x in (e.context, e.problem) if x)}") from None
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     data: dict = {}
     if path is not None:
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = read_yaml(path) or {}
         except (OSError, yaml.YAMLError) as e:
             raise ValueError(f"{path}: cannot read YAML config: {e}") from e
         if not isinstance(data, dict):
             raise ValueError(f"{path}: top level must be a mapping")
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(data, overrides or [], cls)
     return from_dict(cls, data, where=str(path) if path else cls.__name__)
 
 

@@ -276,8 +276,34 @@ def test_train_configs_are_checked_before_any_work(tmp_path):
     # a value of the wrong type names the file and the dotted key; an unknown key names the section it is not in
     with pytest.raises(ValueError, match=rf"{tiny}: optim\.learning_rate: expected float, got 'abc'"):
         load_config(TrainConfig, tiny, ["optim.learning_rate=abc"])
-    with pytest.raises(ValueError, match=rf"{tiny}: optim: unknown field\(s\) \['lr'\] for OptimSection"):
+    # a mistyped override key is named as the override (the YAML file does not hold it), with a close field
+    with pytest.raises(ValueError, match=r"override 'optim\.lr=0\.1': optim has no field 'lr'; known: \['b1'"):
         load_config(TrainConfig, tiny, ["optim.lr=0.1"])
+    with pytest.raises(ValueError, match=r"override 'optimizer\.learning_rate=1': TrainConfig has no field "
+                                         r"'optimizer' \(did you mean 'optim'\?\)"):
+        load_config(TrainConfig, tiny, ["optimizer.learning_rate=1"])
+    with pytest.raises(ValueError, match=r"override 'steps=3': TrainConfig has no field 'steps' \(did you mean "
+                                         r"'max_steps'\?\)"):
+        load_config(TrainConfig, tiny, ["steps=3"])
+    with pytest.raises(ValueError, match=r"override 'optim\.learning_rate\.x=1': 'learning_rate' is not a section"):
+        load_config(TrainConfig, tiny, ["optim.learning_rate.x=1"])
+    typo = tmp_path / "typo.yaml"  # a typo in the file names the file and the section, with the close field
+    typo.write_text(tiny.read_text().replace("mesh: {data: -1,", "mesh: {dta: -1,"))
+    with pytest.raises(ValueError, match=rf"{typo}: mesh: unknown field\(s\) \['dta'\] for MeshSection \(did you "
+                                         r"mean 'data'\?\)"):
+        load_config(TrainConfig, typo)
+    # PyYAML keeps the last of two equal keys without a word; a config file must not train on either silently
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(tiny.read_text() + "global_batch_size: 4\n")
+    line = tiny.read_text().splitlines().index(next(x for x in tiny.read_text().splitlines()
+                                                    if x.startswith("global_batch_size:"))) + 1
+    with pytest.raises(ValueError, match=rf"{twice}:\d+:1: key 'global_batch_size' is set twice in one mapping "
+                                         rf"\(first on line {line}\)"):
+        load_config(TrainConfig, twice)
+    broken = tmp_path / "broken.yaml"  # a syntax error is one line naming file, line and column
+    broken.write_text("optim: {learning_rate: 1e-3\nmesh: {}\n")
+    with pytest.raises(ValueError, match=rf"^{broken}:2:\d+: while parsing a flow mapping; expected ',' or '}}'"):
+        load_config(TrainConfig, broken)
     # the console script names the file and overrides, and stops before reading any data
     r = subprocess.run([sys.executable, "-m", "mnlu_jax.cli", "train", "--config", str(tiny), "optim.learning_rate=-1",
                         "data.path=/nonexistent", f"output_dir={tmp_path / 'never'}"], capture_output=True, text=True)
