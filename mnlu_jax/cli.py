@@ -46,12 +46,12 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 
 def cmd_merge(a: argparse.Namespace) -> int:
-    from mnlu_jax.merge.config import MergeConfig, run_merge
+    from mnlu_jax.merge.config import MergeConfig, run_merge, translate_merge_config
     from mnlu_jax.config import load_config
 
     overrides = list(a.overrides)
-    for key in ("base", "out", "method", "drop_rate", "rescale", "apply", "lam", "seed", "exclude", "dtype",
-                "vocab_policy", "epsilon", "gamma", "t", "filter_wise"):
+    for key in ("base", "out", "method", "drop_rate", "rescale", "rescale_norm", "normalize", "apply", "lam", "seed",
+                "exclude", "dtype", "vocab_policy", "epsilon", "gamma", "t", "filter_wise"):
         v = getattr(a, key)
         if v is not None:
             overrides.append(f"{key}={json.dumps(v) if not isinstance(v, str) else v}")
@@ -59,7 +59,7 @@ def cmd_merge(a: argparse.Namespace) -> int:
         overrides.append(f"models={json.dumps(a.models)}")
     if a.weights:
         overrides.append(f"weights={json.dumps(a.weights)}")
-    cfg = load_config(MergeConfig, a.config, overrides)
+    cfg = load_config(MergeConfig, a.config, overrides, translate=translate_merge_config)
     out = run_merge(cfg)
     print(f"wrote {out}")
     return 0
@@ -112,15 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("merge", help="merge fine-tunes into a base (DARE, TIES, DELLA, Breadcrumbs, SLERP, Model "
                                      "Stock, linear, task arithmetic)")
-    m.add_argument("--config", default=None, help="YAML MergeConfig (e.g. configs/merge/biomistral_nlu_dare.yaml)")
+    m.add_argument("--config", default=None, help="YAML MergeConfig (e.g. configs/merge/biomistral_nlu_dare.yaml) "
+                                                   "or a mergekit config (merge_method, base_model, models: ...)")
     m.add_argument("--base")
     m.add_argument("--models", nargs="+")
     m.add_argument("--weights", nargs="+", type=float)
-    m.add_argument("--method", help="linear, task_arithmetic, dare (default), ties, dare_ties, della, breadcrumbs, "
-                                    "breadcrumbs_ties, slerp or model_stock")
+    m.add_argument("--method", help="linear, task_arithmetic, dare (default), dare_linear, ties, dare_ties, della, "
+                                    "della_linear, breadcrumbs, breadcrumbs_ties, slerp or model_stock")
     m.add_argument("--drop-rate", dest="drop_rate", type=float)
     m.add_argument("--rescale", dest="rescale", action="store_true", default=None)
-    m.add_argument("--no-rescale", dest="rescale", action="store_false")
+    m.add_argument("--no-rescale", dest="rescale", action="store_false",
+                   help="(default: rescale for DARE and DELLA methods, not for the others)")
+    m.add_argument("--rescale-norm", dest="rescale_norm", choices=["l1", "l2", "linf"],
+                   help="rescale what is kept to the delta's norm, as mergekit (default: 1/keep-probability per entry)")
+    m.add_argument("--normalize", dest="normalize", action="store_true", default=None,
+                   help="divide by the summed weights (default: on for linear, ties, della)")
+    m.add_argument("--no-normalize", dest="normalize", action="store_false")
     m.add_argument("--apply", choices=["average", "task_arithmetic"])
     m.add_argument("--lambda", dest="lam", type=float)
     m.add_argument("--epsilon", type=float)

@@ -163,7 +163,10 @@ def read_yaml(path: str | Path) -> Any:
         raise ValueError(f"{where}: {'; '.join(x for x in (e.context, e.problem) if x)}") from None
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+                translate: Any = None) -> T:
+    """`cls` from a YAML file and overrides. `translate(data, where)` turns a file in another tool's format
+    (a mergekit config) into `cls`'s fields before the overrides apply."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -173,6 +176,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ValueError(f"{path}: cannot read YAML config: {e}") from e
         if not isinstance(data, dict):
             raise ValueError(f"{path}: top level must be a mapping")
+        if translate is not None:
+            data = translate(data, str(path))
     data = apply_overrides(data, overrides or [], cls)
     return from_dict(cls, data, where=str(path) if path else cls.__name__)
 

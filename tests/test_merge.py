@@ -453,3 +453,128 @@ def test_models_equal_to_base_are_elided_without_changing_the_result(hf_pair, tm
     sh.copytree(base, copy)  # a different path: not elided
     computed = _flat(merge_checkpoints(base, [copy, ft], spec, tmp_path / "c", progress=False))
     assert all(elided[n].tobytes() == computed[n].tobytes() for n in elided)
+
+
+# ------------------------------------------------------------------ mergekit configs run as they are
+def _both(tmp_path, config: dict, name: str) -> tuple[dict, dict, Path]:
+    """The same mergekit YAML through `mergekit-yaml` and through `mnlu-jax merge --config`."""
+    import yaml
+
+    from mnlu_jax.cli import main
+
+    ref = _mergekit(tmp_path, config, name)
+    path = tmp_path / f"{name}.yaml"  # _mergekit wrote it
+    assert yaml.safe_load(path.read_text()) == config
+    assert main(["merge", "--config", str(path), "--out", str(tmp_path / f"ours_{name}")]) == 0
+    return _flat(tmp_path / f"ours_{name}"), ref, tmp_path / f"ours_{name}"
+
+
+def test_mergekit_configs_merge_as_mergekit_does(tmp_path):
+    """Deterministic methods, bitwise up to float rounding, including the L1 rescale of what TIES and Breadcrumbs
+    keep and normalize off for linear / on for task arithmetic (both ignored before session 24)."""
+    base = make_tiny_hf(tmp_path / "base", seed=0, num_hidden_layers=3)
+    m1 = make_tiny_hf(tmp_path / "m1", seed=1, num_hidden_layers=3)
+    m2 = make_tiny_hf(tmp_path / "m2", seed=2, num_hidden_layers=3)
+    two = lambda **p: [{"model": str(m1), "parameters": {k: v[0] for k, v in p.items()}},  # noqa: E731
+                       {"model": str(m2), "parameters": {k: v[1] for k, v in p.items()}}]
+    cases = {
+        "linear": {"merge_method": "linear", "models": two(weight=(0.3, 0.9)), "parameters": {"normalize": False}},
+        "task_arithmetic": {"merge_method": "task_arithmetic", "base_model": str(base),
+                            "models": two(weight=(0.3, 0.9)), "parameters": {"lambda": 0.8, "normalize": True}},
+        "ties": {"merge_method": "ties", "base_model": str(base),
+                 "models": two(weight=([0.2, 0.8], 1.0),
+                               density=([{"filter": "mlp", "value": 0.4}, {"value": 0.7}],) * 2),
+                 "parameters": {"rescale": True, "int8_mask": True, "lambda": 1.2}},
+        "breadcrumbs": {"merge_method": "breadcrumbs", "base_model": str(base), "models": two(weight=(0.6, 0.5)),
+                        "parameters": {"density": 0.7, "gamma": 0.05, "rescale": True}},
+        "breadcrumbs_ties": {"merge_method": "breadcrumbs_ties", "base_model": str(base),
+                             "models": two(weight=(0.6, 0.5), density=(0.6, 0.6)), "parameters": {"gamma": 0.1}},
+        "slerp": {"merge_method": "slerp", "base_model": str(base),
+                  "models": [{"model": str(base)}, {"model": str(m1)}],
+                  "parameters": {"t": [{"filter": "self_attn", "value": [0.1, 0.9]}, {"value": 0.3}]}},
+        "model_stock": {"merge_method": "model_stock", "base_model": str(base),
+                        "models": [{"model": str(m1)}, {"model": str(m2)}], "parameters": {"filter_wise": True}},
+    }
+    b = _flat(base)
+    for name, cfg in cases.items():
+        ours, ref, out = _both(tmp_path, {**cfg, "dtype": "float32"}, name)
+        assert set(ours) == set(ref), name
+        for n in ours:
+            np.testing.assert_allclose(ours[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=f"{name} {n}")
+        assert not np.allclose(ours["model.layers.1.mlp.up_proj.weight"], b["model.layers.1.mlp.up_proj.weight"])
+    record = json.loads((out.parent / "ours_ties" / "merge_config.json").read_text())
+    assert record["rescale"] is True and record["rescale_norm"] == "l1" and record["normalize"] is True
+    assert record["varying"]["drop_rate"] == [{"filter": "mlp", "value": pytest.approx(0.6)},
+                                              {"value": pytest.approx(0.3)}]
+    # what the rescale changed: TIES without it is another merge
+    plain = _flat(merge_checkpoints(base, [m1, m2], MergeSpec("ties", drop_rate=0.3, weights=(1.0, 1.0)),
+                                    tmp_path / "plain", progress=False))
+    scaled = _flat(merge_checkpoints(base, [m1, m2], MergeSpec("ties", drop_rate=0.3, weights=(1.0, 1.0),
+                                                               rescale=True), tmp_path / "scaled", progress=False))
+    assert not np.allclose(plain["model.layers.0.mlp.up_proj.weight"], scaled["model.layers.0.mlp.up_proj.weight"])
+
+
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties", "della", "della_linear"])
+def test_mergekit_random_methods_keep_and_rescale_as_mergekit_does(tmp_path, method):
+    """Masks are random on both sides, so the test is structural: about `density` of the entries kept, and the kept
+    entries the delta times one factor, the delta's L1 norm over the kept part's (mergekit's rescale)."""
+    density = 0.6
+    base = make_tiny_hf(tmp_path / "base", seed=0, hidden_size=128, intermediate_size=256)
+    ft = make_tiny_hf(tmp_path / "ft", seed=1, hidden_size=128, intermediate_size=256)
+    cfg = {"merge_method": method, "base_model": str(base), "dtype": "float32",
+           "models": [{"model": str(ft), "parameters": {"weight": 1.0, "density": density,
+                                                        **({"epsilon": 0.1} if "della" in method else {})}}]}
+    ours, ref, _ = _both(tmp_path, cfg, method)
+    b, f = _flat(base), _flat(ft)
+    n = "model.layers.0.mlp.up_proj.weight"
+    delta = (f[n] - b[n]).astype(np.float64)
+    for merged in (ours[n], ref[n]):
+        got = merged.astype(np.float64) - b[n]
+        kept = got != 0
+        assert abs(kept.mean() - density) < 6 * np.sqrt(density * (1 - density) / kept.size)
+        factor = np.abs(delta).sum() / np.abs(delta[kept]).sum()
+        np.testing.assert_allclose(got[kept], factor * delta[kept], rtol=1e-4, atol=1e-6)
+
+
+def test_mergekit_configs_outside_what_we_merge_are_named(tmp_path):
+    from mnlu_jax.config import load_config
+    from mnlu_jax.merge.config import MergeConfig, translate_merge_config
+
+    good = {"merge_method": "dare_ties", "base_model": "b",
+            "models": [{"model": "m1", "parameters": {"weight": 0.5, "density": 0.5}},
+                       {"model": "m2", "parameters": {"weight": 0.5, "density": 0.5}}]}
+    path = tmp_path / "mk.yaml"
+
+    def load(cfg, overrides=()):
+        import yaml
+
+        path.write_text(yaml.safe_dump(cfg))
+        return load_config(MergeConfig, path, list(overrides), translate=translate_merge_config)
+
+    cfg = load(good, ["out=o", "seed=3"])
+    assert (cfg.method, cfg.base, cfg.models, cfg.weights, cfg.drop_rate, cfg.rescale_norm, cfg.seed, cfg.out) == (
+        "dare_ties", "b", ["m1", "m2"], [0.5, 0.5], 0.5, "l1", 3, "o")
+    assert load({**good, "models": [{"model": "m1", "parameters": {"weight": 1.0}}]}).drop_rate == 0.0  # density 1
+    cases = [({**good, "merge_method": "nuslerp"}, r"merge_method 'nuslerp' is not supported by mnlu-jax; supported:"),
+             ({"slices": [], "merge_method": "passthrough"}, r"slices: layer-range merges"),
+             ({**good, "models": [{"model": "m1", "parameters": {"weight": 1, "density": 0.5}},
+                                  {"model": "m2", "parameters": {"weight": 1, "density": 0.7}}]},
+              r"density differs between models \(models\[0\]: 0\.5, models\[1\]: 0\.7\); mnlu-jax takes one density"),
+             ({**good, "models": [{"model": "m1+lora_dir", "parameters": {"weight": 1}}]}, r"LoRA references"),
+             ({**good, "models": [{"model": "m1", "parameters": {"density": 0.5}}]},
+              r"models\[0\]\.parameters\.weight: required by dare_ties"),
+             ({k: v for k, v in good.items() if k != "base_model"}, r"base_model: required by dare_ties"),
+             ({**good, "tokenizer_source": "union"}, r"tokenizer_source 'union': only the base's tokenizer"),
+             ({**good, "chat_template": "chatml"}, r"mergekit key\(s\) \['chat_template'\] are not supported"),
+             ({**good, "models": [{"model": "m1", "parameters": {"weight": 1, "gamma": 0.1}}]},
+              r"models\[0\]\.parameters: \['gamma'\] not per-model parameter\(s\) of dare_ties"),
+             ({**good, "parameters": {"t": 0.5}}, r"parameters: \['t'\] not parameter\(s\) of dare_ties"),
+             ({"merge_method": "slerp", "base_model": "b", "models": ["b", "m1"]}, r"parameters\.t: required by slerp"),
+             ({**good, "dtype": "int8"}, r"dtype 'int8': expected one of"),
+             ({"merge_method": "linear", "base_model": "b", "models": [{"model": "m1", "parameters": {"weight": 1}}]},
+              r"base_model: linear averages it as one more input")]
+    for cfg, message in cases:
+        with pytest.raises(ValueError, match=rf"{path}: .*{message}"):
+            load(cfg)
+    with pytest.raises(ValueError, match=r"rescale_norm 'l3': expected one of \('l1', 'l2', 'linf'\)"):
+        MergeSpec("dare", rescale_norm="l3")

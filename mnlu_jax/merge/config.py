@@ -19,7 +19,8 @@ class MergeConfig:
     out: str = ""
     method: str = "dare"
     drop_rate: Any = 0.2
-    rescale: bool = True
+    rescale: bool | None = None      # None: the method's default (on for DARE and DELLA, off for the others)
+    rescale_norm: str | None = None  # None: 1/keep-probability per entry; l1 | l2 | linf: mergekit's norm matching
     apply: str = "average"
     lam: Any = 1.0
     weights: list[Any] | None = None
@@ -46,7 +47,8 @@ class MergeConfig:
         weights = self.weights if self.weights and all(isinstance(w, (int, float)) for w in self.weights) else None
         if self.weights and weights is None:
             weights = [1.0] * len(self.weights)
-        return MergeSpec(method=self.method, drop_rate=plain("drop_rate"), rescale=self.rescale, apply=self.apply,
+        return MergeSpec(method=self.method, drop_rate=plain("drop_rate"), rescale=self.rescale,
+                         rescale_norm=self.rescale_norm, apply=self.apply,
                          lam=plain("lam"), weights=tuple(weights) if weights else None, epsilon=plain("epsilon"),
                          gamma=plain("gamma"), t=plain("t"), filter_wise=self.filter_wise, normalize=self.normalize,
                          seed=self.seed)
@@ -56,6 +58,13 @@ class MergeConfig:
 
     def _settings(self) -> dict:
         return {name: getattr(self, name) for name in SCHEDULABLE}
+
+
+def translate_merge_config(data: dict, where: str) -> dict:
+    """A mergekit config (it has `merge_method`) as our fields; ours as it is."""
+    from mnlu_jax.merge.mergekit_config import from_mergekit, is_mergekit_config
+
+    return from_mergekit(data, where) if is_mergekit_config(data) else data
 
 
 def run_merge(cfg: MergeConfig, progress: bool = True) -> Path:

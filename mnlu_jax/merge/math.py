@@ -2,8 +2,8 @@
 
 Notation: θ_b the base tensor, θ_i the i-th model, δ_i = θ_i − θ_b, w_i its weight, p the drop rate.
 
-- linear:          Σ w_i θ_i / Σ w_i
-- task_arithmetic: θ_b + λ Σ w_i δ_i
+- linear:          Σ w_i θ_i / Σ w_i (Σ w_i θ_i with `normalize=False`)
+- task_arithmetic: θ_b + λ Σ w_i δ_i (divided by Σ w_i with `normalize=True`)
 - dare (MergeLM `mask_merging`, the paper's method): δ'_i = m_i ⊙ δ_i / (1 − p) with m_i ~ Bernoulli(1 − p)
   (no rescale when `rescale=False` or p = 1), then `apply="average"`: θ_b + Σ w_i δ'_i / Σ w_i
   or `apply="task_arithmetic"`: θ_b + λ Σ w_i δ'_i. With models [base, fine-tune] and p = 0.2 this is
@@ -11,8 +11,10 @@ Notation: θ_b the base tensor, θ_i the i-th model, δ_i = θ_i − θ_b, w_i i
 - ties (mergekit semantics): keep the top-k |δ_i| (k = max(1, ⌊density·n⌋), density = 1 − p), weight, elect
   the sign of Σ w_i δ_i (ties go to +), disjoint mean Σ w_i δ_i [agree] / Σ w_i [agree] (normalize), θ_b + λ·that.
 - dare_ties: DARE masks and 1/(1 − p) rescale, then TIES sign election (no normalisation, as mergekit).
+  dare_linear (mergekit's name): the same masks, then θ_b + λ Σ w_i δ'_i (÷ Σ w_i with `normalize`).
 - della: DELLA's MagPrune: per row, keep probability rises linearly with magnitude rank from
   (1 − p) − ε to (1 − p) + ε; kept entries rescaled by 1/keep-probability; then TIES sign election and mean.
+  della_linear (mergekit's name): the same masks, then θ_b + λ Σ w_i δ'_i (÷ Σ w_i with `normalize`).
 - breadcrumbs (Model Breadcrumbs): per δ_i, drop the ⌊γ·n⌋ largest |δ| (outliers) and the smallest, keeping
   ⌊(1 − p)·n⌋ entries; then θ_b + λ Σ w_i δ_i (no normalisation, no rescale: mergekit's defaults).
   breadcrumbs_ties: the same masks, then TIES sign election (not normalised, as mergekit).
@@ -22,6 +24,13 @@ Notation: θ_b the base tensor, θ_i the i-th model, δ_i = θ_i − θ_b, w_i i
 - model_stock (Jang et al. 2024): with N ≥ 2 models and cos φ the mean pairwise cosine of their deltas (the
   whole tensor flattened, or per row with `filter_wise`), t = N cos φ / (1 + (N − 1) cos φ) and
   t·mean(θ_i) + (1 − t)·θ_b (the base where the denominator vanishes). Weights are not used.
+
+Rescaling what a sparsifier keeps (`rescale`; by default on for the DARE and DELLA methods, off for the others):
+with `rescale_norm=None` each kept entry is divided by its keep probability, as the DARE and DELLA papers (and
+MergeLM) do; with `rescale_norm` "l1", "l2" or "linf" the kept tensor is scaled to the norm the whole delta had, as
+mergekit 0.1.5 does (its only rule: every `rescale: true` there is "l1"). TIES and Breadcrumbs keep by magnitude,
+so their rescale (off by default, as in mergekit) is always to a norm, "l1" unless another is named. `normalize`
+(divide by the summed weights) defaults as in mergekit: on for linear, ties and della, off for the others.
 
 Layout: the tensor is read as Hugging Face stores it (one layer's weight, rows = output features). slerp's and
 model_stock's angles, TIES' and breadcrumbs' whole-tensor ranks and DELLA's and filter-wise rows depend on it;
@@ -42,8 +51,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-METHODS = ("linear", "task_arithmetic", "dare", "ties", "dare_ties", "della", "breadcrumbs", "breadcrumbs_ties",
-           "slerp", "model_stock")
+METHODS = ("linear", "task_arithmetic", "dare", "dare_linear", "ties", "dare_ties", "della", "della_linear",
+           "breadcrumbs", "breadcrumbs_ties", "slerp", "model_stock")
+RESCALE_NORMS = ("l1", "l2", "linf")
+# How each sparsifying method picks the entries of a delta it keeps, and which methods then elect signs (TIES).
+SPARSIFIER = {"dare": "random", "dare_ties": "random", "dare_linear": "random", "della": "magprune",
+              "della_linear": "magprune", "ties": "magnitude", "breadcrumbs": "outliers",
+              "breadcrumbs_ties": "outliers"}
+SIGN_ELECTION = ("ties", "dare_ties", "della", "breadcrumbs_ties")
+# mergekit 0.1.5's defaults for `rescale` and `normalize`
+RESCALES_BY_DEFAULT = ("dare", "dare_ties", "dare_linear", "della", "della_linear")
+NORMALIZES_BY_DEFAULT = ("linear", "ties", "della")
 # how many models (besides the base) a method takes: (at least, at most)
 MODEL_COUNTS = {"slerp": (1, 1), "model_stock": (2, None)}
 
@@ -52,7 +70,8 @@ MODEL_COUNTS = {"slerp": (1, 1), "model_stock": (2, None)}
 class MergeSpec:
     method: str = "dare"
     drop_rate: float = 0.2          # p; density = 1 − p for ties/della
-    rescale: bool = True            # DARE's 1/(1 − p)
+    rescale: bool | None = None     # None: the method's default (RESCALES_BY_DEFAULT); see `rescales`
+    rescale_norm: str | None = None  # None: 1/keep-probability per entry (DARE, DELLA); else l1 | l2 | linf
     apply: str = "average"          # dare only: average | task_arithmetic
     lam: float = 1.0                # λ for task_arithmetic, ties, dare_ties, della and dare+task_arithmetic
     weights: tuple[float, ...] | None = None  # one per model (default all 1)
@@ -60,7 +79,7 @@ class MergeSpec:
     gamma: float = 0.01             # breadcrumbs: the fraction of largest |δ| dropped as outliers
     t: float = 0.5                  # slerp: 0 the base, 1 the model
     filter_wise: bool = False       # model_stock: one cos φ per row instead of per tensor
-    normalize: bool | None = None   # ties/della default True, dare_ties False (mergekit defaults)
+    normalize: bool | None = None   # None: the method's default (NORMALIZES_BY_DEFAULT); see `normalizes`
     seed: int = 0
     # Weight of models left out of the computation because their delta is exactly zero (the base listed as a
     # model, as in the paper's [base, fine-tune] merge): it still counts in DARE's average denominator.
@@ -71,22 +90,36 @@ class MergeSpec:
             raise ValueError(f"merge method {self.method!r}: expected one of {METHODS}")
         if not 0.0 <= self.drop_rate <= 1.0:
             raise ValueError(f"drop_rate {self.drop_rate}: expected 0 <= p <= 1")
+        if self.rescale_norm is not None and self.rescale_norm not in RESCALE_NORMS:
+            raise ValueError(f"rescale_norm {self.rescale_norm!r}: expected one of {RESCALE_NORMS} or null (each kept "
+                             f"entry divided by its keep probability)")
         if self.apply not in ("average", "task_arithmetic"):
             raise ValueError(f"apply {self.apply!r}: expected average or task_arithmetic")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma {self.gamma}: expected 0 <= gamma <= 1")
         if not np.isfinite(self.t):
             raise ValueError(f"t {self.t}: expected a finite number (0: the base, 1: the model)")
-        if self.method == "della" and not (0 < 1 - self.drop_rate - self.epsilon and 1 - self.drop_rate + self.epsilon < 1):
-            raise ValueError(f"della: need 0 < (1 - drop_rate) ± epsilon < 1, got drop_rate={self.drop_rate}, epsilon={self.epsilon}")
+        density = 1 - self.drop_rate  # (keeping all or nothing needs no probabilities, as in mergekit)
+        if SPARSIFIER.get(self.method) == "magprune" and 0 < density < 1 and not 0 < density - self.epsilon < \
+                density + self.epsilon < 1:
+            raise ValueError(f"{self.method}: need 0 < (1 - drop_rate) ± epsilon < 1, got drop_rate={self.drop_rate}, "
+                             f"epsilon={self.epsilon}")
 
     @property
     def density(self) -> float:
         return 1.0 - self.drop_rate
 
     @property
+    def rescales(self) -> bool:
+        return self.method in RESCALES_BY_DEFAULT if self.rescale is None else self.rescale
+
+    @property
+    def normalizes(self) -> bool:
+        return self.method in NORMALIZES_BY_DEFAULT if self.normalize is None else self.normalize
+
+    @property
     def needs_rng(self) -> bool:
-        return self.method in ("dare", "dare_ties", "della") and self.drop_rate > 0
+        return SPARSIFIER.get(self.method) in ("random", "magprune") and self.drop_rate > 0
 
 
 def tensor_key(seed: int, name: str, model_index: int) -> jax.Array:
@@ -105,18 +138,40 @@ def keep_mask(key: jax.Array, keep: float, shape: tuple[int, ...]) -> jax.Array:
     return (halves.astype(jnp.uint32) < threshold).reshape(shape)
 
 
-def dare_drop(delta: jax.Array, key: jax.Array, p: float, rescale: bool) -> jax.Array:
+def _norm(x: jax.Array, norm: str) -> jax.Array:
+    if norm == "l1":
+        return jnp.abs(x).sum()
+    if norm == "l2":
+        return jnp.sqrt(jnp.square(x).sum())
+    return jnp.abs(x).max()
+
+
+def rescale_to_norm(kept: jax.Array, delta: jax.Array, norm: str, eps: float = 1e-7) -> jax.Array:
+    """`kept` scaled so that its norm is `delta`'s (mergekit 0.1.5's `rescaled_masked_tensor`); left as it is when
+    either norm is below `eps`."""
+    if kept.size == 0:
+        return kept
+    before, after = _norm(delta, norm), _norm(kept, norm)
+    ok = (before >= eps) & (after >= eps)
+    return jnp.where(ok, kept * (before / jnp.where(ok, after, 1.0)), kept)
+
+
+def dare_drop(delta: jax.Array, key: jax.Array, p: float, rescale: bool, norm: str | None = None) -> jax.Array:
     if p <= 0.0:
         return delta
     if p >= 1.0:
         return jnp.zeros_like(delta)
     out = jnp.where(keep_mask(key, 1.0 - p, delta.shape), delta, 0.0)
+    if not rescale:
+        return out
+    if norm is not None:
+        return rescale_to_norm(out, delta, norm)
     # Multiply by the fp32 reciprocal explicitly: XLA would rewrite a division by a constant anyway,
     # and this way the documented scale 1/(1 − p) is exactly what every kept entry is multiplied by.
-    return out * np.float32(1.0 / (1.0 - p)) if rescale else out
+    return out * np.float32(1.0 / (1.0 - p))
 
 
-def magnitude_trim(delta: jax.Array, density: float) -> jax.Array:
+def magnitude_trim(delta: jax.Array, density: float, norm: str | None = None) -> jax.Array:
     n = delta.size
     if density >= 1.0 or n == 0:
         return delta
@@ -127,12 +182,16 @@ def magnitude_trim(delta: jax.Array, density: float) -> jax.Array:
     # Keep exactly the k largest (ties broken by index, like a stable descending argsort).
     order = jnp.argsort(-flat, stable=True)
     mask = jnp.zeros(n, bool).at[order[:k]].set(True)
-    return jnp.where(mask.reshape(delta.shape), delta, 0.0)
+    out = jnp.where(mask.reshape(delta.shape), delta, 0.0)
+    return out if norm is None else rescale_to_norm(out, delta, norm)
 
 
-def della_drop(delta: jax.Array, key: jax.Array, density: float, epsilon: float, rescale: bool) -> jax.Array:
+def della_drop(delta: jax.Array, key: jax.Array, density: float, epsilon: float, rescale: bool,
+               norm: str | None = None) -> jax.Array:
     if density >= 1.0:
         return delta
+    if density <= 0.0:
+        return jnp.zeros_like(delta)
     x = delta if delta.ndim >= 2 else delta[None]
     x2 = x.reshape(x.shape[0], -1)
     ranks = jnp.argsort(jnp.argsort(jnp.abs(x2), axis=1, stable=True), axis=1).astype(jnp.float32)
@@ -141,11 +200,11 @@ def della_drop(delta: jax.Array, key: jax.Array, density: float, epsilon: float,
     keep = jax.random.uniform(key, x2.shape) < keep_p
     out = jnp.where(keep, x2, 0.0)
     if rescale:
-        out = out / keep_p
+        out = out / keep_p if norm is None else rescale_to_norm(out, x2, norm)
     return out.reshape(delta.shape)
 
 
-def magnitude_outliers(delta: jax.Array, density: float, gamma: float) -> jax.Array:
+def magnitude_outliers(delta: jax.Array, density: float, gamma: float, norm: str | None = None) -> jax.Array:
     """Model Breadcrumbs' mask (mergekit's `magnitude_outliers`): of the |δ| in ascending order keep the ⌊density·n⌋
     that follow the smallest ones dropped, so that the ⌊γ·n⌋ largest go too (fewer when density needs them)."""
     n = delta.size
@@ -155,7 +214,21 @@ def magnitude_outliers(delta: jax.Array, density: float, gamma: float) -> jax.Ar
     n_bottom = max(0, n - target - int(gamma * n))
     order = jnp.argsort(jnp.abs(delta).reshape(-1), stable=True)
     mask = jnp.zeros(n, bool).at[order[n_bottom:n_bottom + target]].set(True)
-    return jnp.where(mask.reshape(delta.shape), delta, 0.0)
+    out = jnp.where(mask.reshape(delta.shape), delta, 0.0)
+    return out if norm is None else rescale_to_norm(out, delta, norm)
+
+
+def sparsify(delta: jax.Array, key: jax.Array | None, spec: MergeSpec) -> jax.Array:
+    """The entries of one delta that `spec.method` keeps, rescaled as `spec` says."""
+    kind = SPARSIFIER[spec.method]
+    if kind == "random":
+        return dare_drop(delta, key, spec.drop_rate, spec.rescales, spec.rescale_norm)
+    if kind == "magprune":
+        return della_drop(delta, key, spec.density, spec.epsilon, spec.rescales, spec.rescale_norm)
+    norm = (spec.rescale_norm or "l1") if spec.rescales else None  # kept by magnitude: no keep probability
+    if kind == "magnitude":
+        return magnitude_trim(delta, spec.density, norm)
+    return magnitude_outliers(delta, spec.density, spec.gamma, norm)
 
 
 def slerp(t: float, v0: jax.Array, v1: jax.Array, dot_threshold: float = 0.9995, eps: float = 1e-8) -> jax.Array:
@@ -234,40 +307,31 @@ def merge_tensor(base: jax.Array, models: list[jax.Array] | tuple[jax.Array, ...
         raise ValueError(f"{w.shape[0]} weights for {n} models")
     wb = w.reshape((n,) + (1,) * base.ndim)
     if spec.method == "linear":
-        return (thetas * wb).sum(0) / w.sum()
+        mixed = (thetas * wb).sum(0)
+        return mixed / w.sum() if spec.normalizes else mixed
     if spec.method in MODEL_COUNTS:
         check_model_count(spec, n)
         if spec.method == "slerp":
             return slerp(spec.t, base, thetas[0])
         return model_stock(base, thetas, spec.filter_wise)
     deltas = thetas - base
-    if spec.method == "task_arithmetic":
-        return base + spec.lam * (deltas * wb).sum(0)
-    if spec.method in ("dare", "dare_ties"):
-        deltas = jnp.stack([dare_drop(deltas[i], None if keys is None else keys[i], spec.drop_rate, spec.rescale) for i in range(n)])
-        if spec.method == "dare":
-            mixed = (deltas * wb).sum(0)
-            if spec.apply == "average":
-                return base + mixed / (w.sum() + spec.elided_weight)
-            return base + spec.lam * mixed
-        normalize = False if spec.normalize is None else spec.normalize
-        return base + spec.lam * _consensus(deltas, wb, normalize)
-    if spec.method == "ties":
-        deltas = jnp.stack([magnitude_trim(deltas[i], spec.density) for i in range(n)])
-        normalize = True if spec.normalize is None else spec.normalize
-        return base + spec.lam * _consensus(deltas, wb, normalize)
-    if spec.method in ("breadcrumbs", "breadcrumbs_ties"):
-        deltas = jnp.stack([magnitude_outliers(deltas[i], spec.density, spec.gamma) for i in range(n)])
-        if spec.method == "breadcrumbs":
-            mixed = (deltas * wb).sum(0)
-            total = w.sum()
-            return base + spec.lam * (mixed / jnp.where(jnp.abs(total) < 1e-8, 1.0, total) if spec.normalize else mixed)
-        return base + spec.lam * _consensus(deltas, wb, bool(spec.normalize))
-    if spec.method == "della":
-        deltas = jnp.stack([della_drop(deltas[i], None if keys is None else keys[i], spec.density, spec.epsilon, spec.rescale) for i in range(n)])
-        normalize = True if spec.normalize is None else spec.normalize
-        return base + spec.lam * _consensus(deltas, wb, normalize)
-    raise ValueError(spec.method)
+    if spec.method in SPARSIFIER:
+        deltas = jnp.stack([sparsify(deltas[i], None if keys is None else keys[i], spec) for i in range(n)])
+    if spec.method == "dare":  # MergeLM's mask_merging, the paper's
+        mixed = (deltas * wb).sum(0)
+        if spec.apply == "average":
+            return base + mixed / (w.sum() + spec.elided_weight)
+        return base + spec.lam * mixed
+    if spec.method in SIGN_ELECTION:
+        return base + spec.lam * _consensus(deltas, wb, spec.normalizes)
+    # task_arithmetic, dare_linear, della_linear, breadcrumbs: a weighted sum of the deltas (mergekit's generalised
+    # task arithmetic without a sign election). A model elided as the base is mergekit's base entry, not one of
+    # the models, so its weight is not in the sum (unlike DARE's average above, where the paper counts it).
+    mixed = (deltas * wb).sum(0)
+    if spec.normalizes:
+        total = w.sum()
+        mixed = mixed / jnp.where(jnp.abs(total) < 1e-8, 1.0, total)
+    return base + spec.lam * mixed
 
 
 def keys_for(spec: MergeSpec, name: str, n_models: int) -> jax.Array | None:

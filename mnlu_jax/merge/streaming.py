@@ -172,7 +172,8 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
                 if (tok.dir / f).exists():
                     shutil.copy2(tok.dir / f, tmp / f)
         record = {"base": str(Path(base).absolute()), "models": [str(Path(m).absolute()) for m in models],
-                  "method": spec.method, "drop_rate": spec.drop_rate, "rescale": spec.rescale, "apply": spec.apply,
+                  "method": spec.method, "drop_rate": spec.drop_rate, "rescale": spec.rescales,
+                  "rescale_norm": spec.rescale_norm, "normalize": spec.normalizes, "apply": spec.apply,
                   "lambda": spec.lam, "weights": spec.weights, "epsilon": spec.epsilon, "gamma": spec.gamma,
                   "t": spec.t, "filter_wise": spec.filter_wise, "seed": spec.seed,
                   **({"varying": schedule.record()} if schedule is not None else {}),
@@ -184,6 +185,7 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
 
 
 METHOD_PAPERS = {"dare": "https://arxiv.org/abs/2311.03099", "dare_ties": "https://arxiv.org/abs/2311.03099",
+                 "dare_linear": "https://arxiv.org/abs/2311.03099", "della_linear": "https://arxiv.org/abs/2406.11617",
                  "ties": "https://arxiv.org/abs/2306.01708", "della": "https://arxiv.org/abs/2406.11617",
                  "breadcrumbs": "https://arxiv.org/abs/2312.06795", "breadcrumbs_ties": "https://arxiv.org/abs/2312.06795",
                  "task_arithmetic": "https://arxiv.org/abs/2212.04089", "model_stock": "https://arxiv.org/abs/2403.19522",

@@ -1,0 +1,172 @@
+"""mergekit YAML configs read as our MergeConfig, so a merge written for `mergekit-yaml` runs here as it is:
+
+    merge_method: dare_ties
+    base_model: checkpoints/BioMistral-7B
+    models:
+      - model: runs/ft_a/hf
+        parameters: {weight: 0.6, density: 0.5}
+      - model: runs/ft_b/hf
+        parameters: {weight: 0.4, density: 0.5}
+    parameters: {normalize: true, int8_mask: true}
+    dtype: bfloat16
+
+`mnlu-jax merge --config that.yaml --out DIR [--seed N]` (mergekit-yaml takes the output directory and
+`--random-seed` on its command line too). The translation, by mergekit 0.1.5's own parameter definitions:
+- `merge_method` keeps its name (linear, task_arithmetic, ties, dare_ties, dare_linear, della, della_linear,
+  breadcrumbs, breadcrumbs_ties, slerp, model_stock); other methods, `slices` (layer-range merges) and LoRA
+  references (`model+lora`) are refused by name rather than merged some other way.
+- Per-model `weight` become `weights`. `density`, `gamma` and `epsilon` may be per model in mergekit; here one
+  setting serves every model, so they must be the same for all models (given once under `parameters:` or
+  repeated). `density` becomes `drop_rate = 1 - density`, number by number through gradients and conditions,
+  and when absent it is mergekit's default 1.0 (drop nothing), not our 0.2.
+- Shared `parameters`: `lambda`, `normalize`, `rescale`, `t`, `filter_wise`; `int8_mask` is accepted and changes
+  nothing (it is the storage type of mergekit's sign mask). Values given under `parameters:` that mergekit
+  binds per model (`weight`, `density`, ...) are defaults for the models that do not set them, as in mergekit.
+- mergekit rescales what DARE and DELLA keep to the L1 norm of the whole delta, so `rescale_norm: l1` is set
+  for the sparsifying methods (our own default is the papers' 1/keep-probability).
+- `out_dtype` (else `dtype`) is the output dtype; the math is fp32 whatever the dtype (mergekit computes in
+  `dtype`), so a bf16 merge here is the fp32 result rounded once.
+- `tokenizer_source` may be absent or `base`; the base's tokenizer goes with the merge (others are refused).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mnlu_jax.merge.math import SPARSIFIER
+from mnlu_jax.merge.settings import check_setting
+
+MERGEKIT_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "della", "della_linear",
+                    "breadcrumbs", "breadcrumbs_ties", "slerp", "model_stock")
+TOP_LEVEL = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source")
+# per-model parameters each method takes (mergekit's NON_BASE/INPUT scope), and its shared ones
+PER_MODEL = {"linear": ("weight",), "task_arithmetic": ("weight", "density"),
+             **{m: ("weight", "density") for m in ("ties", "dare_ties", "dare_linear")},
+             **{m: ("weight", "density", "epsilon") for m in ("della", "della_linear")},
+             **{m: ("weight", "density", "gamma") for m in ("breadcrumbs", "breadcrumbs_ties")},
+             "slerp": (), "model_stock": ()}
+GTA_SHARED = ("lambda", "normalize", "rescale", "int8_mask")
+SHARED = {"linear": ("normalize",), "slerp": ("t",), "model_stock": ("filter_wise",),
+          **{m: GTA_SHARED for m in MERGEKIT_METHODS if m not in ("linear", "slerp", "model_stock")}}
+OURS = {"lambda": "lam", "normalize": "normalize", "rescale": "rescale", "t": "t", "filter_wise": "filter_wise",
+        "gamma": "gamma", "epsilon": "epsilon"}
+DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16", "half": "float16"}
+
+
+def is_mergekit_config(data: Any) -> bool:
+    return isinstance(data, dict) and "merge_method" in data
+
+
+def _one_minus(setting: Any) -> Any:
+    """density -> drop rate through a number, a gradient or a list of {filter, value} conditions."""
+    if isinstance(setting, list):
+        return [dict(c, value=_one_minus(c["value"])) if isinstance(c, dict) else 1.0 - c for c in setting]
+    return 1.0 - setting
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected a mapping of parameters, got {value!r}")
+    return value
+
+
+def from_mergekit(data: dict, where: str) -> dict:
+    """The MergeConfig fields (as a mapping) of a mergekit config; errors name `where` and the mergekit key."""
+    if "slices" in data:
+        raise ValueError(f"{where}: slices: layer-range merges (passthrough frankenmerges) are not supported; list "
+                         "whole models under `models:`")
+    unknown = sorted(set(data) - set(TOP_LEVEL))
+    if unknown:
+        raise ValueError(f"{where}: mergekit key(s) {unknown} are not supported here; known: {list(TOP_LEVEL)}")
+    method = data["merge_method"]
+    if method not in MERGEKIT_METHODS:
+        raise ValueError(f"{where}: merge_method {method!r} is not supported by mnlu-jax; supported: "
+                         f"{', '.join(MERGEKIT_METHODS)}")
+    entries = data.get("models")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{where}: models: expected a list of {{model: PATH, parameters: {{...}}}}, got {entries!r}")
+    shared = _mapping(data.get("parameters"), f"{where}: parameters")
+    allowed_shared = set(SHARED[method]) | set(PER_MODEL[method])
+    bad = sorted(set(shared) - allowed_shared)
+    if bad:
+        raise ValueError(f"{where}: parameters: {bad} not parameter(s) of {method}; it takes {sorted(allowed_shared)}")
+    paths, per_model = [], []
+    for i, entry in enumerate(entries):
+        here = f"{where}: models[{i}]"
+        if isinstance(entry, str):
+            entry = {"model": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
+            raise ValueError(f"{here}: expected {{model: PATH, parameters: {{...}}}}, got {entry!r}")
+        extra = sorted(set(entry) - {"model", "parameters"})
+        if extra:
+            raise ValueError(f"{here}: unknown key(s) {extra}; expected model and parameters")
+        if "+" in entry["model"]:
+            raise ValueError(f"{here}.model {entry['model']!r}: LoRA references (model+lora) are not supported; "
+                             "merge the adapter into its model first")
+        params = _mapping(entry.get("parameters"), f"{here}.parameters")
+        bad = sorted(set(params) - set(PER_MODEL[method]))
+        if bad:
+            raise ValueError(f"{here}.parameters: {bad} not per-model parameter(s) of {method}; it takes "
+                             f"{list(PER_MODEL[method]) or 'none'}")
+        paths.append(entry["model"])
+        per_model.append({k: params.get(k, shared.get(k)) for k in PER_MODEL[method]})
+    base = data.get("base_model")
+    if base is None:
+        if method != "linear":
+            raise ValueError(f"{where}: base_model: required by {method}")
+        base = paths[0]  # linear does not read the base's values; it gives the architecture and tokenizer
+    if not isinstance(base, str):
+        raise ValueError(f"{where}: base_model: expected a path, got {base!r}")
+    if method == "linear" and not any(Path(p).resolve() == Path(base).resolve() for p in paths):
+        raise ValueError(f"{where}: base_model: linear averages it as one more input, which mergekit refuses without "
+                         "a weight: list it under models with its weight, or leave base_model out")
+    source = data.get("tokenizer_source")
+    if source not in (None, "base"):
+        raise ValueError(f"{where}: tokenizer_source {source!r}: only the base's tokenizer is supported (absent or "
+                         "'base')")
+    out: dict[str, Any] = {"method": method, "base": base, "models": paths}
+    # the models that are the base are mergekit's base entry: their per-model parameters are not used
+    others = [i for i, p in enumerate(paths) if Path(p).resolve() != Path(base).resolve()] or list(range(len(paths)))
+    if "weight" in PER_MODEL[method]:
+        weights = [m["weight"] for m in per_model]
+        missing = [i for i in others if weights[i] is None]
+        if missing:
+            raise ValueError(f"{where}: models[{missing[0]}].parameters.weight: required by {method} (mergekit has no "
+                             "default)")
+        out["weights"] = [1.0 if w is None else w for w in weights]
+        for i in others:
+            check_setting(f"{where}: models[{i}].parameters.weight", out["weights"][i])
+    for key in ("density", "gamma", "epsilon"):
+        if key not in PER_MODEL[method]:
+            continue
+        values = [per_model[i][key] for i in others]
+        if any(v != values[0] for v in values):
+            listed = ", ".join(f"models[{i}]: {per_model[i][key]!r}" for i in others)
+            raise ValueError(f"{where}: {key} differs between models ({listed}); mnlu-jax takes one {key} for all "
+                             f"models: give it once under `parameters:`")
+        if values[0] is None:
+            if key == "density":
+                out["drop_rate"] = 0.0  # mergekit's default density is 1.0, where ours drops 0.2
+            continue
+        check_setting(f"{where}: {key}", values[0])
+        if key == "density":
+            out["drop_rate"] = _one_minus(values[0])
+        else:
+            out[OURS[key]] = values[0]
+    for key in SHARED[method]:
+        if key in shared and key != "int8_mask":
+            out[OURS[key]] = shared[key]
+    if method == "slerp" and "t" not in out:
+        raise ValueError(f"{where}: parameters.t: required by slerp")
+    if method in SPARSIFIER:
+        out["rescale_norm"] = "l1"  # mergekit 0.1.5's rescale: the kept entries scaled to the delta's L1 norm
+    dtype = data.get("out_dtype", data.get("dtype"))
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise ValueError(f"{where}: dtype {dtype!r}: expected one of {sorted(DTYPES)}")
+        out["dtype"] = DTYPES[dtype]
+    return out
