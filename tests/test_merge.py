@@ -489,6 +489,11 @@ def test_mergekit_configs_merge_as_mergekit_does(tmp_path):
                         "parameters": {"density": 0.7, "gamma": 0.05, "rescale": True}},
         "breadcrumbs_ties": {"merge_method": "breadcrumbs_ties", "base_model": str(base),
                              "models": two(weight=(0.6, 0.5), density=(0.6, 0.6)), "parameters": {"gamma": 0.1}},
+        # density and gamma model by model, one a gradient (mergekit binds them per model)
+        "ties_per_model": {"merge_method": "ties", "base_model": str(base),
+                           "models": two(weight=(0.5, 1.0), density=(0.4, [0.9, 0.2]))},
+        "breadcrumbs_per_model": {"merge_method": "breadcrumbs_ties", "base_model": str(base),
+                                  "models": two(weight=(0.6, 0.5), density=(0.5, 0.8), gamma=(0.02, 0.1))},
         "slerp": {"merge_method": "slerp", "base_model": str(base),
                   "models": [{"model": str(base)}, {"model": str(m1)}],
                   "parameters": {"t": [{"filter": "self_attn", "value": [0.1, 0.9]}, {"value": 0.3}]}},
@@ -536,6 +541,51 @@ def test_mergekit_random_methods_keep_and_rescale_as_mergekit_does(tmp_path, met
         np.testing.assert_allclose(got[kept], factor * delta[kept], rtol=1e-4, atol=1e-6)
 
 
+def test_per_model_drop_rates_apply_model_by_model(tmp_path):
+    """A drop rate per model: each model's delta is sparsified with its own, under its own key; the streaming
+    merge of [base, m1, m2] (the base elided) equals the in-memory one of [m1, m2]."""
+    from mnlu_jax.merge.math import dare_drop, merge_tensor, tensor_key
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(64, 32)).astype(np.float32)
+    m1, m2 = (base + rng.normal(scale=0.1, size=base.shape).astype(np.float32) for _ in range(2))
+    spec = MergeSpec("dare_linear", per_model=(("drop_rate", (0.3, 0.8)),), seed=4)
+    keys = jnp.stack([tensor_key(4, "w", i) for i in range(2)])
+    got = np.asarray(merge_tensor(jnp.asarray(base), (jnp.asarray(m1), jnp.asarray(m2)), keys, spec))
+    want = base + np.asarray(dare_drop(jnp.asarray(m1 - base), keys[0], 0.3, True)) \
+        + np.asarray(dare_drop(jnp.asarray(m2 - base), keys[1], 0.8, True))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert spec.needs_rng and spec.select_models([1]).per_model == (("drop_rate", (0.8,)),)
+    with pytest.raises(ValueError, match=r"drop_rate 1\.5: expected 0 <= p <= 1"):
+        MergeSpec("dare", per_model=(("drop_rate", (0.2, 1.5)),))
+    with pytest.raises(ValueError, match=r"per_model: 't' cannot differ between models"):
+        MergeSpec("slerp", per_model=(("t", (0.2, 0.5)),))
+    with pytest.raises(ValueError, match=r"della: need 0 < \(1 - drop_rate\) ± epsilon < 1, got drop_rate=0\.9, "
+                                         r"epsilon=0\.15"):
+        MergeSpec("della", per_model=(("drop_rate", (0.5, 0.9)),))
+    from mnlu_jax.merge.config import MergeConfig, run_merge
+
+    hb = make_tiny_hf(tmp_path / "base", seed=0)
+    h1, h2 = make_tiny_hf(tmp_path / "m1", seed=1), make_tiny_hf(tmp_path / "m2", seed=2)
+    cfg = MergeConfig(base=str(hb), models=[str(hb), str(h1), str(h2)], method="dare_ties", out=str(tmp_path / "o"),
+                      per_model={"drop_rate": [0.0, 0.3, [0.9, 0.1]]}, seed=2)
+    streamed = _flat(run_merge(cfg, progress=False))
+    assert json.loads((tmp_path / "o" / "merge_config.json").read_text())["varying"]["per_model"] == {
+        "drop_rate": [0.0, 0.3, [0.9, 0.1]]}
+    from mnlu_jax.merge.settings import Schedule
+
+    schedule = Schedule.make({}, per_model={"drop_rate": [0.3, [0.9, 0.1]]})
+    # the streaming merge keys its masks by the models' indices as listed ([base, m1, m2]: 1 and 2)
+    spec = MergeSpec("dare_ties", per_model=(("drop_rate", (0.3, 0.2)),), seed=2)
+    layer = "model.layers.1.mlp.up_proj.weight"
+    resolved = dataclasses.replace(schedule, num_layers=2).spec_for(spec, layer)
+    assert resolved.per_model == (("drop_rate", (0.3, pytest.approx(0.1))),)
+    b, f1, f2 = _flat(hb), _flat(h1), _flat(h2)
+    keys = jnp.stack([tensor_key(2, layer, i) for i in (1, 2)])
+    want = merge_tensor(jnp.asarray(b[layer]), (jnp.asarray(f1[layer]), jnp.asarray(f2[layer])), keys, resolved)
+    np.testing.assert_allclose(streamed[layer], np.asarray(want), rtol=1e-6, atol=1e-6)
+
+
 def test_mergekit_configs_outside_what_we_merge_are_named(tmp_path):
     from mnlu_jax.config import load_config
     from mnlu_jax.merge.config import MergeConfig, translate_merge_config
@@ -555,11 +605,14 @@ def test_mergekit_configs_outside_what_we_merge_are_named(tmp_path):
     assert (cfg.method, cfg.base, cfg.models, cfg.weights, cfg.drop_rate, cfg.rescale_norm, cfg.seed, cfg.out) == (
         "dare_ties", "b", ["m1", "m2"], [0.5, 0.5], 0.5, "l1", 3, "o")
     assert load({**good, "models": [{"model": "m1", "parameters": {"weight": 1.0}}]}).drop_rate == 0.0  # density 1
+    differing = load({**good, "models": [{"model": "b", "parameters": {"weight": 1}},  # the base: not used
+                                         {"model": "m1", "parameters": {"weight": 1, "density": 0.5}},
+                                         {"model": "m2", "parameters": {"weight": 1, "density": [0.7, 0.9]}}]})
+    assert differing.per_model == {"drop_rate": [0.5, 0.5, [pytest.approx(0.3), pytest.approx(0.1)]]}
     cases = [({**good, "merge_method": "nuslerp"}, r"merge_method 'nuslerp' is not supported by mnlu-jax; supported:"),
              ({"slices": [], "merge_method": "passthrough"}, r"slices: layer-range merges"),
-             ({**good, "models": [{"model": "m1", "parameters": {"weight": 1, "density": 0.5}},
-                                  {"model": "m2", "parameters": {"weight": 1, "density": 0.7}}]},
-              r"density differs between models \(models\[0\]: 0\.5, models\[1\]: 0\.7\); mnlu-jax takes one density"),
+             ({**good, "models": [{"model": "m1", "parameters": {"weight": 1, "density": "half"}}]},
+              r"models\[0\]\.parameters\.density: expected a number, a list of numbers"),
              ({**good, "models": [{"model": "m1+lora_dir", "parameters": {"weight": 1}}]}, r"LoRA references"),
              ({**good, "models": [{"model": "m1", "parameters": {"density": 0.5}}]},
               r"models\[0\]\.parameters\.weight: required by dare_ties"),

@@ -24,6 +24,8 @@ class MergeConfig:
     apply: str = "average"
     lam: Any = 1.0
     weights: list[Any] | None = None
+    # drop_rate, gamma or epsilon model by model: {name: [a setting per model]}, over the single field
+    per_model: dict[str, list[Any]] | None = None
     epsilon: Any = 0.15
     gamma: Any = 0.01
     t: Any = 0.5
@@ -38,7 +40,7 @@ class MergeConfig:
     def spec(self) -> MergeSpec:
         """The spec of a tensor that no varying setting touches (each varying one at MergeSpec's default; the
         schedule sets it per tensor)."""
-        check_settings(self._settings(), self.weights)
+        check_settings(self._settings(), self.weights, self.per_model)
 
         def plain(name):
             v = getattr(self, name)
@@ -47,14 +49,17 @@ class MergeConfig:
         weights = self.weights if self.weights and all(isinstance(w, (int, float)) for w in self.weights) else None
         if self.weights and weights is None:
             weights = [1.0] * len(self.weights)
+        # a per-model setting that varies by tensor is placed by the schedule; here it holds the field's value
+        per_model = tuple((k, tuple(x if isinstance(x, (int, float)) else plain(k) for x in v))
+                          for k, v in (self.per_model or {}).items())
         return MergeSpec(method=self.method, drop_rate=plain("drop_rate"), rescale=self.rescale,
                          rescale_norm=self.rescale_norm, apply=self.apply,
                          lam=plain("lam"), weights=tuple(weights) if weights else None, epsilon=plain("epsilon"),
                          gamma=plain("gamma"), t=plain("t"), filter_wise=self.filter_wise, normalize=self.normalize,
-                         seed=self.seed)
+                         seed=self.seed, per_model=per_model)
 
     def schedule(self) -> Schedule | None:
-        return Schedule.make(self._settings(), self.weights)
+        return Schedule.make(self._settings(), self.weights, per_model=self.per_model)
 
     def _settings(self) -> dict:
         return {name: getattr(self, name) for name in SCHEDULABLE}

@@ -59,6 +59,8 @@ SPARSIFIER = {"dare": "random", "dare_ties": "random", "dare_linear": "random", 
               "della_linear": "magprune", "ties": "magnitude", "breadcrumbs": "outliers",
               "breadcrumbs_ties": "outliers"}
 SIGN_ELECTION = ("ties", "dare_ties", "della", "breadcrumbs_ties")
+# the settings that may differ between the models (as mergekit's per-model density, gamma and epsilon)
+PER_MODEL_FIELDS = ("drop_rate", "gamma", "epsilon")
 # mergekit 0.1.5's defaults for `rescale` and `normalize`
 RESCALES_BY_DEFAULT = ("dare", "dare_ties", "dare_linear", "della", "della_linear")
 NORMALIZES_BY_DEFAULT = ("linear", "ties", "della")
@@ -75,6 +77,8 @@ class MergeSpec:
     apply: str = "average"          # dare only: average | task_arithmetic
     lam: float = 1.0                # λ for task_arithmetic, ties, dare_ties, della and dare+task_arithmetic
     weights: tuple[float, ...] | None = None  # one per model (default all 1)
+    # ((field, (value per model, ...)), ...): drop_rate, gamma or epsilon set model by model, over the field's value
+    per_model: tuple[tuple[str, tuple[float, ...]], ...] = ()
     epsilon: float = 0.15           # della
     gamma: float = 0.01             # breadcrumbs: the fraction of largest |δ| dropped as outliers
     t: float = 0.5                  # slerp: 0 the base, 1 the model
@@ -88,22 +92,46 @@ class MergeSpec:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"merge method {self.method!r}: expected one of {METHODS}")
-        if not 0.0 <= self.drop_rate <= 1.0:
-            raise ValueError(f"drop_rate {self.drop_rate}: expected 0 <= p <= 1")
+        for name, values in self.per_model:
+            if name not in PER_MODEL_FIELDS:
+                raise ValueError(f"per_model: {name!r} cannot differ between models; expected one of "
+                                 f"{PER_MODEL_FIELDS}")
+        for p in self._each("drop_rate"):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"drop_rate {p}: expected 0 <= p <= 1")
         if self.rescale_norm is not None and self.rescale_norm not in RESCALE_NORMS:
             raise ValueError(f"rescale_norm {self.rescale_norm!r}: expected one of {RESCALE_NORMS} or null (each kept "
                              f"entry divided by its keep probability)")
         if self.apply not in ("average", "task_arithmetic"):
             raise ValueError(f"apply {self.apply!r}: expected average or task_arithmetic")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma {self.gamma}: expected 0 <= gamma <= 1")
+        for gamma in self._each("gamma"):
+            if not 0.0 <= gamma <= 1.0:
+                raise ValueError(f"gamma {gamma}: expected 0 <= gamma <= 1")
         if not np.isfinite(self.t):
             raise ValueError(f"t {self.t}: expected a finite number (0: the base, 1: the model)")
-        density = 1 - self.drop_rate  # (keeping all or nothing needs no probabilities, as in mergekit)
-        if SPARSIFIER.get(self.method) == "magprune" and 0 < density < 1 and not 0 < density - self.epsilon < \
-                density + self.epsilon < 1:
-            raise ValueError(f"{self.method}: need 0 < (1 - drop_rate) ± epsilon < 1, got drop_rate={self.drop_rate}, "
-                             f"epsilon={self.epsilon}")
+        n = max([len(v) for _, v in self.per_model] or [1])
+        for i in range(n):
+            p, epsilon = self.value_for("drop_rate", i), self.value_for("epsilon", i)
+            density = 1 - p  # (keeping all or nothing needs no probabilities, as in mergekit)
+            if SPARSIFIER.get(self.method) == "magprune" and 0 < density < 1 and not 0 < density - epsilon < \
+                    density + epsilon < 1:
+                raise ValueError(f"{self.method}: need 0 < (1 - drop_rate) ± epsilon < 1, got drop_rate={p}, "
+                                 f"epsilon={epsilon}")
+
+    def _each(self, name: str) -> tuple[float, ...]:
+        return dict(self.per_model).get(name, (getattr(self, name),))
+
+    def value_for(self, name: str, model_index: int) -> float:
+        """`name`'s value for the model at `model_index` (its per-model value, else the field's)."""
+        values = dict(self.per_model).get(name)
+        return getattr(self, name) if values is None else values[model_index]
+
+    def select_models(self, indices: list[int]) -> MergeSpec:
+        """The spec for a subset of the models (those left after eliding the base): weights and per-model values
+        follow their models."""
+        weights = None if self.weights is None else tuple(self.weights[i] for i in indices)
+        per_model = tuple((k, tuple(v[i] for i in indices)) for k, v in self.per_model)
+        return dataclasses.replace(self, weights=weights, per_model=per_model)
 
     @property
     def density(self) -> float:
@@ -119,7 +147,7 @@ class MergeSpec:
 
     @property
     def needs_rng(self) -> bool:
-        return SPARSIFIER.get(self.method) in ("random", "magprune") and self.drop_rate > 0
+        return SPARSIFIER.get(self.method) in ("random", "magprune") and any(p > 0 for p in self._each("drop_rate"))
 
 
 def tensor_key(seed: int, name: str, model_index: int) -> jax.Array:
@@ -218,17 +246,18 @@ def magnitude_outliers(delta: jax.Array, density: float, gamma: float, norm: str
     return out if norm is None else rescale_to_norm(out, delta, norm)
 
 
-def sparsify(delta: jax.Array, key: jax.Array | None, spec: MergeSpec) -> jax.Array:
-    """The entries of one delta that `spec.method` keeps, rescaled as `spec` says."""
+def sparsify(delta: jax.Array, key: jax.Array | None, spec: MergeSpec, model_index: int) -> jax.Array:
+    """The entries of one model's delta that `spec.method` keeps, rescaled as `spec` says."""
     kind = SPARSIFIER[spec.method]
+    p = spec.value_for("drop_rate", model_index)
     if kind == "random":
-        return dare_drop(delta, key, spec.drop_rate, spec.rescales, spec.rescale_norm)
+        return dare_drop(delta, key, p, spec.rescales, spec.rescale_norm)
     if kind == "magprune":
-        return della_drop(delta, key, spec.density, spec.epsilon, spec.rescales, spec.rescale_norm)
+        return della_drop(delta, key, 1 - p, spec.value_for("epsilon", model_index), spec.rescales, spec.rescale_norm)
     norm = (spec.rescale_norm or "l1") if spec.rescales else None  # kept by magnitude: no keep probability
     if kind == "magnitude":
-        return magnitude_trim(delta, spec.density, norm)
-    return magnitude_outliers(delta, spec.density, spec.gamma, norm)
+        return magnitude_trim(delta, 1 - p, norm)
+    return magnitude_outliers(delta, 1 - p, spec.value_for("gamma", model_index), norm)
 
 
 def slerp(t: float, v0: jax.Array, v1: jax.Array, dot_threshold: float = 0.9995, eps: float = 1e-8) -> jax.Array:
@@ -305,6 +334,9 @@ def merge_tensor(base: jax.Array, models: list[jax.Array] | tuple[jax.Array, ...
     w = jnp.asarray(spec.weights if spec.weights is not None else (1.0,) * n, jnp.float32)
     if w.shape[0] != n:
         raise ValueError(f"{w.shape[0]} weights for {n} models")
+    for name, values in spec.per_model:
+        if len(values) != n:
+            raise ValueError(f"{len(values)} per-model values of {name} for {n} models")
     wb = w.reshape((n,) + (1,) * base.ndim)
     if spec.method == "linear":
         mixed = (thetas * wb).sum(0)
@@ -316,7 +348,7 @@ def merge_tensor(base: jax.Array, models: list[jax.Array] | tuple[jax.Array, ...
         return model_stock(base, thetas, spec.filter_wise)
     deltas = thetas - base
     if spec.method in SPARSIFIER:
-        deltas = jnp.stack([sparsify(deltas[i], None if keys is None else keys[i], spec) for i in range(n)])
+        deltas = jnp.stack([sparsify(deltas[i], None if keys is None else keys[i], spec, i) for i in range(n)])
     if spec.method == "dare":  # MergeLM's mask_merging, the paper's
         mixed = (deltas * wb).sum(0)
         if spec.apply == "average":

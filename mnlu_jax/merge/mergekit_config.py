@@ -15,10 +15,9 @@
 - `merge_method` keeps its name (linear, task_arithmetic, ties, dare_ties, dare_linear, della, della_linear,
   breadcrumbs, breadcrumbs_ties, slerp, model_stock); other methods, `slices` (layer-range merges) and LoRA
   references (`model+lora`) are refused by name rather than merged some other way.
-- Per-model `weight` become `weights`. `density`, `gamma` and `epsilon` may be per model in mergekit; here one
-  setting serves every model, so they must be the same for all models (given once under `parameters:` or
-  repeated). `density` becomes `drop_rate = 1 - density`, number by number through gradients and conditions,
-  and when absent it is mergekit's default 1.0 (drop nothing), not our 0.2.
+- Per-model `weight` become `weights`. `density` becomes `drop_rate = 1 - density`, number by number through
+  gradients and conditions, and when absent it is mergekit's default 1.0 (drop nothing), not our 0.2.
+  `density`, `gamma` and `epsilon` the same for every model become the field; differing, `per_model`.
 - Shared `parameters`: `lambda`, `normalize`, `rescale`, `t`, `filter_wise`; `int8_mask` is accepted and changes
   nothing (it is the storage type of mergekit's sign mask). Values given under `parameters:` that mergekit
   binds per model (`weight`, `density`, ...) are defaults for the models that do not set them, as in mergekit.
@@ -49,8 +48,8 @@ PER_MODEL = {"linear": ("weight",), "task_arithmetic": ("weight", "density"),
 GTA_SHARED = ("lambda", "normalize", "rescale", "int8_mask")
 SHARED = {"linear": ("normalize",), "slerp": ("t",), "model_stock": ("filter_wise",),
           **{m: GTA_SHARED for m in MERGEKIT_METHODS if m not in ("linear", "slerp", "model_stock")}}
-OURS = {"lambda": "lam", "normalize": "normalize", "rescale": "rescale", "t": "t", "filter_wise": "filter_wise",
-        "gamma": "gamma", "epsilon": "epsilon"}
+OURS = {"lambda": "lam", "normalize": "normalize", "rescale": "rescale", "t": "t", "filter_wise": "filter_wise"}
+MERGEKIT_DEFAULTS = {"density": 1.0, "gamma": 0.01, "epsilon": 0.15}
 DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "half": "float16"}
 
@@ -143,20 +142,18 @@ def from_mergekit(data: dict, where: str) -> dict:
     for key in ("density", "gamma", "epsilon"):
         if key not in PER_MODEL[method]:
             continue
-        values = [per_model[i][key] for i in others]
-        if any(v != values[0] for v in values):
-            listed = ", ".join(f"models[{i}]: {per_model[i][key]!r}" for i in others)
-            raise ValueError(f"{where}: {key} differs between models ({listed}); mnlu-jax takes one {key} for all "
-                             f"models: give it once under `parameters:`")
-        if values[0] is None:
-            if key == "density":
-                out["drop_rate"] = 0.0  # mergekit's default density is 1.0, where ours drops 0.2
-            continue
-        check_setting(f"{where}: {key}", values[0])
-        if key == "density":
-            out["drop_rate"] = _one_minus(values[0])
-        else:
-            out[OURS[key]] = values[0]
+        ours = "drop_rate" if key == "density" else key
+        # absent: mergekit's default (density 1.0, where ours drops 0.2; gamma and epsilon are ours too)
+        values = [per_model[i][key] if per_model[i][key] is not None else MERGEKIT_DEFAULTS[key]
+                  for i in range(len(paths))]
+        for i in others:
+            check_setting(f"{where}: models[{i}].parameters.{key}", values[i])
+        values = [_one_minus(v) if key == "density" else v for v in values]
+        if all(values[i] == values[others[0]] for i in others):
+            out[ours] = values[others[0]]
+        else:  # model by model; the entries of models that are the base are never used
+            out.setdefault("per_model", {})[ours] = [values[i] if i in others else values[others[0]]
+                                                      for i in range(len(paths))]
     for key in SHARED[method]:
         if key in shared and key != "int8_mask":
             out[OURS[key]] = shared[key]

@@ -20,7 +20,7 @@ import dataclasses
 import math
 from typing import Any
 
-from mnlu_jax.merge.math import MergeSpec
+from mnlu_jax.merge.math import PER_MODEL_FIELDS, MergeSpec
 from mnlu_jax.weights.names import layer_index
 
 SCHEDULABLE = ("t", "lam", "drop_rate", "epsilon", "gamma")
@@ -54,9 +54,10 @@ def check_setting(field: str, setting: Any) -> None:
                      f"{{filter, value}} conditions, got {setting!r}")
 
 
-def check_settings(settings: dict[str, Any], weights: list[Any] | None = None) -> None:
-    """Every setting of MergeSpec's fields (by name) and of the models' weights well formed, else a ValueError
-    naming it."""
+def check_settings(settings: dict[str, Any], weights: list[Any] | None = None,
+                   per_model: dict[str, list[Any]] | None = None) -> None:
+    """Every setting of MergeSpec's fields (by name), of the models' weights and of the per-model fields well
+    formed, else a ValueError naming it."""
     for name, s in settings.items():
         if name not in SCHEDULABLE:
             raise ValueError(f"{name}: not a merge parameter that can vary by tensor ({', '.join(SCHEDULABLE)}, "
@@ -64,6 +65,13 @@ def check_settings(settings: dict[str, Any], weights: list[Any] | None = None) -
         check_setting(name, s)
     for i, w in enumerate(weights or []):
         check_setting(f"weights[{i}]", w)
+    for name, values in (per_model or {}).items():
+        if name not in PER_MODEL_FIELDS:
+            raise ValueError(f"per_model: {name!r} cannot differ between models; expected one of {PER_MODEL_FIELDS}")
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"per_model.{name}: expected a list with one setting per model, got {values!r}")
+        for i, v in enumerate(values):
+            check_setting(f"per_model.{name}[{i}]", v)
 
 
 def layer_position(tensor_name: str, num_layers: int) -> float:
@@ -96,16 +104,19 @@ class Schedule:
     fields: tuple[tuple[str, Any], ...] = ()
     weights: tuple[Any, ...] | None = None
     num_layers: int | None = None
+    per_model: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # per-model fields with a setting that varies
 
     @staticmethod
     def make(settings: dict[str, Any], weights: list[Any] | None = None,
-             num_layers: int | None = None) -> Schedule | None:
-        check_settings(settings, weights)
+             num_layers: int | None = None, per_model: dict[str, list[Any]] | None = None) -> Schedule | None:
+        check_settings(settings, weights, per_model)
         fields = tuple((k, _freeze(v)) for k, v in settings.items() if not _number(v))
         varying = weights is not None and not all(_number(w) for w in weights)
-        if not fields and not varying:
+        per = tuple((k, tuple(_freeze(x) for x in v)) for k, v in (per_model or {}).items()
+                    if not all(_number(x) for x in v))
+        if not fields and not varying and not per:
             return None
-        return Schedule(fields, tuple(_freeze(w) for w in weights) if varying else None, num_layers)
+        return Schedule(fields, tuple(_freeze(w) for w in weights) if varying else None, num_layers, per)
 
     def spec_for(self, spec: MergeSpec, tensor_name: str) -> MergeSpec:
         if self.num_layers is None:
@@ -117,12 +128,20 @@ class Schedule:
         if self.weights is not None:
             changes["weights"] = tuple(_resolved(f"weights[{i}]", w, tensor_name, position)
                                        for i, w in enumerate(self.weights))
+        if self.per_model:
+            resolved = dict(spec.per_model)
+            for name, settings in self.per_model:
+                resolved[name] = tuple(_resolved(f"per_model.{name}[{i}]", x, tensor_name, position)
+                                       for i, x in enumerate(settings))
+            changes["per_model"] = tuple(resolved.items())
         return dataclasses.replace(spec, **changes)
 
     def record(self) -> dict:
         out = {k: _thaw(v) for k, v in self.fields}
         if self.weights is not None:
             out["weights"] = [_thaw(w) for w in self.weights]
+        if self.per_model:
+            out["per_model"] = {k: [_thaw(x) for x in v] for k, v in self.per_model}
         return out
 
 

@@ -122,6 +122,9 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
     n_all = len(ms)
     if spec.weights is not None and len(spec.weights) != n_all:
         raise ValueError(f"{len(spec.weights)} weights for {n_all} models")
+    for name, values in spec.per_model:
+        if len(values) != n_all:
+            raise ValueError(f"per_model.{name}: {len(values)} values for {n_all} models")
     # (linear averages raw weights, and Model Stock counts every model and its angle to the others)
     same = [i for i, m in enumerate(models)
             if spec.method not in ("linear", "model_stock") and Path(m).resolve() == Path(base).resolve()]
@@ -137,7 +140,7 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
         s = spec if schedule is None else schedule.spec_for(spec, name)
         if same and live != list(range(n_all)):
             w = list(s.weights) if s.weights else [1.0] * n_all
-            s = dataclasses.replace(s, weights=tuple(w[i] for i in live),
+            s = dataclasses.replace(s.select_models(live), weights=tuple(w[i] for i in live),
                                     elided_weight=s.elided_weight + sum(w[i] for i in same))
         return s
 
@@ -174,7 +177,9 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
         record = {"base": str(Path(base).absolute()), "models": [str(Path(m).absolute()) for m in models],
                   "method": spec.method, "drop_rate": spec.drop_rate, "rescale": spec.rescales,
                   "rescale_norm": spec.rescale_norm, "normalize": spec.normalizes, "apply": spec.apply,
-                  "lambda": spec.lam, "weights": spec.weights, "epsilon": spec.epsilon, "gamma": spec.gamma,
+                  "lambda": spec.lam, "weights": spec.weights,
+                  **({"per_model": dict(spec.per_model)} if spec.per_model else {}),
+                  "epsilon": spec.epsilon, "gamma": spec.gamma,
                   "t": spec.t, "filter_wise": spec.filter_wise, "seed": spec.seed,
                   **({"varying": schedule.record()} if schedule is not None else {}),
                   "exclude": exclude, "vocab_policy": vocab_policy,
