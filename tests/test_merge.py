@@ -310,7 +310,10 @@ def test_our_parameter_trees_merge_as_their_hf_tensors(hf_pair, tmp_path):
                                 (MergeSpec("ties", drop_rate=0.5), [ft, other], [pf, po]),
                                 (MergeSpec("della", drop_rate=0.5, epsilon=0.1, seed=1), [ft, other], [pf, po]),
                                 (MergeSpec("slerp", t=0.4), [ft], [pf]),
-                                (MergeSpec("model_stock", filter_wise=True), [ft, other], [pf, po])]:
+                                (MergeSpec("model_stock", filter_wise=True), [ft, other], [pf, po]),
+                                (MergeSpec("nuslerp", nuslerp_flatten=False, weights=(1.0, 2.0)), [ft, other],
+                                 [pf, po]),
+                                (MergeSpec("sce", select_topk=0.5), [ft, other], [pf, po])]:
         streamed = _flat(merge_checkpoints(base, models, spec, tmp_path / spec.method, progress=False))
         merged = dict(tensors_from_params(merge_pytrees(pb, trees, spec, layout="ours"), config))
         assert set(merged) == set(streamed)
@@ -497,6 +500,13 @@ def test_mergekit_configs_merge_as_mergekit_does(tmp_path):
         "slerp": {"merge_method": "slerp", "base_model": str(base),
                   "models": [{"model": str(base)}, {"model": str(m1)}],
                   "parameters": {"t": [{"filter": "self_attn", "value": [0.1, 0.9]}, {"value": 0.3}]}},
+        "nuslerp": {"merge_method": "nuslerp", "base_model": str(base), "models": two(weight=(0.3, [0.9, 0.2]))},
+        "nuslerp_rows_no_base": {"merge_method": "nuslerp", "models": two(weight=(1.0, 3.0)),
+                                 "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": True}},
+        "sce": {"merge_method": "sce", "base_model": str(base), "models": two(),
+                "parameters": {"select_topk": 0.5, "int8_mask": True}},
+        "sce_all": {"merge_method": "sce", "base_model": str(base),
+                    "models": [{"model": str(m)} for m in (base, m1, m2)]},
         "model_stock": {"merge_method": "model_stock", "base_model": str(base),
                         "models": [{"model": str(m1)}, {"model": str(m2)}], "parameters": {"filter_wise": True}},
     }
@@ -609,7 +619,8 @@ def test_mergekit_configs_outside_what_we_merge_are_named(tmp_path):
                                          {"model": "m1", "parameters": {"weight": 1, "density": 0.5}},
                                          {"model": "m2", "parameters": {"weight": 1, "density": [0.7, 0.9]}}]})
     assert differing.per_model == {"drop_rate": [0.5, 0.5, [pytest.approx(0.3), pytest.approx(0.1)]]}
-    cases = [({**good, "merge_method": "nuslerp"}, r"merge_method 'nuslerp' is not supported by mnlu-jax; supported:"),
+    cases = [({**good, "merge_method": "multislerp"},
+              r"merge_method 'multislerp' is not supported by mnlu-jax; supported:"),
              ({"slices": [], "merge_method": "passthrough"}, r"slices: layer-range merges"),
              ({**good, "models": [{"model": "m1", "parameters": {"weight": 1, "density": "half"}}]},
               r"models\[0\]\.parameters\.density: expected a number, a list of numbers"),

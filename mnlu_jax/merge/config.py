@@ -30,6 +30,10 @@ class MergeConfig:
     gamma: Any = 0.01
     t: Any = 0.5
     filter_wise: bool = False
+    select_topk: Any = 1.0
+    nuslerp_flatten: bool = True
+    nuslerp_row_wise: bool = False
+    nuslerp_base: bool = True
     normalize: bool | None = None
     seed: int = 0
     exclude: str | None = None
@@ -56,7 +60,9 @@ class MergeConfig:
                          rescale_norm=self.rescale_norm, apply=self.apply,
                          lam=plain("lam"), weights=tuple(weights) if weights else None, epsilon=plain("epsilon"),
                          gamma=plain("gamma"), t=plain("t"), filter_wise=self.filter_wise, normalize=self.normalize,
-                         seed=self.seed, per_model=per_model)
+                         seed=self.seed, per_model=per_model, select_topk=plain("select_topk"),
+                         nuslerp_flatten=self.nuslerp_flatten, nuslerp_row_wise=self.nuslerp_row_wise,
+                         nuslerp_base=self.nuslerp_base)
 
     def schedule(self) -> Schedule | None:
         return Schedule.make(self._settings(), self.weights, per_model=self.per_model)

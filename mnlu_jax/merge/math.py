@@ -21,6 +21,12 @@ Notation: θ_b the base tensor, θ_i the i-th model, δ_i = θ_i − θ_b, w_i i
 - slerp: spherical interpolation from θ_b (t = 0) to the one model (t = 1) over the whole tensor flattened:
   Ω = arccos(â·b̂) of the two unit vectors, θ_b·sin((1−t)Ω)/sin Ω + θ_1·sin(tΩ)/sin Ω, or the straight line where
   |â·b̂| > 0.9995 (mergekit: one angle per tensor).
+- nuslerp (mergekit's): spherical interpolation between two models with t = w_2 / (w_1 + w_2), of their deltas
+  from the base (θ_b + slerp(δ_1, δ_2)) or, with `nuslerp_base=False`, of the models themselves; one angle for the
+  whole tensor (`nuslerp_flatten`, the default), else one per row (or per column with `nuslerp_row_wise`).
+- sce (FuseChat's Select, Calculate, Erase; mergekit's): keep the `select_topk` fraction of entries where the
+  deltas vary most across models, elect signs (TIES, unweighted), weight each model by its mean squared delta
+  (normalised to sum 1), θ_b + Σ c_i δ_i [agree] / Σ c_i [agree].
 - model_stock (Jang et al. 2024): with N ≥ 2 models and cos φ the mean pairwise cosine of their deltas (the
   whole tensor flattened, or per row with `filter_wise`), t = N cos φ / (1 + (N − 1) cos φ) and
   t·mean(θ_i) + (1 − t)·θ_b (the base where the denominator vanishes). Weights are not used.
@@ -52,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 METHODS = ("linear", "task_arithmetic", "dare", "dare_linear", "ties", "dare_ties", "della", "della_linear",
-           "breadcrumbs", "breadcrumbs_ties", "slerp", "model_stock")
+           "breadcrumbs", "breadcrumbs_ties", "slerp", "nuslerp", "model_stock", "sce")
 RESCALE_NORMS = ("l1", "l2", "linf")
 # How each sparsifying method picks the entries of a delta it keeps, and which methods then elect signs (TIES).
 SPARSIFIER = {"dare": "random", "dare_ties": "random", "dare_linear": "random", "della": "magprune",
@@ -65,7 +71,7 @@ PER_MODEL_FIELDS = ("drop_rate", "gamma", "epsilon")
 RESCALES_BY_DEFAULT = ("dare", "dare_ties", "dare_linear", "della", "della_linear")
 NORMALIZES_BY_DEFAULT = ("linear", "ties", "della")
 # how many models (besides the base) a method takes: (at least, at most)
-MODEL_COUNTS = {"slerp": (1, 1), "model_stock": (2, None)}
+MODEL_COUNTS = {"slerp": (1, 1), "nuslerp": (2, 2), "model_stock": (2, None)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +89,10 @@ class MergeSpec:
     gamma: float = 0.01             # breadcrumbs: the fraction of largest |δ| dropped as outliers
     t: float = 0.5                  # slerp: 0 the base, 1 the model
     filter_wise: bool = False       # model_stock: one cos φ per row instead of per tensor
+    select_topk: float = 1.0        # sce: the fraction of entries kept, those whose deltas vary most across models
+    nuslerp_flatten: bool = True    # nuslerp: one angle for the whole tensor (else one per row, or column)
+    nuslerp_row_wise: bool = False  # nuslerp without flatten: vectors along the first axis (columns), not rows
+    nuslerp_base: bool = True       # nuslerp: interpolate the deltas from the base (else the models themselves)
     normalize: bool | None = None   # None: the method's default (NORMALIZES_BY_DEFAULT); see `normalizes`
     seed: int = 0
     # Weight of models left out of the computation because their delta is exactly zero (the base listed as a
@@ -107,6 +117,8 @@ class MergeSpec:
         for gamma in self._each("gamma"):
             if not 0.0 <= gamma <= 1.0:
                 raise ValueError(f"gamma {gamma}: expected 0 <= gamma <= 1")
+        if not 0.0 <= self.select_topk <= 1.0:
+            raise ValueError(f"select_topk {self.select_topk}: expected 0 <= select_topk <= 1")
         if not np.isfinite(self.t):
             raise ValueError(f"t {self.t}: expected a finite number (0: the base, 1: the model)")
         n = max([len(v) for _, v in self.per_model] or [1])
@@ -297,6 +309,50 @@ def model_stock(base: jax.Array, thetas: jax.Array, filter_wise: bool) -> jax.Ar
     return (t * (ws.sum(0) / n) + (1 - t) * w0).reshape(base.shape)
 
 
+def nuslerp(t: float, v0: jax.Array, v1: jax.Array, flatten: bool, row_wise: bool, eps: float = 1e-8) -> jax.Array:
+    """mergekit 0.1.5's `nuslerp`: slerp along the last axis (the first with `row_wise`, the whole tensor with
+    `flatten`), the straight line where the two are colinear."""
+    shape = v0.shape
+    if flatten or v0.ndim < 2:
+        v0, v1 = v0.reshape(-1), v1.reshape(-1)
+    elif row_wise:
+        v0, v1 = jnp.swapaxes(v0, 0, -1), jnp.swapaxes(v1, 0, -1)
+
+    def unit(x):
+        return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-7)
+
+    cos = jnp.clip(jnp.sum(unit(v0) * unit(v1), axis=-1, keepdims=True), -1.0, 1.0)
+    colinear = (1 - cos ** 2) <= eps ** 2
+    theta = jnp.arccos(jnp.where(colinear, 0.0, cos))
+    sin = jnp.where(colinear, 1.0, jnp.sin(theta))
+    out = jnp.where(colinear, (1 - t) * v0 + t * v1, (jnp.sin((1 - t) * theta) * v0 + jnp.sin(t * theta) * v1) / sin)
+    if row_wise and not flatten and len(shape) >= 2:
+        out = jnp.swapaxes(out, 0, -1)
+    return out.reshape(shape)
+
+
+def sce(deltas: jax.Array, select_topk: float) -> jax.Array:
+    """mergekit 0.1.5's `sce` on stacked deltas (n, ...): the merged delta."""
+    if select_topk < 1:
+        var = jnp.var(deltas, axis=0)
+        flat = jnp.abs(var).reshape(-1)
+        if select_topk <= 0:
+            keep = jnp.zeros_like(flat, bool)
+        else:
+            k = (jnp.count_nonzero(flat) * select_topk).astype(jnp.int32)  # a traced count: rank, do not slice
+            rank = jnp.zeros(flat.shape, jnp.int32).at[jnp.argsort(-flat, stable=True)].set(
+                jnp.arange(flat.size, dtype=jnp.int32))
+            keep = rank < k
+        deltas = jnp.where(keep.reshape(var.shape), deltas, 0.0)
+    majority = jnp.where(deltas.sum(0) >= 0, 1.0, -1.0)
+    agree = jnp.sign(deltas) == majority
+    energy = jnp.square(deltas).reshape(deltas.shape[0], -1).mean(1)
+    total = energy.sum()
+    c = jnp.where(jnp.abs(total) < 1e-6, 1.0 / deltas.shape[0], energy / jnp.where(jnp.abs(total) < 1e-6, 1.0, total))
+    erased = jnp.where(agree, c.reshape((-1,) + (1,) * (deltas.ndim - 1)), 0.0)
+    return (deltas * erased).sum(0) / jnp.maximum(erased.sum(0), 1e-6)
+
+
 def exclude_pattern(exclude: str | None) -> re.Pattern | None:
     """`exclude` (a regex of tensor names that keep the base value) compiled; a malformed one is named."""
     if not exclude:
@@ -345,8 +401,16 @@ def merge_tensor(base: jax.Array, models: list[jax.Array] | tuple[jax.Array, ...
         check_model_count(spec, n)
         if spec.method == "slerp":
             return slerp(spec.t, base, thetas[0])
+        if spec.method == "nuslerp":
+            total = w.sum()
+            t = jnp.where(jnp.abs(total) < 1e-6, 0.5, w[1] / jnp.where(jnp.abs(total) < 1e-6, 1.0, total))
+            if not spec.nuslerp_base:
+                return nuslerp(t, thetas[0], thetas[1], spec.nuslerp_flatten, spec.nuslerp_row_wise)
+            return base + nuslerp(t, thetas[0] - base, thetas[1] - base, spec.nuslerp_flatten, spec.nuslerp_row_wise)
         return model_stock(base, thetas, spec.filter_wise)
     deltas = thetas - base
+    if spec.method == "sce":
+        return base + sce(deltas, spec.select_topk)
     if spec.method in SPARSIFIER:
         deltas = jnp.stack([sparsify(deltas[i], None if keys is None else keys[i], spec, i) for i in range(n)])
     if spec.method == "dare":  # MergeLM's mask_merging, the paper's

@@ -13,14 +13,16 @@
 `mnlu-jax merge --config that.yaml --out DIR [--seed N]` (mergekit-yaml takes the output directory and
 `--random-seed` on its command line too). The translation, by mergekit 0.1.5's own parameter definitions:
 - `merge_method` keeps its name (linear, task_arithmetic, ties, dare_ties, dare_linear, della, della_linear,
-  breadcrumbs, breadcrumbs_ties, slerp, model_stock); other methods, `slices` (layer-range merges) and LoRA
-  references (`model+lora`) are refused by name rather than merged some other way.
+  breadcrumbs, breadcrumbs_ties, slerp, nuslerp, model_stock, sce); other methods, `slices` (layer-range merges)
+  and LoRA references (`model+lora`) are refused by name rather than merged some other way.
 - Per-model `weight` become `weights`. `density` becomes `drop_rate = 1 - density`, number by number through
   gradients and conditions, and when absent it is mergekit's default 1.0 (drop nothing), not our 0.2.
   `density`, `gamma` and `epsilon` the same for every model become the field; differing, `per_model`.
-- Shared `parameters`: `lambda`, `normalize`, `rescale`, `t`, `filter_wise`; `int8_mask` is accepted and changes
-  nothing (it is the storage type of mergekit's sign mask). Values given under `parameters:` that mergekit
-  binds per model (`weight`, `density`, ...) are defaults for the models that do not set them, as in mergekit.
+- Shared `parameters`: `lambda`, `normalize`, `rescale`, `t`, `filter_wise`, `select_topk`, `nuslerp_flatten`,
+  `nuslerp_row_wise`; NuSLERP without `base_model` interpolates the models themselves. `int8_mask` is accepted
+  and changes nothing (it is the storage type of mergekit's sign mask). Values given under `parameters:` that
+  mergekit binds per model (`weight`, `density`, ...) are defaults for the models that do not set them, as in
+  mergekit.
 - mergekit rescales what DARE and DELLA keep to the L1 norm of the whole delta, so `rescale_norm: l1` is set
   for the sparsifying methods (our own default is the papers' 1/keep-probability).
 - `out_dtype` (else `dtype`) is the output dtype; the math is fp32 whatever the dtype (mergekit computes in
@@ -37,18 +39,20 @@ from mnlu_jax.merge.math import SPARSIFIER
 from mnlu_jax.merge.settings import check_setting
 
 MERGEKIT_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "della", "della_linear",
-                    "breadcrumbs", "breadcrumbs_ties", "slerp", "model_stock")
+                    "breadcrumbs", "breadcrumbs_ties", "slerp", "nuslerp", "model_stock", "sce")
 TOP_LEVEL = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source")
 # per-model parameters each method takes (mergekit's NON_BASE/INPUT scope), and its shared ones
 PER_MODEL = {"linear": ("weight",), "task_arithmetic": ("weight", "density"),
              **{m: ("weight", "density") for m in ("ties", "dare_ties", "dare_linear")},
              **{m: ("weight", "density", "epsilon") for m in ("della", "della_linear")},
              **{m: ("weight", "density", "gamma") for m in ("breadcrumbs", "breadcrumbs_ties")},
-             "slerp": (), "model_stock": ()}
+             "slerp": (), "nuslerp": ("weight",), "model_stock": (), "sce": ()}
 GTA_SHARED = ("lambda", "normalize", "rescale", "int8_mask")
 SHARED = {"linear": ("normalize",), "slerp": ("t",), "model_stock": ("filter_wise",),
-          **{m: GTA_SHARED for m in MERGEKIT_METHODS if m not in ("linear", "slerp", "model_stock")}}
-OURS = {"lambda": "lam", "normalize": "normalize", "rescale": "rescale", "t": "t", "filter_wise": "filter_wise"}
+          "nuslerp": ("nuslerp_flatten", "nuslerp_row_wise"), "sce": ("select_topk", "int8_mask"),
+          **{m: GTA_SHARED for m in MERGEKIT_METHODS if m not in ("linear", "slerp", "nuslerp", "model_stock", "sce")}}
+OURS = {"lambda": "lam", "normalize": "normalize", "rescale": "rescale", "t": "t", "filter_wise": "filter_wise",
+        "select_topk": "select_topk", "nuslerp_flatten": "nuslerp_flatten", "nuslerp_row_wise": "nuslerp_row_wise"}
 MERGEKIT_DEFAULTS = {"density": 1.0, "gamma": 0.01, "epsilon": 0.15}
 DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "half": "float16"}
@@ -114,10 +118,13 @@ def from_mergekit(data: dict, where: str) -> dict:
         paths.append(entry["model"])
         per_model.append({k: params.get(k, shared.get(k)) for k in PER_MODEL[method]})
     base = data.get("base_model")
+    # every listed model is an input of linear, and of nuslerp without a base; for the others one that is the
+    # base is mergekit's base entry, whose per-model parameters are not used
+    every_model_counts = method == "linear" or (method == "nuslerp" and base is None)
     if base is None:
-        if method != "linear":
+        if method not in ("linear", "nuslerp"):
             raise ValueError(f"{where}: base_model: required by {method}")
-        base = paths[0]  # linear does not read the base's values; it gives the architecture and tokenizer
+        base = paths[0]  # its values are not read as a base; it gives the architecture and tokenizer
     if not isinstance(base, str):
         raise ValueError(f"{where}: base_model: expected a path, got {base!r}")
     if method == "linear" and not any(Path(p).resolve() == Path(base).resolve() for p in paths):
@@ -128,8 +135,10 @@ def from_mergekit(data: dict, where: str) -> dict:
         raise ValueError(f"{where}: tokenizer_source {source!r}: only the base's tokenizer is supported (absent or "
                          "'base')")
     out: dict[str, Any] = {"method": method, "base": base, "models": paths}
-    # the models that are the base are mergekit's base entry: their per-model parameters are not used
-    others = [i for i, p in enumerate(paths) if Path(p).resolve() != Path(base).resolve()] or list(range(len(paths)))
+    others = list(range(len(paths))) if every_model_counts else (
+        [i for i, p in enumerate(paths) if Path(p).resolve() != Path(base).resolve()] or list(range(len(paths))))
+    if method == "nuslerp":
+        out["nuslerp_base"] = data.get("base_model") is not None
     if "weight" in PER_MODEL[method]:
         weights = [m["weight"] for m in per_model]
         missing = [i for i in others if weights[i] is None]

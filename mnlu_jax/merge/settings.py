@@ -23,7 +23,7 @@ from typing import Any
 from mnlu_jax.merge.math import PER_MODEL_FIELDS, MergeSpec
 from mnlu_jax.weights.names import layer_index
 
-SCHEDULABLE = ("t", "lam", "drop_rate", "epsilon", "gamma")
+SCHEDULABLE = ("t", "lam", "drop_rate", "epsilon", "gamma", "select_topk")
 
 
 def _number(x: Any) -> bool:

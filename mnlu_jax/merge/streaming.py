@@ -125,9 +125,10 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
     for name, values in spec.per_model:
         if len(values) != n_all:
             raise ValueError(f"per_model.{name}: {len(values)} values for {n_all} models")
-    # (linear averages raw weights, and Model Stock counts every model and its angle to the others)
-    same = [i for i, m in enumerate(models)
-            if spec.method not in ("linear", "model_stock") and Path(m).resolve() == Path(base).resolve()]
+    # (linear averages raw weights, Model Stock counts every model and its angle to the others, and NuSLERP
+    # without the base interpolates the models themselves)
+    raw = spec.method in ("linear", "model_stock") or (spec.method == "nuslerp" and not spec.nuslerp_base)
+    same = [i for i, m in enumerate(models) if not raw and Path(m).resolve() == Path(base).resolve()]
     live = [i for i in range(n_all) if i not in same] or [0]
     same = [i for i in same if i not in live]
     check_model_count(spec, len(live))
@@ -181,6 +182,9 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
                   **({"per_model": dict(spec.per_model)} if spec.per_model else {}),
                   "epsilon": spec.epsilon, "gamma": spec.gamma,
                   "t": spec.t, "filter_wise": spec.filter_wise, "seed": spec.seed,
+                  **({"select_topk": spec.select_topk} if spec.method == "sce" else {}),
+                  **({k: getattr(spec, k) for k in ("nuslerp_flatten", "nuslerp_row_wise", "nuslerp_base")}
+                     if spec.method == "nuslerp" else {}),
                   **({"varying": schedule.record()} if schedule is not None else {}),
                   "exclude": exclude, "vocab_policy": vocab_policy,
                   "tokenizer_from": None if tok.dir is None else str(Path(tok.path).absolute())}
@@ -194,7 +198,7 @@ METHOD_PAPERS = {"dare": "https://arxiv.org/abs/2311.03099", "dare_ties": "https
                  "ties": "https://arxiv.org/abs/2306.01708", "della": "https://arxiv.org/abs/2406.11617",
                  "breadcrumbs": "https://arxiv.org/abs/2312.06795", "breadcrumbs_ties": "https://arxiv.org/abs/2312.06795",
                  "task_arithmetic": "https://arxiv.org/abs/2212.04089", "model_stock": "https://arxiv.org/abs/2403.19522",
-                 "slerp": "https://en.wikipedia.org/wiki/Slerp"}
+                 "slerp": "https://en.wikipedia.org/wiki/Slerp", "sce": "https://arxiv.org/abs/2408.07990"}
 
 
 def model_card(record: dict, name: str) -> str:
