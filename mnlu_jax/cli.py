@@ -111,15 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_convert)
 
     m = sub.add_parser("merge", help="merge fine-tunes into a base (DARE, TIES, DELLA, Breadcrumbs, SLERP, NuSLERP, "
-                                     "Model Stock, SCE, linear, task arithmetic); also runs mergekit configs")
+                                     "Model Stock, SCE, Karcher, linear, task arithmetic); also runs mergekit configs")
     m.add_argument("--config", default=None, help="YAML MergeConfig (e.g. configs/merge/biomistral_nlu_dare.yaml) "
                                                    "or a mergekit config (merge_method, base_model, models: ...)")
     m.add_argument("--base")
     m.add_argument("--models", nargs="+")
     m.add_argument("--weights", nargs="+", type=float)
     m.add_argument("--method", help="linear, task_arithmetic, dare (default), dare_linear, ties, dare_ties, della, "
-                                    "della_linear, breadcrumbs, breadcrumbs_ties, slerp, nuslerp, model_stock or sce "
-                                    "(sce's select_topk and nuslerp's settings as key=value)")
+                                    "della_linear, breadcrumbs, breadcrumbs_ties, slerp, nuslerp, model_stock, sce or "
+                                    "karcher (their own settings as key=value)")
     m.add_argument("--drop-rate", dest="drop_rate", type=float)
     m.add_argument("--rescale", dest="rescale", action="store_true", default=None)
     m.add_argument("--no-rescale", dest="rescale", action="store_false",

@@ -507,6 +507,10 @@ def test_mergekit_configs_merge_as_mergekit_does(tmp_path):
                 "parameters": {"select_topk": 0.5, "int8_mask": True}},
         "sce_all": {"merge_method": "sce", "base_model": str(base),
                     "models": [{"model": str(m)} for m in (base, m1, m2)]},
+        "karcher": {"merge_method": "karcher", "models": [{"model": str(m)} for m in (m1, m2)]},
+        # a base_model given apart is one more input of the mean, as in mergekit
+        "karcher_base_apart": {"merge_method": "karcher", "base_model": str(base),
+                               "models": [{"model": str(m)} for m in (m1, m2)], "parameters": {"max_iter": 3}},
         "model_stock": {"merge_method": "model_stock", "base_model": str(base),
                         "models": [{"model": str(m1)}, {"model": str(m2)}], "parameters": {"filter_wise": True}},
     }

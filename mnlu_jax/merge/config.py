@@ -34,6 +34,8 @@ class MergeConfig:
     nuslerp_flatten: bool = True
     nuslerp_row_wise: bool = False
     nuslerp_base: bool = True
+    max_iter: int = 10
+    tol: float = 1e-5
     normalize: bool | None = None
     seed: int = 0
     exclude: str | None = None
@@ -62,7 +64,7 @@ class MergeConfig:
                          gamma=plain("gamma"), t=plain("t"), filter_wise=self.filter_wise, normalize=self.normalize,
                          seed=self.seed, per_model=per_model, select_topk=plain("select_topk"),
                          nuslerp_flatten=self.nuslerp_flatten, nuslerp_row_wise=self.nuslerp_row_wise,
-                         nuslerp_base=self.nuslerp_base)
+                         nuslerp_base=self.nuslerp_base, max_iter=self.max_iter, tol=self.tol)
 
     def schedule(self) -> Schedule | None:
         return Schedule.make(self._settings(), self.weights, per_model=self.per_model)

@@ -27,6 +27,9 @@ Notation: θ_b the base tensor, θ_i the i-th model, δ_i = θ_i − θ_b, w_i i
 - sce (FuseChat's Select, Calculate, Erase; mergekit's): keep the `select_topk` fraction of entries where the
   deltas vary most across models, elect signs (TIES, unweighted), weight each model by its mean squared delta
   (normalised to sum 1), θ_b + Σ c_i δ_i [agree] / Σ c_i [agree].
+- karcher (mergekit's): the Karcher (Fréchet) mean of the models' directions on the unit sphere, equal weights, by
+  at most `max_iter` Riemannian gradient steps (stopping when a step is shorter than `tol`), times the mean of the
+  models' norms. The base is not used.
 - model_stock (Jang et al. 2024): with N ≥ 2 models and cos φ the mean pairwise cosine of their deltas (the
   whole tensor flattened, or per row with `filter_wise`), t = N cos φ / (1 + (N − 1) cos φ) and
   t·mean(θ_i) + (1 − t)·θ_b (the base where the denominator vanishes). Weights are not used.
@@ -58,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 METHODS = ("linear", "task_arithmetic", "dare", "dare_linear", "ties", "dare_ties", "della", "della_linear",
-           "breadcrumbs", "breadcrumbs_ties", "slerp", "nuslerp", "model_stock", "sce")
+           "breadcrumbs", "breadcrumbs_ties", "slerp", "nuslerp", "model_stock", "sce", "karcher")
 RESCALE_NORMS = ("l1", "l2", "linf")
 # How each sparsifying method picks the entries of a delta it keeps, and which methods then elect signs (TIES).
 SPARSIFIER = {"dare": "random", "dare_ties": "random", "dare_linear": "random", "della": "magprune",
@@ -71,7 +74,9 @@ PER_MODEL_FIELDS = ("drop_rate", "gamma", "epsilon")
 RESCALES_BY_DEFAULT = ("dare", "dare_ties", "dare_linear", "della", "della_linear")
 NORMALIZES_BY_DEFAULT = ("linear", "ties", "della")
 # how many models (besides the base) a method takes: (at least, at most)
-MODEL_COUNTS = {"slerp": (1, 1), "nuslerp": (2, 2), "model_stock": (2, None)}
+MODEL_COUNTS = {"slerp": (1, 1), "nuslerp": (2, 2), "model_stock": (2, None), "karcher": (1, None)}
+# methods that combine the models' own values, not deltas from the base: a model that is the base is not elided
+RAW_METHODS = ("linear", "model_stock", "karcher")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +98,8 @@ class MergeSpec:
     nuslerp_flatten: bool = True    # nuslerp: one angle for the whole tensor (else one per row, or column)
     nuslerp_row_wise: bool = False  # nuslerp without flatten: vectors along the first axis (columns), not rows
     nuslerp_base: bool = True       # nuslerp: interpolate the deltas from the base (else the models themselves)
+    max_iter: int = 10              # karcher: Riemannian gradient steps at most
+    tol: float = 1e-5               # karcher: stop when the step is shorter; units closer than this are skipped
     normalize: bool | None = None   # None: the method's default (NORMALIZES_BY_DEFAULT); see `normalizes`
     seed: int = 0
     # Weight of models left out of the computation because their delta is exactly zero (the base listed as a
@@ -331,6 +338,39 @@ def nuslerp(t: float, v0: jax.Array, v1: jax.Array, flatten: bool, row_wise: boo
     return out.reshape(shape)
 
 
+def karcher(thetas: jax.Array, max_iter: int, tol: float) -> jax.Array:
+    """mergekit 0.1.5's `karcher_merge_tensors` with equal weights, its early exit and skipped units as masks."""
+    n = thetas.shape[0]
+    if n == 1:
+        return thetas[0]
+    flat = thetas.reshape(n, -1)
+    norms = jnp.linalg.norm(flat, axis=1)
+    units = jnp.where(norms[:, None] == 0, 0.0, flat / jnp.where(norms == 0, 1.0, norms)[:, None])
+    valid = norms > tol
+    alphas = jnp.where(valid, 1.0, 0.0)
+    alphas = alphas / jnp.maximum(alphas.sum(), 1.0)
+    mean = alphas @ units
+    mean_norm = jnp.linalg.norm(mean)
+    first = units[jnp.argmax(valid)]
+    mean = jnp.where(mean_norm < tol, first, mean / jnp.where(mean_norm < tol, 1.0, mean_norm))
+    done = jnp.asarray(False)
+    for _ in range(max_iter):
+        dots = jnp.clip(units @ mean, -1.0, 1.0)
+        theta = jnp.arccos(dots)
+        active = valid & (theta >= tol)
+        coef = jnp.where(active, alphas * theta / jnp.where(active, jnp.sin(theta), 1.0), 0.0)
+        tangent = coef @ units - (coef * dots).sum() * mean  # Σ c_i (u_i − (u_i·m) m)
+        tangent_norm = jnp.linalg.norm(tangent)
+        done = done | (tangent_norm < tol)
+        safe = jnp.where(done, 1.0, tangent_norm)
+        step = jnp.cos(tangent_norm) * mean + jnp.sin(tangent_norm) * (tangent / safe)
+        step_norm = jnp.linalg.norm(step)
+        step = jnp.where(step_norm > tol, step / jnp.where(step_norm > tol, step_norm, 1.0), step)
+        mean = jnp.where(done, mean, step)
+    out = norms.mean() * mean
+    return jnp.where(valid.any(), out, 0.0).reshape(thetas.shape[1:])
+
+
 def sce(deltas: jax.Array, select_topk: float) -> jax.Array:
     """mergekit 0.1.5's `sce` on stacked deltas (n, ...): the merged delta."""
     if select_topk < 1:
@@ -407,6 +447,8 @@ def merge_tensor(base: jax.Array, models: list[jax.Array] | tuple[jax.Array, ...
             if not spec.nuslerp_base:
                 return nuslerp(t, thetas[0], thetas[1], spec.nuslerp_flatten, spec.nuslerp_row_wise)
             return base + nuslerp(t, thetas[0] - base, thetas[1] - base, spec.nuslerp_flatten, spec.nuslerp_row_wise)
+        if spec.method == "karcher":
+            return karcher(thetas, spec.max_iter, spec.tol)
         return model_stock(base, thetas, spec.filter_wise)
     deltas = thetas - base
     if spec.method == "sce":

@@ -13,8 +13,10 @@
 `mnlu-jax merge --config that.yaml --out DIR [--seed N]` (mergekit-yaml takes the output directory and
 `--random-seed` on its command line too). The translation, by mergekit 0.1.5's own parameter definitions:
 - `merge_method` keeps its name (linear, task_arithmetic, ties, dare_ties, dare_linear, della, della_linear,
-  breadcrumbs, breadcrumbs_ties, slerp, nuslerp, model_stock, sce); other methods, `slices` (layer-range merges)
-  and LoRA references (`model+lora`) are refused by name rather than merged some other way.
+  breadcrumbs, breadcrumbs_ties, slerp, nuslerp, model_stock, sce, karcher); other methods, `slices` (layer-range
+  merges)
+  and LoRA references (`model+lora`) are refused by name rather than merged some other way. Karcher (and linear)
+  take every listed model as an input, and a `base_model` given apart is one more for Karcher, as in mergekit.
 - Per-model `weight` become `weights`. `density` becomes `drop_rate = 1 - density`, number by number through
   gradients and conditions, and when absent it is mergekit's default 1.0 (drop nothing), not our 0.2.
   `density`, `gamma` and `epsilon` the same for every model become the field; differing, `per_model`.
@@ -39,20 +41,23 @@ from mnlu_jax.merge.math import SPARSIFIER
 from mnlu_jax.merge.settings import check_setting
 
 MERGEKIT_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "della", "della_linear",
-                    "breadcrumbs", "breadcrumbs_ties", "slerp", "nuslerp", "model_stock", "sce")
+                    "breadcrumbs", "breadcrumbs_ties", "slerp", "nuslerp", "model_stock", "sce", "karcher")
 TOP_LEVEL = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source")
 # per-model parameters each method takes (mergekit's NON_BASE/INPUT scope), and its shared ones
 PER_MODEL = {"linear": ("weight",), "task_arithmetic": ("weight", "density"),
              **{m: ("weight", "density") for m in ("ties", "dare_ties", "dare_linear")},
              **{m: ("weight", "density", "epsilon") for m in ("della", "della_linear")},
              **{m: ("weight", "density", "gamma") for m in ("breadcrumbs", "breadcrumbs_ties")},
-             "slerp": (), "nuslerp": ("weight",), "model_stock": (), "sce": ()}
+             "slerp": (), "nuslerp": ("weight",), "model_stock": (), "sce": (), "karcher": ()}
 GTA_SHARED = ("lambda", "normalize", "rescale", "int8_mask")
 SHARED = {"linear": ("normalize",), "slerp": ("t",), "model_stock": ("filter_wise",),
           "nuslerp": ("nuslerp_flatten", "nuslerp_row_wise"), "sce": ("select_topk", "int8_mask"),
-          **{m: GTA_SHARED for m in MERGEKIT_METHODS if m not in ("linear", "slerp", "nuslerp", "model_stock", "sce")}}
+          "karcher": ("max_iter", "tol"),
+          **{m: GTA_SHARED for m in MERGEKIT_METHODS
+             if m not in ("linear", "slerp", "nuslerp", "model_stock", "sce", "karcher")}}
 OURS = {"lambda": "lam", "normalize": "normalize", "rescale": "rescale", "t": "t", "filter_wise": "filter_wise",
-        "select_topk": "select_topk", "nuslerp_flatten": "nuslerp_flatten", "nuslerp_row_wise": "nuslerp_row_wise"}
+        "select_topk": "select_topk", "nuslerp_flatten": "nuslerp_flatten", "nuslerp_row_wise": "nuslerp_row_wise",
+        "max_iter": "max_iter", "tol": "tol"}
 MERGEKIT_DEFAULTS = {"density": 1.0, "gamma": 0.01, "epsilon": 0.15}
 DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "half": "float16"}
@@ -120,13 +125,16 @@ def from_mergekit(data: dict, where: str) -> dict:
     base = data.get("base_model")
     # every listed model is an input of linear, and of nuslerp without a base; for the others one that is the
     # base is mergekit's base entry, whose per-model parameters are not used
-    every_model_counts = method == "linear" or (method == "nuslerp" and base is None)
+    every_model_counts = method in ("linear", "karcher") or (method == "nuslerp" and base is None)
     if base is None:
-        if method not in ("linear", "nuslerp"):
+        if method not in ("linear", "nuslerp", "karcher"):
             raise ValueError(f"{where}: base_model: required by {method}")
         base = paths[0]  # its values are not read as a base; it gives the architecture and tokenizer
     if not isinstance(base, str):
         raise ValueError(f"{where}: base_model: expected a path, got {base!r}")
+    if method == "karcher" and not any(Path(p).resolve() == Path(base).resolve() for p in paths):
+        paths = [base, *paths]  # mergekit averages a base_model given apart as one more input
+        per_model = [{}, *per_model]
     if method == "linear" and not any(Path(p).resolve() == Path(base).resolve() for p in paths):
         raise ValueError(f"{where}: base_model: linear averages it as one more input, which mergekit refuses without "
                          "a weight: list it under models with its weight, or leave base_model out")

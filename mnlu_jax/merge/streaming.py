@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from mnlu_jax.merge.math import MergeSpec, check_model_count, exclude_pattern, keys_for, merge_tensor
+from mnlu_jax.merge.math import RAW_METHODS, MergeSpec, check_model_count, exclude_pattern, keys_for, merge_tensor
 from mnlu_jax.merge.settings import Schedule
 from mnlu_jax.weights.convert import TOKENIZER_FILES, _dtype_name, atomic_dir, np_dtype
 from mnlu_jax.weights.named_tensors import NamedTensors, ordered
@@ -125,9 +125,9 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
     for name, values in spec.per_model:
         if len(values) != n_all:
             raise ValueError(f"per_model.{name}: {len(values)} values for {n_all} models")
-    # (linear averages raw weights, Model Stock counts every model and its angle to the others, and NuSLERP
-    # without the base interpolates the models themselves)
-    raw = spec.method in ("linear", "model_stock") or (spec.method == "nuslerp" and not spec.nuslerp_base)
+    # (linear and Karcher combine raw weights, Model Stock counts every model and its angle to the others, and
+    # NuSLERP without the base interpolates the models themselves)
+    raw = spec.method in RAW_METHODS or (spec.method == "nuslerp" and not spec.nuslerp_base)
     same = [i for i, m in enumerate(models) if not raw and Path(m).resolve() == Path(base).resolve()]
     live = [i for i in range(n_all) if i not in same] or [0]
     same = [i for i in same if i not in live]
@@ -183,6 +183,7 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
                   "epsilon": spec.epsilon, "gamma": spec.gamma,
                   "t": spec.t, "filter_wise": spec.filter_wise, "seed": spec.seed,
                   **({"select_topk": spec.select_topk} if spec.method == "sce" else {}),
+                  **({"max_iter": spec.max_iter, "tol": spec.tol} if spec.method == "karcher" else {}),
                   **({k: getattr(spec, k) for k in ("nuslerp_flatten", "nuslerp_row_wise", "nuslerp_base")}
                      if spec.method == "nuslerp" else {}),
                   **({"varying": schedule.record()} if schedule is not None else {}),
@@ -198,7 +199,8 @@ METHOD_PAPERS = {"dare": "https://arxiv.org/abs/2311.03099", "dare_ties": "https
                  "ties": "https://arxiv.org/abs/2306.01708", "della": "https://arxiv.org/abs/2406.11617",
                  "breadcrumbs": "https://arxiv.org/abs/2312.06795", "breadcrumbs_ties": "https://arxiv.org/abs/2312.06795",
                  "task_arithmetic": "https://arxiv.org/abs/2212.04089", "model_stock": "https://arxiv.org/abs/2403.19522",
-                 "slerp": "https://en.wikipedia.org/wiki/Slerp", "sce": "https://arxiv.org/abs/2408.07990"}
+                 "slerp": "https://en.wikipedia.org/wiki/Slerp", "sce": "https://arxiv.org/abs/2408.07990",
+                 "karcher": "https://arxiv.org/abs/2603.04972"}
 
 
 def model_card(record: dict, name: str) -> str:
