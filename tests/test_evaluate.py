@@ -338,6 +338,17 @@ def test_build_eval_counts_and_skips(tmp_path):
         build_eval("all", ROOT / "data/eval_samples", tmp_path / "e2", shots=-2)
     with pytest.raises(ValueError, match=r"eval sets \['HOC'\]: not among"):
         build_eval("all", ROOT / "data/eval_samples", tmp_path / "e2", names=["HOC"])
+    # a file that gives no instances (emptied, or cut before its first line) was written as an empty set, then
+    # decoded and scored as 0 without a word
+    import shutil
+
+    shutil.copytree(ROOT / "data/eval_samples/BIOSSES", tmp_path / "cut" / "BIOSSES")
+    header = (ROOT / "data/eval_samples/BIOSSES/test.tsv").read_text().splitlines(keepends=True)[0]
+    (tmp_path / "cut" / "BIOSSES" / "test.tsv").write_text(header)  # the header only
+    with pytest.raises(DataError, match=r"BioSSES: .*cut/BIOSSES/test\.tsv gave no instances \(an empty or cut-off "
+                                        r"file\?\); nothing written"):
+        build_eval("all", tmp_path / "cut", tmp_path / "e4", names=["BioSSES"])
+    assert not (tmp_path / "e4" / "manifest.json").exists()
     m = build_eval("blurb", ROOT / "data/eval_samples", tmp_path / "e3", shots=2, log=logs.append)
     first = json.loads((tmp_path / "e3" / "BC2GM.jsonl").read_text().splitlines()[0])
     assert "Example 2:" in first["messages"][1]["content"]

@@ -137,6 +137,9 @@ def test_generate_resumes_after_a_crash(demo):
     for wrong, match in [(eval_set, r"--out .*BC2GM\.jsonl is the input file"), (out, r"--out .*: a directory")]:
         with pytest.raises(ValueError, match=match):
             run_generate("no-model-loaded", eval_set, wrong, DecodeConfig())
+    (out / "empty.jsonl").write_text("")  # an empty input wrote no output and reported 0 prompts, as if done
+    with pytest.raises(ValueError, match=r"--input .*empty\.jsonl: no records \(an empty file\)"):
+        run_generate("no-model-loaded", out / "empty.jsonl", out / "empty_out.jsonl", DecodeConfig())
     (out / "copy.jsonl").write_text(eval_set.read_text())
     with pytest.raises(ValueError, match=r"copy\.jsonl:1: expected a prediction record .*an input rather than"):
         run_generate(out / "base", eval_set, out / "copy.jsonl", DecodeConfig(batch_size=4, max_new_tokens=16,

@@ -204,6 +204,9 @@ def run_generate(model: Any, input_path: str | Path, out_path: str | Path, decod
         raise ValueError(f"--out {out_path} is the input file; write predictions to another file")
     check_template_choice(chat_template)
     records = read_jsonl(input_path)
+    if not records:
+        raise ValueError(f"--input {input_path}: no records (an empty file); expected one JSON object per line with "
+                         "`messages` or `prompt`")
     ids = [str(r.get("id", i)) for i, r in enumerate(records)]
     first: dict[str, int] = {}
     for k, i in enumerate(ids):

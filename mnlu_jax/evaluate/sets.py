@@ -172,6 +172,9 @@ def build_eval(benchmark: str, data_root: str | Path, out: str | Path, shots: in
             manifest["skipped"][es.name] = missing
             continue
         inst = es.build(root, es, shots if es.task == "NER" else 0, seed)
+        if not inst:  # a set of none would be decoded and scored as 0 without a word
+            raise DataError(f"{es.name}: {', '.join(str(root / f) for f in es.files)} gave no instances (an empty or "
+                            "cut-off file?); nothing written")
         fname = es.name.replace(" ", "_") + ".jsonl"
         write_jsonl(out / fname, inst)
         n = gold_count(es, inst)
