@@ -508,6 +508,15 @@ def test_mergekit_configs_merge_as_mergekit_does(tmp_path):
         "sce_all": {"merge_method": "sce", "base_model": str(base),
                     "models": [{"model": str(m)} for m in (base, m1, m2)]},
         "karcher": {"merge_method": "karcher", "models": [{"model": str(m)} for m in (m1, m2)]},
+        # one slice over every layer of each model, as mergekit's own slerp example is written; a single condition
+        # where a list is expected
+        "slerp_slices": {"merge_method": "slerp", "base_model": str(base),
+                         "slices": [{"sources": [{"model": str(base), "layer_range": [0, 3]},
+                                                 {"model": str(m1), "layer_range": [0, 3]}]}],
+                         "parameters": {"t": [{"filter": "mlp", "value": [0.2, 0.9]}, {"value": 0.4}]}},
+        "task_arithmetic_one_condition": {"merge_method": "task_arithmetic", "base_model": str(base),
+                                          "models": two(weight=(0.5, 0.7)),
+                                          "parameters": {"lambda": {"value": [0.5, 1.5]}}},
         # a base_model given apart is one more input of the mean, as in mergekit
         "karcher_base_apart": {"merge_method": "karcher", "base_model": str(base),
                                "models": [{"model": str(m)} for m in (m1, m2)], "parameters": {"max_iter": 3}},
@@ -525,6 +534,27 @@ def test_mergekit_configs_merge_as_mergekit_does(tmp_path):
     assert record["rescale"] is True and record["rescale_norm"] == "l1" and record["normalize"] is True
     assert record["varying"]["drop_rate"] == [{"filter": "mlp", "value": pytest.approx(0.6)},
                                               {"value": pytest.approx(0.3)}]
+    from mnlu_jax.config import load_config
+    from mnlu_jax.merge.config import MergeConfig, translate_merge_config
+
+    import yaml
+
+    for bad, message in [
+            ({"slices": [{"sources": [{"model": str(base), "layer_range": [0, 2]},
+                                      {"model": str(m1), "layer_range": [0, 2]}]}]},
+             r"slices\[0\]\.sources\[0\]\.layer_range \[0, 2\]: a part of the model's 3 layers"),
+            ({"slices": [{"sources": [{"model": str(base), "layer_range": [0, 2]}]},
+                         {"sources": [{"model": str(m1), "layer_range": [1, 3]}]}]},
+             r"slices: 2 slices stack layer ranges into another model \(a frankenmerge\), which is not supported"),
+            ({"models": [{"model": str(base)}, {"model": str(m1)}],
+              "parameters": {"t": [{"pattern": "mlp", "value": 0.3}, {"value": 0.5}]}},
+             r"t\[0\]: expected \{filter: .*unknown key\(s\) \['pattern'\]: mergekit ignores them, and its "
+             r"condition then applies to every tensor")]:
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({"merge_method": "slerp", "base_model": str(base), "parameters": {"t": 0.5},
+                                        **bad}))
+        with pytest.raises(ValueError, match=message):
+            MergeConfig.spec(load_config(MergeConfig, path, ["out=o"], translate=translate_merge_config))
     # what the rescale changed: TIES without it is another merge
     plain = _flat(merge_checkpoints(base, [m1, m2], MergeSpec("ties", drop_rate=0.3, weights=(1.0, 1.0)),
                                     tmp_path / "plain", progress=False))
@@ -625,7 +655,7 @@ def test_mergekit_configs_outside_what_we_merge_are_named(tmp_path):
     assert differing.per_model == {"drop_rate": [0.5, 0.5, [pytest.approx(0.3), pytest.approx(0.1)]]}
     cases = [({**good, "merge_method": "multislerp"},
               r"merge_method 'multislerp' is not supported by mnlu-jax; supported:"),
-             ({"slices": [], "merge_method": "passthrough"}, r"slices: layer-range merges"),
+             ({"slices": [], "merge_method": "passthrough"}, r"slices: 0 slices stack layer ranges"),
              ({**good, "models": [{"model": "m1", "parameters": {"weight": 1, "density": "half"}}]},
               r"models\[0\]\.parameters\.density: expected a number, a list of numbers"),
              ({**good, "models": [{"model": "m1+lora_dir", "parameters": {"weight": 1}}]}, r"LoRA references"),

@@ -12,11 +12,12 @@
 
 `mnlu-jax merge --config that.yaml --out DIR [--seed N]` (mergekit-yaml takes the output directory and
 `--random-seed` on its command line too). The translation, by mergekit 0.1.5's own parameter definitions:
+- `slices:` with one slice taking every layer of every model (`layer_range: [0, N]`, how mergekit's own slerp
+  example is written) reads as `models:`; slices that stack layer ranges (frankenmerges) are refused.
 - `merge_method` keeps its name (linear, task_arithmetic, ties, dare_ties, dare_linear, della, della_linear,
-  breadcrumbs, breadcrumbs_ties, slerp, nuslerp, model_stock, sce, karcher); other methods, `slices` (layer-range
-  merges)
-  and LoRA references (`model+lora`) are refused by name rather than merged some other way. Karcher (and linear)
-  take every listed model as an input, and a `base_model` given apart is one more for Karcher, as in mergekit.
+  breadcrumbs, breadcrumbs_ties, slerp, nuslerp, model_stock, sce, karcher); other methods and LoRA references
+  (`model+lora`) are refused by name rather than merged some other way. Karcher (and linear) take every listed
+  model as an input, and a `base_model` given apart is one more for Karcher, as in mergekit.
 - Per-model `weight` become `weights`. `density` becomes `drop_rate = 1 - density`, number by number through
   gradients and conditions, and when absent it is mergekit's default 1.0 (drop nothing), not our 0.2.
   `density`, `gamma` and `epsilon` the same for every model become the field; differing, `per_model`.
@@ -82,11 +83,58 @@ def _mapping(value: Any, where: str) -> dict:
     return value
 
 
+def _whole_model_slices(data: dict, where: str) -> dict:
+    """A `slices:` config whose one slice takes every layer of every model (how mergekit's own slerp example and
+    many merges are written) as the same config with `models:`; other slices (layer ranges stacked into a deeper
+    model) are refused."""
+    from mnlu_jax.weights.named_tensors import NamedTensors
+
+    slices = data["slices"]
+    if "models" in data:
+        raise ValueError(f"{where}: slices and models: mergekit takes one or the other")
+    if not isinstance(slices, list) or len(slices) != 1 or not isinstance(slices[0], dict):
+        raise ValueError(f"{where}: slices: {len(slices) if isinstance(slices, list) else slices!r} slices stack layer "
+                         "ranges into another model (a frankenmerge), which is not supported; one slice over every "
+                         "layer of every model is (the same as `models:`)")
+    piece = slices[0]
+    extra = sorted(set(piece) - {"sources", "parameters", "base_model"})
+    if extra:
+        raise ValueError(f"{where}: slices[0]: {extra} not supported; expected sources, parameters and base_model")
+    sources = piece.get("sources")
+    if not isinstance(sources, list) or not sources:
+        raise ValueError(f"{where}: slices[0].sources: expected a list of {{model, layer_range}}, got {sources!r}")
+    models = []
+    for i, src in enumerate(sources):
+        here = f"{where}: slices[0].sources[{i}]"
+        if not isinstance(src, dict) or not isinstance(src.get("model"), str) or "layer_range" not in src:
+            raise ValueError(f"{here}: expected {{model: PATH, layer_range: [0, N], parameters: ...}}, got {src!r}")
+        extra = sorted(set(src) - {"model", "layer_range", "parameters"})
+        if extra:
+            raise ValueError(f"{here}: unknown key(s) {extra}")
+        layers = NamedTensors(src["model"]).config.num_hidden_layers
+        if list(src["layer_range"]) != [0, layers]:
+            raise ValueError(f"{here}.layer_range {src['layer_range']}: a part of the model's {layers} layers; only "
+                             f"whole models are merged ([0, {layers}])")
+        models.append({k: v for k, v in src.items() if k != "layer_range"})
+    out = {k: v for k, v in data.items() if k != "slices"}
+    out["models"] = models
+    if piece.get("base_model") is not None:
+        out["base_model"] = piece["base_model"]
+    if piece.get("parameters"):  # the slice's parameters over the file's
+        out["parameters"] = {**_mapping(data.get("parameters"), f"{where}: parameters"),
+                             **_mapping(piece["parameters"], f"{where}: slices[0].parameters")}
+    return out
+
+
+def _one_condition_as_list(params: dict) -> dict:
+    """mergekit takes a single {filter, value} condition where a list of them is expected."""
+    return {k: [v] if isinstance(v, dict) else v for k, v in params.items()}
+
+
 def from_mergekit(data: dict, where: str) -> dict:
     """The MergeConfig fields (as a mapping) of a mergekit config; errors name `where` and the mergekit key."""
     if "slices" in data:
-        raise ValueError(f"{where}: slices: layer-range merges (passthrough frankenmerges) are not supported; list "
-                         "whole models under `models:`")
+        data = _whole_model_slices(data, where)
     unknown = sorted(set(data) - set(TOP_LEVEL))
     if unknown:
         raise ValueError(f"{where}: mergekit key(s) {unknown} are not supported here; known: {list(TOP_LEVEL)}")
@@ -97,7 +145,7 @@ def from_mergekit(data: dict, where: str) -> dict:
     entries = data.get("models")
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{where}: models: expected a list of {{model: PATH, parameters: {{...}}}}, got {entries!r}")
-    shared = _mapping(data.get("parameters"), f"{where}: parameters")
+    shared = _one_condition_as_list(_mapping(data.get("parameters"), f"{where}: parameters"))
     allowed_shared = set(SHARED[method]) | set(PER_MODEL[method])
     bad = sorted(set(shared) - allowed_shared)
     if bad:
@@ -115,7 +163,7 @@ def from_mergekit(data: dict, where: str) -> dict:
         if "+" in entry["model"]:
             raise ValueError(f"{here}.model {entry['model']!r}: LoRA references (model+lora) are not supported; "
                              "merge the adapter into its model first")
-        params = _mapping(entry.get("parameters"), f"{here}.parameters")
+        params = _one_condition_as_list(_mapping(entry.get("parameters"), f"{here}.parameters"))
         bad = sorted(set(params) - set(PER_MODEL[method]))
         if bad:
             raise ValueError(f"{here}.parameters: {bad} not per-model parameter(s) of {method}; it takes "

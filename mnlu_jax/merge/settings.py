@@ -43,8 +43,11 @@ def check_setting(field: str, setting: Any) -> None:
         for k, cond in enumerate(setting):
             unknown = sorted(set(cond) - {"filter", "value"})
             if unknown or "value" not in cond:
+                # mergekit drops keys it does not know, so its condition then matches every tensor
+                hint = (f" (unknown key(s) {unknown}: mergekit ignores them, and its condition then applies to every "
+                        "tensor; a condition's tensor-name part is `filter:`)") if unknown else ""
                 raise ValueError(f"{field}[{k}]: expected {{filter: <part of a tensor name>, value: ...}}, "
-                                 f"got {cond!r}")
+                                 f"got {cond!r}{hint}")
             if cond.get("filter") is not None and not isinstance(cond["filter"], str):
                 raise ValueError(f"{field}[{k}].filter: expected a string, got {cond['filter']!r}")
             if not (_number(cond["value"]) or _gradient(cond["value"])):
