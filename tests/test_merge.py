@@ -676,3 +676,21 @@ def test_mergekit_configs_outside_what_we_merge_are_named(tmp_path):
             load(cfg)
     with pytest.raises(ValueError, match=r"rescale_norm 'l3': expected one of \('l1', 'l2', 'linf'\)"):
         MergeSpec("dare", rescale_norm="l3")
+
+
+def test_hub_models_are_named_by_their_ids(hf_pair, tmp_path, monkeypatch):
+    """A Hub id (as mergekit configs give models) is recorded and put in the model card as the id, which links the
+    merge to its base on the Hub; it was made into a path under the working directory."""
+    from mnlu_jax.weights import convert
+
+    base, ft = hf_pair
+    hub = {"org/base-model": Path(base), "org/fine-tune": Path(ft)}
+    real = convert.resolve_source
+    monkeypatch.setattr(convert, "resolve_source", lambda src: hub.get(str(src)) or real(src))
+    out = merge_checkpoints("org/base-model", ["org/base-model", "org/fine-tune"], MergeSpec("dare"),
+                            tmp_path / "merged", progress=False)
+    record = json.loads((out / "merge_config.json").read_text())
+    assert (record["base"], record["models"], record["tokenizer_from"]) == (
+        "org/base-model", ["org/base-model", "org/fine-tune"], "org/base-model")
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nbase_model:\n- org/base-model\n") and "- `org/fine-tune`\n" in card

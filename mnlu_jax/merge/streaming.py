@@ -175,7 +175,7 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
             for f in TOKENIZER_FILES:
                 if (tok.dir / f).exists():
                     shutil.copy2(tok.dir / f, tmp / f)
-        record = {"base": str(Path(base).absolute()), "models": [str(Path(m).absolute()) for m in models],
+        record = {"base": _named(base), "models": [_named(m) for m in models],
                   "method": spec.method, "drop_rate": spec.drop_rate, "rescale": spec.rescales,
                   "rescale_norm": spec.rescale_norm, "normalize": spec.normalizes, "apply": spec.apply,
                   "lambda": spec.lam, "weights": spec.weights,
@@ -188,10 +188,16 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
                      if spec.method == "nuslerp" else {}),
                   **({"varying": schedule.record()} if schedule is not None else {}),
                   "exclude": exclude, "vocab_policy": vocab_policy,
-                  "tokenizer_from": None if tok.dir is None else str(Path(tok.path).absolute())}
+                  "tokenizer_from": None if tok.dir is None else _named(tok.path)}
         (tmp / "merge_config.json").write_text(json.dumps(record, indent=2))
         (tmp / "README.md").write_text(model_card(record, Path(out).name))
     return Path(out)
+
+
+def _named(source: str | Path) -> str:
+    """A model as the record and the model card name it: a local path made absolute; a Hub id (or "smollm2") as
+    given, so that an uploaded merge's card links its base model on the Hub."""
+    return str(Path(source).absolute()) if Path(source).exists() else str(source)
 
 
 METHOD_PAPERS = {"dare": "https://arxiv.org/abs/2311.03099", "dare_ties": "https://arxiv.org/abs/2311.03099",
