@@ -401,3 +401,25 @@ def test_explicit_distributed_settings_are_named(monkeypatch):
     monkeypatch.setenv("MNLU_COORDINATOR", "127.0.0.1")
     with pytest.raises(ValueError, match=r"MNLU_COORDINATOR='127\.0\.0\.1': expected host:port"):
         distributed.initialize("auto")
+
+
+def test_a_damaged_checkpoint_is_named_with_what_to_do(sample_data, tmp_path):
+    """A newest step that cannot be restored (a cut file: disk full, a partial copy) was a 150-line Orbax traceback,
+    then "Event loop is closed" noise at exit; now one error naming the step, the cause and the step to go back to."""
+    from mnlu_jax.train.loop import CheckpointUnreadable
+
+    out = tmp_path / "run"
+    run_train(cfg_for(sample_data, out, "max_steps=2", "checkpoint.every_steps=1", "export_hf=false"), progress=False)
+    for f in (out / "checkpoints" / "2" / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:100])
+    step2 = out / "checkpoints" / "2"
+    with pytest.raises(CheckpointUnreadable, match=rf"{step2}: cannot restore the training state of step 2 \(.*Error "
+                                                   rf"reading .*\); move it aside \(mv {step2} {step2}\.bad\) to "
+                                                   r"resume from step 1"):
+        run_train(cfg_for(sample_data, out, "max_steps=3", "checkpoint.every_steps=1", "export_hf=false"),
+                  progress=False)
+    step2.rename(step2.with_name("2.bad"))  # as the message says: the run goes on from step 1
+    s = run_train(cfg_for(sample_data, out, "max_steps=3", "checkpoint.every_steps=1", "export_hf=false"),
+                  progress=False)
+    assert s["steps"] == 3 and [r["step"] for r in s["history"]] == [2, 3]

@@ -112,6 +112,19 @@ def check_resume_settings(cfg: TrainConfig, out: Path) -> None:
                          f"another output_dir, or remove {ckpts} to start this one over")
 
 
+class CheckpointUnreadable(ValueError):
+    """The newest checkpoint cannot be restored; names it, the cause's first line and what to do."""
+
+    def __init__(self, path: Path, step: int, earlier: list[int], cause: BaseException):
+        root = cause
+        while root.__cause__ is not None:  # Orbax wraps the TensorStore error that says what is wrong
+            root = root.__cause__
+        what = (str(root).strip().splitlines() or [type(root).__name__])[0][:300]
+        advice = (f"move it aside (mv {path} {path}.bad) to resume from step {max(earlier)}" if earlier else
+                  f"no earlier checkpoint is kept: remove {path.parent} to train from the start")
+        super().__init__(f"{path}: cannot restore the training state of step {step} ({what}); {advice}")
+
+
 def run_train(cfg: TrainConfig, progress: bool = True) -> dict:
     check_train_config(cfg)
     distributed.initialize(cfg.distributed)
@@ -162,8 +175,13 @@ def _train(cfg: TrainConfig, progress: bool, mesh, instances: list, out: Path) -
     if mngr.latest_step() is not None:
         start = mngr.latest_step()
         abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-        restored = mngr.restore(start, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                               data=ocp.args.JsonRestore()))
+        try:
+            restored = mngr.restore(start, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                   data=ocp.args.JsonRestore()))
+        except Exception as e:  # a damaged step (disk full, a partial copy): one line, not Orbax's 150
+            earlier = [s for s in mngr.all_steps() if s < start]
+            mngr.close()  # its threads otherwise print "Event loop is closed" tracebacks at exit
+            raise CheckpointUnreadable(out / "checkpoints" / str(start), start, earlier, e) from e
         state = restored["state"]
         it.set_state(restored["data"])
         print(f"resumed from step {start} ({out / 'checkpoints'})")
