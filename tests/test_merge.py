@@ -602,6 +602,8 @@ def test_per_model_drop_rates_apply_model_by_model(tmp_path):
     assert spec.needs_rng and spec.select_models([1]).per_model == (("drop_rate", (0.8,)),)
     with pytest.raises(ValueError, match=r"drop_rate 1\.5: expected 0 <= p <= 1"):
         MergeSpec("dare", per_model=(("drop_rate", (0.2, 1.5)),))
+    with pytest.raises(ValueError, match=r"per_model: drop_rate has 2, gamma has 3 values; expected one per model"):
+        MergeSpec("breadcrumbs", per_model=(("drop_rate", (0.2, 0.5)), ("gamma", (0.1, 0.1, 0.1))))
     with pytest.raises(ValueError, match=r"per_model: 't' cannot differ between models"):
         MergeSpec("slerp", per_model=(("t", (0.2, 0.5)),))
     with pytest.raises(ValueError, match=r"della: need 0 < \(1 - drop_rate\) ± epsilon < 1, got drop_rate=0\.9, "

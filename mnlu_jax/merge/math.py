@@ -113,6 +113,12 @@ class MergeSpec:
             if name not in PER_MODEL_FIELDS:
                 raise ValueError(f"per_model: {name!r} cannot differ between models; expected one of "
                                  f"{PER_MODEL_FIELDS}")
+        if len({len(v) for _, v in self.per_model}) > 1:
+            raise ValueError("per_model: " + ", ".join(f"{k} has {len(v)}" for k, v in self.per_model) +
+                             " values; expected one per model for each")
+        if self.max_iter < 1 or not self.tol > 0:
+            raise ValueError(f"karcher: expected max_iter >= 1 and tol > 0, got max_iter={self.max_iter}, "
+                             f"tol={self.tol}")
         for p in self._each("drop_rate"):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"drop_rate {p}: expected 0 <= p <= 1")
