@@ -530,14 +530,19 @@ def test_mergekit_configs_merge_as_mergekit_does(tmp_path):
         for n in ours:
             np.testing.assert_allclose(ours[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=f"{name} {n}")
         assert not np.allclose(ours["model.layers.1.mlp.up_proj.weight"], b["model.layers.1.mlp.up_proj.weight"])
+    import yaml
+
+    # the mergekit config as given goes with the merge and into its card, as mergekit-yaml writes them
+    given = yaml.safe_load((out.parent / "ties.yaml").read_text())
+    assert yaml.safe_load((out.parent / "ours_ties" / "mergekit_config.yml").read_text()) == given
+    card = (out.parent / "ours_ties" / "README.md").read_text()
+    assert "## Configuration" in card and "merge_method: ties\n" in card
     record = json.loads((out.parent / "ours_ties" / "merge_config.json").read_text())
     assert record["rescale"] is True and record["rescale_norm"] == "l1" and record["normalize"] is True
     assert record["varying"]["drop_rate"] == [{"filter": "mlp", "value": pytest.approx(0.6)},
                                               {"value": pytest.approx(0.3)}]
     from mnlu_jax.config import load_config
     from mnlu_jax.merge.config import MergeConfig, translate_merge_config
-
-    import yaml
 
     for bad, message in [
             ({"slices": [{"sources": [{"model": str(base), "layer_range": [0, 2]},

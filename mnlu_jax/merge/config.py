@@ -42,6 +42,9 @@ class MergeConfig:
     dtype: str | None = None
     vocab_policy: str = "error"
     shard_size_bytes: int = 2 * 2**30
+    # the mergekit config this one was read from, as given: written beside the merge as mergekit_config.yml and
+    # quoted in its model card, as mergekit-yaml does
+    mergekit_config: dict[str, Any] | None = None
 
     def spec(self) -> MergeSpec:
         """The spec of a tensor that no varying setting touches (each varying one at MergeSpec's default; the
@@ -90,4 +93,4 @@ def run_merge(cfg: MergeConfig, progress: bool = True) -> Path:
         raise ValueError("merge: `models` is required (flag --models or key models: in the YAML)")
     return merge_checkpoints(cfg.base, cfg.models, cfg.spec(), cfg.out, dtype=cfg.dtype, exclude=cfg.exclude,
                              vocab_policy=cfg.vocab_policy, max_shard_bytes=cfg.shard_size_bytes, progress=progress,
-                             schedule=cfg.schedule())
+                             schedule=cfg.schedule(), mergekit_config=cfg.mergekit_config)

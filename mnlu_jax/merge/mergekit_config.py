@@ -133,6 +133,7 @@ def _one_condition_as_list(params: dict) -> dict:
 
 def from_mergekit(data: dict, where: str) -> dict:
     """The MergeConfig fields (as a mapping) of a mergekit config; errors name `where` and the mergekit key."""
+    original = data
     if "slices" in data:
         data = _whole_model_slices(data, where)
     unknown = sorted(set(data) - set(TOP_LEVEL))
@@ -190,7 +191,7 @@ def from_mergekit(data: dict, where: str) -> dict:
     if source not in (None, "base"):
         raise ValueError(f"{where}: tokenizer_source {source!r}: only the base's tokenizer is supported (absent or "
                          "'base')")
-    out: dict[str, Any] = {"method": method, "base": base, "models": paths}
+    out: dict[str, Any] = {"method": method, "base": base, "models": paths, "mergekit_config": original}
     others = list(range(len(paths))) if every_model_counts else (
         [i for i, p in enumerate(paths) if Path(p).resolve() != Path(base).resolve()] or list(range(len(paths))))
     if method == "nuslerp":

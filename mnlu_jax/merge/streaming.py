@@ -98,9 +98,10 @@ def _merge_jit(base, models, keys, spec, out_dtype):
 def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpec, out: str | Path,
                       dtype: str | None = None, exclude: str | None = None, vocab_policy: str = "error",
                       max_shard_bytes: int = 2 * 2**30, progress: bool = True,
-                      schedule: Schedule | None = None) -> Path:
+                      schedule: Schedule | None = None, mergekit_config: dict | None = None) -> Path:
     """Merge checkpoints tensor by tensor into an HF directory at `out` (written atomically). `schedule` varies
-    numeric parameters by tensor (merge/settings.py: mergekit's gradients and filters)."""
+    numeric parameters by tensor (merge/settings.py: mergekit's gradients and filters). `mergekit_config`, the
+    mergekit config the merge was read from, is written beside it as mergekit_config.yml and quoted in its card."""
     pattern = exclude_pattern(exclude)
     b = NamedTensors(base)
     ms = [NamedTensors(m) for m in models]
@@ -190,7 +191,13 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
                   "exclude": exclude, "vocab_policy": vocab_policy,
                   "tokenizer_from": None if tok.dir is None else _named(tok.path)}
         (tmp / "merge_config.json").write_text(json.dumps(record, indent=2))
-        (tmp / "README.md").write_text(model_card(record, Path(out).name))
+        mergekit_yaml = None
+        if mergekit_config is not None:
+            import yaml
+
+            mergekit_yaml = yaml.safe_dump(mergekit_config, sort_keys=False)
+            (tmp / "mergekit_config.yml").write_text(mergekit_yaml)
+        (tmp / "README.md").write_text(model_card(record, Path(out).name, mergekit_yaml))
     return Path(out)
 
 
@@ -209,7 +216,7 @@ METHOD_PAPERS = {"dare": "https://arxiv.org/abs/2311.03099", "dare_ties": "https
                  "karcher": "https://arxiv.org/abs/2603.04972"}
 
 
-def model_card(record: dict, name: str) -> str:
+def model_card(record: dict, name: str, mergekit_yaml: str | None = None) -> str:
     """A Hugging Face model card for the merge (what mergekit writes beside its merges): front matter naming the
     base, then the method, the models and the settings, so that the merge says what it is when uploaded."""
     method = record["method"]
@@ -223,4 +230,6 @@ def model_card(record: dict, name: str) -> str:
         "---", f"# {name}", "",
         f"A merge made with mnlu-jax (`mnlu-jax merge`) by the {shown} method, with "
         f"`{record['base']}` as the base.", "", "## Models merged", "", *[f"- {m}" for m in models], "",
-        "## Settings (as in merge_config.json)", "", "```json", json.dumps(settings, indent=2), "```", ""])
+        "## Settings (as in merge_config.json)", "", "```json", json.dumps(settings, indent=2), "```", "",
+        *(["## Configuration", "", "The mergekit configuration it was made from (`mergekit_config.yml`):", "",
+           "```yaml", mergekit_yaml.rstrip("\n"), "```", ""] if mergekit_yaml else [])])
