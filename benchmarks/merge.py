@@ -5,7 +5,11 @@ Creates two Mistral-shaped bf16 checkpoints locally (a base and a "fine-tune" = 
   mergekit: dare_linear, rescale false, density 0.8, weight 0.625 (the same math, see reference notes)
 each in its own process; peak RSS is that process's ru_maxrss. `--preset 7b` records our peak RSS on a 7B shape.
 
+`--methods ties,dare_ties,...` instead runs one mergekit config per method through both tools as it is
+(`mnlu-jax merge --config` and `mergekit-yaml`) and writes `results/merge_methods_<preset>.json`.
+
     python benchmarks/merge.py [--preset 1b] [--workdir /tmp/mnlu_merge_bench] [--no-reference]
+    python benchmarks/merge.py --methods ties,dare_ties,slerp,sce,karcher
 """
 
 from __future__ import annotations
@@ -65,17 +69,66 @@ def make_pair(preset: str, work: Path) -> tuple[Path, Path, int]:
     return base, ft, config.num_params()
 
 
+# one mergekit config per method over the pair (base, ft): the same file goes to both tools
+METHOD_CONFIGS = {
+    "dare_linear": {"models": [{"model": "{ft}", "parameters": {"weight": 1.0, "density": 0.8}}]},
+    "ties": {"models": [{"model": "{ft}", "parameters": {"weight": 1.0, "density": 0.5}}]},
+    "dare_ties": {"models": [{"model": "{ft}", "parameters": {"weight": 1.0, "density": 0.5}}]},
+    "breadcrumbs": {"models": [{"model": "{ft}", "parameters": {"weight": 1.0, "density": 0.8, "gamma": 0.01}}]},
+    "slerp": {"models": [{"model": "{base}"}, {"model": "{ft}"}], "parameters": {"t": 0.4}},
+    "sce": {"models": [{"model": "{ft}"}], "parameters": {"select_topk": 0.5}},
+    "karcher": {"models": [{"model": "{base}"}, {"model": "{ft}"}]},
+}
+
+
+def run_methods(methods: list[str], base: Path, ft: Path, work: Path) -> dict:
+    import yaml
+
+    out = {}
+    for method in methods:
+        if method not in METHOD_CONFIGS:
+            raise SystemExit(f"--methods: {method!r} has no config here; expected some of {sorted(METHOD_CONFIGS)}")
+        text = json.dumps(METHOD_CONFIGS[method]).replace("{base}", str(base)).replace("{ft}", str(ft))
+        cfg = {"merge_method": method, "base_model": str(base), "dtype": "bfloat16", **json.loads(text)}
+        path = work / f"{method}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        runs = {}
+        for tool, cmd in [("ours", [sys.executable, "-m", "mnlu_jax", "merge", "--config", str(path), "--out"]),
+                          ("mergekit", ["mergekit-yaml", str(path), "--random-seed", "0", "--quiet"])]:
+            dest = work / f"{tool}_{method}"
+            shutil.rmtree(dest, ignore_errors=True)
+            argv = cmd + [str(dest)] if tool == "ours" else cmd[:2] + [str(dest)] + cmd[2:]
+            seconds, rss, _ = measured(argv)
+            runs[tool] = {"seconds": seconds, "peak_rss_gib": rss}
+            shutil.rmtree(dest, ignore_errors=True)
+        runs["wall_time_ratio_ours_over_mergekit"] = runs["ours"]["seconds"] / runs["mergekit"]["seconds"]
+        runs["rss_ratio_ours_over_mergekit"] = runs["ours"]["peak_rss_gib"] / runs["mergekit"]["peak_rss_gib"]
+        print(method, json.dumps(runs))
+        out[method] = runs
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="1b", choices=list(PRESETS))
     ap.add_argument("--workdir", default="/tmp/mnlu_merge_bench")
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
+    ap.add_argument("--methods", default=None, help="comma-separated mergekit methods, each config through both tools")
     a = ap.parse_args()
     work = Path(a.workdir) / a.preset
     t = time.perf_counter()
     base, ft, n_params = make_pair(a.preset, work)
     create_s = time.perf_counter() - t
+    if a.methods:
+        res = {"preset": a.preset, "params": n_params, "dtype": "bfloat16", "checkpoint_gib": n_params * 2 / 2**30,
+               "note": "one mergekit config per method, run as it is by `mnlu-jax merge --config` and by "
+                       "`mergekit-yaml`, each in its own process",
+               "methods": run_methods(a.methods.split(","), base, ft, work)}
+        write_result(f"merge_methods_{a.preset}", res)
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     shutil.rmtree(work / "ours", ignore_errors=True)
     ours_s, ours_rss, _ = measured([sys.executable, "-m", "mnlu_jax", "merge", "--base", str(base), "--models", str(base),
                                  str(ft), "--method", "dare", "--drop-rate", "0.2", "--seed", "0", "--out",

@@ -701,3 +701,22 @@ def test_hub_models_are_named_by_their_ids(hf_pair, tmp_path, monkeypatch):
         "org/base-model", ["org/base-model", "org/fine-tune"], "org/base-model")
     card = (out / "README.md").read_text()
     assert card.startswith("---\nbase_model:\n- org/base-model\n") and "- `org/fine-tune`\n" in card
+
+
+def test_select_mask_is_a_stable_sorts_first_k():
+    """The bisection that replaced sorting (magnitude_trim, Breadcrumbs, SCE) picks exactly the entries a stable
+    sort puts first, ties to the lower index: on values with many ties, and at k = 0, 1, n − 1 and n."""
+    from mnlu_jax.merge.math import select_mask
+
+    rng = np.random.default_rng(0)
+    for values in (np.abs(rng.standard_normal(5000)), np.round(np.abs(rng.standard_normal(5000)) * 8) / 8,
+                   np.zeros(7), np.array([0.0, np.inf, 1.0, np.inf, 0.0])):
+        v = jnp.asarray(values.astype(np.float32))
+        n = v.size
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+            for largest, order in ((True, np.argsort(-values.astype(np.float32), kind="stable")),
+                                   (False, np.argsort(values.astype(np.float32), kind="stable"))):
+                want = np.zeros(n, bool)
+                want[order[:k]] = True
+                got = np.asarray(jax.jit(select_mask, static_argnums=2)(v, k, largest))
+                assert np.array_equal(got, want), (largest, k, n)

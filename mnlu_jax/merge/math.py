@@ -224,18 +224,42 @@ def dare_drop(delta: jax.Array, key: jax.Array, p: float, rescale: bool, norm: s
     return out * np.float32(1.0 / (1.0 - p))
 
 
+def select_mask(values: jax.Array, k, largest: bool = True) -> jax.Array:
+    """A mask of the `k` largest (or smallest) of non-negative `values`, ties going to the lower flat index: what a
+    stable sort puts first, so exactly the entries `argsort(∓values, stable=True)[:k]` names. Found by bisecting
+    the float's bits for the k-th value (32 counting passes) rather than by sorting: XLA sorts on one CPU thread,
+    4.8 s for an 11.5 M-entry matrix against 0.29 s here, and a 7B TIES merge sorts every tensor. `k` may be traced
+    (SCE's count)."""
+    bits = jax.lax.bitcast_convert_type(values.astype(jnp.float32).reshape(-1), jnp.int32)
+    k = jnp.asarray(k, jnp.int32)
+
+    def step(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        if largest:  # the largest t with #(bits >= t) >= k
+            ok = jnp.sum(bits >= mid, dtype=jnp.int32) >= k
+            return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+        ok = jnp.sum(bits <= mid, dtype=jnp.int32) >= k  # the smallest t with #(bits <= t) >= k
+        return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+    start = (jnp.int32(0), jnp.int32(0x7F800001)) if largest else (jnp.int32(-1), jnp.int32(0x7F800000))
+    lo, hi = jax.lax.fori_loop(0, 32, step, start)
+    threshold = lo if largest else hi
+    beyond = bits > threshold if largest else bits < threshold
+    tied = bits == threshold
+    need = k - jnp.sum(beyond, dtype=jnp.int32)
+    return (beyond | (tied & (jnp.cumsum(tied, dtype=jnp.int32) <= need))).reshape(values.shape)
+
+
 def magnitude_trim(delta: jax.Array, density: float, norm: str | None = None) -> jax.Array:
     n = delta.size
     if density >= 1.0 or n == 0:
         return delta
     if density <= 0.0:
         return jnp.zeros_like(delta)
-    k = max(1, int(density * n))
-    flat = jnp.abs(delta).reshape(-1)
-    # Keep exactly the k largest (ties broken by index, like a stable descending argsort).
-    order = jnp.argsort(-flat, stable=True)
-    mask = jnp.zeros(n, bool).at[order[:k]].set(True)
-    out = jnp.where(mask.reshape(delta.shape), delta, 0.0)
+    # exactly the k largest |δ| (ties to the lower index, as a stable descending sort)
+    mask = select_mask(jnp.abs(delta), max(1, int(density * n)))
+    out = jnp.where(mask, delta, 0.0)
     return out if norm is None else rescale_to_norm(out, delta, norm)
 
 
@@ -265,9 +289,10 @@ def magnitude_outliers(delta: jax.Array, density: float, gamma: float, norm: str
         return delta
     target = int(density * n)
     n_bottom = max(0, n - target - int(gamma * n))
-    order = jnp.argsort(jnp.abs(delta).reshape(-1), stable=True)
-    mask = jnp.zeros(n, bool).at[order[n_bottom:n_bottom + target]].set(True)
-    out = jnp.where(mask.reshape(delta.shape), delta, 0.0)
+    # ranks n_bottom .. n_bottom + target - 1 of a stable ascending sort of |δ|
+    magnitude = jnp.abs(delta)
+    mask = select_mask(magnitude, n_bottom + target, largest=False) & ~select_mask(magnitude, n_bottom, largest=False)
+    out = jnp.where(mask, delta, 0.0)
     return out if norm is None else rescale_to_norm(out, delta, norm)
 
 
@@ -385,10 +410,7 @@ def sce(deltas: jax.Array, select_topk: float) -> jax.Array:
         if select_topk <= 0:
             keep = jnp.zeros_like(flat, bool)
         else:
-            k = (jnp.count_nonzero(flat) * select_topk).astype(jnp.int32)  # a traced count: rank, do not slice
-            rank = jnp.zeros(flat.shape, jnp.int32).at[jnp.argsort(-flat, stable=True)].set(
-                jnp.arange(flat.size, dtype=jnp.int32))
-            keep = rank < k
+            keep = select_mask(flat, (jnp.count_nonzero(flat) * select_topk).astype(jnp.int32))
         deltas = jnp.where(keep.reshape(var.shape), deltas, 0.0)
     majority = jnp.where(deltas.sum(0) >= 0, 1.0, -1.0)
     agree = jnp.sign(deltas) == majority

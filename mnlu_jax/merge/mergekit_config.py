@@ -112,7 +112,7 @@ def _whole_model_slices(data: dict, where: str) -> dict:
         if extra:
             raise ValueError(f"{here}: unknown key(s) {extra}")
         layers = NamedTensors(src["model"]).config.num_hidden_layers
-        if list(src["layer_range"]) != [0, layers]:
+        if not isinstance(src["layer_range"], (list, tuple)) or list(src["layer_range"]) != [0, layers]:
             raise ValueError(f"{here}.layer_range {src['layer_range']}: a part of the model's {layers} layers; only "
                              f"whole models are merged ([0, {layers}])")
         models.append({k: v for k, v in src.items() if k != "layer_range"})
