@@ -459,6 +459,36 @@ def test_models_equal_to_base_are_elided_without_changing_the_result(hf_pair, tm
 
 
 # ------------------------------------------------------------------ mergekit configs run as they are
+MERGEKIT_MANY = """
+import sys, yaml
+from mergekit.config import MergeConfiguration
+from mergekit.merge import run_merge
+from mergekit.options import MergeOptions
+
+options = MergeOptions(random_seed=0, quiet=True)
+for config, out in zip(sys.argv[1::2], sys.argv[2::2]):  # as mergekit-yaml CONFIG OUT --random-seed 0 does
+    options.apply_global_options()
+    source = open(config).read()
+    run_merge(MergeConfiguration.model_validate(yaml.safe_load(source)), out, options=options, config_source=source)
+"""
+
+
+def _mergekit_many(tmp_path, configs: dict[str, dict]) -> dict[str, dict]:
+    """Several mergekit configs in one process (each `mergekit-yaml` run spends seconds importing torch)."""
+    if shutil.which("mergekit-yaml") is None:
+        pytest.skip("mergekit not installed (pip install 'mnlu-jax[reference]')")
+    import sys
+
+    import yaml
+
+    argv = []
+    for name, config in configs.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        argv += [str(tmp_path / f"{name}.yaml"), str(tmp_path / f"mk_{name}")]
+    subprocess.run([sys.executable, "-c", MERGEKIT_MANY, *argv], check=True, capture_output=True)
+    return {name: _flat(tmp_path / f"mk_{name}") for name in configs}
+
+
 def _both(tmp_path, config: dict, name: str) -> tuple[dict, dict, Path]:
     """The same mergekit YAML through `mergekit-yaml` and through `mnlu-jax merge --config`."""
     import yaml
@@ -524,8 +554,13 @@ def test_mergekit_configs_merge_as_mergekit_does(tmp_path):
                         "models": [{"model": str(m1)}, {"model": str(m2)}], "parameters": {"filter_wise": True}},
     }
     b = _flat(base)
-    for name, cfg in cases.items():
-        ours, ref, out = _both(tmp_path, {**cfg, "dtype": "float32"}, name)
+    from mnlu_jax.cli import main
+
+    refs = _mergekit_many(tmp_path, {name: {**cfg, "dtype": "float32"} for name, cfg in cases.items()})
+    for name in cases:
+        out = tmp_path / f"ours_{name}"
+        assert main(["merge", "--config", str(tmp_path / f"{name}.yaml"), "--out", str(out)]) == 0
+        ours, ref = _flat(out), refs[name]
         assert set(ours) == set(ref), name
         for n in ours:
             np.testing.assert_allclose(ours[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=f"{name} {n}")
