@@ -172,8 +172,8 @@ def from_mergekit(data: dict, where: str) -> dict:
         paths.append(entry["model"])
         per_model.append({k: params.get(k, shared.get(k)) for k in PER_MODEL[method]})
     base = data.get("base_model")
-    # every listed model is an input of linear, and of nuslerp without a base; for the others one that is the
-    # base is mergekit's base entry, whose per-model parameters are not used
+    # every listed model is an input of linear and Karcher, and of NuSLERP without a base; for the others one that
+    # is the base is mergekit's base entry, whose per-model parameters are not used
     every_model_counts = method in ("linear", "karcher") or (method == "nuslerp" and base is None)
     if base is None:
         if method not in ("linear", "nuslerp", "karcher"):
