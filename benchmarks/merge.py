@@ -93,12 +93,12 @@ def run_methods(methods: list[str], base: Path, ft: Path, work: Path) -> dict:
         path = work / f"{method}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         runs = {}
-        for tool, cmd in [("ours", [sys.executable, "-m", "mnlu_jax", "merge", "--config", str(path), "--out"]),
-                          ("mergekit", ["mergekit-yaml", str(path), "--random-seed", "0", "--quiet"])]:
+        for tool in ("ours", "mergekit"):
             dest = work / f"{tool}_{method}"
             shutil.rmtree(dest, ignore_errors=True)
-            argv = cmd + [str(dest)] if tool == "ours" else cmd[:2] + [str(dest)] + cmd[2:]
-            seconds, rss, _ = measured(argv)
+            seconds, rss, _ = measured(
+                [sys.executable, "-m", "mnlu_jax", "merge", "--config", str(path), "--out", str(dest)] if tool == "ours"
+                else ["mergekit-yaml", str(path), str(dest), "--random-seed", "0", "--quiet"])
             runs[tool] = {"seconds": seconds, "peak_rss_gib": rss}
             shutil.rmtree(dest, ignore_errors=True)
         runs["wall_time_ratio_ours_over_mergekit"] = runs["ours"]["seconds"] / runs["mergekit"]["seconds"]

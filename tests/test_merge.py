@@ -233,17 +233,38 @@ def test_shape_and_architecture_mismatch_name_the_problem(tmp_path):
 
 
 # ------------------------------------------------------------------ mergekit 0.1.5 as the reference
-def _mergekit(tmp_path, config: dict, name: str):
+MERGEKIT_MANY = """
+import sys, yaml
+from mergekit.config import MergeConfiguration
+from mergekit.merge import run_merge
+from mergekit.options import MergeOptions
+
+options = MergeOptions(random_seed=0, quiet=True)
+for config, out in zip(sys.argv[1::2], sys.argv[2::2]):  # as mergekit-yaml CONFIG OUT --random-seed 0 does
+    options.apply_global_options()
+    source = open(config).read()
+    run_merge(MergeConfiguration.model_validate(yaml.safe_load(source)), out, options=options, config_source=source)
+"""
+
+
+def _mergekit_many(tmp_path, configs: dict[str, dict]) -> dict[str, dict]:
+    """Several mergekit configs in one process (each `mergekit-yaml` run spends seconds importing torch)."""
     if shutil.which("mergekit-yaml") is None:
         pytest.skip("mergekit not installed (pip install 'mnlu-jax[reference]')")
+    import sys
+
     import yaml
 
-    cfg = tmp_path / f"{name}.yaml"
-    cfg.write_text(yaml.safe_dump(config))
-    out = tmp_path / f"mk_{name}"
-    subprocess.run(["mergekit-yaml", str(cfg), str(out), "--random-seed", "0", "--quiet"], check=True,
-                   capture_output=True)
-    return _flat(out)
+    argv = []
+    for name, config in configs.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        argv += [str(tmp_path / f"{name}.yaml"), str(tmp_path / f"mk_{name}")]
+    subprocess.run([sys.executable, "-c", MERGEKIT_MANY, *argv], check=True, capture_output=True)
+    return {name: _flat(tmp_path / f"mk_{name}") for name in configs}
+
+
+def _mergekit(tmp_path, config: dict, name: str):
+    return _mergekit_many(tmp_path, {name: config})[name]
 
 
 @pytest.mark.parametrize("method,mk,params", [
@@ -459,36 +480,6 @@ def test_models_equal_to_base_are_elided_without_changing_the_result(hf_pair, tm
 
 
 # ------------------------------------------------------------------ mergekit configs run as they are
-MERGEKIT_MANY = """
-import sys, yaml
-from mergekit.config import MergeConfiguration
-from mergekit.merge import run_merge
-from mergekit.options import MergeOptions
-
-options = MergeOptions(random_seed=0, quiet=True)
-for config, out in zip(sys.argv[1::2], sys.argv[2::2]):  # as mergekit-yaml CONFIG OUT --random-seed 0 does
-    options.apply_global_options()
-    source = open(config).read()
-    run_merge(MergeConfiguration.model_validate(yaml.safe_load(source)), out, options=options, config_source=source)
-"""
-
-
-def _mergekit_many(tmp_path, configs: dict[str, dict]) -> dict[str, dict]:
-    """Several mergekit configs in one process (each `mergekit-yaml` run spends seconds importing torch)."""
-    if shutil.which("mergekit-yaml") is None:
-        pytest.skip("mergekit not installed (pip install 'mnlu-jax[reference]')")
-    import sys
-
-    import yaml
-
-    argv = []
-    for name, config in configs.items():
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
-        argv += [str(tmp_path / f"{name}.yaml"), str(tmp_path / f"mk_{name}")]
-    subprocess.run([sys.executable, "-c", MERGEKIT_MANY, *argv], check=True, capture_output=True)
-    return {name: _flat(tmp_path / f"mk_{name}") for name in configs}
-
-
 def _both(tmp_path, config: dict, name: str) -> tuple[dict, dict, Path]:
     """The same mergekit YAML through `mergekit-yaml` and through `mnlu-jax merge --config`."""
     import yaml

@@ -79,6 +79,12 @@ MODEL_COUNTS = {"slerp": (1, 1), "nuslerp": (2, 2), "model_stock": (2, None), "k
 RAW_METHODS = ("linear", "model_stock", "karcher")
 
 
+def check_per_model_names(names) -> None:
+    for name in names:
+        if name not in PER_MODEL_FIELDS:
+            raise ValueError(f"per_model: {name!r} cannot differ between models; expected one of {PER_MODEL_FIELDS}")
+
+
 @dataclasses.dataclass(frozen=True)
 class MergeSpec:
     method: str = "dare"
@@ -109,10 +115,7 @@ class MergeSpec:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"merge method {self.method!r}: expected one of {METHODS}")
-        for name, values in self.per_model:
-            if name not in PER_MODEL_FIELDS:
-                raise ValueError(f"per_model: {name!r} cannot differ between models; expected one of "
-                                 f"{PER_MODEL_FIELDS}")
+        check_per_model_names(name for name, _ in self.per_model)
         if len({len(v) for _, v in self.per_model}) > 1:
             raise ValueError("per_model: " + ", ".join(f"{k} has {len(v)}" for k, v in self.per_model) +
                              " values; expected one per model for each")

@@ -35,11 +35,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from mnlu_jax.merge.math import SPARSIFIER
 from mnlu_jax.merge.settings import check_setting
+from mnlu_jax.weights.convert import same_source
 
 MERGEKIT_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "della", "della_linear",
                     "breadcrumbs", "breadcrumbs_ties", "slerp", "nuslerp", "model_stock", "sce", "karcher")
@@ -181,10 +181,11 @@ def from_mergekit(data: dict, where: str) -> dict:
         base = paths[0]  # its values are not read as a base; it gives the architecture and tokenizer
     if not isinstance(base, str):
         raise ValueError(f"{where}: base_model: expected a path, got {base!r}")
-    if method == "karcher" and not any(Path(p).resolve() == Path(base).resolve() for p in paths):
+    base_listed = any(same_source(p, base) for p in paths)
+    if method == "karcher" and not base_listed:
         paths = [base, *paths]  # mergekit averages a base_model given apart as one more input
         per_model = [{}, *per_model]
-    if method == "linear" and not any(Path(p).resolve() == Path(base).resolve() for p in paths):
+    if method == "linear" and not base_listed:
         raise ValueError(f"{where}: base_model: linear averages it as one more input, which mergekit refuses without "
                          "a weight: list it under models with its weight, or leave base_model out")
     source = data.get("tokenizer_source")
@@ -193,7 +194,7 @@ def from_mergekit(data: dict, where: str) -> dict:
                          "'base')")
     out: dict[str, Any] = {"method": method, "base": base, "models": paths, "mergekit_config": original}
     others = list(range(len(paths))) if every_model_counts else (
-        [i for i, p in enumerate(paths) if Path(p).resolve() != Path(base).resolve()] or list(range(len(paths))))
+        [i for i, p in enumerate(paths) if not same_source(p, base)] or list(range(len(paths))))
     if method == "nuslerp":
         out["nuslerp_base"] = data.get("base_model") is not None
     if "weight" in PER_MODEL[method]:

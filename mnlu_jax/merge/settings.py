@@ -20,7 +20,7 @@ import dataclasses
 import math
 from typing import Any
 
-from mnlu_jax.merge.math import PER_MODEL_FIELDS, MergeSpec
+from mnlu_jax.merge.math import MergeSpec, check_per_model_names
 from mnlu_jax.weights.names import layer_index
 
 SCHEDULABLE = ("t", "lam", "drop_rate", "epsilon", "gamma", "select_topk")
@@ -68,9 +68,8 @@ def check_settings(settings: dict[str, Any], weights: list[Any] | None = None,
         check_setting(name, s)
     for i, w in enumerate(weights or []):
         check_setting(f"weights[{i}]", w)
+    check_per_model_names(per_model or {})
     for name, values in (per_model or {}).items():
-        if name not in PER_MODEL_FIELDS:
-            raise ValueError(f"per_model: {name!r} cannot differ between models; expected one of {PER_MODEL_FIELDS}")
         if not isinstance(values, list) or not values:
             raise ValueError(f"per_model.{name}: expected a list with one setting per model, got {values!r}")
         for i, v in enumerate(values):

@@ -38,6 +38,7 @@ def tensor_stats(base: np.ndarray, models: list[np.ndarray]) -> dict:
 
 def merge_stats(base: str | Path, models: list[str | Path], out: str | Path, plot: bool = True) -> list[dict]:
     from mnlu_jax.merge.streaming import check_compatible
+    from mnlu_jax.weights.convert import source_name
     from mnlu_jax.weights.named_tensors import NamedTensors, ordered
 
     b = NamedTensors(base)
@@ -57,7 +58,7 @@ def merge_stats(base: str | Path, models: list[str | Path], out: str | Path, plo
     write_text_atomic(out / "merge_stats.json", json.dumps(rows, indent=1))
     # which model each column's index is (the columns stay indexed: names can be long and repeat)
     write_text_atomic(out / "merge_stats_models.json", json.dumps(
-        {"base": str(Path(base).absolute()), "models": {str(i): str(Path(m).absolute()) for i, m in enumerate(models)},
+        {"base": source_name(base), "models": {str(i): source_name(m) for i, m in enumerate(models)},
          **({"vocabulary_rows_compared": shared} if shared else {})}, indent=1))
     if plot:
         _plot(rows, short_names(models), out / "merge_stats.png")

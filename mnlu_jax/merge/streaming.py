@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from mnlu_jax.merge.math import RAW_METHODS, MergeSpec, check_model_count, exclude_pattern, keys_for, merge_tensor
 from mnlu_jax.merge.settings import Schedule
-from mnlu_jax.weights.convert import TOKENIZER_FILES, _dtype_name, atomic_dir, np_dtype
+from mnlu_jax.weights.convert import TOKENIZER_FILES, _dtype_name, atomic_dir, np_dtype, same_source, source_name
 from mnlu_jax.weights.named_tensors import NamedTensors, ordered
 from mnlu_jax.weights.safetensors_io import write_sharded
 
@@ -129,7 +129,7 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
     # (linear and Karcher combine raw weights, Model Stock counts every model and its angle to the others, and
     # NuSLERP without the base interpolates the models themselves)
     raw = spec.method in RAW_METHODS or (spec.method == "nuslerp" and not spec.nuslerp_base)
-    same = [i for i, m in enumerate(models) if not raw and Path(m).resolve() == Path(base).resolve()]
+    same = [i for i, m in enumerate(models) if not raw and same_source(m, base)]
     live = [i for i in range(n_all) if i not in same] or [0]
     same = [i for i in same if i not in live]
     check_model_count(spec, len(live))
@@ -176,7 +176,7 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
             for f in TOKENIZER_FILES:
                 if (tok.dir / f).exists():
                     shutil.copy2(tok.dir / f, tmp / f)
-        record = {"base": _named(base), "models": [_named(m) for m in models],
+        record = {"base": source_name(base), "models": [source_name(m) for m in models],
                   "method": spec.method, "drop_rate": spec.drop_rate, "rescale": spec.rescales,
                   "rescale_norm": spec.rescale_norm, "normalize": spec.normalizes, "apply": spec.apply,
                   "lambda": spec.lam, "weights": spec.weights,
@@ -189,7 +189,7 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
                      if spec.method == "nuslerp" else {}),
                   **({"varying": schedule.record()} if schedule is not None else {}),
                   "exclude": exclude, "vocab_policy": vocab_policy,
-                  "tokenizer_from": None if tok.dir is None else _named(tok.path)}
+                  "tokenizer_from": None if tok.dir is None else source_name(tok.path)}
         (tmp / "merge_config.json").write_text(json.dumps(record, indent=2))
         mergekit_yaml = None
         if mergekit_config is not None:
@@ -199,12 +199,6 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
             (tmp / "mergekit_config.yml").write_text(mergekit_yaml)
         (tmp / "README.md").write_text(model_card(record, Path(out).name, mergekit_yaml))
     return Path(out)
-
-
-def _named(source: str | Path) -> str:
-    """A model as the record and the model card name it: a local path made absolute; a Hub id (or "smollm2") as
-    given, so that an uploaded merge's card links its base model on the Hub."""
-    return str(Path(source).absolute()) if Path(source).exists() else str(source)
 
 
 METHOD_PAPERS = {"dare": "https://arxiv.org/abs/2311.03099", "dare_ties": "https://arxiv.org/abs/2311.03099",

@@ -92,6 +92,17 @@ def check_source(src: str | Path, field: str) -> None:
     raise FileNotFoundError(f"{field} {str(src)!r}: no such file or directory (nor a Hugging Face Hub id, org/name)")
 
 
+def source_name(src: str | Path) -> str:
+    """A source as records and model cards name it: a local path made absolute; a Hub id (or "smollm2") as given,
+    so that an uploaded merge's card links its base on the Hub."""
+    return str(Path(src).absolute()) if Path(src).exists() else str(src)
+
+
+def same_source(a: str | Path, b: str | Path) -> bool:
+    """Whether two sources are the same checkpoint: the same path once resolved, or the same Hub id."""
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def resolve_source(src: str | Path) -> Path:
     """A local path as is; "smollm2" for the packaged SmolLM2 GGUF; a Hugging Face Hub id ("org/name", no such local path) is downloaded (weights in
     safetensors, config and tokenizer files only) into the HF cache and its snapshot directory returned."""
