@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import measured, write_result  # noqa: E402
+from benchmarks.common import RESULTS, measured, write_result  # noqa: E402
 
 PRESETS = {
     "1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
@@ -77,7 +77,18 @@ METHOD_CONFIGS = {
     "breadcrumbs": {"models": [{"model": "{ft}", "parameters": {"weight": 1.0, "density": 0.8, "gamma": 0.01}}]},
     "slerp": {"models": [{"model": "{base}"}, {"model": "{ft}"}], "parameters": {"t": 0.4}},
     "sce": {"models": [{"model": "{ft}"}], "parameters": {"select_topk": 0.5}},
+    "della": {"models": [{"model": "{ft}", "parameters": {"weight": 1.0, "density": 0.5, "epsilon": 0.1}}]},
     "karcher": {"models": [{"model": "{base}"}, {"model": "{ft}"}]},
+    # session 25; multislerp without base_model: the two models themselves on the sphere
+    "multislerp": {"base_model": None, "models": [{"model": "{base}", "parameters": {"weight": 1.0}},
+                                                  {"model": "{ft}", "parameters": {"weight": 1.0}}]},
+    "nearswap": {"models": [{"model": "{ft}"}], "parameters": {"t": 0.001}},
+    "arcee_fusion": {"models": [{"model": "{ft}"}]},
+    "ram": {"models": [{"model": "{ft}"}], "parameters": {"epsilon": 0.001}},
+    "ramplus_tl": {"models": [{"model": "{ft}"}], "parameters": {"epsilon": 0.001}},
+    # depth up-scaling as SOLAR did it: layers 0-11 of one and 4-15 of the other stacked into 24 layers
+    "passthrough": {"base_model": None, "slices": [{"sources": [{"model": "{base}", "layer_range": [0, 12]}]},
+                                                   {"sources": [{"model": "{ft}", "layer_range": [4, 16]}]}]},
 }
 
 
@@ -90,6 +101,7 @@ def run_methods(methods: list[str], base: Path, ft: Path, work: Path) -> dict:
             raise SystemExit(f"--methods: {method!r} has no config here; expected some of {sorted(METHOD_CONFIGS)}")
         text = json.dumps(METHOD_CONFIGS[method]).replace("{base}", str(base)).replace("{ft}", str(ft))
         cfg = {"merge_method": method, "base_model": str(base), "dtype": "bfloat16", **json.loads(text)}
+        cfg = {k: v for k, v in cfg.items() if v is not None}
         path = work / f"{method}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         runs = {}
@@ -103,6 +115,7 @@ def run_methods(methods: list[str], base: Path, ft: Path, work: Path) -> dict:
             shutil.rmtree(dest, ignore_errors=True)
         runs["wall_time_ratio_ours_over_mergekit"] = runs["ours"]["seconds"] / runs["mergekit"]["seconds"]
         runs["rss_ratio_ours_over_mergekit"] = runs["ours"]["peak_rss_gib"] / runs["mergekit"]["peak_rss_gib"]
+        runs["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
         print(method, json.dumps(runs))
         out[method] = runs
     return out
@@ -121,10 +134,15 @@ def main():
     base, ft, n_params = make_pair(a.preset, work)
     create_s = time.perf_counter() - t
     if a.methods:
+        # methods measured before keep their rows (each with its date) unless measured again
+        earlier_path = RESULTS / f"merge_methods_{a.preset}.json"
+        earlier = json.loads(earlier_path.read_text()) if earlier_path.exists() else {"methods": {}}
+        methods = {m: {**r, "date": r.get("date", earlier["date"])} for m, r in earlier["methods"].items()}
+        methods.update(run_methods(a.methods.split(","), base, ft, work))
         res = {"preset": a.preset, "params": n_params, "dtype": "bfloat16", "checkpoint_gib": n_params * 2 / 2**30,
                "note": "one mergekit config per method, run as it is by `mnlu-jax merge --config` and by "
-                       "`mergekit-yaml`, each in its own process",
-               "methods": run_methods(a.methods.split(","), base, ft, work)}
+                       "`mergekit-yaml`, each in its own process; `date` says when each method was run",
+               "methods": methods}
         write_result(f"merge_methods_{a.preset}", res)
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)

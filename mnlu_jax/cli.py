@@ -111,15 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_convert)
 
     m = sub.add_parser("merge", help="merge fine-tunes into a base (DARE, TIES, DELLA, Breadcrumbs, SLERP, NuSLERP, "
-                                     "Model Stock, SCE, Karcher, linear, task arithmetic); also runs mergekit configs")
+                                     "Multi-SLERP, Model Stock, SCE, Karcher, NearSwap, Arcee Fusion, RAM, linear, "
+                                     "task arithmetic) or stack layer slices (passthrough); also runs mergekit configs")
     m.add_argument("--config", default=None, help="YAML MergeConfig (e.g. configs/merge/biomistral_nlu_dare.yaml) "
                                                    "or a mergekit config (merge_method, base_model, models: ...)")
     m.add_argument("--base")
     m.add_argument("--models", nargs="+")
     m.add_argument("--weights", nargs="+", type=float)
     m.add_argument("--method", help="linear, task_arithmetic, dare (default), dare_linear, ties, dare_ties, della, "
-                                    "della_linear, breadcrumbs, breadcrumbs_ties, slerp, nuslerp, model_stock, sce or "
-                                    "karcher (their own settings as key=value)")
+                                    "della_linear, breadcrumbs, breadcrumbs_ties, slerp, nuslerp, multislerp, "
+                                    "model_stock, sce, karcher, nearswap, arcee_fusion, ram, ramplus_tl (their own "
+                                    "settings as key=value: multislerp_base=false, ram_epsilon=1e-5, ...) or "
+                                    "passthrough ('slices=[{model: A, layer_range: [0, 12]}, ...]': layers stacked)")
     m.add_argument("--drop-rate", dest="drop_rate", type=float)
     m.add_argument("--rescale", dest="rescale", action="store_true", default=None)
     m.add_argument("--no-rescale", dest="rescale", action="store_false",
@@ -133,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--lambda", dest="lam", type=float)
     m.add_argument("--epsilon", type=float)
     m.add_argument("--gamma", type=float, help="breadcrumbs: fraction of the largest |delta| dropped")
-    m.add_argument("--t", type=float, help="slerp: 0 the base, 1 the model")
+    m.add_argument("--t", type=float, help="slerp: 0 the base, 1 the model (default 0.5); nearswap (required): the "
+                                          "distance within which an entry takes the model's value")
     m.add_argument("--filter-wise", dest="filter_wise", action="store_true", default=None,
                    help="model_stock: one angle per row")
     m.add_argument("--seed", type=int)

@@ -334,7 +334,9 @@ def test_our_parameter_trees_merge_as_their_hf_tensors(hf_pair, tmp_path):
                                 (MergeSpec("model_stock", filter_wise=True), [ft, other], [pf, po]),
                                 (MergeSpec("nuslerp", nuslerp_flatten=False, weights=(1.0, 2.0)), [ft, other],
                                  [pf, po]),
-                                (MergeSpec("sce", select_topk=0.5), [ft, other], [pf, po])]:
+                                (MergeSpec("sce", select_topk=0.5), [ft, other], [pf, po]),
+                                (MergeSpec("arcee_fusion"), [ft], [pf]),  # a softmax along each HF row
+                                (MergeSpec("multislerp", weights=(1.0, 2.0)), [ft, other], [pf, po])]:
         streamed = _flat(merge_checkpoints(base, models, spec, tmp_path / spec.method, progress=False))
         merged = dict(tensors_from_params(merge_pytrees(pb, trees, spec, layout="ours"), config))
         assert set(merged) == set(streamed)
@@ -480,17 +482,28 @@ def test_models_equal_to_base_are_elided_without_changing_the_result(hf_pair, tm
 
 
 # ------------------------------------------------------------------ mergekit configs run as they are
-def _both(tmp_path, config: dict, name: str) -> tuple[dict, dict, Path]:
-    """The same mergekit YAML through `mergekit-yaml` and through `mnlu-jax merge --config`."""
+def _both_many(tmp_path, configs: dict[str, dict]) -> dict[str, tuple[dict, dict]]:
+    """Each mergekit YAML through mergekit (in one process) and through `mnlu-jax merge --config` (into
+    `ours_<name>`): {name: (our tensors, mergekit's)}, which hold the same tensor names."""
     import yaml
 
     from mnlu_jax.cli import main
 
-    ref = _mergekit(tmp_path, config, name)
-    path = tmp_path / f"{name}.yaml"  # _mergekit wrote it
-    assert yaml.safe_load(path.read_text()) == config
-    assert main(["merge", "--config", str(path), "--out", str(tmp_path / f"ours_{name}")]) == 0
-    return _flat(tmp_path / f"ours_{name}"), ref, tmp_path / f"ours_{name}"
+    refs = _mergekit_many(tmp_path, configs)
+    out = {}
+    for name, config in configs.items():
+        path = tmp_path / f"{name}.yaml"  # _mergekit_many wrote it
+        assert yaml.safe_load(path.read_text()) == config
+        assert main(["merge", "--config", str(path), "--out", str(tmp_path / f"ours_{name}")]) == 0
+        out[name] = (_flat(tmp_path / f"ours_{name}"), refs[name])
+        assert set(out[name][0]) == set(out[name][1]), name
+    return out
+
+
+def _both(tmp_path, config: dict, name: str) -> tuple[dict, dict, Path]:
+    """The same mergekit YAML through `mergekit-yaml` and through `mnlu-jax merge --config`."""
+    ours, ref = _both_many(tmp_path, {name: config})[name]
+    return ours, ref, tmp_path / f"ours_{name}"
 
 
 def test_mergekit_configs_merge_as_mergekit_does(tmp_path):
@@ -543,27 +556,45 @@ def test_mergekit_configs_merge_as_mergekit_does(tmp_path):
                                "models": [{"model": str(m)} for m in (m1, m2)], "parameters": {"max_iter": 3}},
         "model_stock": {"merge_method": "model_stock", "base_model": str(base),
                         "models": [{"model": str(m1)}, {"model": str(m2)}], "parameters": {"filter_wise": True}},
+        # session 25: Multi-SLERP (of deltas; of three models themselves, weights as given), NearSwap, Arcee Fusion,
+        # RAM and RAM+ (entries one model touches, several touch, and none: |delta| about 0.03 against 0.02)
+        "multislerp": {"merge_method": "multislerp", "base_model": str(base),
+                       "models": [{"model": str(base)}, *two(weight=(0.3, [0.9, 0.2]))]},
+        "multislerp_no_base": {"merge_method": "multislerp",
+                               "models": [*two(weight=(1.0, 2.0)), {"model": str(base), "parameters": {"weight": 0.5}}],
+                               "parameters": {"normalize_weights": False, "eps": 1e-6}},
+        "nearswap": {"merge_method": "nearswap", "base_model": str(base), "models": [{"model": str(m1)}],
+                     "parameters": {"t": [{"filter": "mlp", "value": 0.01}, {"value": [0.002, 0.05]}]}},
+        "arcee_fusion": {"merge_method": "arcee_fusion", "base_model": str(base),
+                         "models": [{"model": str(base)}, {"model": str(m2)}]},
+        "ram": {"merge_method": "ram", "base_model": str(base), "models": two(), "parameters": {"epsilon": 0.02}},
+        "ramplus_tl": {"merge_method": "ramplus_tl", "base_model": str(base),
+                       "models": [{"model": str(m)} for m in (base, m1, m2)],
+                       "parameters": {"epsilon": 0.03, "r": 0.5, "alpha": 0.3}},
     }
-    b = _flat(base)
-    from mnlu_jax.cli import main
-
-    refs = _mergekit_many(tmp_path, {name: {**cfg, "dtype": "float32"} for name, cfg in cases.items()})
-    for name in cases:
-        out = tmp_path / f"ours_{name}"
-        assert main(["merge", "--config", str(tmp_path / f"{name}.yaml"), "--out", str(out)]) == 0
-        ours, ref = _flat(out), refs[name]
-        assert set(ours) == set(ref), name
+    b, m2_flat = _flat(base), _flat(m2)
+    for name, (ours, ref) in _both_many(tmp_path, {name: {**cfg, "dtype": "float32"}
+                                                  for name, cfg in cases.items()}).items():
         for n in ours:
+            if name == "arcee_fusion":
+                # Its importance is |δ| times a KL divergence of two nearly equal softmaxes, which rounding moves by
+                # ~1e-4 relative (torch's sums against XLA's), so an entry within that of the threshold may be
+                # kept on one side only: each such entry is the base's or the model's value on both.
+                differ = ~np.isclose(ours[n], ref[n], rtol=1e-5, atol=1e-6)
+                assert differ.mean() < 1e-3, (n, differ.sum())
+                for merged in (ours[n][differ], ref[n][differ]):
+                    assert np.all((merged == b[n][differ]) | np.isclose(merged, m2_flat[n][differ])), n
+                continue
             np.testing.assert_allclose(ours[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=f"{name} {n}")
         assert not np.allclose(ours["model.layers.1.mlp.up_proj.weight"], b["model.layers.1.mlp.up_proj.weight"])
     import yaml
 
     # the mergekit config as given goes with the merge and into its card, as mergekit-yaml writes them
-    given = yaml.safe_load((out.parent / "ties.yaml").read_text())
-    assert yaml.safe_load((out.parent / "ours_ties" / "mergekit_config.yml").read_text()) == given
-    card = (out.parent / "ours_ties" / "README.md").read_text()
+    given = yaml.safe_load((tmp_path / "ties.yaml").read_text())
+    assert yaml.safe_load((tmp_path / "ours_ties" / "mergekit_config.yml").read_text()) == given
+    card = (tmp_path / "ours_ties" / "README.md").read_text()
     assert "## Configuration" in card and "merge_method: ties\n" in card
-    record = json.loads((out.parent / "ours_ties" / "merge_config.json").read_text())
+    record = json.loads((tmp_path / "ours_ties" / "merge_config.json").read_text())
     assert record["rescale"] is True and record["rescale_norm"] == "l1" and record["normalize"] is True
     assert record["varying"]["drop_rate"] == [{"filter": "mlp", "value": pytest.approx(0.6)},
                                               {"value": pytest.approx(0.3)}]
@@ -576,7 +607,8 @@ def test_mergekit_configs_merge_as_mergekit_does(tmp_path):
              r"slices\[0\]\.sources\[0\]\.layer_range \[0, 2\]: a part of the model's 3 layers"),
             ({"slices": [{"sources": [{"model": str(base), "layer_range": [0, 2]}]},
                          {"sources": [{"model": str(m1), "layer_range": [1, 3]}]}]},
-             r"slices: 2 slices stack layer ranges into another model \(a frankenmerge\), which is not supported"),
+             r"slices: 2 slices stack layer ranges into another model \(a frankenmerge\): supported with "
+             r"merge_method passthrough \(one source per slice\), not with slerp"),
             ({"models": [{"model": str(base)}, {"model": str(m1)}],
               "parameters": {"t": [{"pattern": "mlp", "value": 0.3}, {"value": 0.5}]}},
              r"t\[0\]: expected \{filter: .*unknown key\(s\) \['pattern'\]: mergekit ignores them, and its "
@@ -686,9 +718,16 @@ def test_mergekit_configs_outside_what_we_merge_are_named(tmp_path):
                                          {"model": "m1", "parameters": {"weight": 1, "density": 0.5}},
                                          {"model": "m2", "parameters": {"weight": 1, "density": [0.7, 0.9]}}]})
     assert differing.per_model == {"drop_rate": [0.5, 0.5, [pytest.approx(0.3), pytest.approx(0.1)]]}
-    cases = [({**good, "merge_method": "multislerp"},
-              r"merge_method 'multislerp' is not supported by mnlu-jax; supported:"),
-             ({"slices": [], "merge_method": "passthrough"}, r"slices: 0 slices stack layer ranges"),
+    cases = [({**good, "merge_method": "model_soup"},
+              r"merge_method 'model_soup' is not supported by mnlu-jax; supported:"),
+             ({"merge_method": "nearswap", "base_model": "b", "models": ["m1"]},
+              r"parameters\.t: required by nearswap"),
+             ({"merge_method": "ramplus_tl", "base_model": "b", "models": ["m1"], "parameters": {"r": [0.1, 0.2]}},
+              r"parameters\.r: expected a number \(it does not vary by tensor here\), got \[0\.1, 0\.2\]"),
+             ({"merge_method": "multislerp", "models": [{"model": "m1"}, {"model": "m2", "parameters": {"weight": 1}}]},
+              r"models\[0\]\.parameters\.weight: required by multislerp"),
+             ({"slices": [], "merge_method": "passthrough"},
+              r"slices: expected a list of \{sources: \[\{model, layer_range\}\]\}, got \[\]"),
              ({**good, "models": [{"model": "m1", "parameters": {"weight": 1, "density": "half"}}]},
               r"models\[0\]\.parameters\.density: expected a number, a list of numbers"),
              ({**good, "models": [{"model": "m1+lora_dir", "parameters": {"weight": 1}}]}, r"LoRA references"),
@@ -746,3 +785,157 @@ def test_select_mask_is_a_stable_sorts_first_k():
                 want[order[:k]] = True
                 got = np.asarray(jax.jit(select_mask, static_argnums=2)(v, k, largest))
                 assert np.array_equal(got, want), (largest, k, n)
+
+
+def test_kth_smallest_is_the_sorted_value_negatives_included():
+    """Arcee Fusion's quantiles by bisection over an order-preserving key of the float bits: the value np.sort puts
+    at index k, with negative values (their bits run the other way), ties, -0.0 and ±inf."""
+    from mnlu_jax.merge.math import kth_smallest
+
+    rng = np.random.default_rng(1)
+    for values in (rng.standard_normal(4001) * 1e-6, np.round(rng.standard_normal(999) * 4) / 4,
+                   np.array([-0.0, 0.0, -np.inf, 3.0, np.inf, -2.5, -2.5]), np.array([7.0])):
+        v = values.astype(np.float32)
+        ordered = np.sort(v)
+        for k in sorted({0, 1, v.size // 4, v.size // 2, v.size - 1} & set(range(v.size))):
+            got = float(jax.jit(kth_smallest, static_argnums=1)(jnp.asarray(v), k))
+            assert got == ordered[k], (k, got, ordered[k])
+
+
+def test_ram_and_nearswap_by_hand():
+    """RAM keeps an entry one model touches (|δ| > ε) and averages one several touch; RAM+ scales a model's unique
+    entries by 1 + r·clip(shared/unique, 0, α); NearSwap takes the model's value within t of the base's."""
+    base = jnp.zeros((1, 4))
+    m1 = jnp.asarray([[0.5, 0.2, 0.0, 1e-6]])
+    m2 = jnp.asarray([[0.1, 0.0, 0.0, -0.3]])
+    got = merge_pytrees({"w": base}, [{"w": m1}, {"w": m2}], MergeSpec("ram", ram_epsilon=1e-5))["w"]
+    np.testing.assert_allclose(got, [[0.3, 0.2, 0.0, -0.3]], rtol=1e-6)
+    # model 1: 1 shared, 1 unique -> 1 + 0.5·min(1, 0.4); model 2: 1 shared, 1 unique -> the same
+    plus = merge_pytrees({"w": base}, [{"w": m1}, {"w": m2}], MergeSpec("ramplus_tl", ram_r=0.5, ram_alpha=0.4))["w"]
+    np.testing.assert_allclose(plus, [[0.3, 0.2 * 1.2, 0.0, -0.3 * 1.2]], rtol=1e-6)
+    near = merge_pytrees({"w": base}, [{"w": jnp.asarray([[0.05, 0.2, -0.4, 0.0]])}], MergeSpec("nearswap", t=0.1))
+    # within t: the model's value; 0.2 apart: weight 0.5 -> 0.1; 0.4 apart: weight 0.25 -> -0.1
+    np.testing.assert_allclose(near["w"], [[0.05, 0.1, -0.1, 0.0]], rtol=1e-6)
+    from mnlu_jax.merge.config import MergeConfig
+
+    with pytest.raises(ValueError, match=r"nearswap: `t` is required"):
+        MergeConfig(base="b", models=["m"], method="nearswap", out="o").spec()
+    assert MergeConfig(base="b", models=["m"], method="slerp", out="o").spec().t == 0.5
+
+
+def test_multislerp_whose_directions_cancel_is_an_error_naming_the_tensor(tmp_path):
+    """Weighted unit deltas that sum to zero: two models take the straight line (mergekit's fallback), three are an
+    error naming the tensor (mergekit raises too), and the streaming merge writes nothing."""
+    base = {"w": jnp.ones((2, 3)), "v": jnp.ones((3,))}
+    up, down = ({k: v + s * jnp.arange(1.0, v.size + 1).reshape(v.shape) for k, v in base.items()} for s in (1, -1))
+    two = merge_pytrees(base, [up, down], MergeSpec("multislerp", weights=(1.0, 1.0)))
+    np.testing.assert_allclose(two["w"], base["w"], atol=1e-6)
+    with pytest.raises(ValueError, match=r"^v: the multislerp merge gave NaN or Inf values; the models' weighted "
+                                         r"directions cancel"):
+        merge_pytrees(base, [up, down, base], MergeSpec("multislerp", weights=(1.0, 1.0, 2.0)))
+    hb = make_tiny_hf(tmp_path / "b", seed=0)
+    bad = dict(_flat(hb))
+    bad["model.norm.weight"] = bad["model.norm.weight"] * np.nan
+    hn = tmp_path / "nan"
+    shutil.copytree(hb, hn)
+    for f in hn.glob("*.safetensors"):
+        f.unlink()
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in bad.items()}, str(hn / "model.safetensors"))
+    (hn / "model.safetensors.index.json").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=r"model\.norm\.weight: the task_arithmetic merge gave NaN or Inf values; "
+                                         r"check the inputs"):
+        merge_checkpoints(hb, [hn], MergeSpec("task_arithmetic"), tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
+
+
+def test_passthrough_slices_stack_layers_as_mergekit_does(tmp_path):
+    """Frankenmerges / depth up-scaling: layer ranges of two models stacked into a 5-layer model, a slice's scale
+    as filters and a gradient over its layers, a source's own scale (which the final norm and LM head, from the last
+    slice, take too); and one whole model scaled. Tensors equal mergekit's, the config has the layers written, and
+    transformers loads it."""
+    import yaml
+
+    from mnlu_jax.cli import main
+
+    m1 = make_tiny_hf(tmp_path / "m1", seed=1, num_hidden_layers=3)
+    m2 = make_tiny_hf(tmp_path / "m2", seed=2, num_hidden_layers=3)
+    zero_init = [{"filter": "o_proj", "value": 0.0}, {"filter": "down_proj", "value": [0.5, 1.0]}, {"value": 1.0}]
+    cases = {
+        "stacked": {"merge_method": "passthrough", "dtype": "float32", "slices": [
+            {"sources": [{"model": str(m1), "layer_range": [0, 2]}]},
+            {"sources": [{"model": str(m2), "layer_range": [1, 3]}], "parameters": {"scale": zero_init}},
+            {"sources": [{"model": str(m1), "layer_range": [2, 3], "parameters": {"scale": 0.5}}]}]},
+        "one_model": {"merge_method": "passthrough", "dtype": "float32",
+                      "models": [{"model": str(m2), "parameters": {"scale": 2.0}}]},
+    }
+    for name, (ours, ref) in _both_many(tmp_path, cases).items():
+        for n in ours:
+            assert ours[n].tobytes() == ref[n].tobytes(), (name, n)
+        ours_cfg = json.loads((tmp_path / f"ours_{name}" / "config.json").read_text())
+        assert ours_cfg["num_hidden_layers"] == json.loads((tmp_path / f"mk_{name}" / "config.json").read_text())[
+            "num_hidden_layers"] == (5 if name == "stacked" else 3)
+    # the same stack in our own form, given on the command line
+    native = [{"model": str(m1), "layer_range": [0, 2]}, {"model": str(m2), "layer_range": [1, 3], "scale": zero_init},
+              {"model": str(m1), "layer_range": [2, 3], "scale": 0.5}]
+    assert main(["merge", "--method", "passthrough", "--out", str(tmp_path / "native"),
+                 f"slices={json.dumps(native)}"]) == 0
+    one, two = _flat(m1), _flat(m2)
+    stacked = _flat(tmp_path / "ours_stacked")
+    assert all(v.tobytes() == stacked[n].tobytes() for n, v in _flat(tmp_path / "native").items())
+    assert np.array_equal(stacked["model.layers.2.self_attn.q_proj.weight"],
+                          two["model.layers.1.self_attn.q_proj.weight"])
+    assert not stacked["model.layers.2.self_attn.o_proj.weight"].any()
+    np.testing.assert_array_equal(stacked["model.layers.2.mlp.down_proj.weight"],
+                                  two["model.layers.1.mlp.down_proj.weight"] * np.float32(0.5))
+    np.testing.assert_array_equal(stacked["lm_head.weight"], one["lm_head.weight"] * np.float32(0.5))
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours_stacked")
+    assert len(model.model.layers) == 5
+    assert torch.isfinite(model(torch.tensor([[1, 5, 9]])).logits).all()
+    record = json.loads((tmp_path / "ours_stacked" / "merge_config.json").read_text())
+    assert record["num_hidden_layers"] == 5 and record["slices"][1]["layer_range"] == [1, 3]
+    assert yaml.safe_load((tmp_path / "ours_stacked" / "mergekit_config.yml").read_text()) == cases["stacked"]
+    from mnlu_jax.config import load_config
+    from mnlu_jax.merge.config import MergeConfig, run_merge, translate_merge_config
+
+    def load(cfg):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        cfg = load_config(MergeConfig, path, [f"out={tmp_path / 'never'}"], translate=translate_merge_config)
+        return run_merge(cfg, progress=False)
+
+    for bad, message in [
+            ({"slices": [{"sources": [{"model": str(m1), "layer_range": [0, 2]},
+                                      {"model": str(m2), "layer_range": [0, 2]}]}]},
+             r"slices\[0\]\.sources: passthrough takes one source per slice"),
+            ({"slices": [{"sources": [{"model": str(m1), "layer_range": [2, 4]}]}]},
+             r"slices\[0\]\.layer_range \[2, 4\]: expected 0 <= start < end <= 3"),
+            ({"slices": [{"sources": [{"model": str(m1), "layer_range": [0, 1]}]}], "parameters": {"weight": 1}},
+             r"parameters \['weight'\] not parameter\(s\) of passthrough"),
+            ({"slices": [{"sources": [{"model": str(m1), "layer_range": [0, 1],
+                                       "parameters": {"scale": [{"filter": "mlp", "value": 0.0}]}}]}]},
+             r"model\.embed_tokens\.weight: no condition of the scale of .*m1 applies to it"),
+            ({"merge_method": "ties", "base_model": str(m1),
+              "slices": [{"sources": [{"model": str(m1), "layer_range": [0, 1]}]},
+                         {"sources": [{"model": str(m2), "layer_range": [1, 2]}]}]},
+             r"supported with merge_method passthrough \(one source per slice\), not with ties"),
+            ({"base_model": str(m1), "models": [str(m2)]}, r"base_model: mergekit adds it to passthrough's")]:
+        with pytest.raises(ValueError, match=message):
+            load({"merge_method": "passthrough", **bad})
+    assert not (tmp_path / "never").exists()
+
+
+def test_della_row_ranks_by_numpy_equal_a_stable_sort():
+    """DELLA's per-row ranks, sorted by NumPy on CPU threads (XLA:CPU sorts on one): each entry's position in its
+    row's stable ascending sort, ties in index order, as XLA's argsort gives them on other backends."""
+    from mnlu_jax.merge.math import row_ranks
+
+    rng = np.random.default_rng(3)
+    values = np.round(np.abs(rng.standard_normal((300, 37))) * 4).astype(np.float32)  # many ties
+    got = np.asarray(jax.jit(row_ranks)(jnp.asarray(values)))
+    want = np.argsort(np.argsort(values, axis=1, kind="stable"), axis=1, kind="stable").astype(np.float32)
+    assert np.array_equal(got, want)

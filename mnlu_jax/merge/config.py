@@ -28,7 +28,7 @@ class MergeConfig:
     per_model: dict[str, list[Any]] | None = None
     epsilon: Any = 0.15
     gamma: Any = 0.01
-    t: Any = 0.5
+    t: Any = None                    # None: 0.5 (slerp's midpoint); nearswap's distance must be given
     filter_wise: bool = False
     select_topk: Any = 1.0
     nuslerp_flatten: bool = True
@@ -36,11 +36,18 @@ class MergeConfig:
     nuslerp_base: bool = True
     max_iter: int = 10
     tol: float = 1e-5
+    multislerp_base: bool = True
+    multislerp_eps: float = 1e-8
+    ram_epsilon: float = 1e-5
+    ram_r: float = 0.1
+    ram_alpha: float = 0.2
     normalize: bool | None = None
     seed: int = 0
     exclude: str | None = None
     dtype: str | None = None
     vocab_policy: str = "error"
+    # passthrough: the layer ranges to stack, in order: [{model, layer_range: [start, end], scale: setting}, ...]
+    slices: list[dict[str, Any]] | None = None
     shard_size_bytes: int = 2 * 2**30
     # the mergekit config this one was read from, as given: written beside the merge as mergekit_config.yml and
     # quoted in its model card, as mergekit-yaml does
@@ -50,6 +57,9 @@ class MergeConfig:
         """The spec of a tensor that no varying setting touches (each varying one at MergeSpec's default; the
         schedule sets it per tensor)."""
         check_settings(self._settings(), self.weights, self.per_model)
+        if self.method == "nearswap" and self.t is None:
+            raise ValueError("nearswap: `t` is required (flag --t or key t:): the distance within which an entry "
+                             "takes the model's value, e.g. 0.0001")
 
         def plain(name):
             v = getattr(self, name)
@@ -67,13 +77,15 @@ class MergeConfig:
                          gamma=plain("gamma"), t=plain("t"), filter_wise=self.filter_wise, normalize=self.normalize,
                          seed=self.seed, per_model=per_model, select_topk=plain("select_topk"),
                          nuslerp_flatten=self.nuslerp_flatten, nuslerp_row_wise=self.nuslerp_row_wise,
-                         nuslerp_base=self.nuslerp_base, max_iter=self.max_iter, tol=self.tol)
+                         nuslerp_base=self.nuslerp_base, max_iter=self.max_iter, tol=self.tol,
+                         multislerp_base=self.multislerp_base, multislerp_eps=self.multislerp_eps,
+                         ram_epsilon=self.ram_epsilon, ram_r=self.ram_r, ram_alpha=self.ram_alpha)
 
     def schedule(self) -> Schedule | None:
         return Schedule.make(self._settings(), self.weights, per_model=self.per_model)
 
     def _settings(self) -> dict:
-        return {name: getattr(self, name) for name in SCHEDULABLE}
+        return {name: getattr(self, name) for name in SCHEDULABLE if getattr(self, name) is not None}
 
 
 def translate_merge_config(data: dict, where: str) -> dict:
@@ -86,6 +98,8 @@ def translate_merge_config(data: dict, where: str) -> dict:
 def run_merge(cfg: MergeConfig, progress: bool = True) -> Path:
     from mnlu_jax.merge.streaming import merge_checkpoints
 
+    if cfg.method == "passthrough" or cfg.slices is not None:
+        return _run_passthrough(cfg, progress)
     for field in ("base", "out"):
         if not getattr(cfg, field):
             raise ValueError(f"merge: `{field}` is required (flag --{field} or key {field}: in the YAML)")
@@ -94,3 +108,24 @@ def run_merge(cfg: MergeConfig, progress: bool = True) -> Path:
     return merge_checkpoints(cfg.base, cfg.models, cfg.spec(), cfg.out, dtype=cfg.dtype, exclude=cfg.exclude,
                              vocab_policy=cfg.vocab_policy, max_shard_bytes=cfg.shard_size_bytes, progress=progress,
                              schedule=cfg.schedule(), mergekit_config=cfg.mergekit_config)
+
+
+def _run_passthrough(cfg: MergeConfig, progress: bool) -> Path:
+    from mnlu_jax.merge.passthrough import LayerSlice, stack_slices
+
+    if cfg.method != "passthrough":
+        raise ValueError(f"merge: slices (layer ranges to stack) are merged by method passthrough, not {cfg.method!r}")
+    if not cfg.out:
+        raise ValueError("merge: `out` is required (flag --out or key out: in the YAML)")
+    if not cfg.slices:
+        raise ValueError("merge: passthrough needs `slices: [{model: PATH, layer_range: [START, END]}, ...]`")
+    slices = []
+    for i, s in enumerate(cfg.slices):
+        ok = isinstance(s, dict) and not set(s) - {"model", "layer_range", "scale"} and isinstance(s.get("model"), str)
+        span = s.get("layer_range") if ok else None
+        if not (ok and isinstance(span, (list, tuple)) and len(span) == 2 and all(type(x) is int for x in span)):
+            raise ValueError(f"slices[{i}]: expected {{model: PATH, layer_range: [START, END], scale: ...}}, got {s!r}")
+        slices.append(LayerSlice(s["model"], span[0], span[1], s.get("scale")))
+    return stack_slices(slices, cfg.out, base=cfg.base or None, dtype=cfg.dtype,
+                        max_shard_bytes=cfg.shard_size_bytes, progress=progress,
+                        mergekit_config=cfg.mergekit_config)

@@ -13,17 +13,21 @@
 `mnlu-jax merge --config that.yaml --out DIR [--seed N]` (mergekit-yaml takes the output directory and
 `--random-seed` on its command line too). The translation, by mergekit 0.1.5's own parameter definitions:
 - `slices:` with one slice taking every layer of every model (`layer_range: [0, N]`, how mergekit's own slerp
-  example is written) reads as `models:`; slices that stack layer ranges (frankenmerges) are refused.
+  example is written) reads as `models:`. Slices that stack layer ranges (frankenmerges, depth up-scaling) are
+  `passthrough`'s (merge/passthrough.py: one source per slice, with its `scale`); with other methods refused.
 - `merge_method` keeps its name (linear, task_arithmetic, ties, dare_ties, dare_linear, della, della_linear,
-  breadcrumbs, breadcrumbs_ties, slerp, nuslerp, model_stock, sce, karcher); other methods and LoRA references
+  breadcrumbs, breadcrumbs_ties, slerp, nuslerp, model_stock, sce, karcher, multislerp, nearswap, arcee_fusion,
+  ram, ramplus_tl, passthrough); other methods and LoRA references
   (`model+lora`) are refused by name rather than merged some other way. Karcher (and linear) take every listed
   model as an input, and a `base_model` given apart is one more for Karcher, as in mergekit.
 - Per-model `weight` become `weights`. `density` becomes `drop_rate = 1 - density`, number by number through
   gradients and conditions, and when absent it is mergekit's default 1.0 (drop nothing), not our 0.2.
   `density`, `gamma` and `epsilon` the same for every model become the field; differing, `per_model`.
-- Shared `parameters`: `lambda`, `normalize`, `rescale`, `t`, `filter_wise`, `select_topk`, `nuslerp_flatten`,
-  `nuslerp_row_wise`; NuSLERP without `base_model` interpolates the models themselves. `int8_mask` is accepted
-  and changes nothing (it is the storage type of mergekit's sign mask). Values given under `parameters:` that
+- Shared `parameters`: `lambda`, `normalize`, `rescale`, `t` (nearswap's too), `filter_wise`, `select_topk`,
+  `nuslerp_flatten`, `nuslerp_row_wise`, multislerp's `normalize_weights` (our `normalize`) and `eps`, RAM's
+  `epsilon`, `r` and `alpha` (`ram_*`: not DELLA's epsilon); NuSLERP and Multi-SLERP without `base_model`
+  interpolate the models themselves. `int8_mask` is accepted and changes nothing (it is the storage type of
+  mergekit's sign mask). Values given under `parameters:` that
   mergekit binds per model (`weight`, `density`, ...) are defaults for the models that do not set them, as in
   mergekit.
 - mergekit rescales what DARE and DELLA keep to the L1 norm of the whole delta, so `rescale_norm: l1` is set
@@ -42,23 +46,32 @@ from mnlu_jax.merge.settings import check_setting
 from mnlu_jax.weights.convert import same_source
 
 MERGEKIT_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "della", "della_linear",
-                    "breadcrumbs", "breadcrumbs_ties", "slerp", "nuslerp", "model_stock", "sce", "karcher")
+                    "breadcrumbs", "breadcrumbs_ties", "slerp", "nuslerp", "model_stock", "sce", "karcher",
+                    "multislerp", "nearswap", "arcee_fusion", "ram", "ramplus_tl")
+# methods whose base_model is optional: without it they combine the models themselves
+OPTIONAL_BASE = ("linear", "nuslerp", "karcher", "multislerp")
 TOP_LEVEL = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source")
 # per-model parameters each method takes (mergekit's NON_BASE/INPUT scope), and its shared ones
 PER_MODEL = {"linear": ("weight",), "task_arithmetic": ("weight", "density"),
              **{m: ("weight", "density") for m in ("ties", "dare_ties", "dare_linear")},
              **{m: ("weight", "density", "epsilon") for m in ("della", "della_linear")},
              **{m: ("weight", "density", "gamma") for m in ("breadcrumbs", "breadcrumbs_ties")},
-             "slerp": (), "nuslerp": ("weight",), "model_stock": (), "sce": (), "karcher": ()}
+             "slerp": (), "nuslerp": ("weight",), "model_stock": (), "sce": (), "karcher": (),
+             "multislerp": ("weight",), "nearswap": (), "arcee_fusion": (), "ram": (), "ramplus_tl": ()}
+GTA = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "della", "della_linear", "breadcrumbs",
+       "breadcrumbs_ties")
 GTA_SHARED = ("lambda", "normalize", "rescale", "int8_mask")
 SHARED = {"linear": ("normalize",), "slerp": ("t",), "model_stock": ("filter_wise",),
           "nuslerp": ("nuslerp_flatten", "nuslerp_row_wise"), "sce": ("select_topk", "int8_mask"),
-          "karcher": ("max_iter", "tol"),
-          **{m: GTA_SHARED for m in MERGEKIT_METHODS
-             if m not in ("linear", "slerp", "nuslerp", "model_stock", "sce", "karcher")}}
+          "karcher": ("max_iter", "tol"), "multislerp": ("normalize_weights", "eps"), "nearswap": ("t",),
+          "arcee_fusion": (), "ram": ("epsilon",), "ramplus_tl": ("r", "alpha", "epsilon"),
+          **{m: GTA_SHARED for m in GTA}}
 OURS = {"lambda": "lam", "normalize": "normalize", "rescale": "rescale", "t": "t", "filter_wise": "filter_wise",
         "select_topk": "select_topk", "nuslerp_flatten": "nuslerp_flatten", "nuslerp_row_wise": "nuslerp_row_wise",
-        "max_iter": "max_iter", "tol": "tol"}
+        "max_iter": "max_iter", "tol": "tol", "normalize_weights": "normalize", "eps": "multislerp_eps",
+        "r": "ram_r", "alpha": "ram_alpha"}
+# shared parameters taken as they are, not varying by tensor here (mergekit would let them)
+PLAIN_NUMBERS = ("eps", "r", "alpha", "max_iter", "tol")
 MERGEKIT_DEFAULTS = {"density": 1.0, "gamma": 0.01, "epsilon": 0.15}
 DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "half": "float16"}
@@ -94,7 +107,8 @@ def _whole_model_slices(data: dict, where: str) -> dict:
         raise ValueError(f"{where}: slices and models: mergekit takes one or the other")
     if not isinstance(slices, list) or len(slices) != 1 or not isinstance(slices[0], dict):
         raise ValueError(f"{where}: slices: {len(slices) if isinstance(slices, list) else slices!r} slices stack layer "
-                         "ranges into another model (a frankenmerge), which is not supported; one slice over every "
+                         f"ranges into another model (a frankenmerge): supported with merge_method passthrough (one "
+                         f"source per slice), not with {data.get('merge_method')}, for which one slice over every "
                          "layer of every model is (the same as `models:`)")
     piece = slices[0]
     extra = sorted(set(piece) - {"sources", "parameters", "base_model"})
@@ -131,9 +145,106 @@ def _one_condition_as_list(params: dict) -> dict:
     return {k: [v] if isinstance(v, dict) else v for k, v in params.items()}
 
 
+def _layer_slice(src: Any, here: str, defaults: list[dict]) -> dict:
+    """One passthrough source {model, layer_range, parameters: {scale}} as our slice; `defaults` are the parameter
+    mappings that apply where the source sets no scale (the slice's, then the file's)."""
+    if not isinstance(src, dict) or not isinstance(src.get("model"), str):
+        raise ValueError(f"{here}: expected {{model: PATH, layer_range: [START, END]}}, got {src!r}")
+    extra = sorted(set(src) - {"model", "layer_range", "parameters"})
+    if extra:
+        raise ValueError(f"{here}: unknown key(s) {extra}; expected model, layer_range and parameters")
+    if "+" in src["model"]:
+        raise ValueError(f"{here}.model {src['model']!r}: LoRA references (model+lora) are not supported; merge the "
+                         "adapter into its model first")
+    span = src.get("layer_range")
+    if span is None:  # a whole model (mergekit's `models:` form)
+        from mnlu_jax.weights.named_tensors import NamedTensors
+
+        span = [0, NamedTensors(src["model"]).config.num_hidden_layers]
+    if (not isinstance(span, (list, tuple)) or len(span) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)):
+        raise ValueError(f"{here}.layer_range: expected [START, END] (integers, END excluded), got {span!r}")
+    out = {"model": src["model"], "layer_range": list(span)}
+    for params in [_mapping(src.get("parameters"), f"{here}.parameters"), *defaults]:
+        bad = sorted(set(params) - {"scale"})
+        if bad:
+            raise ValueError(f"{here}: parameters {bad} not parameter(s) of passthrough; it takes ['scale']")
+        if "scale" in params and params["scale"] is not None:
+            out["scale"] = _one_condition_as_list({"scale": params["scale"]})["scale"]
+            check_setting(f"{here}.parameters.scale", out["scale"])
+            break
+    return out
+
+
+def _passthrough(data: dict, where: str) -> dict:
+    """mergekit's passthrough: `slices` of one source each, stacked (merge/passthrough.py), or one whole model."""
+    unknown = sorted(set(data) - set(TOP_LEVEL) - {"slices"})
+    if unknown:
+        raise ValueError(f"{where}: mergekit key(s) {unknown} are not supported here; known: "
+                         f"{[*TOP_LEVEL, 'slices']}")
+    if ("slices" in data) == ("models" in data):
+        raise ValueError(f"{where}: passthrough takes `slices:` (layer ranges to stack) or `models:` (one model), "
+                         "one of them")
+    top = _mapping(data.get("parameters"), f"{where}: parameters")
+    slices = []
+    if "models" in data:
+        entries = data["models"]
+        if not isinstance(entries, list) or len(entries) != 1:
+            raise ValueError(f"{where}: models: passthrough takes one model (mergekit's limit), got {entries!r}")
+        entry = {"model": entries[0]} if isinstance(entries[0], str) else entries[0]
+        if isinstance(entry, dict) and "layer_range" in entry:
+            raise ValueError(f"{where}: models[0]: layer_range belongs to slices[].sources[]")
+        slices.append(_layer_slice(entry, f"{where}: models[0]", [top]))
+        if data.get("base_model") is not None and not same_source(data["base_model"], slices[0]["model"]):
+            raise ValueError(f"{where}: base_model: mergekit adds it to passthrough's `models:` as a second input, "
+                             "which passthrough refuses; leave it out")
+    else:
+        if not isinstance(data["slices"], list) or not data["slices"]:
+            raise ValueError(f"{where}: slices: expected a list of {{sources: [{{model, layer_range}}]}}, got "
+                             f"{data['slices']!r}")
+        for j, piece in enumerate(data["slices"]):
+            here = f"{where}: slices[{j}]"
+            if not isinstance(piece, dict):
+                raise ValueError(f"{here}: expected {{sources: [...], parameters: ...}}, got {piece!r}")
+            extra = sorted(set(piece) - {"sources", "parameters", "base_model"})
+            if extra:
+                raise ValueError(f"{here}: {extra} not supported; expected sources and parameters")
+            sources = piece.get("sources")
+            if not isinstance(sources, list) or len(sources) != 1:
+                raise ValueError(f"{here}.sources: passthrough takes one source per slice (mergekit's limit), got "
+                                 f"{len(sources) if isinstance(sources, list) else sources!r}")
+            if not isinstance(sources[0], dict) or "layer_range" not in sources[0]:
+                raise ValueError(f"{here}.sources[0]: expected {{model: PATH, layer_range: [START, END]}}, got "
+                                 f"{sources[0]!r}")
+            slices.append(_layer_slice(sources[0], f"{here}.sources[0]",
+                                       [_mapping(piece.get("parameters"), f"{here}.parameters"), top]))
+    base = data.get("base_model")
+    if base is not None and not isinstance(base, str):
+        raise ValueError(f"{where}: base_model: expected a path, got {base!r}")
+    source = data.get("tokenizer_source")
+    if source not in (None, "base"):
+        raise ValueError(f"{where}: tokenizer_source {source!r}: only the base's tokenizer is supported (absent or "
+                         "'base')")
+    paths = list(dict.fromkeys(s["model"] for s in slices))
+    out = {"method": "passthrough", "base": base or slices[0]["model"], "models": paths, "slices": slices,
+           "mergekit_config": data}
+    return {**out, **_dtype(data, where)}
+
+
+def _dtype(data: dict, where: str) -> dict:
+    dtype = data.get("out_dtype", data.get("dtype"))
+    if dtype is None:
+        return {}
+    if dtype not in DTYPES:
+        raise ValueError(f"{where}: dtype {dtype!r}: expected one of {sorted(DTYPES)}")
+    return {"dtype": DTYPES[dtype]}
+
+
 def from_mergekit(data: dict, where: str) -> dict:
     """The MergeConfig fields (as a mapping) of a mergekit config; errors name `where` and the mergekit key."""
     original = data
+    if data.get("merge_method") == "passthrough":
+        return _passthrough(data, where)
     if "slices" in data:
         data = _whole_model_slices(data, where)
     unknown = sorted(set(data) - set(TOP_LEVEL))
@@ -172,11 +283,11 @@ def from_mergekit(data: dict, where: str) -> dict:
         paths.append(entry["model"])
         per_model.append({k: params.get(k, shared.get(k)) for k in PER_MODEL[method]})
     base = data.get("base_model")
-    # every listed model is an input of linear and Karcher, and of NuSLERP without a base; for the others one that
-    # is the base is mergekit's base entry, whose per-model parameters are not used
-    every_model_counts = method in ("linear", "karcher") or (method == "nuslerp" and base is None)
+    # every listed model is an input of linear and Karcher, and of NuSLERP and Multi-SLERP without a base; for the
+    # others one that is the base is mergekit's base entry, whose per-model parameters are not used
+    every_model_counts = method in ("linear", "karcher") or (method in OPTIONAL_BASE and base is None)
     if base is None:
-        if method not in ("linear", "nuslerp", "karcher"):
+        if method not in OPTIONAL_BASE:
             raise ValueError(f"{where}: base_model: required by {method}")
         base = paths[0]  # its values are not read as a base; it gives the architecture and tokenizer
     if not isinstance(base, str):
@@ -195,8 +306,8 @@ def from_mergekit(data: dict, where: str) -> dict:
     out: dict[str, Any] = {"method": method, "base": base, "models": paths, "mergekit_config": original}
     others = list(range(len(paths))) if every_model_counts else (
         [i for i, p in enumerate(paths) if not same_source(p, base)] or list(range(len(paths))))
-    if method == "nuslerp":
-        out["nuslerp_base"] = data.get("base_model") is not None
+    if method in ("nuslerp", "multislerp"):
+        out[f"{method}_base"] = data.get("base_model") is not None
     if "weight" in PER_MODEL[method]:
         weights = [m["weight"] for m in per_model]
         missing = [i for i in others if weights[i] is None]
@@ -223,14 +334,14 @@ def from_mergekit(data: dict, where: str) -> dict:
                                                       for i in range(len(paths))]
     for key in SHARED[method]:
         if key in shared and key != "int8_mask":
-            out[OURS[key]] = shared[key]
-    if method == "slerp" and "t" not in out:
-        raise ValueError(f"{where}: parameters.t: required by slerp")
+            ours = "ram_epsilon" if key == "epsilon" else OURS[key]  # (ram's epsilon is not DELLA's)
+            if (key in PLAIN_NUMBERS or ours == "ram_epsilon") and (
+                    isinstance(shared[key], bool) or not isinstance(shared[key], (int, float))):
+                raise ValueError(f"{where}: parameters.{key}: expected a number (it does not vary by tensor here), "
+                                 f"got {shared[key]!r}")
+            out[ours] = shared[key]
+    if method in ("slerp", "nearswap") and "t" not in out:
+        raise ValueError(f"{where}: parameters.t: required by {method}")
     if method in SPARSIFIER:
         out["rescale_norm"] = "l1"  # mergekit 0.1.5's rescale: the kept entries scaled to the delta's L1 norm
-    dtype = data.get("out_dtype", data.get("dtype"))
-    if dtype is not None:
-        if dtype not in DTYPES:
-            raise ValueError(f"{where}: dtype {dtype!r}: expected one of {sorted(DTYPES)}")
-        out["dtype"] = DTYPES[dtype]
-    return out
+    return {**out, **_dtype(data, where)}

@@ -9,7 +9,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mnlu_jax.merge.math import MergeSpec, check_model_count, exclude_pattern, keys_for, merge_tensor
+from mnlu_jax.merge.math import (MergeSpec, check_model_count, exclude_pattern, keys_for, merge_tensor,
+                                 nonfinite_error)
 from mnlu_jax.merge.settings import Schedule
 from mnlu_jax.weights.names import hf_name, layer_index
 
@@ -34,7 +35,7 @@ def _merge_ours(parts: tuple[str, ...], base, models, spec: MergeSpec, schedule:
         s = spec if schedule is None else schedule.spec_for(spec, hf)
         if kernel:
             b, ms = b.T, tuple(m.T for m in ms)
-        out = _merge_leaf(b, ms, keys_for(s, hf, len(ms)), s)
+        out = _merge_leaf(hf, b, ms, keys_for(s, hf, len(ms)), s)
         return out.T if kernel else out
 
     if not stacked:
@@ -42,9 +43,17 @@ def _merge_ours(parts: tuple[str, ...], base, models, spec: MergeSpec, schedule:
     return jnp.stack([one(base[i], tuple(m[i] for m in models), i) for i in range(base.shape[0])])
 
 
+def _merge_leaf(name, base, models, keys, spec):
+    out, finite = _merge_leaf_jit(base, models, keys, spec)
+    if not isinstance(finite, jax.core.Tracer) and not finite:  # (traced: the caller's jit has no host to ask)
+        raise nonfinite_error(name, spec)
+    return out
+
+
 @functools.partial(jax.jit, static_argnames=("spec",))
-def _merge_leaf(base, models, keys, spec):
-    return merge_tensor(base, models, keys, spec).astype(base.dtype)
+def _merge_leaf_jit(base, models, keys, spec):
+    merged = merge_tensor(base, models, keys, spec)
+    return merged.astype(base.dtype), jnp.isfinite(merged).all()
 
 
 def merge_pytrees(base: Any, models: list[Any], spec: MergeSpec, exclude: str | None = None,
@@ -85,7 +94,7 @@ def merge_pytrees(base: Any, models: list[Any], spec: MergeSpec, exclude: str | 
             out.append(_merge_ours(_path_parts(path), b, ms, spec, schedule))
         else:
             s = spec if schedule is None else schedule.spec_for(spec, name)
-            out.append(_merge_leaf(b, tuple(ms), keys_for(s, name, len(ms)), s))
+            out.append(_merge_leaf(name, b, tuple(ms), keys_for(s, name, len(ms)), s))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 

@@ -17,10 +17,12 @@ import shutil
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from mnlu_jax.merge.math import RAW_METHODS, MergeSpec, check_model_count, exclude_pattern, keys_for, merge_tensor
+from mnlu_jax.merge.math import (MergeSpec, check_model_count, exclude_pattern, keys_for, merge_tensor,
+                                 nonfinite_error)
 from mnlu_jax.merge.settings import Schedule
 from mnlu_jax.weights.convert import TOKENIZER_FILES, _dtype_name, atomic_dir, np_dtype, same_source, source_name
 from mnlu_jax.weights.named_tensors import NamedTensors, ordered
@@ -92,7 +94,8 @@ def _is_float(dt) -> bool:
 
 @functools.partial(jax.jit, static_argnames=("spec", "out_dtype"))
 def _merge_jit(base, models, keys, spec, out_dtype):
-    return merge_tensor(base, models, keys, spec).astype(out_dtype)
+    merged = merge_tensor(base, models, keys, spec)
+    return merged.astype(out_dtype), jnp.isfinite(merged).all()
 
 
 def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpec, out: str | Path,
@@ -127,9 +130,8 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
         if len(values) != n_all:
             raise ValueError(f"per_model.{name}: {len(values)} values for {n_all} models")
     # (linear and Karcher combine raw weights, Model Stock counts every model and its angle to the others, and
-    # NuSLERP without the base interpolates the models themselves)
-    raw = spec.method in RAW_METHODS or (spec.method == "nuslerp" and not spec.nuslerp_base)
-    same = [i for i, m in enumerate(models) if not raw and same_source(m, base)]
+    # NuSLERP and Multi-SLERP without the base interpolate the models themselves)
+    same = [i for i, m in enumerate(models) if not spec.raw and same_source(m, base)]
     live = [i for i in range(n_all) if i not in same] or [0]
     same = [i for i in same if i not in live]
     check_model_count(spec, len(live))
@@ -160,8 +162,10 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
                 mts = tuple(_fit_rows(ms[i].get(name), r) for i in live)
                 tensor_spec = run_spec_for(name)
                 keys = keys_for(tensor_spec, name, n_all)
-                res = np.asarray(_merge_jit(bt, mts, None if keys is None else keys[np.asarray(live)], tensor_spec,
-                                            odt))
+                res, finite = _merge_jit(bt, mts, None if keys is None else keys[np.asarray(live)], tensor_spec, odt)
+                if not finite:  # before the shard holding it is written: nothing half-made is left
+                    raise nonfinite_error(name, tensor_spec)
+                res = np.asarray(res)
             bar.update(1)
             return res
 
@@ -187,18 +191,28 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
                   **({"max_iter": spec.max_iter, "tol": spec.tol} if spec.method == "karcher" else {}),
                   **({k: getattr(spec, k) for k in ("nuslerp_flatten", "nuslerp_row_wise", "nuslerp_base")}
                      if spec.method == "nuslerp" else {}),
+                  **({k: getattr(spec, k) for k in ("multislerp_base", "multislerp_eps")}
+                     if spec.method == "multislerp" else {}),
+                  **({k: getattr(spec, k) for k in ("ram_epsilon", "ram_r", "ram_alpha")}
+                     if spec.method in ("ram", "ramplus_tl") else {}),
                   **({"varying": schedule.record()} if schedule is not None else {}),
                   "exclude": exclude, "vocab_policy": vocab_policy,
                   "tokenizer_from": None if tok.dir is None else source_name(tok.path)}
         (tmp / "merge_config.json").write_text(json.dumps(record, indent=2))
-        mergekit_yaml = None
-        if mergekit_config is not None:
-            import yaml
-
-            mergekit_yaml = yaml.safe_dump(mergekit_config, sort_keys=False)
-            (tmp / "mergekit_config.yml").write_text(mergekit_yaml)
-        (tmp / "README.md").write_text(model_card(record, Path(out).name, mergekit_yaml))
+        (tmp / "README.md").write_text(model_card(record, Path(out).name, write_mergekit_config(tmp, mergekit_config)))
     return Path(out)
+
+
+def write_mergekit_config(directory: Path, mergekit_config: dict | None) -> str | None:
+    """The mergekit config a merge was read from, as given, written beside it as mergekit_config.yml (as
+    mergekit-yaml does); its YAML text, for the model card."""
+    if mergekit_config is None:
+        return None
+    import yaml
+
+    text = yaml.safe_dump(mergekit_config, sort_keys=False)
+    (directory / "mergekit_config.yml").write_text(text)
+    return text
 
 
 METHOD_PAPERS = {"dare": "https://arxiv.org/abs/2311.03099", "dare_ties": "https://arxiv.org/abs/2311.03099",
@@ -207,7 +221,10 @@ METHOD_PAPERS = {"dare": "https://arxiv.org/abs/2311.03099", "dare_ties": "https
                  "breadcrumbs": "https://arxiv.org/abs/2312.06795", "breadcrumbs_ties": "https://arxiv.org/abs/2312.06795",
                  "task_arithmetic": "https://arxiv.org/abs/2212.04089", "model_stock": "https://arxiv.org/abs/2403.19522",
                  "slerp": "https://en.wikipedia.org/wiki/Slerp", "sce": "https://arxiv.org/abs/2408.07990",
-                 "karcher": "https://arxiv.org/abs/2603.04972"}
+                 "karcher": "https://arxiv.org/abs/2603.04972",
+                 "multislerp": "https://goddard.blog/posts/multislerp-wow-what-a-cool-idea",
+                 "nearswap": "https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001",
+                 "ram": "https://arxiv.org/abs/2601.13572", "ramplus_tl": "https://arxiv.org/abs/2601.13572"}
 
 
 def model_card(record: dict, name: str, mergekit_yaml: str | None = None) -> str:

@@ -1,0 +1,146 @@
+"""mergekit's `passthrough` with `slices:`: a model built from layer ranges of others (a "frankenmerge", or depth
+up-scaling as SOLAR does it), streamed tensor by tensor like the merges.
+
+    merge_method: passthrough
+    slices:
+      - sources: [{model: A, layer_range: [0, 24]}]
+      - sources: [{model: A, layer_range: [8, 32]}]
+    dtype: bfloat16
+
+Output layer k is the next layer of the slices in order: slice j's source layer `layer_range[0] + i`, renamed. As in
+mergekit 0.1.5's planner, the embeddings come from the first slice's model and the final norm and LM head from the
+last slice's; the config (with `num_hidden_layers` the layers written) and the tokenizer from `base_model`, else the
+first slice's model. A source's `scale` (a number, a gradient over the slice's layers, or filters on the output
+tensor's name, looked up in the source's `parameters`, then the slice's, then the file's) multiplies its tensors: the
+zero-initialised copies of depth up-scaling write `scale: [{filter: o_proj, value: 0}, {filter: down_proj, value: 0},
+{value: 1}]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mnlu_jax.merge.settings import check_setting, resolve
+from mnlu_jax.merge.streaming import write_mergekit_config
+from mnlu_jax.weights.convert import TOKENIZER_FILES, _dtype_name, atomic_dir, np_dtype, source_name
+from mnlu_jax.weights.named_tensors import NamedTensors, ordered
+from mnlu_jax.weights.names import layer_index
+from mnlu_jax.weights.safetensors_io import write_sharded
+
+# what must agree between the models whose layers are stacked (the layer count may differ)
+STACK_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                "head_dim", "vocab_size", "tie_word_embeddings")
+_LAYER = re.compile(r"^model\.layers\.\d+\.")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSlice:
+    """Layers [start, end) of `model`, each tensor times `scale` (a setting: number, gradient or conditions; None
+    is 1)."""
+    model: str
+    start: int
+    end: int
+    scale: Any = None
+
+
+def _scale(setting: Any, name: str, position: float) -> float | None:
+    return None if setting is None else resolve(setting, name, position)
+
+
+def stack_slices(slices: list[LayerSlice], out: str | Path, base: str | None = None, dtype: str | None = None,
+                 max_shard_bytes: int = 2 * 2**30, progress: bool = True,
+                 mergekit_config: dict | None = None) -> Path:
+    """Write the model whose layers are `slices` in order to the HF directory `out` (atomically)."""
+    if not slices:
+        raise ValueError("passthrough: no slices")
+    sources = {s.model: NamedTensors(s.model) for s in slices}
+    config_from = NamedTensors(base) if base is not None else sources[slices[0].model]
+    ref = config_from.config.to_hf_dict()
+    for path, src in sources.items():
+        cfg = src.config.to_hf_dict()
+        diff = [f"{k}: {ref.get(k)!r} vs {cfg.get(k)!r}" for k in STACK_FIELDS if ref.get(k) != cfg.get(k)]
+        if diff:
+            raise ValueError(f"{path}: its layers cannot be stacked with {config_from.path}'s: " + "; ".join(diff))
+    for i, s in enumerate(slices):
+        layers = sources[s.model].config.num_hidden_layers
+        if not 0 <= s.start < s.end <= layers:
+            raise ValueError(f"slices[{i}].layer_range [{s.start}, {s.end}]: expected 0 <= start < end <= {layers} "
+                             f"(the layers of {s.model})")
+        if s.scale is not None:
+            check_setting(f"slices[{i}] scale", s.scale)
+    first, last = sources[slices[0].model], sources[slices[-1].model]
+    # (output name, source, input name, scale setting, position on the slice's gradient); first the embeddings,
+    # from the first slice's model (mergekit's pre-weights)
+    plan: list[tuple[str, NamedTensors, str, Any, float]] = [
+        (n, first, n, slices[0].scale, 0.0) for n in ordered(first.names(), first.config)
+        if layer_index(n) is None and "embed_tokens" in n]
+    rows = []  # (source, its layer, scale, position): the slices' layers in order, output layer k = rows[k]
+    for s in slices:
+        count = s.end - s.start
+        rows += [(sources[s.model], s.start + i, s.scale, i / (count - 1) if count > 1 else 1.0)
+                 for i in range(count)]
+    k = len(rows)
+    # parameter by parameter, the layers inside (the order merges write in, and in which an Orbax source restores
+    # each stacked parameter once)
+    names_of = {src.path: set(src.names()) for src in sources.values()}
+    suffixes = [_LAYER.sub("", n) for n in ordered(first.names(), first.config) if layer_index(n) == 0]
+    for suffix in suffixes:
+        for out_layer, (src, layer, scale, position) in enumerate(rows):
+            name = f"model.layers.{layer}.{suffix}"
+            if name not in names_of[src.path]:
+                raise ValueError(f"{src.path}: no tensor {name}")
+            plan.append((f"model.layers.{out_layer}.{suffix}", src, name, scale, position))
+    for n in [n for n in ordered(last.names(), last.config) if layer_index(n) is None and "embed_tokens" not in n]:
+        plan.append((n, last, n, slices[-1].scale, 0.0))  # the final norm and LM head, from the last slice
+    for out_name, src, name, scale, position in plan:  # every scale resolves before anything is written
+        if scale is not None and _scale(scale, out_name, position) is None:
+            raise ValueError(f"{out_name}: no condition of the scale of {src.path} applies to it")
+    target = np_dtype(dtype)
+    specs = [(o, tuple(src.shape(n)), target or src.dtype(n)) for o, src, n, _, _ in plan]
+    by_name = {p[0]: p for p in plan}
+    with atomic_dir(out) as tmp, tqdm(total=len(plan), desc="merge (passthrough)", unit="tensor",
+                                      disable=not progress) as bar:
+        def produce(out_name: str) -> np.ndarray:
+            _, src, name, scale, position = by_name[out_name]
+            x = np.asarray(src.get(name))
+            factor = _scale(scale, out_name, position)
+            if factor is not None and factor != 1.0:
+                x = (x.astype(np.float32) * np.float32(factor))
+            bar.update(1)
+            return x.astype(target or src.dtype(name))
+
+        write_sharded(tmp, specs, produce, max_shard_bytes=max_shard_bytes)
+        cfg = dict(ref, num_hidden_layers=k, torch_dtype=_dtype_name(specs[0][2]))
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        if config_from.dir is not None:
+            for f in TOKENIZER_FILES:
+                if (config_from.dir / f).exists():
+                    shutil.copy2(config_from.dir / f, tmp / f)
+        record = {"method": "passthrough", "base": source_name(base if base is not None else slices[0].model),
+                  "slices": [{"model": source_name(s.model), "layer_range": [s.start, s.end],
+                              **({"scale": s.scale} if s.scale is not None else {})} for s in slices],
+                  "num_hidden_layers": k}
+        (tmp / "merge_config.json").write_text(json.dumps(record, indent=2))
+        (tmp / "README.md").write_text(_card(record, Path(out).name, write_mergekit_config(tmp, mergekit_config)))
+    return Path(out)
+
+
+def _card(record: dict, name: str, mergekit_yaml: str | None) -> str:
+    rows = [f"| {i} | `{s['model']}` | {s['layer_range'][0]}–{s['layer_range'][1] - 1} | {s.get('scale', 1)} |"
+            for i, s in enumerate(record["slices"])]
+    return "\n".join([
+        "---", "base_model:", f"- {record['base']}", "library_name: transformers", "tags:", "- merge", "- mnlu-jax",
+        "---", f"# {name}", "",
+        f"A passthrough merge made with mnlu-jax (`mnlu-jax merge`): {record['num_hidden_layers']} layers stacked "
+        f"from these slices, in order (config and tokenizer from `{record['base']}`).", "",
+        "| slice | model | layers | scale |", "|---|---|---|---|", *rows, "",
+        *(["## Configuration", "", "The mergekit configuration it was made from (`mergekit_config.yml`):", "",
+           "```yaml", mergekit_yaml.rstrip("\n"), "```", ""] if mergekit_yaml else [])])
