@@ -119,6 +119,10 @@ def _run_passthrough(cfg: MergeConfig, progress: bool) -> Path:
         raise ValueError("merge: `out` is required (flag --out or key out: in the YAML)")
     if not cfg.slices:
         raise ValueError("merge: passthrough needs `slices: [{model: PATH, layer_range: [START, END]}, ...]`")
+    named = {s.get("model") for s in cfg.slices if isinstance(s, dict)}
+    if cfg.weights is not None or (cfg.models and set(cfg.models) != named):
+        raise ValueError("merge: passthrough takes its models from `slices` (with a `scale` each), not from "
+                         "`models`/`weights`")
     slices = []
     for i, s in enumerate(cfg.slices):
         ok = isinstance(s, dict) and not set(s) - {"model", "layer_range", "scale"} and isinstance(s.get("model"), str)

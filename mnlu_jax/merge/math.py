@@ -317,12 +317,13 @@ def _row_ranks_numpy(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def row_ranks(values: jax.Array) -> jax.Array:
-    """Each entry's position (0 ... n − 1, float32) in a stable ascending sort of its row of the 2-D `values`. On
-    CPU the rows are sorted by NumPy, on all cores: XLA:CPU sorts on one thread, 2.5 s for an 11.5 M-entry matrix
-    against NumPy's 0.5 s on 2 cores (the same ranks: both stable). Elsewhere one sort, then its inverse by a
-    scatter."""
-    if jax.default_backend() == "cpu":
+def row_ranks(values: jax.Array, on_host: bool = False) -> jax.Array:
+    """Each entry's position (0 ... n − 1, float32) in a stable ascending sort of its row of the 2-D `values`.
+    `on_host` (the streaming merge, whose tensors are on one device) on a CPU backend: the rows are sorted by NumPy
+    on all cores, since XLA:CPU sorts on one thread (2.5 s for an 11.5 M-entry matrix against NumPy's 0.6 s on 2
+    cores; the same ranks, both sorts stable). Not for arrays sharded over devices: a host callback in a
+    partitioned computation deadlocks on CPU. Otherwise one sort, then its inverse by a scatter."""
+    if on_host and jax.default_backend() == "cpu":
         return jax.pure_callback(_row_ranks_numpy, jax.ShapeDtypeStruct(values.shape, jnp.float32), values)
     order = jnp.argsort(values, axis=1, stable=True)
     return jnp.zeros(values.shape, jnp.float32).at[jnp.arange(values.shape[0])[:, None], order].set(
@@ -330,14 +331,14 @@ def row_ranks(values: jax.Array) -> jax.Array:
 
 
 def della_drop(delta: jax.Array, key: jax.Array, density: float, epsilon: float, rescale: bool,
-               norm: str | None = None) -> jax.Array:
+               norm: str | None = None, host_ranks: bool = False) -> jax.Array:
     if density >= 1.0:
         return delta
     if density <= 0.0:
         return jnp.zeros_like(delta)
     x = delta if delta.ndim >= 2 else delta[None]
     x2 = x.reshape(x.shape[0], -1)
-    ranks = row_ranks(jnp.abs(x2))
+    ranks = row_ranks(jnp.abs(x2), host_ranks)
     span = jnp.maximum(x2.shape[1] - 1, 1)
     keep_p = (density - epsilon) + (ranks / span) * 2 * epsilon
     keep = jax.random.uniform(key, x2.shape) < keep_p
@@ -362,14 +363,17 @@ def magnitude_outliers(delta: jax.Array, density: float, gamma: float, norm: str
     return out if norm is None else rescale_to_norm(out, delta, norm)
 
 
-def sparsify(delta: jax.Array, key: jax.Array | None, spec: MergeSpec, model_index: int) -> jax.Array:
-    """The entries of one model's delta that `spec.method` keeps, rescaled as `spec` says."""
+def sparsify(delta: jax.Array, key: jax.Array | None, spec: MergeSpec, model_index: int,
+             host_ranks: bool = False) -> jax.Array:
+    """The entries of one model's delta that `spec.method` keeps, rescaled as `spec` says (`host_ranks`: see
+    `row_ranks`)."""
     kind = SPARSIFIER[spec.method]
     p = spec.value_for("drop_rate", model_index)
     if kind == "random":
         return dare_drop(delta, key, p, spec.rescales, spec.rescale_norm)
     if kind == "magprune":
-        return della_drop(delta, key, 1 - p, spec.value_for("epsilon", model_index), spec.rescales, spec.rescale_norm)
+        return della_drop(delta, key, 1 - p, spec.value_for("epsilon", model_index), spec.rescales, spec.rescale_norm,
+                          host_ranks)
     norm = (spec.rescale_norm or "l1") if spec.rescales else None  # kept by magnitude: no keep probability
     if kind == "magnitude":
         return magnitude_trim(delta, 1 - p, norm)
@@ -607,8 +611,9 @@ def _consensus(deltas: jax.Array, weights: jax.Array, normalize: bool) -> jax.Ar
 
 
 def merge_tensor(base: jax.Array, models: list[jax.Array] | tuple[jax.Array, ...], keys: jax.Array | None,
-                 spec: MergeSpec) -> jax.Array:
-    """Merge one tensor. `keys` is (n_models, key) from `tensor_key` when `spec.needs_rng`. Returns fp32."""
+                 spec: MergeSpec, host_ranks: bool = False) -> jax.Array:
+    """Merge one tensor. `keys` is (n_models, key) from `tensor_key` when `spec.needs_rng`. Returns fp32.
+    `host_ranks`: DELLA's row ranks by NumPy on a CPU backend (`row_ranks`; unsharded tensors only)."""
     base = base.astype(jnp.float32)
     thetas = jnp.stack([m.astype(jnp.float32) for m in models])
     n = thetas.shape[0]
@@ -651,7 +656,8 @@ def merge_tensor(base: jax.Array, models: list[jax.Array] | tuple[jax.Array, ...
     if spec.method in ("ram", "ramplus_tl"):
         return base + ram(deltas, spec.ram_epsilon, spec.method == "ramplus_tl", spec.ram_r, spec.ram_alpha)
     if spec.method in SPARSIFIER:
-        deltas = jnp.stack([sparsify(deltas[i], None if keys is None else keys[i], spec, i) for i in range(n)])
+        deltas = jnp.stack([sparsify(deltas[i], None if keys is None else keys[i], spec, i, host_ranks)
+                            for i in range(n)])
     if spec.method == "dare":  # MergeLM's mask_merging, the paper's
         mixed = (deltas * wb).sum(0)
         if spec.apply == "average":

@@ -94,7 +94,7 @@ def _is_float(dt) -> bool:
 
 @functools.partial(jax.jit, static_argnames=("spec", "out_dtype"))
 def _merge_jit(base, models, keys, spec, out_dtype):
-    merged = merge_tensor(base, models, keys, spec)
+    merged = merge_tensor(base, models, keys, spec, host_ranks=True)  # one device: NumPy may sort DELLA's rows
     return merged.astype(out_dtype), jnp.isfinite(merged).all()
 
 
