@@ -823,6 +823,12 @@ def test_ram_and_nearswap_by_hand():
     with pytest.raises(ValueError, match=r"nearswap: `t` is required"):
         MergeConfig(base="b", models=["m"], method="nearswap", out="o").spec()
     assert MergeConfig(base="b", models=["m"], method="slerp", out="o").spec().t == 0.5
+    for fields, message in [({"method": "ram", "ram_epsilon": -1.0}, r"ram_epsilon -1\.0: expected >= 0"),
+                            ({"method": "multislerp", "weights": (1.0, -1.0)},
+                             r"multislerp: weights \[1\.0, -1\.0\] sum to 0, and normalize divides them")]:
+        with pytest.raises(ValueError, match=message):
+            MergeSpec(**fields)
+    MergeSpec("multislerp", weights=(1.0, -1.0), normalize=False)  # not divided: allowed
 
 
 def test_multislerp_whose_directions_cancel_is_an_error_naming_the_tensor(tmp_path):

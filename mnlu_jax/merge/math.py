@@ -161,9 +161,14 @@ class MergeSpec:
             raise ValueError(f"t {self.t}: expected a finite number (0: the base, 1: the model)")
         if self.method == "nearswap" and self.t < 0:
             raise ValueError(f"nearswap: t {self.t}: expected a distance >= 0")
-        if not (self.multislerp_eps > 0 and self.ram_epsilon >= 0 and self.ram_r >= 0 and self.ram_alpha >= 0):
-            raise ValueError(f"expected multislerp_eps > 0 and ram_epsilon, ram_r, ram_alpha >= 0, got "
-                             f"{self.multislerp_eps}, {self.ram_epsilon}, {self.ram_r}, {self.ram_alpha}")
+        if not self.multislerp_eps > 0:
+            raise ValueError(f"multislerp_eps {self.multislerp_eps}: expected > 0")
+        for name in ("ram_epsilon", "ram_r", "ram_alpha"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} {getattr(self, name)}: expected >= 0")
+        if self.method == "multislerp" and self.normalizes and self.weights and abs(sum(self.weights)) < 1e-12:
+            raise ValueError(f"multislerp: weights {list(self.weights)} sum to 0, and normalize divides them by "
+                             "their sum; change them or set normalize off")
         n = max([len(v) for _, v in self.per_model] or [1])
         for i in range(n):
             p, epsilon = self.value_for("drop_rate", i), self.value_for("epsilon", i)
