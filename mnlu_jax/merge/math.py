@@ -266,29 +266,40 @@ def dare_drop(delta: jax.Array, key: jax.Array, p: float, rescale: bool, norm: s
     return out * np.float32(1.0 / (1.0 - p))
 
 
-def select_mask(values: jax.Array, k, largest: bool = True) -> jax.Array:
-    """A mask of the `k` largest (or smallest) of non-negative `values`, ties going to the lower flat index: what a
-    stable sort puts first, so exactly the entries `argsort(∓values, stable=True)[:k]` names. Found by bisecting
-    the float's bits for the k-th value (32 counting passes) rather than by sorting: XLA sorts on one CPU thread,
-    4.8 s for an 11.5 M-entry matrix against 0.29 s here, and a 7B TIES merge sorts every tensor. `k` may be traced
-    (SCE's count)."""
-    bits = jax.lax.bitcast_convert_type(values.astype(jnp.float32).reshape(-1), jnp.int32)
-    k = jnp.asarray(k, jnp.int32)
+def _sortable(values: jax.Array) -> jax.Array:
+    """float32 values as uint32 keys in the same order (negative floats' bits reversed), for bisection."""
+    bits = jax.lax.bitcast_convert_type(values.astype(jnp.float32), jnp.int32)
+    bits = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+    return jax.lax.bitcast_convert_type(bits ^ jnp.int32(-0x80000000), jnp.uint32)
+
+
+def _kth_key(keys: jax.Array, k) -> jax.Array:
+    """The key at index `k` (0-based, may be traced) of the uint32 `keys` sorted ascending: the smallest t with
+    #(keys <= t) >= k + 1, by 32 bisection steps, each one counting pass."""
+    need = jnp.asarray(k).astype(jnp.uint32) + 1
 
     def step(_, bounds):
         lo, hi = bounds
         mid = lo + (hi - lo) // 2
-        if largest:  # the largest t with #(bits >= t) >= k
-            ok = jnp.sum(bits >= mid, dtype=jnp.int32) >= k
-            return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
-        ok = jnp.sum(bits <= mid, dtype=jnp.int32) >= k  # the smallest t with #(bits <= t) >= k
-        return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+        ok = jnp.sum(keys <= mid, dtype=jnp.uint32) >= need
+        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
 
-    start = (jnp.int32(0), jnp.int32(0x7F800001)) if largest else (jnp.int32(-1), jnp.int32(0x7F800000))
-    lo, hi = jax.lax.fori_loop(0, 32, step, start)
-    threshold = lo if largest else hi
-    beyond = bits > threshold if largest else bits < threshold
-    tied = bits == threshold
+    return jax.lax.fori_loop(0, 32, step, (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))[1]
+
+
+def select_mask(values: jax.Array, k, largest: bool = True) -> jax.Array:
+    """A mask of the `k` largest (or smallest) `values`, ties going to the lower flat index: what a stable sort
+    puts first, so exactly the entries `argsort(∓values, stable=True)[:k]` names. Found by bisecting an
+    order-preserving key of the float bits for the k-th value (`_kth_key`, 32 counting passes) rather than by
+    sorting: XLA sorts on one CPU thread, 4.8 s for an 11.5 M-entry matrix against 0.29 s here, and a 7B TIES merge
+    sorts every tensor. `k` may be traced (SCE's count)."""
+    keys = _sortable(values.reshape(-1))
+    if largest:
+        keys = ~keys  # the largest values first, ties still in index order
+    k = jnp.asarray(k, jnp.int32)
+    threshold = _kth_key(keys, jnp.maximum(k - 1, 0))  # the k-th smallest key (the smallest when k = 0)
+    beyond = keys < threshold
+    tied = keys == threshold
     need = k - jnp.sum(beyond, dtype=jnp.int32)
     return (beyond | (tied & (jnp.cumsum(tied, dtype=jnp.int32) <= need))).reshape(values.shape)
 
@@ -510,27 +521,11 @@ def nearswap(t: float, base: jax.Array, model: jax.Array) -> jax.Array:
     return weight * model + (1 - weight) * base
 
 
-def _sortable(values: jax.Array) -> jax.Array:
-    """float32 values as uint32 keys in the same order (negative floats' bits reversed), for bisection."""
-    bits = jax.lax.bitcast_convert_type(values.astype(jnp.float32), jnp.int32)
-    bits = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
-    return jax.lax.bitcast_convert_type(bits ^ jnp.int32(-0x80000000), jnp.uint32)
-
-
 def kth_smallest(values: jax.Array, k: int) -> jax.Array:
-    """The value at index `k` of `values` sorted ascending (flattened), by bisecting an order-preserving key over
-    32 counting passes instead of sorting (one CPU thread in XLA: seconds per large matrix)."""
+    """The value at index `k` of `values` sorted ascending (flattened), by bisection (`_kth_key`) instead of
+    sorting (one CPU thread in XLA: seconds per large matrix)."""
     keys = _sortable(values.reshape(-1))
-    need = jnp.uint32(k + 1)
-
-    def step(_, bounds):  # the smallest key t with #(keys <= t) >= k + 1
-        lo, hi = bounds
-        mid = lo + (hi - lo) // 2
-        ok = jnp.sum(keys <= mid, dtype=jnp.uint32) >= need
-        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
-
-    _, found = jax.lax.fori_loop(0, 32, step, (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))
-    return jnp.min(jnp.where(keys >= found, values.reshape(-1).astype(jnp.float32), jnp.inf))
+    return jnp.min(jnp.where(keys >= _kth_key(keys, k), values.reshape(-1).astype(jnp.float32), jnp.inf))
 
 
 def arcee_fusion(base: jax.Array, model: jax.Array) -> jax.Array:
@@ -645,10 +640,8 @@ def merge_tensor(base: jax.Array, models: list[jax.Array] | tuple[jax.Array, ...
         if spec.method == "karcher":
             return karcher(thetas, spec.max_iter, spec.tol)
         if spec.method == "multislerp":
-            if not spec.multislerp_base:
+            if n == 1 or not spec.multislerp_base:  # (one model: mergekit returns it as it is)
                 return multislerp(thetas, w, spec.normalizes, spec.multislerp_eps)
-            if n == 1:
-                return thetas[0]  # mergekit returns the one model as it is
             return base + multislerp(thetas - base, w, spec.normalizes, spec.multislerp_eps)
         if spec.method == "nearswap":
             return nearswap(spec.t, base, thetas[0])

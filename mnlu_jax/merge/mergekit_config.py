@@ -69,9 +69,10 @@ SHARED = {"linear": ("normalize",), "slerp": ("t",), "model_stock": ("filter_wis
 OURS = {"lambda": "lam", "normalize": "normalize", "rescale": "rescale", "t": "t", "filter_wise": "filter_wise",
         "select_topk": "select_topk", "nuslerp_flatten": "nuslerp_flatten", "nuslerp_row_wise": "nuslerp_row_wise",
         "max_iter": "max_iter", "tol": "tol", "normalize_weights": "normalize", "eps": "multislerp_eps",
-        "r": "ram_r", "alpha": "ram_alpha"}
+        "r": "ram_r", "alpha": "ram_alpha", "epsilon": "ram_epsilon"}  # (a shared epsilon is RAM's; DELLA's is
+# per model, below)
 # shared parameters taken as they are, not varying by tensor here (mergekit would let them)
-PLAIN_NUMBERS = ("eps", "r", "alpha", "max_iter", "tol")
+PLAIN_NUMBERS = ("eps", "r", "alpha", "epsilon", "max_iter", "tol")
 MERGEKIT_DEFAULTS = {"density": 1.0, "gamma": 0.01, "epsilon": 0.15}
 DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "half": "float16"}
@@ -145,6 +146,26 @@ def _one_condition_as_list(params: dict) -> dict:
     return {k: [v] if isinstance(v, dict) else v for k, v in params.items()}
 
 
+def _check_top_level(data: dict, where: str, known: tuple[str, ...]) -> None:
+    """Keys a mergekit config may have here, a base_model that is a path, and the base's tokenizer."""
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: mergekit key(s) {unknown} are not supported here; known: {list(known)}")
+    base = data.get("base_model")
+    if base is not None and not isinstance(base, str):
+        raise ValueError(f"{where}: base_model: expected a path, got {base!r}")
+    source = data.get("tokenizer_source")
+    if source not in (None, "base"):
+        raise ValueError(f"{where}: tokenizer_source {source!r}: only the base's tokenizer is supported (absent or "
+                         "'base')")
+
+
+def _check_not_lora(model: str, here: str) -> None:
+    if "+" in model:
+        raise ValueError(f"{here}.model {model!r}: LoRA references (model+lora) are not supported; merge the adapter "
+                         "into its model first")
+
+
 def _layer_slice(src: Any, here: str, defaults: list[dict]) -> dict:
     """One passthrough source {model, layer_range, parameters: {scale}} as our slice; `defaults` are the parameter
     mappings that apply where the source sets no scale (the slice's, then the file's)."""
@@ -153,9 +174,7 @@ def _layer_slice(src: Any, here: str, defaults: list[dict]) -> dict:
     extra = sorted(set(src) - {"model", "layer_range", "parameters"})
     if extra:
         raise ValueError(f"{here}: unknown key(s) {extra}; expected model, layer_range and parameters")
-    if "+" in src["model"]:
-        raise ValueError(f"{here}.model {src['model']!r}: LoRA references (model+lora) are not supported; merge the "
-                         "adapter into its model first")
+    _check_not_lora(src["model"], here)
     span = src.get("layer_range")
     if span is None:  # a whole model (mergekit's `models:` form)
         from mnlu_jax.weights.named_tensors import NamedTensors
@@ -178,10 +197,7 @@ def _layer_slice(src: Any, here: str, defaults: list[dict]) -> dict:
 
 def _passthrough(data: dict, where: str) -> dict:
     """mergekit's passthrough: `slices` of one source each, stacked (merge/passthrough.py), or one whole model."""
-    unknown = sorted(set(data) - set(TOP_LEVEL) - {"slices"})
-    if unknown:
-        raise ValueError(f"{where}: mergekit key(s) {unknown} are not supported here; known: "
-                         f"{[*TOP_LEVEL, 'slices']}")
+    _check_top_level(data, where, (*TOP_LEVEL, "slices"))
     if ("slices" in data) == ("models" in data):
         raise ValueError(f"{where}: passthrough takes `slices:` (layer ranges to stack) or `models:` (one model), "
                          "one of them")
@@ -218,15 +234,9 @@ def _passthrough(data: dict, where: str) -> dict:
                                  f"{sources[0]!r}")
             slices.append(_layer_slice(sources[0], f"{here}.sources[0]",
                                        [_mapping(piece.get("parameters"), f"{here}.parameters"), top]))
-    base = data.get("base_model")
-    if base is not None and not isinstance(base, str):
-        raise ValueError(f"{where}: base_model: expected a path, got {base!r}")
-    source = data.get("tokenizer_source")
-    if source not in (None, "base"):
-        raise ValueError(f"{where}: tokenizer_source {source!r}: only the base's tokenizer is supported (absent or "
-                         "'base')")
     paths = list(dict.fromkeys(s["model"] for s in slices))
-    out = {"method": "passthrough", "base": base or slices[0]["model"], "models": paths, "slices": slices,
+    out = {"method": "passthrough", "base": data.get("base_model") or slices[0]["model"], "models": paths,
+           "slices": slices,
            "mergekit_config": data}
     return {**out, **_dtype(data, where)}
 
@@ -247,9 +257,7 @@ def from_mergekit(data: dict, where: str) -> dict:
         return _passthrough(data, where)
     if "slices" in data:
         data = _whole_model_slices(data, where)
-    unknown = sorted(set(data) - set(TOP_LEVEL))
-    if unknown:
-        raise ValueError(f"{where}: mergekit key(s) {unknown} are not supported here; known: {list(TOP_LEVEL)}")
+    _check_top_level(data, where, TOP_LEVEL)
     method = data["merge_method"]
     if method not in MERGEKIT_METHODS:
         raise ValueError(f"{where}: merge_method {method!r} is not supported by mnlu-jax; supported: "
@@ -272,9 +280,7 @@ def from_mergekit(data: dict, where: str) -> dict:
         extra = sorted(set(entry) - {"model", "parameters"})
         if extra:
             raise ValueError(f"{here}: unknown key(s) {extra}; expected model and parameters")
-        if "+" in entry["model"]:
-            raise ValueError(f"{here}.model {entry['model']!r}: LoRA references (model+lora) are not supported; "
-                             "merge the adapter into its model first")
+        _check_not_lora(entry["model"], here)
         params = _one_condition_as_list(_mapping(entry.get("parameters"), f"{here}.parameters"))
         bad = sorted(set(params) - set(PER_MODEL[method]))
         if bad:
@@ -290,8 +296,6 @@ def from_mergekit(data: dict, where: str) -> dict:
         if method not in OPTIONAL_BASE:
             raise ValueError(f"{where}: base_model: required by {method}")
         base = paths[0]  # its values are not read as a base; it gives the architecture and tokenizer
-    if not isinstance(base, str):
-        raise ValueError(f"{where}: base_model: expected a path, got {base!r}")
     base_listed = any(same_source(p, base) for p in paths)
     if method == "karcher" and not base_listed:
         paths = [base, *paths]  # mergekit averages a base_model given apart as one more input
@@ -299,10 +303,6 @@ def from_mergekit(data: dict, where: str) -> dict:
     if method == "linear" and not base_listed:
         raise ValueError(f"{where}: base_model: linear averages it as one more input, which mergekit refuses without "
                          "a weight: list it under models with its weight, or leave base_model out")
-    source = data.get("tokenizer_source")
-    if source not in (None, "base"):
-        raise ValueError(f"{where}: tokenizer_source {source!r}: only the base's tokenizer is supported (absent or "
-                         "'base')")
     out: dict[str, Any] = {"method": method, "base": base, "models": paths, "mergekit_config": original}
     others = list(range(len(paths))) if every_model_counts else (
         [i for i, p in enumerate(paths) if not same_source(p, base)] or list(range(len(paths))))
@@ -334,12 +334,11 @@ def from_mergekit(data: dict, where: str) -> dict:
                                                       for i in range(len(paths))]
     for key in SHARED[method]:
         if key in shared and key != "int8_mask":
-            ours = "ram_epsilon" if key == "epsilon" else OURS[key]  # (ram's epsilon is not DELLA's)
-            if (key in PLAIN_NUMBERS or ours == "ram_epsilon") and (
+            if key in PLAIN_NUMBERS and (
                     isinstance(shared[key], bool) or not isinstance(shared[key], (int, float))):
                 raise ValueError(f"{where}: parameters.{key}: expected a number (it does not vary by tensor here), "
                                  f"got {shared[key]!r}")
-            out[ours] = shared[key]
+            out[OURS[key]] = shared[key]
     if method in ("slerp", "nearswap") and "t" not in out:
         raise ValueError(f"{where}: parameters.t: required by {method}")
     if method in SPARSIFIER:

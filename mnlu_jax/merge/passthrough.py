@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mnlu_jax.merge.settings import check_setting, resolve
-from mnlu_jax.merge.streaming import write_mergekit_config
-from mnlu_jax.weights.convert import TOKENIZER_FILES, _dtype_name, atomic_dir, np_dtype, source_name
+from mnlu_jax.merge.streaming import card_frame, copy_tokenizer, write_mergekit_config
+from mnlu_jax.weights.convert import _dtype_name, atomic_dir, np_dtype, source_name
 from mnlu_jax.weights.named_tensors import NamedTensors, ordered
 from mnlu_jax.weights.names import layer_index
 from mnlu_jax.weights.safetensors_io import write_sharded
@@ -49,10 +48,6 @@ class LayerSlice:
     start: int
     end: int
     scale: Any = None
-
-
-def _scale(setting: Any, name: str, position: float) -> float | None:
-    return None if setting is None else resolve(setting, name, position)
 
 
 def stack_slices(slices: list[LayerSlice], out: str | Path, base: str | None = None, dtype: str | None = None,
@@ -100,8 +95,10 @@ def stack_slices(slices: list[LayerSlice], out: str | Path, base: str | None = N
             plan.append((f"model.layers.{out_layer}.{suffix}", src, name, scale, position))
     for n in [n for n in ordered(last.names(), last.config) if layer_index(n) is None and "embed_tokens" not in n]:
         plan.append((n, last, n, slices[-1].scale, 0.0))  # the final norm and LM head, from the last slice
-    for out_name, src, name, scale, position in plan:  # every scale resolves before anything is written
-        if scale is not None and _scale(scale, out_name, position) is None:
+    factors = {}  # output name -> its scale, resolved (and checked) before anything is written
+    for out_name, src, name, scale, position in plan:
+        factors[out_name] = None if scale is None else resolve(scale, out_name, position)
+        if scale is not None and factors[out_name] is None:
             raise ValueError(f"{out_name}: no condition of the scale of {src.path} applies to it")
     target = np_dtype(dtype)
     specs = [(o, tuple(src.shape(n)), target or src.dtype(n)) for o, src, n, _, _ in plan]
@@ -109,21 +106,18 @@ def stack_slices(slices: list[LayerSlice], out: str | Path, base: str | None = N
     with atomic_dir(out) as tmp, tqdm(total=len(plan), desc="merge (passthrough)", unit="tensor",
                                       disable=not progress) as bar:
         def produce(out_name: str) -> np.ndarray:
-            _, src, name, scale, position = by_name[out_name]
+            _, src, name, _, _ = by_name[out_name]
             x = np.asarray(src.get(name))
-            factor = _scale(scale, out_name, position)
+            factor = factors[out_name]
             if factor is not None and factor != 1.0:
-                x = (x.astype(np.float32) * np.float32(factor))
+                x = x.astype(np.float32) * np.float32(factor)
             bar.update(1)
-            return x.astype(target or src.dtype(name))
+            return x.astype(target or src.dtype(name), copy=False)
 
         write_sharded(tmp, specs, produce, max_shard_bytes=max_shard_bytes)
         cfg = dict(ref, num_hidden_layers=k, torch_dtype=_dtype_name(specs[0][2]))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        if config_from.dir is not None:
-            for f in TOKENIZER_FILES:
-                if (config_from.dir / f).exists():
-                    shutil.copy2(config_from.dir / f, tmp / f)
+        copy_tokenizer(config_from, tmp)
         record = {"method": "passthrough", "base": source_name(base if base is not None else slices[0].model),
                   "slices": [{"model": source_name(s.model), "layer_range": [s.start, s.end],
                               **({"scale": s.scale} if s.scale is not None else {})} for s in slices],
@@ -136,11 +130,7 @@ def stack_slices(slices: list[LayerSlice], out: str | Path, base: str | None = N
 def _card(record: dict, name: str, mergekit_yaml: str | None) -> str:
     rows = [f"| {i} | `{s['model']}` | {s['layer_range'][0]}–{s['layer_range'][1] - 1} | {s.get('scale', 1)} |"
             for i, s in enumerate(record["slices"])]
-    return "\n".join([
-        "---", "base_model:", f"- {record['base']}", "library_name: transformers", "tags:", "- merge", "- mnlu-jax",
-        "---", f"# {name}", "",
+    return card_frame(record["base"], name, [
         f"A passthrough merge made with mnlu-jax (`mnlu-jax merge`): {record['num_hidden_layers']} layers stacked "
         f"from these slices, in order (config and tokenizer from `{record['base']}`).", "",
-        "| slice | model | layers | scale |", "|---|---|---|---|", *rows, "",
-        *(["## Configuration", "", "The mergekit configuration it was made from (`mergekit_config.yml`):", "",
-           "```yaml", mergekit_yaml.rstrip("\n"), "```", ""] if mergekit_yaml else [])])
+        "| slice | model | layers | scale |", "|---|---|---|---|", *rows, ""], mergekit_yaml)

@@ -25,7 +25,7 @@ def _path_name(path) -> str:
     return ".".join(_path_parts(path))
 
 
-def _merge_ours(parts: tuple[str, ...], base, models, spec: MergeSpec, schedule: Schedule | None):
+def _merge_ours(parts: tuple[str, ...], base, models, spec: MergeSpec, schedule: Schedule | None, checks: list):
     """One leaf of our parameter tree merged as the HF tensors it holds: layer by layer when stacked
     (model.layers.*), a kernel (in, out) as its HF weight (out, in); masks keyed by the HF names."""
     stacked, kernel = parts[:2] == ("model", "layers"), parts[-1] == "kernel"
@@ -35,7 +35,7 @@ def _merge_ours(parts: tuple[str, ...], base, models, spec: MergeSpec, schedule:
         s = spec if schedule is None else schedule.spec_for(spec, hf)
         if kernel:
             b, ms = b.T, tuple(m.T for m in ms)
-        out = _merge_leaf(hf, b, ms, keys_for(s, hf, len(ms)), s)
+        out = _merge_leaf(hf, b, ms, keys_for(s, hf, len(ms)), s, checks)
         return out.T if kernel else out
 
     if not stacked:
@@ -43,10 +43,11 @@ def _merge_ours(parts: tuple[str, ...], base, models, spec: MergeSpec, schedule:
     return jnp.stack([one(base[i], tuple(m[i] for m in models), i) for i in range(base.shape[0])])
 
 
-def _merge_leaf(name, base, models, keys, spec):
+def _merge_leaf(name, base, models, keys, spec, checks: list):
+    """The merged leaf; (name, spec, whether it is finite) goes on `checks`, read once the tree is dispatched (a
+    read per leaf would wait for each before the next is started)."""
     out, finite = _merge_leaf_jit(base, models, keys, spec)
-    if not isinstance(finite, jax.core.Tracer) and not finite:  # (traced: the caller's jit has no host to ask)
-        raise nonfinite_error(name, spec)
+    checks.append((name, spec, finite))
     return out
 
 
@@ -80,7 +81,7 @@ def merge_pytrees(base: Any, models: list[Any], spec: MergeSpec, exclude: str | 
         model_leaves.append([x for _, x in mflat])
     if schedule is not None and schedule.num_layers is None:
         schedule = dataclasses.replace(schedule, num_layers=_count_layers(flat, layout))
-    out = []
+    out, checks = [], []
     for j, (path, b) in enumerate(flat):
         name = _path_name(path)
         ms = [ml[j] for ml in model_leaves]
@@ -91,10 +92,15 @@ def merge_pytrees(base: Any, models: list[Any], spec: MergeSpec, exclude: str | 
             out.append(b)
             continue
         if layout == "ours":
-            out.append(_merge_ours(_path_parts(path), b, ms, spec, schedule))
+            out.append(_merge_ours(_path_parts(path), b, ms, spec, schedule, checks))
         else:
             s = spec if schedule is None else schedule.spec_for(spec, name)
-            out.append(_merge_leaf(name, b, tuple(ms), keys_for(s, name, len(ms)), s))
+            out.append(_merge_leaf(name, b, tuple(ms), keys_for(s, name, len(ms)), s, checks))
+    flags = [finite for _, _, finite in checks]
+    if not any(isinstance(f, jax.core.Tracer) for f in flags):  # (traced: the caller's jit has no host to ask)
+        for (name, s, _), finite in zip(checks, jax.device_get(flags)):
+            if not finite:
+                raise nonfinite_error(name, s)
     return jax.tree_util.tree_unflatten(treedef, out)
 
 

@@ -176,10 +176,7 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
             cfg["vocab_size"] = next(iter(rows.values()))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         tok = tokenizer_checkpoint(b, ms, rows)
-        if tok.dir is not None:
-            for f in TOKENIZER_FILES:
-                if (tok.dir / f).exists():
-                    shutil.copy2(tok.dir / f, tmp / f)
+        copy_tokenizer(tok, tmp)
         record = {"base": source_name(base), "models": [source_name(m) for m in models],
                   "method": spec.method, "drop_rate": spec.drop_rate, "rescale": spec.rescales,
                   "rescale_norm": spec.rescale_norm, "normalize": spec.normalizes, "apply": spec.apply,
@@ -201,6 +198,14 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
         (tmp / "merge_config.json").write_text(json.dumps(record, indent=2))
         (tmp / "README.md").write_text(model_card(record, Path(out).name, write_mergekit_config(tmp, mergekit_config)))
     return Path(out)
+
+
+def copy_tokenizer(source: NamedTensors, directory: Path) -> None:
+    """The tokenizer files of `source`'s directory (if it has one) into `directory`."""
+    if source.dir is not None:
+        for f in TOKENIZER_FILES:
+            if (source.dir / f).exists():
+                shutil.copy2(source.dir / f, directory / f)
 
 
 def write_mergekit_config(directory: Path, mergekit_config: dict | None) -> str | None:
@@ -236,11 +241,18 @@ def model_card(record: dict, name: str, mergekit_yaml: str | None = None) -> str
     # as given: the base listed among the models counts in an average (the paper's [base, fine-tune] DARE merge)
     models = [f"`{m}`" + (" (the base)" if m == record["base"] else "") for m in record["models"]]
     settings = {k: v for k, v in record.items() if k not in ("base", "models") and v is not None}
-    return "\n".join([
-        "---", "base_model:", f"- {record['base']}", "library_name: transformers", "tags:", "- merge", "- mnlu-jax",
-        "---", f"# {name}", "",
+    return card_frame(record["base"], name, [
         f"A merge made with mnlu-jax (`mnlu-jax merge`) by the {shown} method, with "
         f"`{record['base']}` as the base.", "", "## Models merged", "", *[f"- {m}" for m in models], "",
-        "## Settings (as in merge_config.json)", "", "```json", json.dumps(settings, indent=2), "```", "",
+        "## Settings (as in merge_config.json)", "", "```json", json.dumps(settings, indent=2), "```", ""],
+        mergekit_yaml)
+
+
+def card_frame(base: str, name: str, body: list[str], mergekit_yaml: str | None) -> str:
+    """A model card: front matter naming the base (so the Hub links an uploaded merge to it), the title, `body`'s
+    lines, and the mergekit configuration it was made from, if any."""
+    return "\n".join([
+        "---", "base_model:", f"- {base}", "library_name: transformers", "tags:", "- merge", "- mnlu-jax",
+        "---", f"# {name}", "", *body,
         *(["## Configuration", "", "The mergekit configuration it was made from (`mergekit_config.yml`):", "",
            "```yaml", mergekit_yaml.rstrip("\n"), "```", ""] if mergekit_yaml else [])])
