@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("merge", help="merge fine-tunes into a base (DARE, TIES, DELLA, Breadcrumbs, SLERP, NuSLERP, "
                                      "Multi-SLERP, Model Stock, SCE, Karcher, NearSwap, Arcee Fusion, RAM, linear, "
-                                     "task arithmetic) or stack layer slices (passthrough); also runs mergekit configs")
+                                     "task arithmetic), whole or slice by slice, or stack layer slices "
+                                     "(passthrough); also runs mergekit configs")
     m.add_argument("--config", default=None, help="YAML MergeConfig (e.g. configs/merge/biomistral_nlu_dare.yaml) "
                                                    "or a mergekit config (merge_method, base_model, models: ...)")
     m.add_argument("--base")
@@ -122,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "della_linear, breadcrumbs, breadcrumbs_ties, slerp, nuslerp, multislerp, "
                                     "model_stock, sce, karcher, nearswap, arcee_fusion, ram, ramplus_tl (their own "
                                     "settings as key=value: multislerp_base=false, ram_epsilon=1e-5, ...) or "
-                                    "passthrough ('slices=[{model: A, layer_range: [0, 12]}, ...]': layers stacked)")
+                                    "passthrough ('slices=[{model: A, layer_range: [0, 12]}, ...]': layers stacked); "
+                                    "any of them slice by slice with 'slices=[{sources: [{model: A, layer_range: "
+                                    "[0, 8]}, {model: B, layer_range: [0, 8]}], t: 0.3}, ...]'")
     m.add_argument("--drop-rate", dest="drop_rate", type=float)
     m.add_argument("--rescale", dest="rescale", action="store_true", default=None)
     m.add_argument("--no-rescale", dest="rescale", action="store_false",

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 
 from mnlu_jax.merge import MergeSpec, merge_pytrees
 from mnlu_jax.merge.streaming import merge_checkpoints
+from mnlu_jax.weights.convert import source_name
 from mnlu_jax.weights.safetensors_io import SafetensorsCheckpoint
 from tests.conftest import make_tiny_hf
 
@@ -604,13 +606,9 @@ def test_mergekit_configs_merge_as_mergekit_does(tmp_path):
     from mnlu_jax.merge.config import MergeConfig, translate_merge_config
 
     for bad, message in [
-            ({"slices": [{"sources": [{"model": str(base), "layer_range": [0, 2]},
-                                      {"model": str(m1), "layer_range": [0, 2]}]}]},
-             r"slices\[0\]\.sources\[0\]\.layer_range \[0, 2\]: a part of the model's 3 layers"),
-            ({"slices": [{"sources": [{"model": str(base), "layer_range": [0, 2]}]},
-                         {"sources": [{"model": str(m1), "layer_range": [1, 3]}]}]},
-             r"slices: 2 slices stack layer ranges into another model \(a frankenmerge\): supported with "
-             r"merge_method passthrough \(one source per slice\), not with slerp"),
+            ({"slices": [{"sources": [{"model": str(m1), "layer_range": [0, 3]},
+                                      {"model": str(m2), "layer_range": [0, 3]}]}]},
+             r"base_model .*base: not one of the slice's sources; mergekit merges a slice from its sources only"),
             ({"models": [{"model": str(base)}, {"model": str(m1)}],
               "parameters": {"t": [{"pattern": "mlp", "value": 0.3}, {"value": 0.5}]}},
              r"t\[0\]: expected \{filter: .*unknown key\(s\) \['pattern'\]: mergekit ignores them, and its "
@@ -924,19 +922,112 @@ def test_passthrough_slices_stack_layers_as_mergekit_does(tmp_path, capsys):
                                       {"model": str(m2), "layer_range": [0, 2]}]}]},
              r"slices\[0\]\.sources: passthrough takes one source per slice"),
             ({"slices": [{"sources": [{"model": str(m1), "layer_range": [2, 4]}]}]},
-             r"slices\[0\]\.layer_range \[2, 4\]: expected 0 <= start < end <= 3"),
+             r"slices\[0\]\.sources\[0\]\.layer_range \[2, 4\]: expected 0 <= start < end <= 3"),
             ({"slices": [{"sources": [{"model": str(m1), "layer_range": [0, 1]}]}], "parameters": {"weight": 1}},
              r"parameters \['weight'\] not parameter\(s\) of passthrough"),
             ({"slices": [{"sources": [{"model": str(m1), "layer_range": [0, 1],
                                        "parameters": {"scale": [{"filter": "mlp", "value": 0.0}]}}]}]},
              r"model\.embed_tokens\.weight: no condition of the scale of .*m1 applies to it"),
-            ({"merge_method": "ties", "base_model": str(m1),
-              "slices": [{"sources": [{"model": str(m1), "layer_range": [0, 1]}]},
-                         {"sources": [{"model": str(m2), "layer_range": [1, 2]}]}]},
-             r"supported with merge_method passthrough \(one source per slice\), not with ties"),
+            ({"slices": [{"sources": [{"model": str(m1), "layer_range": [0, 1]}]}], "models": [str(m1)]},
+             r"passthrough takes `slices:` \(layer ranges to stack\) or `models:`"),
             ({"base_model": str(m1), "models": [str(m2)]}, r"base_model: mergekit adds it to passthrough's")]:
         with pytest.raises(ValueError, match=message):
             load({"merge_method": "passthrough", **bad})
+    assert not (tmp_path / "never").exists()
+
+
+def test_slices_merge_slice_by_slice_as_mergekit_does(tmp_path, capsys):
+    """Slices of several sources with layer ranges that differ, each merged by its own settings (slice parameters
+    over the file's, gradients over the slice's own layers, a slice's own base_model), then stacked: slerp, TIES,
+    linear without a base into a model deeper than its sources, and one slice of part of the layers. Equal to
+    mergekit's to rtol 1e-5; our own slice form on the command line gives the same tensors."""
+    import yaml
+
+    from mnlu_jax.cli import main
+
+    base, m1, m2 = (make_tiny_hf(tmp_path / n, seed=i, num_hidden_layers=3) for i, n in enumerate(("base", "m1",
+                                                                                                   "m2")))
+    a, b = str(base), str(m1)
+    t_by_part = [{"filter": "self_attn", "value": [0.0, 1.0]}, {"filter": "mlp", "value": [1.0, 0.2]}, {"value": 0.4}]
+    cases = {
+        "slerp": {"merge_method": "slerp", "base_model": a, "dtype": "float32", "parameters": {"t": t_by_part},
+                  "slices": [{"sources": [{"model": a, "layer_range": [0, 2]}, {"model": b, "layer_range": [1, 3]}]},
+                             {"sources": [{"model": a, "layer_range": [2, 3]}, {"model": b, "layer_range": [0, 1]}],
+                              "parameters": {"t": 0.7}}]},
+        "ties": {"merge_method": "ties", "base_model": a, "dtype": "float32", "parameters": {"lambda": 1.1},
+                 "slices": [
+                     {"sources": [{"model": a, "layer_range": [0, 2]},
+                                  {"model": b, "layer_range": [0, 2], "parameters": {"weight": [0.2, 0.9]}},
+                                  {"model": str(m2), "layer_range": [1, 3], "parameters": {"weight": 0.5}}],
+                      "parameters": {"density": 0.6}},
+                     {"sources": [{"model": a, "layer_range": [2, 3], "parameters": {"weight": 0.4}},
+                                  {"model": b, "layer_range": [2, 3], "parameters": {"weight": 1.0}},
+                                  {"model": str(m2), "layer_range": [0, 1], "parameters": {"weight": 0.3}}],
+                      "base_model": b, "parameters": {"density": 0.4, "normalize": False}}]},
+        "linear_deeper": {"merge_method": "linear", "dtype": "float32", "slices": [
+            {"sources": [{"model": b, "layer_range": [0, 2], "parameters": {"weight": 0.3}},
+                         {"model": str(m2), "layer_range": [1, 3], "parameters": {"weight": 0.7}}]},
+            {"sources": [{"model": b, "layer_range": [1, 3], "parameters": {"weight": 0.5}},
+                         {"model": str(m2), "layer_range": [0, 2], "parameters": {"weight": 0.5}}]}]},
+        "part": {"merge_method": "multislerp", "base_model": a, "dtype": "float32", "slices": [
+            {"sources": [{"model": a, "layer_range": [1, 3]}, {"model": b, "layer_range": [0, 2],
+                                                                "parameters": {"weight": 1.0}},
+                         {"model": str(m2), "layer_range": [1, 3], "parameters": {"weight": [0.5, 2.0]}}]}]},
+    }
+    for name, (ours, ref) in _both_many(tmp_path, cases).items():
+        for n in ours:
+            np.testing.assert_allclose(ours[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=f"{name}: {n}")
+        layers = json.loads((tmp_path / f"ours_{name}" / "config.json").read_text())["num_hidden_layers"]
+        assert layers == json.loads((tmp_path / f"mk_{name}" / "config.json").read_text())["num_hidden_layers"]
+        assert layers == {"slerp": 3, "ties": 3, "linear_deeper": 4, "part": 2}[name]
+    # output layer 2 is slerp's second slice: layer 2 of the base and 0 of the model, at t 0.7
+    one = _flat(tmp_path / "ours_slerp")
+    up = "model.layers.2.mlp.up_proj.weight"
+    assert not np.array_equal(one[up], _flat(base)[up])
+    record = json.loads((tmp_path / "ours_ties" / "merge_config.json").read_text())
+    assert [s["base"] for s in record["slices"]] == [source_name(a), source_name(b)]
+    assert record["slices"][1]["sources"][2]["layer_range"] == [0, 1] and record["num_hidden_layers"] == 3
+    import transformers
+
+    assert len(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours_linear_deeper").model.layers) == 4
+    # our own slice form, given on the command line
+    native = [{"sources": [{"model": a, "layer_range": [0, 2]}, {"model": b, "layer_range": [1, 3]}], "t": t_by_part},
+              {"sources": [{"model": a, "layer_range": [2, 3]}, {"model": b, "layer_range": [0, 1]}], "t": 0.7}]
+    assert main(["merge", "--method", "slerp", "--base", a, "--out", str(tmp_path / "native"),
+                 f"slices={json.dumps(native)}"]) == 0
+    assert all(v.tobytes() == one[n].tobytes() for n, v in _flat(tmp_path / "native").items())
+    for bad, message in [
+            ([{"sources": [{"model": b, "layer_range": [0, 2]}, {"model": str(m2), "layer_range": [0, 2]}]}],
+             r"slices\[0\]: its base \(.*base\) is not one of its sources"),
+            ([{"sources": [{"model": a, "layer_range": [0, 2]}, {"model": b, "layer_range": [0, 1]}]}],
+             r"slices\[0\]: its sources have \[2, 1\] layers"),
+            ([{"sources": [{"model": a, "layer_range": [0, 2]}, {"model": b, "layer_range": [2, 4]}]}],
+             r"slices\[0\]\.sources\[1\]\.layer_range \[2, 4\]: expected 0 <= start < end <= 3"),
+            ([{"sources": [{"model": a, "layer_range": [0, 2]}, {"model": b, "layer_range": [0, 2]}], "lamda": 1}],
+             r"slices\[0\]: unknown key\(s\) \['lamda'\]"),
+            ([{"sources": [{"model": a, "layer_range": [0, 2]}, {"model": b, "layer_range": [0, 2]}],
+               "t": [{"filter": "mlp", "value": 0.5}]}],
+             r"t: no condition applies to tensor model\.embed_tokens\.weight")]:
+        assert main(["merge", "--method", "slerp", "--base", a, "--out", str(tmp_path / "never"),
+                     f"slices={json.dumps(bad)}"]) == 2
+        assert re.search(message, capsys.readouterr().err), message
+    from mnlu_jax.config import load_config
+    from mnlu_jax.merge.config import MergeConfig, run_merge, translate_merge_config
+
+    path = tmp_path / "bad.yaml"
+    for bad, message in [
+            ({"slices": [{"sources": [{"model": a, "layer_range": [0, 2]}, {"model": b, "layer_range": [0, 2]}],
+                          "base_model": str(m2)}]},
+             r"slices\[0\]: base_model .*m2: not one of the slice's sources"),
+            ({"slices": [{"sources": [{"model": a, "layer_range": [0, 2]}, {"model": b, "layer_range": "0-2"}]}]},
+             r"slices\[0\]\.sources\[1\]\.layer_range: expected \[START, END\]"),
+            ({"slices": [{"sources": [{"model": a, "layer_range": [0, 2]},
+                                      {"model": b, "layer_range": [0, 2], "parameters": {"density": 0.5}}]}]},
+             r"slices\[0\]: models\[1\]\.parameters: \['density'\] not per-model parameter\(s\) of slerp")]:
+        path.write_text(yaml.safe_dump({"merge_method": "slerp", "base_model": a, "parameters": {"t": 0.5}, **bad}))
+        with pytest.raises(ValueError, match=message):
+            run_merge(load_config(MergeConfig, path, [f"out={tmp_path / 'never'}"], translate=translate_merge_config),
+                      progress=False)
     assert not (tmp_path / "never").exists()
 
 

@@ -46,7 +46,9 @@ class MergeConfig:
     exclude: str | None = None
     dtype: str | None = None
     vocab_policy: str = "error"
-    # passthrough: the layer ranges to stack, in order: [{model, layer_range: [start, end], scale: setting}, ...]
+    # layer ranges merged slice by slice and stacked in order (merge/slices.py): [{sources: [{model, layer_range:
+    # [start, end]}, ...], base, <any setting above>}, ...]; for passthrough, one source each: [{model,
+    # layer_range, scale}, ...]
     slices: list[dict[str, Any]] | None = None
     shard_size_bytes: int = 2 * 2**30
     # the mergekit config this one was read from, as given: written beside the merge as mergekit_config.yml and
@@ -98,8 +100,10 @@ def translate_merge_config(data: dict, where: str) -> dict:
 def run_merge(cfg: MergeConfig, progress: bool = True) -> Path:
     from mnlu_jax.merge.streaming import merge_checkpoints
 
-    if cfg.method == "passthrough" or cfg.slices is not None:
+    if cfg.method == "passthrough":
         return _run_passthrough(cfg, progress)
+    if cfg.slices is not None:
+        return _run_sliced(cfg, progress)
     for field in ("base", "out"):
         if not getattr(cfg, field):
             raise ValueError(f"merge: `{field}` is required (flag --{field} or key {field}: in the YAML)")
@@ -111,10 +115,9 @@ def run_merge(cfg: MergeConfig, progress: bool = True) -> Path:
 
 
 def _run_passthrough(cfg: MergeConfig, progress: bool) -> Path:
+    from mnlu_jax.merge.mergekit_config import layer_range
     from mnlu_jax.merge.passthrough import LayerSlice, stack_slices
 
-    if cfg.method != "passthrough":
-        raise ValueError(f"merge: slices (layer ranges to stack) are merged by method passthrough, not {cfg.method!r}")
     if not cfg.out:
         raise ValueError("merge: `out` is required (flag --out or key out: in the YAML)")
     if not cfg.slices:
@@ -125,11 +128,61 @@ def _run_passthrough(cfg: MergeConfig, progress: bool) -> Path:
                          "`models`/`weights`")
     slices = []
     for i, s in enumerate(cfg.slices):
-        ok = isinstance(s, dict) and not set(s) - {"model", "layer_range", "scale"} and isinstance(s.get("model"), str)
-        span = s.get("layer_range") if ok else None
-        if not (ok and isinstance(span, (list, tuple)) and len(span) == 2 and all(type(x) is int for x in span)):
+        if not (isinstance(s, dict) and not set(s) - {"model", "layer_range", "scale"}
+                and isinstance(s.get("model"), str)):
             raise ValueError(f"slices[{i}]: expected {{model: PATH, layer_range: [START, END], scale: ...}}, got {s!r}")
-        slices.append(LayerSlice(s["model"], span[0], span[1], s.get("scale")))
+        start, end = layer_range(s.get("layer_range"), f"slices[{i}].layer_range")
+        slices.append(LayerSlice(s["model"], start, end, s.get("scale")))
     return stack_slices(slices, cfg.out, base=cfg.base or None, dtype=cfg.dtype,
                         max_shard_bytes=cfg.shard_size_bytes, progress=progress,
                         mergekit_config=cfg.mergekit_config)
+
+
+# MergeConfig fields that hold for the whole merge; a slice may set any other
+WHOLE_MERGE = ("out", "method", "models", "slices", "dtype", "vocab_policy", "seed", "exclude", "shard_size_bytes",
+               "mergekit_config")
+
+
+def _run_sliced(cfg: MergeConfig, progress: bool) -> Path:
+    from mnlu_jax.merge.mergekit_config import layer_range
+    from mnlu_jax.merge.slices import SliceMerge, SliceSource, merge_slices
+
+    if not cfg.out:
+        raise ValueError("merge: `out` is required (flag --out or key out: in the YAML)")
+    if cfg.models:
+        raise ValueError("merge: slices take their models from each slice's `sources`, not from `models`")
+    if not cfg.slices:
+        raise ValueError("merge: slices: expected [{sources: [{model: PATH, layer_range: [START, END]}, ...]}, ...]")
+    if cfg.vocab_policy != "error":
+        raise ValueError(f"merge: vocab_policy {cfg.vocab_policy!r} is for whole-model merges; the models of a merge "
+                         "by slices share one vocabulary")
+    local = [f.name for f in dataclasses.fields(MergeConfig) if f.name not in WHOLE_MERGE]
+    merges = []
+    for j, s in enumerate(cfg.slices):
+        here = f"slices[{j}]"
+        if not isinstance(s, dict) or not isinstance(s.get("sources"), list) or not s["sources"]:
+            raise ValueError(f"{here}: expected {{sources: [{{model: PATH, layer_range: [START, END]}}, ...], "
+                             f"base: PATH, <settings>}}, got {s!r}")
+        unknown = sorted(set(s) - {"sources", *local})
+        if unknown:
+            raise ValueError(f"{here}: unknown key(s) {unknown}; a slice takes sources and settings of its own "
+                             f"({', '.join(local)})")
+        sources = []
+        for i, src in enumerate(s["sources"]):
+            if not (isinstance(src, dict) and not set(src) - {"model", "layer_range"}
+                    and isinstance(src.get("model"), str)):
+                raise ValueError(f"{here}.sources[{i}]: expected {{model: PATH, layer_range: [START, END]}}, got "
+                                 f"{src!r}")
+            sources.append(SliceSource(src["model"], *layer_range(src.get("layer_range"),
+                                                                  f"{here}.sources[{i}].layer_range")))
+        sub = dataclasses.replace(cfg, slices=None, models=[x.model for x in sources],
+                                  **{k: v for k, v in s.items() if k != "sources"})
+        if not sub.base:
+            raise ValueError(f"{here}: a base is required (key base: in the slice, or for every slice at the top): "
+                             "one of its sources")
+        try:
+            merges.append(SliceMerge(tuple(sources), sub.base, sub.spec(), sub.schedule()))
+        except ValueError as e:
+            raise ValueError(f"{here}: {e}") from None
+    return merge_slices(merges, cfg.out, base=cfg.base or None, dtype=cfg.dtype, exclude=cfg.exclude,
+                        max_shard_bytes=cfg.shard_size_bytes, progress=progress, mergekit_config=cfg.mergekit_config)

@@ -13,8 +13,9 @@
 `mnlu-jax merge --config that.yaml --out DIR [--seed N]` (mergekit-yaml takes the output directory and
 `--random-seed` on its command line too). The translation, by mergekit 0.1.5's own parameter definitions:
 - `slices:` with one slice taking every layer of every model (`layer_range: [0, N]`, how mergekit's own slerp
-  example is written) reads as `models:`. Slices that stack layer ranges (frankenmerges, depth up-scaling) are
-  `passthrough`'s (merge/passthrough.py: one source per slice, with its `scale`); with other methods refused.
+  example is written) reads as `models:`. Other slices are merged slice by slice (merge/slices.py), each slice
+  read as a whole-model config of its sources (its `base_model` else the file's, its `parameters` over the
+  file's); with `passthrough` (merge/passthrough.py), one source per slice, scaled by its `scale`.
 - `merge_method` keeps its name (linear, task_arithmetic, ties, dare_ties, dare_linear, della, della_linear,
   breadcrumbs, breadcrumbs_ties, slerp, nuslerp, model_stock, sce, karcher, multislerp, nearswap, arcee_fusion,
   ram, ramplus_tl, passthrough); other methods and LoRA references
@@ -97,48 +98,84 @@ def _mapping(value: Any, where: str) -> dict:
     return value
 
 
-def _whole_model_slices(data: dict, where: str) -> dict:
+def _whole_model_slices(data: dict, where: str) -> dict | None:
     """A `slices:` config whose one slice takes every layer of every model (how mergekit's own slerp example and
-    many merges are written) as the same config with `models:`; other slices (layer ranges stacked into a deeper
-    model) are refused."""
+    many merges are written) as the same config with `models:`; None for other slices (merged slice by slice)."""
     from mnlu_jax.weights.named_tensors import NamedTensors
 
     slices = data["slices"]
-    if "models" in data:
-        raise ValueError(f"{where}: slices and models: mergekit takes one or the other")
     if not isinstance(slices, list) or len(slices) != 1 or not isinstance(slices[0], dict):
-        raise ValueError(f"{where}: slices: {len(slices) if isinstance(slices, list) else slices!r} slices stack layer "
-                         f"ranges into another model (a frankenmerge): supported with merge_method passthrough (one "
-                         f"source per slice), not with {data.get('merge_method')}, for which one slice over every "
-                         "layer of every model is (the same as `models:`)")
+        return None
     piece = slices[0]
-    extra = sorted(set(piece) - {"sources", "parameters", "base_model"})
-    if extra:
-        raise ValueError(f"{where}: slices[0]: {extra} not supported; expected sources, parameters and base_model")
     sources = piece.get("sources")
-    if not isinstance(sources, list) or not sources:
-        raise ValueError(f"{where}: slices[0].sources: expected a list of {{model, layer_range}}, got {sources!r}")
-    models = []
-    for i, src in enumerate(sources):
-        here = f"{where}: slices[0].sources[{i}]"
-        if not isinstance(src, dict) or not isinstance(src.get("model"), str) or "layer_range" not in src:
-            raise ValueError(f"{here}: expected {{model: PATH, layer_range: [0, N], parameters: ...}}, got {src!r}")
-        extra = sorted(set(src) - {"model", "layer_range", "parameters"})
-        if extra:
-            raise ValueError(f"{here}: unknown key(s) {extra}")
+    if set(piece) - {"sources", "parameters", "base_model"} or not isinstance(sources, list) or not sources:
+        return None
+    for src in sources:
+        if not isinstance(src, dict) or not isinstance(src.get("model"), str) or set(src) - {
+                "model", "layer_range", "parameters"}:
+            return None
         layers = NamedTensors(src["model"]).config.num_hidden_layers
-        if not isinstance(src["layer_range"], (list, tuple)) or list(src["layer_range"]) != [0, layers]:
-            raise ValueError(f"{here}.layer_range {src['layer_range']}: a part of the model's {layers} layers; only "
-                             f"whole models are merged ([0, {layers}])")
-        models.append({k: v for k, v in src.items() if k != "layer_range"})
+        if not isinstance(src.get("layer_range"), (list, tuple)) or list(src["layer_range"]) != [0, layers]:
+            return None
     out = {k: v for k, v in data.items() if k != "slices"}
-    out["models"] = models
+    out["models"] = [{k: v for k, v in src.items() if k != "layer_range"} for src in sources]
     if piece.get("base_model") is not None:
         out["base_model"] = piece["base_model"]
     if piece.get("parameters"):  # the slice's parameters over the file's
         out["parameters"] = {**_mapping(data.get("parameters"), f"{where}: parameters"),
                              **_mapping(piece["parameters"], f"{where}: slices[0].parameters")}
     return out
+
+
+def _sliced(data: dict, where: str) -> dict:
+    """mergekit `slices:` of any number of sources each, merged slice by slice (merge/slices.py): each slice read
+    as a whole-model config of its sources, whose base is the slice's `base_model` (else the file's) and whose
+    parameters are the slice's over the file's."""
+    _check_top_level(data, where, (*TOP_LEVEL, "slices"))
+    if data["merge_method"] not in MERGEKIT_METHODS:
+        raise ValueError(f"{where}: merge_method {data['merge_method']!r} is not supported by mnlu-jax; supported: "
+                         f"{', '.join(MERGEKIT_METHODS)}")
+    if not isinstance(data["slices"], list) or not data["slices"]:
+        raise ValueError(f"{where}: slices: expected a list of {{sources: [{{model, layer_range}}, ...]}}, got "
+                         f"{data['slices']!r}")
+    top = _mapping(data.get("parameters"), f"{where}: parameters")
+    slices = []
+    for j, piece in enumerate(data["slices"]):
+        here = f"{where}: slices[{j}]"
+        if not isinstance(piece, dict):
+            raise ValueError(f"{here}: expected {{sources: [...], parameters: ..., base_model: ...}}, got {piece!r}")
+        extra = sorted(set(piece) - {"sources", "parameters", "base_model"})
+        if extra:
+            raise ValueError(f"{here}: {extra} not supported; expected sources, parameters and base_model")
+        sources = piece.get("sources")
+        if not isinstance(sources, list) or not sources:
+            raise ValueError(f"{here}.sources: expected a list of {{model, layer_range}}, got {sources!r}")
+        spans = []
+        for i, src in enumerate(sources):
+            if not isinstance(src, dict) or not isinstance(src.get("model"), str):
+                raise ValueError(f"{here}.sources[{i}]: expected {{model: PATH, layer_range: [START, END]}}, got "
+                                 f"{src!r}")
+            extra = sorted(set(src) - {"model", "layer_range", "parameters"})
+            if extra:
+                raise ValueError(f"{here}.sources[{i}]: unknown key(s) {extra}; expected model, layer_range and "
+                                 "parameters")
+            spans.append(layer_range(src.get("layer_range"), f"{here}.sources[{i}].layer_range"))
+        whole = {"merge_method": data["merge_method"], "base_model": piece.get("base_model", data.get("base_model")),
+                 "models": [{k: v for k, v in src.items() if k != "layer_range"} for src in sources],
+                 "parameters": {**top, **_mapping(piece.get("parameters"), f"{here}.parameters")}}
+        fields = from_mergekit(whole, here, sliced=True)
+        slices.append({"sources": [{"model": src["model"], "layer_range": span} for src, span in zip(sources, spans)],
+                       **{k: v for k, v in fields.items() if k not in ("method", "models", "mergekit_config")}})
+    return {"method": data["merge_method"], "base": data.get("base_model") or slices[0]["base"], "slices": slices,
+            "mergekit_config": data, **_dtype(data, where)}
+
+
+def layer_range(span: Any, here: str) -> list[int]:
+    """A slice's [START, END] (integers, END excluded), else an error naming `here`."""
+    if (not isinstance(span, (list, tuple)) or len(span) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)):
+        raise ValueError(f"{here}: expected [START, END] (integers, END excluded), got {span!r}")
+    return list(span)
 
 
 def _one_condition_as_list(params: dict) -> dict:
@@ -180,10 +217,7 @@ def _layer_slice(src: Any, here: str, defaults: list[dict]) -> dict:
         from mnlu_jax.weights.named_tensors import NamedTensors
 
         span = [0, NamedTensors(src["model"]).config.num_hidden_layers]
-    if (not isinstance(span, (list, tuple)) or len(span) != 2
-            or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)):
-        raise ValueError(f"{here}.layer_range: expected [START, END] (integers, END excluded), got {span!r}")
-    out = {"model": src["model"], "layer_range": list(span)}
+    out = {"model": src["model"], "layer_range": layer_range(span, f"{here}.layer_range")}
     for params in [_mapping(src.get("parameters"), f"{here}.parameters"), *defaults]:
         bad = sorted(set(params) - {"scale"})
         if bad:
@@ -250,13 +284,19 @@ def _dtype(data: dict, where: str) -> dict:
     return {"dtype": DTYPES[dtype]}
 
 
-def from_mergekit(data: dict, where: str) -> dict:
-    """The MergeConfig fields (as a mapping) of a mergekit config; errors name `where` and the mergekit key."""
+def from_mergekit(data: dict, where: str, sliced: bool = False) -> dict:
+    """The MergeConfig fields (as a mapping) of a mergekit config; errors name `where` and the mergekit key.
+    `sliced`: `data` is one slice's sources read as models, whose base must be one of them."""
     original = data
     if data.get("merge_method") == "passthrough":
         return _passthrough(data, where)
     if "slices" in data:
-        data = _whole_model_slices(data, where)
+        if "models" in data:
+            raise ValueError(f"{where}: slices and models: mergekit takes one or the other")
+        whole = _whole_model_slices(data, where)
+        if whole is None:
+            return _sliced(data, where)
+        data, sliced = whole, True  # (a base_model must be one of the slice's sources)
     _check_top_level(data, where, TOP_LEVEL)
     method = data["merge_method"]
     if method not in MERGEKIT_METHODS:
@@ -297,6 +337,9 @@ def from_mergekit(data: dict, where: str) -> dict:
             raise ValueError(f"{where}: base_model: required by {method}")
         base = paths[0]  # its values are not read as a base; it gives the architecture and tokenizer
     base_listed = any(same_source(p, base) for p in paths)
+    if sliced and not base_listed:
+        raise ValueError(f"{where}: base_model {base}: not one of the slice's sources; mergekit merges a slice from "
+                         "its sources only (list the base's layers among them)")
     if method == "karcher" and not base_listed:
         paths = [base, *paths]  # mergekit averages a base_model given apart as one more input
         per_model = [{}, *per_model]

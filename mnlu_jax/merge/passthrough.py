@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mnlu_jax.merge.settings import check_setting, resolve
-from mnlu_jax.merge.streaming import card_frame, copy_tokenizer, write_mergekit_config
+from mnlu_jax.merge.slices import STACK_FIELDS, slice_plan
+from mnlu_jax.merge.streaming import card_frame, check_architectures, copy_tokenizer, write_mergekit_config
 from mnlu_jax.weights.convert import _dtype_name, atomic_dir, np_dtype, source_name
-from mnlu_jax.weights.named_tensors import NamedTensors, ordered
-from mnlu_jax.weights.names import layer_index
+from mnlu_jax.weights.named_tensors import NamedTensors
 from mnlu_jax.weights.safetensors_io import write_sharded
-
-# what must agree between the models whose layers are stacked (the layer count may differ)
-STACK_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-                "head_dim", "vocab_size", "tie_word_embeddings")
-_LAYER = re.compile(r"^model\.layers\.\d+\.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,42 +53,13 @@ def stack_slices(slices: list[LayerSlice], out: str | Path, base: str | None = N
     sources = {s.model: NamedTensors(s.model) for s in slices}
     config_from = NamedTensors(base) if base is not None else sources[slices[0].model]
     ref = config_from.config.to_hf_dict()
-    for path, src in sources.items():
-        cfg = src.config.to_hf_dict()
-        diff = [f"{k}: {ref.get(k)!r} vs {cfg.get(k)!r}" for k in STACK_FIELDS if ref.get(k) != cfg.get(k)]
-        if diff:
-            raise ValueError(f"{path}: its layers cannot be stacked with {config_from.path}'s: " + "; ".join(diff))
+    check_architectures(config_from, list(sources.values()), STACK_FIELDS)
     for i, s in enumerate(slices):
-        layers = sources[s.model].config.num_hidden_layers
-        if not 0 <= s.start < s.end <= layers:
-            raise ValueError(f"slices[{i}].layer_range [{s.start}, {s.end}]: expected 0 <= start < end <= {layers} "
-                             f"(the layers of {s.model})")
         if s.scale is not None:
             check_setting(f"slices[{i}] scale", s.scale)
-    first, last = sources[slices[0].model], sources[slices[-1].model]
-    # (output name, source, input name, scale setting, position on the slice's gradient); first the embeddings,
-    # from the first slice's model (mergekit's pre-weights)
-    plan: list[tuple[str, NamedTensors, str, Any, float]] = [
-        (n, first, n, slices[0].scale, 0.0) for n in ordered(first.names(), first.config)
-        if layer_index(n) is None and "embed_tokens" in n]
-    rows = []  # (source, its layer, scale, position): the slices' layers in order, output layer k = rows[k]
-    for s in slices:
-        count = s.end - s.start
-        rows += [(sources[s.model], s.start + i, s.scale, i / (count - 1) if count > 1 else 1.0)
-                 for i in range(count)]
-    k = len(rows)
-    # parameter by parameter, the layers inside (the order merges write in, and in which an Orbax source restores
-    # each stacked parameter once)
-    names_of = {src.path: set(src.names()) for src in sources.values()}
-    suffixes = [_LAYER.sub("", n) for n in ordered(first.names(), first.config) if layer_index(n) == 0]
-    for suffix in suffixes:
-        for out_layer, (src, layer, scale, position) in enumerate(rows):
-            name = f"model.layers.{layer}.{suffix}"
-            if name not in names_of[src.path]:
-                raise ValueError(f"{src.path}: no tensor {name}")
-            plan.append((f"model.layers.{out_layer}.{suffix}", src, name, scale, position))
-    for n in [n for n in ordered(last.names(), last.config) if layer_index(n) is None and "embed_tokens" not in n]:
-        plan.append((n, last, n, slices[-1].scale, 0.0))  # the final norm and LM head, from the last slice
+    stacked, k = slice_plan([[(sources[s.model], s.start, s.end)] for s in slices])
+    # (output name, source, input name, scale setting, position on the slice's gradient)
+    plan = [(t.out, sources[slices[t.slice].model], t.inputs[0], slices[t.slice].scale, t.position) for t in stacked]
     factors = {}  # output name -> its scale, resolved (and checked) before anything is written
     for out_name, src, name, scale, position in plan:
         factors[out_name] = None if scale is None else resolve(scale, out_name, position)

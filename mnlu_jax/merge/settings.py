@@ -120,10 +120,13 @@ class Schedule:
             return None
         return Schedule(fields, tuple(_freeze(w) for w in weights) if varying else None, num_layers, per)
 
-    def spec_for(self, spec: MergeSpec, tensor_name: str) -> MergeSpec:
-        if self.num_layers is None:
-            raise ValueError("Schedule.num_layers is not set (the number of layers places them on the gradients)")
-        position = layer_position(tensor_name, self.num_layers)
+    def spec_for(self, spec: MergeSpec, tensor_name: str, position: float | None = None) -> MergeSpec:
+        """`spec` with this tensor's values; `position` places it on the gradients (None: its layer among
+        `num_layers`; a merge by slices gives each tensor its place in its slice)."""
+        if position is None:
+            if self.num_layers is None:
+                raise ValueError("Schedule.num_layers is not set (the number of layers places them on the gradients)")
+            position = layer_position(tensor_name, self.num_layers)
         changes = {}
         for name, setting in self.fields:
             changes[name] = _resolved(name, setting, tensor_name, position)

@@ -39,12 +39,7 @@ def check_compatible(base: NamedTensors, models: list[NamedTensors], vocab_polic
     """Raise on architecture, name or shape mismatches; return the target row count of vocab tensors."""
     if vocab_policy not in VOCAB_POLICIES:
         raise ValueError(f"vocab policy {vocab_policy!r}: expected one of {VOCAB_POLICIES}")
-    bc = base.config.to_hf_dict()
-    for m in models:
-        mc = m.config.to_hf_dict()
-        diff = [f"{k}: base {bc.get(k)!r} vs {mc.get(k)!r}" for k in ARCH_FIELDS if bc.get(k) != mc.get(k)]
-        if diff:
-            raise ValueError(f"{m.path}: architecture differs from base {base.path}: " + "; ".join(diff))
+    check_architectures(base, models, ARCH_FIELDS)
     names = set(base.names())
     for m in models:
         mn = set(m.names())
@@ -65,6 +60,16 @@ def check_compatible(base: NamedTensors, models: list[NamedTensors], vocab_polic
             continue
         raise ValueError(f"{name}: shapes differ: base {shapes[0]}, models {shapes[1:]}")
     return rows
+
+
+def check_architectures(reference: NamedTensors, others: list[NamedTensors], fields: tuple[str, ...]) -> None:
+    """The config `fields` of each of `others` equal `reference`'s, else an error naming the model and fields."""
+    ref = reference.config.to_hf_dict()
+    for m in others:
+        cfg = m.config.to_hf_dict()
+        diff = [f"{k}: {ref.get(k)!r} vs {cfg.get(k)!r}" for k in fields if ref.get(k) != cfg.get(k)]
+        if diff:
+            raise ValueError(f"{m.path}: architecture differs from {reference.path}'s: " + "; ".join(diff))
 
 
 def tokenizer_checkpoint(base: NamedTensors, models: list[NamedTensors], rows: dict[str, int]) -> NamedTensors:
@@ -98,6 +103,61 @@ def _merge_jit(base, models, keys, spec, out_dtype):
     return merged.astype(out_dtype), jnp.isfinite(merged).all()
 
 
+@dataclasses.dataclass(frozen=True)
+class MergeGroup:
+    """Tensors merged alike: from one base and the same models, by one spec and schedule (a whole-model merge is
+    one group; a merge by slices, one per slice). A model that is the base itself has a zero delta, so its reads
+    and masks are skipped (`live` are the models read) unless the method combines the models' own values."""
+    base: NamedTensors
+    models: tuple[NamedTensors, ...]
+    spec: MergeSpec
+    schedule: Schedule | None
+    live: tuple[int, ...]
+    same: tuple[int, ...]
+
+    @staticmethod
+    def make(base: NamedTensors, base_path: str | Path, models: list[NamedTensors], model_paths: list[str | Path],
+             spec: MergeSpec, schedule: Schedule | None, num_layers: int) -> MergeGroup:
+        n_all = len(models)
+        if spec.weights is not None and len(spec.weights) != n_all:
+            raise ValueError(f"{len(spec.weights)} weights for {n_all} models")
+        for name, values in spec.per_model:
+            if len(values) != n_all:
+                raise ValueError(f"per_model.{name}: {len(values)} values for {n_all} models")
+        # (linear and Karcher combine raw weights, Model Stock counts every model and its angle to the others, and
+        # NuSLERP and Multi-SLERP without the base interpolate the models themselves)
+        same = [i for i, m in enumerate(model_paths) if not spec.raw and same_source(m, base_path)]
+        live = [i for i in range(n_all) if i not in same] or [0]
+        same = [i for i in same if i not in live]
+        check_model_count(spec, len(live))
+        if schedule is not None:
+            schedule = dataclasses.replace(schedule, num_layers=num_layers)
+            if schedule.weights is not None and len(schedule.weights) != n_all:
+                raise ValueError(f"{len(schedule.weights)} weights for {n_all} models")
+        return MergeGroup(base, tuple(models), spec, schedule, tuple(live), tuple(same))
+
+    def spec_for(self, name: str, position: float | None = None) -> MergeSpec:
+        """The spec of the tensor `name` (at `position` on the gradients; None: its layer's), for the live
+        models."""
+        s = self.spec if self.schedule is None else self.schedule.spec_for(self.spec, name, position)
+        if self.same and list(self.live) != list(range(len(self.models))):
+            w = list(s.weights) if s.weights else [1.0] * len(self.models)
+            s = dataclasses.replace(s.select_models(list(self.live)), weights=tuple(w[i] for i in self.live),
+                                    elided_weight=s.elided_weight + sum(w[i] for i in self.same))
+        return s
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedTensor:
+    """One output tensor: its name, the group that merges it, the base's and each model's name for it, and its
+    place on the group's gradients (None: its layer's among the base's)."""
+    out: str
+    group: int
+    base: str
+    models: tuple[str, ...]
+    position: float | None = None
+
+
 def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpec, out: str | Path,
                       dtype: str | None = None, exclude: str | None = None, vocab_policy: str = "error",
                       max_shard_bytes: int = 2 * 2**30, progress: bool = True,
@@ -111,65 +171,10 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
     if not ms:
         raise ValueError("merge needs at least one model besides the base")
     rows = check_compatible(b, ms, vocab_policy)
-    target = np_dtype(dtype)
-    names = ordered(b.names(), b.config)
-    specs = []
-    for n in names:
-        shape = b.shape(n)
-        if n in rows:
-            shape = (rows[n],) + tuple(shape[1:])
-        specs.append((n, tuple(shape), target or b.dtype(n)))
-    out_dtype_of = {n: dt for n, _, dt in specs}
-    # A model that is the base itself has a zero delta: skip its reads and masks (half the work of the paper's
-    # [base, fine-tune] merge) unless the method needs it (linear averages raw weights). Keys keep the original
-    # model indices, so the result is bitwise the same as computing it.
-    n_all = len(ms)
-    if spec.weights is not None and len(spec.weights) != n_all:
-        raise ValueError(f"{len(spec.weights)} weights for {n_all} models")
-    for name, values in spec.per_model:
-        if len(values) != n_all:
-            raise ValueError(f"per_model.{name}: {len(values)} values for {n_all} models")
-    # (linear and Karcher combine raw weights, Model Stock counts every model and its angle to the others, and
-    # NuSLERP and Multi-SLERP without the base interpolate the models themselves)
-    same = [i for i, m in enumerate(models) if not spec.raw and same_source(m, base)]
-    live = [i for i in range(n_all) if i not in same] or [0]
-    same = [i for i in same if i not in live]
-    check_model_count(spec, len(live))
-    if schedule is not None:
-        schedule = dataclasses.replace(schedule, num_layers=b.config.num_hidden_layers)
-        if schedule.weights is not None and len(schedule.weights) != n_all:
-            raise ValueError(f"{len(schedule.weights)} weights for {n_all} models")
+    group = MergeGroup.make(b, base, ms, models, spec, schedule, b.config.num_hidden_layers)
+    plan = [PlannedTensor(n, 0, n, (n,) * len(ms)) for n in ordered(b.names(), b.config)]
 
-    def run_spec_for(name: str) -> MergeSpec:
-        s = spec if schedule is None else schedule.spec_for(spec, name)
-        if same and live != list(range(n_all)):
-            w = list(s.weights) if s.weights else [1.0] * n_all
-            s = dataclasses.replace(s.select_models(live), weights=tuple(w[i] for i in live),
-                                    elided_weight=s.elided_weight + sum(w[i] for i in same))
-        return s
-
-    for n in names:  # every tensor's parameters resolve (and are valid) before anything is written
-        run_spec_for(n)
-    with atomic_dir(out) as tmp, tqdm(total=len(names), desc=f"merge ({spec.method})", unit="tensor",
-                                      disable=not progress) as bar:
-        def produce(name: str) -> np.ndarray:
-            r = rows.get(name)
-            bt = _fit_rows(b.get(name), r)
-            odt = out_dtype_of[name]
-            if (pattern and pattern.search(name)) or not _is_float(bt.dtype):
-                res = np.asarray(bt).astype(odt)
-            else:
-                mts = tuple(_fit_rows(ms[i].get(name), r) for i in live)
-                tensor_spec = run_spec_for(name)
-                keys = keys_for(tensor_spec, name, n_all)
-                res, finite = _merge_jit(bt, mts, None if keys is None else keys[np.asarray(live)], tensor_spec, odt)
-                if not finite:  # before the shard holding it is written: nothing half-made is left
-                    raise nonfinite_error(name, tensor_spec)
-                res = np.asarray(res)
-            bar.update(1)
-            return res
-
-        write_sharded(tmp, specs, produce, max_shard_bytes=max_shard_bytes)
+    def finish(tmp: Path, specs: list) -> None:
         cfg = b.config.to_hf_dict()
         cfg["torch_dtype"] = _dtype_name(specs[0][2])
         if rows:
@@ -178,26 +183,76 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
         tok = tokenizer_checkpoint(b, ms, rows)
         copy_tokenizer(tok, tmp)
         record = {"base": source_name(base), "models": [source_name(m) for m in models],
-                  "method": spec.method, "drop_rate": spec.drop_rate, "rescale": spec.rescales,
-                  "rescale_norm": spec.rescale_norm, "normalize": spec.normalizes, "apply": spec.apply,
-                  "lambda": spec.lam, "weights": spec.weights,
-                  **({"per_model": dict(spec.per_model)} if spec.per_model else {}),
-                  "epsilon": spec.epsilon, "gamma": spec.gamma,
-                  "t": spec.t, "filter_wise": spec.filter_wise, "seed": spec.seed,
-                  **({"select_topk": spec.select_topk} if spec.method == "sce" else {}),
-                  **({"max_iter": spec.max_iter, "tol": spec.tol} if spec.method == "karcher" else {}),
-                  **({k: getattr(spec, k) for k in ("nuslerp_flatten", "nuslerp_row_wise", "nuslerp_base")}
-                     if spec.method == "nuslerp" else {}),
-                  **({k: getattr(spec, k) for k in ("multislerp_base", "multislerp_eps")}
-                     if spec.method == "multislerp" else {}),
-                  **({k: getattr(spec, k) for k in ("ram_epsilon", "ram_r", "ram_alpha")}
-                     if spec.method in ("ram", "ramplus_tl") else {}),
-                  **({"varying": schedule.record()} if schedule is not None else {}),
-                  "exclude": exclude, "vocab_policy": vocab_policy,
+                  **spec_record(spec, group.schedule), "exclude": exclude, "vocab_policy": vocab_policy,
                   "tokenizer_from": None if tok.dir is None else source_name(tok.path)}
         (tmp / "merge_config.json").write_text(json.dumps(record, indent=2))
         (tmp / "README.md").write_text(model_card(record, Path(out).name, write_mergekit_config(tmp, mergekit_config)))
+
+    return write_merge(out, [group], plan, finish, dtype=dtype, pattern=pattern, rows=rows,
+                       max_shard_bytes=max_shard_bytes, progress=progress, desc=f"merge ({spec.method})")
+
+
+def write_merge(out: str | Path, groups: list[MergeGroup], plan: list[PlannedTensor], finish, *, dtype: str | None,
+                pattern, rows: dict[str, int], max_shard_bytes: int, progress: bool, desc: str) -> Path:
+    """Merge the `plan`'s tensors, in order, into sharded safetensors in `out` (atomically: a temporary directory
+    renamed once `finish(directory, specs)` has written the rest). Every tensor's parameters resolve, and are
+    valid, before anything is written; a tensor matching `pattern` keeps its base value; `rows` are the vocabulary
+    tensors' row counts where the models' differ."""
+    target = np_dtype(dtype)
+    specs = []
+    for p in plan:
+        base = groups[p.group].base
+        shape = base.shape(p.base)
+        if p.out in rows:
+            shape = (rows[p.out],) + tuple(shape[1:])
+        specs.append((p.out, tuple(shape), target or base.dtype(p.base)))
+    out_dtype_of = {n: dt for n, _, dt in specs}
+    by_out = {p.out: p for p in plan}
+    for p in plan:
+        groups[p.group].spec_for(p.out, p.position)
+    with atomic_dir(out) as tmp, tqdm(total=len(plan), desc=desc, unit="tensor", disable=not progress) as bar:
+        def produce(name: str) -> np.ndarray:
+            p = by_out[name]
+            g = groups[p.group]
+            r = rows.get(name)
+            bt = _fit_rows(g.base.get(p.base), r)
+            odt = out_dtype_of[name]
+            if (pattern and pattern.search(name)) or not _is_float(bt.dtype):
+                res = np.asarray(bt).astype(odt)
+            else:
+                mts = tuple(_fit_rows(g.models[i].get(p.models[i]), r) for i in g.live)
+                tensor_spec = g.spec_for(name, p.position)
+                keys = keys_for(tensor_spec, name, len(g.models))
+                res, finite = _merge_jit(bt, mts, None if keys is None else keys[np.asarray(g.live)], tensor_spec,
+                                         odt)
+                if not finite:  # before the shard holding it is written: nothing half-made is left
+                    raise nonfinite_error(name, tensor_spec)
+                res = np.asarray(res)
+            bar.update(1)
+            return res
+
+        write_sharded(tmp, specs, produce, max_shard_bytes=max_shard_bytes)
+        finish(tmp, specs)
     return Path(out)
+
+
+def spec_record(spec: MergeSpec, schedule: Schedule | None) -> dict:
+    """The settings of a merge as merge_config.json records them: the method's, and the varying ones."""
+    return {"method": spec.method, "drop_rate": spec.drop_rate, "rescale": spec.rescales,
+            "rescale_norm": spec.rescale_norm, "normalize": spec.normalizes, "apply": spec.apply,
+            "lambda": spec.lam, "weights": spec.weights,
+            **({"per_model": dict(spec.per_model)} if spec.per_model else {}),
+            "epsilon": spec.epsilon, "gamma": spec.gamma,
+            "t": spec.t, "filter_wise": spec.filter_wise, "seed": spec.seed,
+            **({"select_topk": spec.select_topk} if spec.method == "sce" else {}),
+            **({"max_iter": spec.max_iter, "tol": spec.tol} if spec.method == "karcher" else {}),
+            **({k: getattr(spec, k) for k in ("nuslerp_flatten", "nuslerp_row_wise", "nuslerp_base")}
+               if spec.method == "nuslerp" else {}),
+            **({k: getattr(spec, k) for k in ("multislerp_base", "multislerp_eps")}
+               if spec.method == "multislerp" else {}),
+            **({k: getattr(spec, k) for k in ("ram_epsilon", "ram_r", "ram_alpha")}
+               if spec.method in ("ram", "ramplus_tl") else {}),
+            **({"varying": schedule.record()} if schedule is not None else {})}
 
 
 def copy_tokenizer(source: NamedTensors, directory: Path) -> None:
