@@ -135,21 +135,9 @@ def _sliced(data: dict, where: str) -> dict:
     if data["merge_method"] not in MERGEKIT_METHODS:
         raise ValueError(f"{where}: merge_method {data['merge_method']!r} is not supported by mnlu-jax; supported: "
                          f"{', '.join(MERGEKIT_METHODS)}")
-    if not isinstance(data["slices"], list) or not data["slices"]:
-        raise ValueError(f"{where}: slices: expected a list of {{sources: [{{model, layer_range}}, ...]}}, got "
-                         f"{data['slices']!r}")
     top = _mapping(data.get("parameters"), f"{where}: parameters")
     slices = []
-    for j, piece in enumerate(data["slices"]):
-        here = f"{where}: slices[{j}]"
-        if not isinstance(piece, dict):
-            raise ValueError(f"{here}: expected {{sources: [...], parameters: ..., base_model: ...}}, got {piece!r}")
-        extra = sorted(set(piece) - {"sources", "parameters", "base_model"})
-        if extra:
-            raise ValueError(f"{here}: {extra} not supported; expected sources, parameters and base_model")
-        sources = piece.get("sources")
-        if not isinstance(sources, list) or not sources:
-            raise ValueError(f"{here}.sources: expected a list of {{model, layer_range}}, got {sources!r}")
+    for here, piece, sources in _slice_entries(data, where):
         spans = []
         for i, src in enumerate(sources):
             if not isinstance(src, dict) or not isinstance(src.get("model"), str):
@@ -168,6 +156,27 @@ def _sliced(data: dict, where: str) -> dict:
                        **{k: v for k, v in fields.items() if k not in ("method", "models", "mergekit_config")}})
     return {"method": data["merge_method"], "base": data.get("base_model") or slices[0]["base"], "slices": slices,
             "mergekit_config": data, **_dtype(data, where)}
+
+
+def _slice_entries(data: dict, where: str) -> list[tuple[str, dict, list]]:
+    """(where, slice, its sources) for each of a config's `slices:`, each a mapping of sources (a non-empty list),
+    parameters and base_model, else an error naming the slice."""
+    if not isinstance(data["slices"], list) or not data["slices"]:
+        raise ValueError(f"{where}: slices: expected a list of {{sources: [{{model, layer_range}}, ...]}}, got "
+                         f"{data['slices']!r}")
+    out = []
+    for j, piece in enumerate(data["slices"]):
+        here = f"{where}: slices[{j}]"
+        if not isinstance(piece, dict):
+            raise ValueError(f"{here}: expected {{sources: [...], parameters: ..., base_model: ...}}, got {piece!r}")
+        extra = sorted(set(piece) - {"sources", "parameters", "base_model"})
+        if extra:
+            raise ValueError(f"{here}: {extra} not supported; expected sources, parameters and base_model")
+        sources = piece.get("sources")
+        if not isinstance(sources, list) or not sources:
+            raise ValueError(f"{here}.sources: expected a list of {{model, layer_range}}, got {sources!r}")
+        out.append((here, piece, sources))
+    return out
 
 
 def layer_range(span: Any, here: str) -> list[int]:
@@ -249,20 +258,10 @@ def _passthrough(data: dict, where: str) -> dict:
             raise ValueError(f"{where}: base_model: mergekit adds it to passthrough's `models:` as a second input, "
                              "which passthrough refuses; leave it out")
     else:
-        if not isinstance(data["slices"], list) or not data["slices"]:
-            raise ValueError(f"{where}: slices: expected a list of {{sources: [{{model, layer_range}}]}}, got "
-                             f"{data['slices']!r}")
-        for j, piece in enumerate(data["slices"]):
-            here = f"{where}: slices[{j}]"
-            if not isinstance(piece, dict):
-                raise ValueError(f"{here}: expected {{sources: [...], parameters: ...}}, got {piece!r}")
-            extra = sorted(set(piece) - {"sources", "parameters", "base_model"})
-            if extra:
-                raise ValueError(f"{here}: {extra} not supported; expected sources and parameters")
-            sources = piece.get("sources")
-            if not isinstance(sources, list) or len(sources) != 1:
+        for here, piece, sources in _slice_entries(data, where):
+            if len(sources) != 1:
                 raise ValueError(f"{here}.sources: passthrough takes one source per slice (mergekit's limit), got "
-                                 f"{len(sources) if isinstance(sources, list) else sources!r}")
+                                 f"{len(sources)}")
             if not isinstance(sources[0], dict) or "layer_range" not in sources[0]:
                 raise ValueError(f"{here}.sources[0]: expected {{model: PATH, layer_range: [START, END]}}, got "
                                  f"{sources[0]!r}")
