@@ -243,7 +243,8 @@ from mergekit.config import MergeConfiguration
 from mergekit.merge import run_merge
 from mergekit.options import MergeOptions
 
-options = MergeOptions(random_seed=0, quiet=True)
+import tempfile
+options = MergeOptions(random_seed=0, quiet=True, lora_merge_cache=tempfile.mkdtemp())  # (model+lora references)
 for config, out in zip(sys.argv[1::2], sys.argv[2::2]):  # as mergekit-yaml CONFIG OUT --random-seed 0 does
     options.apply_global_options()
     source = open(config).read()
@@ -727,10 +728,11 @@ def test_mergekit_configs_outside_what_we_merge_are_named(tmp_path):
              ({"merge_method": "multislerp", "models": [{"model": "m1"}, {"model": "m2", "parameters": {"weight": 1}}]},
               r"models\[0\]\.parameters\.weight: required by multislerp"),
              ({"slices": [], "merge_method": "passthrough"},
-              r"slices: expected a list of \{sources: \[\{model, layer_range\}\]\}, got \[\]"),
+              r"slices: expected a list of \{sources: \[\{model, layer_range\}, \.\.\.\]\}, got \[\]"),
              ({**good, "models": [{"model": "m1", "parameters": {"weight": 1, "density": "half"}}]},
               r"models\[0\]\.parameters\.density: expected a number, a list of numbers"),
-             ({**good, "models": [{"model": "m1+lora_dir", "parameters": {"weight": 1}}]}, r"LoRA references"),
+             ({**good, "models": [{"model": "m1+lora_dir+x", "parameters": {"weight": 1}}]},
+              r"models\[0\]\.model: m1\+lora_dir\+x: expected MODEL or MODEL\+LORA_ADAPTER"),
              ({**good, "models": [{"model": "m1", "parameters": {"density": 0.5}}]},
               r"models\[0\]\.parameters\.weight: required by dare_ties"),
              ({k: v for k, v in good.items() if k != "base_model"}, r"base_model: required by dare_ties"),
@@ -1029,6 +1031,74 @@ def test_slices_merge_slice_by_slice_as_mergekit_does(tmp_path, capsys):
             run_merge(load_config(MergeConfig, path, [f"out={tmp_path / 'never'}"], translate=translate_merge_config),
                       progress=False)
     assert not (tmp_path / "never").exists()
+
+
+def _lora(model: Path, out: Path, seed: int, **config) -> Path:
+    """A PEFT LoRA adapter for `model` with random A and B (PEFT's own init has B = 0, which would change nothing),
+    saved to `out`."""
+    import peft
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    adapted = peft.get_peft_model(transformers.AutoModelForCausalLM.from_pretrained(model),
+                                  peft.LoraConfig(init_lora_weights=False, **config))
+    if config.get("modules_to_save"):  # a trained copy: it replaces the model's tensor
+        with torch.no_grad():
+            adapted.base_model.model.lm_head.modules_to_save["default"].weight.add_(0.05)
+    adapted.save_pretrained(out)
+    return out
+
+
+def test_lora_references_merge_the_adapter_in_as_peft_and_mergekit_do(tmp_path):
+    """mergekit's MODEL+LORA: the adapter merged in as tensors are read. Linear layers and an embedding (B·A
+    transposed), lora_alpha / r and rsLoRA's lora_alpha / sqrt(r) with an alpha_pattern, and a modules_to_save copy
+    that replaces the model's LM head: equal to PEFT's merge_and_unload(); a TIES merge of two adapted models equal
+    to mergekit's; adapters PEFT would merge otherwise, or for another model, refused by name."""
+    peft = pytest.importorskip("peft")  # (mergekit depends on it)
+    import transformers
+
+    from mnlu_jax.weights.named_tensors import NamedTensors
+
+    base = make_tiny_hf(tmp_path / "base", seed=0, num_hidden_layers=3)
+    m1 = make_tiny_hf(tmp_path / "m1", seed=1, num_hidden_layers=3)
+    m2 = make_tiny_hf(tmp_path / "m2", seed=2, num_hidden_layers=3)
+    a1 = _lora(m1, tmp_path / "lora1", 3, r=4, lora_alpha=8, target_modules=["q_proj", "down_proj", "embed_tokens"],
+               modules_to_save=["lm_head"])
+    a2 = _lora(m2, tmp_path / "lora2", 4, r=8, lora_alpha=4, use_rslora=True, target_modules=["v_proj", "gate_proj"],
+               alpha_pattern={"gate_proj": 16})
+    for model, adapter in ((m1, a1), (m2, a2)):
+        merged = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(model), adapter)
+        merged.merge_and_unload().save_pretrained(tmp_path / f"peft_{adapter.name}")
+        want, plain = _flat(tmp_path / f"peft_{adapter.name}"), _flat(model)
+        ours = NamedTensors(f"{model}+{adapter}")
+        assert set(ours.names()) == set(want)
+        for n in want:
+            np.testing.assert_allclose(ours.get(n), want[n], rtol=1e-5, atol=1e-6, err_msg=n)
+        changed = {n for n in want if not np.array_equal(want[n], plain[n])}
+        adapted = ("self_attn.q_proj", "mlp.down_proj") if adapter == a1 else ("self_attn.v_proj", "mlp.gate_proj")
+        whole = {"model.embed_tokens.weight", "lm_head.weight"} if adapter == a1 else set()
+        assert changed == {f"model.layers.{i}.{m}.weight" for i in range(3) for m in adapted} | whole
+    ties = {"merge_method": "ties", "base_model": str(base), "dtype": "float32",
+            "models": [{"model": f"{m1}+{a1}", "parameters": {"weight": 0.6, "density": 0.7}},
+                       {"model": f"{m2}+{a2}", "parameters": {"weight": 0.4, "density": 0.7}}]}
+    ours, ref, _ = _both(tmp_path, ties, "lora_ties")
+    for n in ours:
+        np.testing.assert_allclose(ours[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=n)
+    config = json.loads((a1 / "adapter_config.json").read_text())
+    for field, value, message in [("use_dora", True, r"use_dora True is not supported"),
+                                  ("peft_type", "IA3", r"peft_type 'IA3': only LORA adapters"),
+                                  ("lora_alpha", 0, r"lora_alpha: expected a positive number")]:
+        (a1 / "adapter_config.json").write_text(json.dumps({**config, field: value}))
+        with pytest.raises(ValueError, match=message):
+            NamedTensors(f"{m1}+{a1}")
+    (a1 / "adapter_config.json").write_text(json.dumps(config))
+    wider = make_tiny_hf(tmp_path / "wider", seed=5, num_hidden_layers=3, intermediate_size=128)
+    with pytest.raises(ValueError, match=r"lora1: model\.layers\.0\.mlp\.down_proj\.weight: B·A is \(64, 96\), the "
+                                         r"tensor of .*wider is \(64, 128\)"):
+        NamedTensors(f"{wider}+{a1}")
+    with pytest.raises(FileNotFoundError, match=r"nowhere: no such file"):
+        NamedTensors(f"{m1}+{tmp_path / 'nowhere'}")
 
 
 def test_della_row_ranks_by_numpy_equal_a_stable_sort():

@@ -18,9 +18,10 @@
   file's); with `passthrough` (merge/passthrough.py), one source per slice, scaled by its `scale`.
 - `merge_method` keeps its name (linear, task_arithmetic, ties, dare_ties, dare_linear, della, della_linear,
   breadcrumbs, breadcrumbs_ties, slerp, nuslerp, model_stock, sce, karcher, multislerp, nearswap, arcee_fusion,
-  ram, ramplus_tl, passthrough); other methods and LoRA references
-  (`model+lora`) are refused by name rather than merged some other way. Karcher (and linear) take every listed
-  model as an input, and a `base_model` given apart is one more for Karcher, as in mergekit.
+  ram, ramplus_tl, passthrough); other methods are refused by name rather than merged some other way. LoRA
+  references (`model+lora`) read the model with the PEFT adapter merged in (weights/lora.py). Karcher (and
+  linear) take every listed model as an input, and a `base_model` given apart is one more for Karcher, as in
+  mergekit.
 - Per-model `weight` become `weights`. `density` becomes `drop_rate = 1 - density`, number by number through
   gradients and conditions, and when absent it is mergekit's default 1.0 (drop nothing), not our 0.2.
   `density`, `gamma` and `epsilon` the same for every model become the field; differing, `per_model`.
@@ -206,10 +207,14 @@ def _check_top_level(data: dict, where: str, known: tuple[str, ...]) -> None:
                          "'base')")
 
 
-def _check_not_lora(model: str, here: str) -> None:
-    if "+" in model:
-        raise ValueError(f"{here}.model {model!r}: LoRA references (model+lora) are not supported; merge the adapter "
-                         "into its model first")
+def _check_reference(model: str, here: str) -> None:
+    """A model path, or mergekit's MODEL+LORA (the adapter merged in as the model is read: weights/lora.py)."""
+    from mnlu_jax.weights.lora import split_reference
+
+    try:
+        split_reference(model)
+    except ValueError as e:
+        raise ValueError(f"{here}.model: {e}") from None
 
 
 def _layer_slice(src: Any, here: str, defaults: list[dict]) -> dict:
@@ -220,7 +225,7 @@ def _layer_slice(src: Any, here: str, defaults: list[dict]) -> dict:
     extra = sorted(set(src) - {"model", "layer_range", "parameters"})
     if extra:
         raise ValueError(f"{here}: unknown key(s) {extra}; expected model, layer_range and parameters")
-    _check_not_lora(src["model"], here)
+    _check_reference(src["model"], here)
     span = src.get("layer_range")
     if span is None:  # a whole model (mergekit's `models:` form)
         from mnlu_jax.weights.named_tensors import NamedTensors
@@ -319,7 +324,7 @@ def from_mergekit(data: dict, where: str, sliced: bool = False) -> dict:
         extra = sorted(set(entry) - {"model", "parameters"})
         if extra:
             raise ValueError(f"{here}: unknown key(s) {extra}; expected model and parameters")
-        _check_not_lora(entry["model"], here)
+        _check_reference(entry["model"], here)
         params = _one_condition_as_list(_mapping(entry.get("parameters"), f"{here}.parameters"))
         bad = sorted(set(params) - set(PER_MODEL[method]))
         if bad:

@@ -131,15 +131,23 @@ class NamedTensors:
     of its tokenizer (`tokenizer_source`: a directory, or the GGUF file itself)."""
 
     def __init__(self, path: str | Path):
+        from mnlu_jax.weights.lora import LoraApplied, read_adapter, split_reference
+
         self.path = Path(path)
-        if self.path.is_dir() and is_our_checkpoint(self.path):
-            self.config = ModelConfig.from_json_file(self.path / "config.json")
-            self._reader = _OrbaxParams(self.path / "params", self.config)
-            self.dir = self.path
-            self.tokenizer_source: Path | None = self.path
+        model, adapter = split_reference(path)  # mergekit's MODEL+LORA: the adapter merged in as tensors are read
+        self._open(Path(model))
+        if adapter is not None:
+            self._reader = LoraApplied(self._reader, read_adapter(adapter), str(model))
+
+    def _open(self, path: Path) -> None:
+        if path.is_dir() and is_our_checkpoint(path):
+            self.config = ModelConfig.from_json_file(path / "config.json")
+            self._reader = _OrbaxParams(path / "params", self.config)
+            self.dir = path
+            self.tokenizer_source: Path | None = path
             self.gguf: Path | None = None
             return
-        ts = TensorSource(self.path)
+        ts = TensorSource(path)
         self.config = ts.config
         self.dir = ts.tokenizer_dir
         self.gguf = ts.gguf
