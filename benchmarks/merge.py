@@ -10,6 +10,7 @@ each in its own process; peak RSS is that process's ru_maxrss. `--preset 7b` rec
 
     python benchmarks/merge.py [--preset 1b] [--workdir /tmp/mnlu_merge_bench] [--no-reference]
     python benchmarks/merge.py --methods ties,dare_ties,slerp,sce,karcher
+    python benchmarks/merge.py --methods slerp_slices,ties_lora     # a config's merge_method may differ from its key
 """
 
 from __future__ import annotations
@@ -89,17 +90,66 @@ METHOD_CONFIGS = {
     # depth up-scaling as SOLAR did it: layers 0-11 of one and 4-15 of the other stacked into 24 layers
     "passthrough": {"base_model": None, "slices": [{"sources": [{"model": "{base}", "layer_range": [0, 12]}]},
                                                    {"sources": [{"model": "{ft}", "layer_range": [4, 16]}]}]},
+    # session 26: slerp slice by slice (a t gradient of its own in each half), and TIES over a LoRA reference (a
+    # rank-16 PEFT adapter on every linear layer of the fine-tune; mergekit merges it with PEFT first)
+    "slerp_slices": {"merge_method": "slerp", "slices": [
+        {"sources": [{"model": "{base}", "layer_range": [0, 8]}, {"model": "{ft}", "layer_range": [0, 8]}],
+         "parameters": {"t": [0.0, 0.5]}},
+        {"sources": [{"model": "{base}", "layer_range": [8, 16]}, {"model": "{ft}", "layer_range": [8, 16]}],
+         "parameters": {"t": [0.5, 1.0]}}]},
+    "ties_lora": {"merge_method": "ties",
+                  "models": [{"model": "{ft}+{lora}", "parameters": {"weight": 1.0, "density": 0.5}}]},
 }
+LORA_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                "mlp.up_proj", "mlp.down_proj")
+
+
+def make_lora(config, d: Path, rank: int = 16) -> Path:
+    """A random rank-`rank` PEFT LoRA adapter (bf16 A and B) on every linear layer of `config`'s shape, at `d`."""
+    import ml_dtypes
+    import numpy as np
+
+    from mnlu_jax.weights import names as N
+    from mnlu_jax.weights.safetensors_io import write_sharded
+
+    if (d / "adapter_model.safetensors").exists():
+        return d
+    d.mkdir(parents=True, exist_ok=True)
+    shapes = {e.hf_name: e.hf_shape for e in N.entries(config)}
+    specs = []
+    for i in range(config.num_hidden_layers):
+        for t in LORA_TARGETS:
+            out_dim, in_dim = shapes[f"model.layers.{i}.{t}.weight"]
+            key = f"base_model.model.model.layers.{i}.{t}"
+            specs += [(f"{key}.lora_A.weight", (rank, in_dim), np.dtype(ml_dtypes.bfloat16)),
+                      (f"{key}.lora_B.weight", (out_dim, rank), np.dtype(ml_dtypes.bfloat16))]
+    sizes = dict((n, s) for n, s, _ in specs)
+
+    def produce(n):
+        rng = np.random.default_rng(abs(hash(n)) % 2**32)
+        return (rng.standard_normal(sizes[n], dtype=np.float32) * 0.01).astype(ml_dtypes.bfloat16)
+
+    write_sharded(d, specs, produce, max_shard_bytes=2**40)
+    (d / "model.safetensors").rename(d / "adapter_model.safetensors")
+    (d / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": sorted(
+            {t.split(".")[1] for t in LORA_TARGETS}), "bias": "none", "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": None}, indent=2))
+    return d
 
 
 def run_methods(methods: list[str], base: Path, ft: Path, work: Path) -> dict:
     import yaml
+
+    from mnlu_jax.weights.named_tensors import NamedTensors
 
     out = {}
     for method in methods:
         if method not in METHOD_CONFIGS:
             raise SystemExit(f"--methods: {method!r} has no config here; expected some of {sorted(METHOD_CONFIGS)}")
         text = json.dumps(METHOD_CONFIGS[method]).replace("{base}", str(base)).replace("{ft}", str(ft))
+        if "{lora}" in text:
+            text = text.replace("{lora}", str(make_lora(NamedTensors(ft).config, work / "lora")))
         cfg = {"merge_method": method, "base_model": str(base), "dtype": "bfloat16", **json.loads(text)}
         cfg = {k: v for k, v in cfg.items() if v is not None}
         path = work / f"{method}.yaml"
@@ -110,7 +160,9 @@ def run_methods(methods: list[str], base: Path, ft: Path, work: Path) -> dict:
             shutil.rmtree(dest, ignore_errors=True)
             seconds, rss, _ = measured(
                 [sys.executable, "-m", "mnlu_jax", "merge", "--config", str(path), "--out", str(dest)] if tool == "ours"
-                else ["mergekit-yaml", str(path), str(dest), "--random-seed", "0", "--quiet"])
+                else ["mergekit-yaml", str(path), str(dest), "--random-seed", "0", "--quiet", "--lora-merge-cache",
+                      str(work / f"lora_cache_{method}")])
+            shutil.rmtree(work / f"lora_cache_{method}", ignore_errors=True)  # (mergekit's PEFT-merged model)
             runs[tool] = {"seconds": seconds, "peak_rss_gib": rss}
             shutil.rmtree(dest, ignore_errors=True)
         runs["wall_time_ratio_ours_over_mergekit"] = runs["ours"]["seconds"] / runs["mergekit"]["seconds"]

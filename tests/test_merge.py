@@ -1075,6 +1075,13 @@ def test_lora_references_merge_the_adapter_in_as_peft_and_mergekit_do(tmp_path):
         assert set(ours.names()) == set(want)
         for n in want:
             np.testing.assert_allclose(ours.get(n), want[n], rtol=1e-5, atol=1e-6, err_msg=n)
+        if adapter == a1:  # a model to decode, train from or convert (load_model) may be MODEL+ADAPTER too
+            from mnlu_jax.weights.convert import load_model
+
+            ours_params, _, tokenizer = load_model(f"{model}+{adapter}")
+            want_params, _, _ = load_model(tmp_path / f"peft_{adapter.name}")
+            jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), ours_params, want_params)
+            assert tokenizer == model
         changed = {n for n in want if not np.array_equal(want[n], plain[n])}
         adapted = ("self_attn.q_proj", "mlp.down_proj") if adapter == a1 else ("self_attn.v_proj", "mlp.gate_proj")
         whole = {"model.embed_tokens.weight", "lm_head.weight"} if adapter == a1 else set()

@@ -161,8 +161,9 @@ def _run_sliced(cfg: MergeConfig, progress: bool) -> Path:
     for j, s in enumerate(cfg.slices):
         here = f"slices[{j}]"
         if not isinstance(s, dict) or not isinstance(s.get("sources"), list) or not s["sources"]:
+            hint = " (a passthrough slice: add method=passthrough)" if isinstance(s, dict) and "model" in s else ""
             raise ValueError(f"{here}: expected {{sources: [{{model: PATH, layer_range: [START, END]}}, ...], "
-                             f"base: PATH, <settings>}}, got {s!r}")
+                             f"base: PATH, <settings>}}, got {s!r}{hint}")
         unknown = sorted(set(s) - {"sources", *local})
         if unknown:
             raise ValueError(f"{here}: unknown key(s) {unknown}; a slice takes sources and settings of its own "

@@ -149,7 +149,8 @@ def _sliced(data: dict, where: str) -> dict:
                 raise ValueError(f"{here}.sources[{i}]: unknown key(s) {extra}; expected model, layer_range and "
                                  "parameters")
             spans.append(layer_range(src.get("layer_range"), f"{here}.sources[{i}].layer_range"))
-        whole = {"merge_method": data["merge_method"], "base_model": piece.get("base_model", data.get("base_model")),
+        whole = {"merge_method": data["merge_method"],
+                 "base_model": piece.get("base_model") or data.get("base_model"),  # (mergekit's `or`)
                  "models": [{k: v for k, v in src.items() if k != "layer_range"} for src in sources],
                  "parameters": {**top, **_mapping(piece.get("parameters"), f"{here}.parameters")}}
         fields = from_mergekit(whole, here, sliced=True)

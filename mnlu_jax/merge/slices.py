@@ -109,6 +109,8 @@ def merge_slices(slices: list[SliceMerge], out: str | Path, base: str | None = N
     whole-model merges. The config (with `num_hidden_layers` the layers written) and the tokenizer come from
     `base`, else the first slice's base."""
     pattern = exclude_pattern(exclude)
+    if not slices:
+        raise ValueError("slices: none given")
     methods = {sl.spec.method for sl in slices}
     if len(methods) > 1:
         raise ValueError(f"slices: one method for every slice, got {sorted(methods)}")
@@ -129,14 +131,17 @@ def merge_slices(slices: list[SliceMerge], out: str | Path, base: str | None = N
         paths = [s.model for s in sl.sources]
         if len(set(Path(p).resolve() for p in paths)) != len(paths):
             raise ValueError(f"slices[{j}]: a model is listed twice among its sources ({paths})")
-        at = [i for i, p in enumerate(paths) if sl.base is not None and same_source(p, sl.base)]
+        at = [i for i, p in enumerate(paths) if same_source(p, sl.base)]
         if not at:
             raise ValueError(f"slices[{j}]: its base ({sl.base}) is not one of its sources ({paths}); a slice is "
                              "merged from its sources only, as in mergekit")
         b = at[0]
         layers = sl.sources[0].end - sl.sources[0].start
-        groups.append(MergeGroup.make(sources[j][b][0], paths[b], [src for src, _, _ in sources[j]], paths, sl.spec,
-                                      sl.schedule, layers))
+        try:
+            groups.append(MergeGroup.make(sources[j][b][0], paths[b], [src for src, _, _ in sources[j]], paths,
+                                          sl.spec, sl.schedule, layers))
+        except ValueError as e:
+            raise ValueError(f"slices[{j}]: {e}") from None
         base_index.append(b)
     planned = []
     for t in plan:

@@ -473,9 +473,18 @@ def flax_to_hf(src: str | Path, out: str | Path, dtype: str | None = None, max_s
 def load_model(source: str | Path, dtype: str | None = None, **config_overrides: Any) -> tuple[dict, ModelConfig, Path | None]:
     """Params (numpy or jax arrays), config and a tokenizer directory from any supported source.
 
-    Our checkpoints, HF directories and GGUF files are all accepted; the latter two are converted in memory.
-    For a GGUF file the tokenizer is saved next to nothing: the third value is then the GGUF path itself.
+    Our checkpoints, HF directories and GGUF files are all accepted; the latter two are converted in memory, and
+    each may carry a PEFT LoRA adapter as `MODEL+ADAPTER` (weights/lora.py). For a GGUF file the tokenizer is saved next to nothing: the third value is then the GGUF path itself.
     """
+    from mnlu_jax.weights.lora import split_reference
+
+    if split_reference(source)[1] is not None:  # MODEL+LORA_ADAPTER: the adapter merged in as tensors are read
+        from mnlu_jax.weights.named_tensors import NamedTensors
+
+        nt = NamedTensors(source)
+        params = params_from_tensors(nt.config, ((n, nt.get(n)) for n in nt.names()), dtype=dtype, source=str(source))
+        config = nt.config.replace(**config_overrides) if config_overrides else nt.config
+        return params, config, nt.tokenizer_source
     source = Path(source)
     if source.is_dir() and is_our_checkpoint(source):
         config = ModelConfig.from_json_file(source / "config.json", **config_overrides)
