@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mnlu_jax.merge import MergeSpec, merge_pytrees
+from mnlu_jax.merge.math import merge_tensor
 from mnlu_jax.merge.streaming import merge_checkpoints
 from mnlu_jax.weights.convert import source_name
 from mnlu_jax.weights.safetensors_io import SafetensorsCheckpoint
@@ -1031,6 +1032,42 @@ def test_slices_merge_slice_by_slice_as_mergekit_does(tmp_path, capsys):
             run_merge(load_config(MergeConfig, path, [f"out={tmp_path / 'never'}"], translate=translate_merge_config),
                       progress=False)
     assert not (tmp_path / "never").exists()
+
+
+def test_a_gradient_over_the_layers_compiles_one_merge_per_shape(tmp_path):
+    """t, λ and the weights are arguments of the compiled merge, not part of its static spec: a gradient that gives
+    every layer its own values (in a whole-model merge, and slice by slice) compiles one merge per tensor shape,
+    not one per tensor, and still equals the merge with the values baked in."""
+    from mnlu_jax.merge import streaming
+    from mnlu_jax.merge.config import MergeConfig, run_merge
+    from mnlu_jax.merge.settings import Schedule
+
+    base = make_tiny_hf(tmp_path / "base", seed=0, num_hidden_layers=4)
+    ft = make_tiny_hf(tmp_path / "ft", seed=1, num_hidden_layers=4)
+    shapes = {v.shape for v in _flat(base).values()}
+    for name, cfg in [
+            ("slerp", MergeConfig(base=str(base), models=[str(ft)], method="slerp", t=[0.0, 1.0])),
+            ("ties", MergeConfig(base=str(base), models=[str(ft), str(base)], method="ties", drop_rate=0.5,
+                                 lam=[0.5, 1.5], weights=[[1.0, 0.2], 1.0])),
+            ("slices", MergeConfig(base=str(base), method="slerp", slices=[
+                {"sources": [{"model": str(base), "layer_range": [0, 2]}, {"model": str(ft), "layer_range": [0, 2]}],
+                 "t": [0.1, 0.9]},
+                {"sources": [{"model": str(base), "layer_range": [2, 4]}, {"model": str(ft), "layer_range": [1, 3]}],
+                 "t": [0.3, 0.7]}]))]:
+        streaming._merge_compiled.clear_cache()
+        out = run_merge(dataclasses.replace(cfg, out=str(tmp_path / name)), progress=False)
+        assert streaming._merge_compiled._cache_size() == len(shapes), name
+    # the traced values give what baked-in ones give: each tensor merged by its own spec, outside the shared jit
+    cfg = MergeConfig(base=str(base), models=[str(ft), str(base)], method="ties", drop_rate=0.5, lam=[0.5, 1.5],
+                      weights=[[1.0, 0.2], 1.0])
+    schedule = dataclasses.replace(Schedule.make({"lam": [0.5, 1.5]}, [[1.0, 0.2], 1.0]), num_layers=4)
+    ours, b, f = _flat(tmp_path / "ties"), _flat(base), _flat(ft)
+    for n in ("model.layers.1.mlp.up_proj.weight", "model.layers.3.self_attn.q_proj.weight", "model.norm.weight"):
+        spec = dataclasses.replace(schedule.spec_for(cfg.spec(), n).select_models([0]), weights=None)
+        s = schedule.spec_for(cfg.spec(), n)
+        spec = dataclasses.replace(spec, weights=(s.weights[0],))
+        want = merge_tensor(b[n], (f[n],), None, spec)
+        np.testing.assert_allclose(ours[n], np.asarray(want), rtol=1e-6, atol=1e-7, err_msg=n)
 
 
 def _lora(model: Path, out: Path, seed: int, **config) -> Path:

@@ -610,6 +610,31 @@ def _consensus(deltas: jax.Array, weights: jax.Array, normalize: bool) -> jax.Ar
     return mixed
 
 
+# Fields that enter `merge_tensor` only as numbers in arithmetic. A jitted merge takes them as arguments
+# (`split_numbers`) rather than as part of its static spec, so that a gradient over the layers, which gives each
+# layer its own t, λ or weights, does not compile one merge per tensor.
+TRACED_FIELDS = ("t", "lam", "elided_weight", "weights")
+
+
+def split_numbers(spec: MergeSpec) -> tuple[MergeSpec, dict]:
+    """(the spec with the traced fields at fixed values: what a jit keys on; those fields' values, as arrays)."""
+    numbers = {"t": np.float32(spec.t), "lam": np.float32(spec.lam), "elided_weight": np.float32(spec.elided_weight),
+               "weights": None if spec.weights is None else np.asarray(spec.weights, np.float32)}
+    fixed = dataclasses.replace(spec, t=0.5, lam=1.0, elided_weight=0.0,
+                                weights=None if spec.weights is None else (1.0,) * len(spec.weights))
+    return fixed, numbers
+
+
+def with_numbers(fixed: MergeSpec, numbers: dict) -> MergeSpec:
+    """`fixed` with the (traced) values of `split_numbers` put back. They were checked when the spec was made,
+    so the copy is not validated again (it could not be: they are tracers)."""
+    spec = dataclasses.replace(fixed)
+    for name, value in numbers.items():
+        if value is not None:
+            object.__setattr__(spec, name, value)
+    return spec
+
+
 def merge_tensor(base: jax.Array, models: list[jax.Array] | tuple[jax.Array, ...], keys: jax.Array | None,
                  spec: MergeSpec, host_ranks: bool = False) -> jax.Array:
     """Merge one tensor. `keys` is (n_models, key) from `tensor_key` when `spec.needs_rng`. Returns fp32.

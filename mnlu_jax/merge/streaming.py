@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mnlu_jax.merge.math import (MergeSpec, check_model_count, exclude_pattern, keys_for, merge_tensor,
-                                 nonfinite_error)
+                                 nonfinite_error, split_numbers, with_numbers)
 from mnlu_jax.merge.settings import Schedule
 from mnlu_jax.weights.convert import TOKENIZER_FILES, _dtype_name, atomic_dir, np_dtype, same_source, source_name
 from mnlu_jax.weights.named_tensors import NamedTensors, ordered
@@ -97,10 +97,17 @@ def _is_float(dt) -> bool:
     return np.issubdtype(dt, np.floating) or np.dtype(dt).name == "bfloat16"
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "out_dtype"))
-def _merge_jit(base, models, keys, spec, out_dtype):
-    merged = merge_tensor(base, models, keys, spec, host_ranks=True)  # one device: NumPy may sort DELLA's rows
-    return merged.astype(out_dtype), jnp.isfinite(merged).all()
+def _merge_jit(base, models, keys, spec: MergeSpec, out_dtype):
+    """The merged tensor in `out_dtype` and whether it is finite; one compilation per shape and spec, whatever its
+    t, λ and weights (math.TRACED_FIELDS)."""
+    fixed, numbers = split_numbers(spec)
+    return _merge_compiled(base, models, keys, numbers, fixed, out_dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("fixed", "out_dtype"))
+def _merge_compiled(base, models, keys, numbers, fixed, out_dtype):
+    merged = merge_tensor(base, models, keys, with_numbers(fixed, numbers), host_ranks=True)  # one device: NumPy
+    return merged.astype(out_dtype), jnp.isfinite(merged).all()                                # may sort DELLA's rows
 
 
 @dataclasses.dataclass(frozen=True)

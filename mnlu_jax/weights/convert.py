@@ -474,7 +474,8 @@ def load_model(source: str | Path, dtype: str | None = None, **config_overrides:
     """Params (numpy or jax arrays), config and a tokenizer directory from any supported source.
 
     Our checkpoints, HF directories and GGUF files are all accepted; the latter two are converted in memory, and
-    each may carry a PEFT LoRA adapter as `MODEL+ADAPTER` (weights/lora.py). For a GGUF file the tokenizer is saved next to nothing: the third value is then the GGUF path itself.
+    each may carry a PEFT LoRA adapter as `MODEL+ADAPTER` (weights/lora.py). For a GGUF file the tokenizer is
+    saved next to nothing: the third value is then the GGUF path itself.
     """
     from mnlu_jax.weights.lora import split_reference
 
