@@ -1055,7 +1055,7 @@ def test_a_gradient_over_the_layers_compiles_one_merge_per_shape(tmp_path):
                 {"sources": [{"model": str(base), "layer_range": [2, 4]}, {"model": str(ft), "layer_range": [1, 3]}],
                  "t": [0.3, 0.7]}]))]:
         streaming._merge_compiled.clear_cache()
-        out = run_merge(dataclasses.replace(cfg, out=str(tmp_path / name)), progress=False)
+        run_merge(dataclasses.replace(cfg, out=str(tmp_path / name)), progress=False)
         assert streaming._merge_compiled._cache_size() == len(shapes), name
     # the traced values give what baked-in ones give: each tensor merged by its own spec, outside the shared jit
     cfg = MergeConfig(base=str(base), models=[str(ft), str(base)], method="ties", drop_rate=0.5, lam=[0.5, 1.5],
