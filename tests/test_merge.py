@@ -1139,7 +1139,8 @@ def test_lora_references_merge_the_adapter_in_as_peft_and_mergekit_do(tmp_path):
     with pytest.raises(ValueError, match=r"lora1: model\.layers\.0\.mlp\.down_proj\.weight: B·A is \(64, 96\), the "
                                          r"tensor of .*wider is \(64, 128\)"):
         NamedTensors(f"{wider}+{a1}")
-    with pytest.raises(FileNotFoundError, match=r"nowhere: no such file"):
+    with pytest.raises(FileNotFoundError, match=r"LoRA adapter .*nowhere \(after the '\+' of a MODEL\+ADAPTER "
+                                                r"reference\): .*nowhere: no such file"):
         NamedTensors(f"{m1}+{tmp_path / 'nowhere'}")
 
 

@@ -63,7 +63,10 @@ def read_adapter(ref: str | Path) -> LoraAdapter:
     a Hub id is downloaded. Errors name the file and field."""
     from mnlu_jax.weights.convert import resolve_source
 
-    path = resolve_source(ref)
+    try:
+        path = resolve_source(ref)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"LoRA adapter {ref} (after the '+' of a MODEL+ADAPTER reference): {e}") from None
     cfg_file = path / "adapter_config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{cfg_file}: missing (a PEFT LoRA adapter directory has adapter_config.json and "
