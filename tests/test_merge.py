@@ -737,7 +737,10 @@ def test_mergekit_configs_outside_what_we_merge_are_named(tmp_path):
              ({**good, "models": [{"model": "m1", "parameters": {"density": 0.5}}]},
               r"models\[0\]\.parameters\.weight: required by dare_ties"),
              ({k: v for k, v in good.items() if k != "base_model"}, r"base_model: required by dare_ties"),
-             ({**good, "tokenizer_source": "union"}, r"tokenizer_source 'union': only the base's tokenizer"),
+             ({**good, "tokenizer": {"source": "union", "tokens": {"<x>": {"source": "m1"}}}},
+              r"tokenizer\.tokens \(per-token embedding sources\) is not supported"),
+             ({**good, "tokenizer": {"source": "union"}, "tokenizer_source": "base"},
+              r"tokenizer and tokenizer_source: give one"),
              ({**good, "chat_template": "chatml"}, r"mergekit key\(s\) \['chat_template'\] are not supported"),
              ({**good, "models": [{"model": "m1", "parameters": {"weight": 1, "gamma": 0.1}}]},
               r"models\[0\]\.parameters: \['gamma'\] not per-model parameter\(s\) of dare_ties"),
@@ -1066,6 +1069,77 @@ def test_a_gradient_over_the_layers_compiles_one_merge_per_shape(tmp_path):
         spec = schedule.spec_for(cfg.spec(), n).select_models([0])  # (the base, listed second, is elided)
         want = merge_tensor(b[n], (f[n],), None, spec)
         np.testing.assert_allclose(ours[n], np.asarray(want), rtol=1e-6, atol=1e-7, err_msg=n)
+
+
+def _word_model(path: Path, seed: int, words: list[str], added: list[str] = ()) -> Path:
+    """A tiny model whose tokenizer has `words` (ids in that order) and then the special tokens `added`."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    make_tiny_hf(path, seed=seed, num_hidden_layers=2, vocab_size=len(words) + len(added))
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    fast.add_special_tokens({"additional_special_tokens": list(added)})
+    fast.save_pretrained(path)
+    return path
+
+
+def test_tokenizer_sources_align_vocabularies_as_mergekit_does(tmp_path):
+    """mergekit's tokenizer_source: every model's embedding and LM head rows moved to the merge's token ids. Models
+    whose tokenizers order the words differently, one lacking words and one with added special tokens; the union
+    (padded to a multiple of 64) and another model's tokenizer: the rows a model lacks come from the one model
+    that has the token, the base, or the mean of those that have it. Tensors and the saved tokenizer equal
+    mergekit's."""
+    import transformers
+
+    words = ["<unk>"] + [f"w{i}" for i in range(1, 100)]
+    base = _word_model(tmp_path / "base", 0, words)
+    shuffled = words[:1] + words[1:][::-1]                    # the same words, other ids
+    m1 = _word_model(tmp_path / "m1", 1, shuffled, added=["<a>", "<b>"])
+    m2 = _word_model(tmp_path / "m2", 2, [w for w in shuffled if w not in ("w7", "w8")])  # lacks two words
+    m3 = _word_model(tmp_path / "m3", 3, words[:50], added=["<b>"])                         # half, and <b>
+    two = lambda a, b: [{"model": str(a), "parameters": {"weight": 0.7}},  # noqa: E731
+                        {"model": str(b), "parameters": {"weight": 0.4}}]
+    cases = {
+        "union": {"merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
+                  "models": two(m1, m2), "tokenizer": {"source": "union", "pad_to_multiple_of": 64}},
+        "from_m1": {"merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
+                    "models": two(m1, m3), "tokenizer_source": str(m1)},
+    }
+    for name, (ours, ref) in _both_many(tmp_path, cases).items():
+        for n in ours:
+            np.testing.assert_allclose(ours[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=f"{name}: {n}")
+        ours_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / f"ours_{name}")
+        ref_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / f"mk_{name}")
+        assert ours_tok.get_vocab() == ref_tok.get_vocab(), name
+        rows = {"union": 128, "from_m1": 102}[name]
+        assert json.loads((tmp_path / f"ours_{name}" / "config.json").read_text())["vocab_size"] == rows
+        assert ours["model.embed_tokens.weight"].shape[0] == rows
+    # by hand: in the union, w7 (absent from m2) is the base's row plus m1's delta only; <a> (m1's alone) is m1's row
+    b, one, two_ = _flat(base), _flat(m1), _flat(m2)
+    union = _flat(tmp_path / "ours_union")["model.embed_tokens.weight"]
+    e = "model.embed_tokens.weight"
+    w7_base, w7_m1 = b[e][words.index("w7")], one[e][shuffled.index("w7")]
+    np.testing.assert_allclose(union[words.index("w7")], w7_base + 0.7 * (w7_m1 - w7_base), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(union[100], one[e][100], rtol=1e-5, atol=1e-6)  # <a>: base and m2 take m1's row
+    assert two_[e].shape[0] == 98
+    # our own keys on the command line give the same merge
+    from mnlu_jax.cli import main
+
+    common = ["merge", "--method", "task_arithmetic", "--base", str(base), "--dtype", "float32", "--models", str(m1),
+              str(m2), "--weights", "0.7", "0.4"]
+    assert main([*common, "--out", str(tmp_path / "native"), "tokenizer_source=union", "pad_to_multiple_of=64"]) == 0
+    assert all(v.tobytes() == _flat(tmp_path / "ours_union")[n].tobytes() for n, v in _flat(tmp_path / "native").items())
+    assert main([*common, "--out", str(tmp_path / "never"), "pad_to_multiple_of=64"]) == 2
+    # a model without a tokenizer is taken to be in the base's order, with a warning (as mergekit does)
+    bare = make_tiny_hf(tmp_path / "bare", seed=4, num_hidden_layers=2, vocab_size=100)
+    from mnlu_jax.merge.config import MergeConfig, run_merge
+
+    with pytest.warns(UserWarning, match=r"bare: no tokenizer could be loaded"):
+        run_merge(MergeConfig(base=str(base), models=[str(bare)], method="task_arithmetic", tokenizer_source="base",
+                              out=str(tmp_path / "bare_merge")), progress=False)
+    assert not (tmp_path / "never").exists()
 
 
 def _lora(model: Path, out: Path, seed: int, **config) -> Path:

@@ -46,6 +46,10 @@ class MergeConfig:
     exclude: str | None = None
     dtype: str | None = None
     vocab_policy: str = "error"
+    # the merge's tokenizer: "base", "union" or a model directory, every model's vocabulary rows moved to its
+    # token ids first (merge/vocabulary.py; mergekit's tokenizer_source); None: rows merged as they are
+    tokenizer_source: str | None = None
+    pad_to_multiple_of: int | None = None  # with tokenizer_source: the row count padded up to a multiple of this
     # layer ranges merged slice by slice and stacked in order (merge/slices.py): [{sources: [{model, layer_range:
     # [start, end]}, ...], base, <any setting above>}, ...]; for passthrough, one source each: [{model,
     # layer_range, scale}, ...]
@@ -109,15 +113,30 @@ def run_merge(cfg: MergeConfig, progress: bool = True) -> Path:
             raise ValueError(f"merge: `{field}` is required (flag --{field} or key {field}: in the YAML)")
     if not cfg.models:
         raise ValueError("merge: `models` is required (flag --models or key models: in the YAML)")
+    if cfg.pad_to_multiple_of is not None and (cfg.tokenizer_source is None or type(cfg.pad_to_multiple_of) is not int
+                                               or cfg.pad_to_multiple_of < 1):
+        raise ValueError(f"merge: pad_to_multiple_of {cfg.pad_to_multiple_of!r}: expected a positive integer, with a "
+                         "tokenizer_source (base, union or a model directory) whose vocabulary it pads")
     return merge_checkpoints(cfg.base, cfg.models, cfg.spec(), cfg.out, dtype=cfg.dtype, exclude=cfg.exclude,
                              vocab_policy=cfg.vocab_policy, max_shard_bytes=cfg.shard_size_bytes, progress=progress,
-                             schedule=cfg.schedule(), mergekit_config=cfg.mergekit_config)
+                             schedule=cfg.schedule(), mergekit_config=cfg.mergekit_config,
+                             tokenizer_source=cfg.tokenizer_source, pad_to_multiple_of=cfg.pad_to_multiple_of)
+
+
+def _check_whole_model_tokenizer(cfg: MergeConfig) -> None:
+    """Slices and passthrough take the base's tokenizer with the rows as they are (`tokenizer_source: base` says
+    so too); moving rows to another tokenizer is done for whole-model merges only."""
+    if cfg.tokenizer_source not in (None, "base") or cfg.pad_to_multiple_of is not None:
+        raise ValueError(f"merge: tokenizer_source {cfg.tokenizer_source!r} / pad_to_multiple_of "
+                         f"{cfg.pad_to_multiple_of!r}: supported for whole-model merges, not for slices or "
+                         "passthrough yet")
 
 
 def _run_passthrough(cfg: MergeConfig, progress: bool) -> Path:
     from mnlu_jax.merge.mergekit_config import layer_range
     from mnlu_jax.merge.passthrough import LayerSlice, stack_slices
 
+    _check_whole_model_tokenizer(cfg)
     if not cfg.out:
         raise ValueError("merge: `out` is required (flag --out or key out: in the YAML)")
     if not cfg.slices:
@@ -140,13 +159,14 @@ def _run_passthrough(cfg: MergeConfig, progress: bool) -> Path:
 
 # MergeConfig fields that hold for the whole merge; a slice may set any other
 WHOLE_MERGE = ("out", "method", "models", "slices", "dtype", "vocab_policy", "seed", "exclude", "shard_size_bytes",
-               "mergekit_config")
+               "mergekit_config", "tokenizer_source", "pad_to_multiple_of")
 
 
 def _run_sliced(cfg: MergeConfig, progress: bool) -> Path:
     from mnlu_jax.merge.mergekit_config import layer_range
     from mnlu_jax.merge.slices import SliceMerge, SliceSource, merge_slices
 
+    _check_whole_model_tokenizer(cfg)
     if not cfg.out:
         raise ValueError("merge: `out` is required (flag --out or key out: in the YAML)")
     if cfg.models:

@@ -36,7 +36,8 @@
   for the sparsifying methods (our own default is the papers' 1/keep-probability).
 - `out_dtype` (else `dtype`) is the output dtype; the math is fp32 whatever the dtype (mergekit computes in
   `dtype`), so a bf16 merge here is the fp32 result rounded once.
-- `tokenizer_source` may be absent or `base`; the base's tokenizer goes with the merge (others are refused).
+- `tokenizer_source` (`base`, `union` or a model; the `tokenizer:` block's `source`, default `union`, and
+  `pad_to_multiple_of`): the vocabularies aligned to that tokenizer (merge/vocabulary.py); its `tokens` refused.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ MERGEKIT_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_line
                     "multislerp", "nearswap", "arcee_fusion", "ram", "ramplus_tl")
 # methods whose base_model is optional: without it they combine the models themselves
 OPTIONAL_BASE = ("linear", "nuslerp", "karcher", "multislerp")
-TOP_LEVEL = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source")
+TOP_LEVEL = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source",
+             "tokenizer")
 # per-model parameters each method takes (mergekit's NON_BASE/INPUT scope), and its shared ones
 PER_MODEL = {"linear": ("weight",), "task_arithmetic": ("weight", "density"),
              **{m: ("weight", "density") for m in ("ties", "dare_ties", "dare_linear")},
@@ -157,7 +159,7 @@ def _sliced(data: dict, where: str) -> dict:
         slices.append({"sources": [{"model": src["model"], "layer_range": span} for src, span in zip(sources, spans)],
                        **{k: v for k, v in fields.items() if k not in ("method", "models", "mergekit_config")}})
     return {"method": data["merge_method"], "base": data.get("base_model") or slices[0]["base"], "slices": slices,
-            "mergekit_config": data, **_dtype(data, where)}
+            "mergekit_config": data, **_dtype(data, where), **_tokenizer(data, where)}
 
 
 def _slice_entries(data: dict, where: str) -> list[tuple[str, dict, list]]:
@@ -203,9 +205,38 @@ def _check_top_level(data: dict, where: str, known: tuple[str, ...]) -> None:
     if base is not None and not isinstance(base, str):
         raise ValueError(f"{where}: base_model: expected a path, got {base!r}")
     source = data.get("tokenizer_source")
-    if source not in (None, "base"):
-        raise ValueError(f"{where}: tokenizer_source {source!r}: only the base's tokenizer is supported (absent or "
-                         "'base')")
+    if source is not None and not isinstance(source, str):
+        raise ValueError(f"{where}: tokenizer_source: expected base, union or a model path, got {source!r}")
+    block = data.get("tokenizer")
+    if block is not None:
+        if source is not None:
+            raise ValueError(f"{where}: tokenizer and tokenizer_source: give one (tokenizer.source is the source)")
+        if not isinstance(block, dict) or set(block) - {"source", "tokens", "pad_to_multiple_of"}:
+            raise ValueError(f"{where}: tokenizer: expected {{source, pad_to_multiple_of}}, got {block!r}")
+        if block.get("tokens"):
+            raise ValueError(f"{where}: tokenizer.tokens (per-token embedding sources) is not supported")
+        pad = block.get("pad_to_multiple_of")
+        if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or pad < 1):
+            raise ValueError(f"{where}: tokenizer.pad_to_multiple_of: expected a positive integer, got {pad!r}")
+        if not isinstance(block.get("source", "union"), str):
+            raise ValueError(f"{where}: tokenizer.source: expected base, union or a model path, got "
+                             f"{block['source']!r}")
+
+
+def _tokenizer(data: dict, where: str) -> dict:
+    """Our tokenizer_source / pad_to_multiple_of of mergekit's `tokenizer_source` or `tokenizer:` block (whose
+    source defaults to union, as in mergekit); a LoRA reference's model gives the tokenizer."""
+    block = data.get("tokenizer")
+    source = data.get("tokenizer_source") if block is None else block.get("source", "union")
+    if source is None:
+        return {}
+    if "+" in source and source not in ("base", "union"):
+        from mnlu_jax.weights.lora import split_reference
+
+        source = str(split_reference(source)[0])
+    return {"tokenizer_source": source,
+            **({"pad_to_multiple_of": block["pad_to_multiple_of"]} if block and block.get("pad_to_multiple_of")
+               else {})}
 
 
 def _check_reference(model: str, here: str) -> None:
@@ -274,9 +305,8 @@ def _passthrough(data: dict, where: str) -> dict:
             slices.append(_layer_slice(sources[0], f"{here}.sources[0]",
                                        [_mapping(piece.get("parameters"), f"{here}.parameters"), top]))
     paths = list(dict.fromkeys(s["model"] for s in slices))
-    out = {"method": "passthrough", "base": data.get("base_model") or slices[0]["model"], "models": paths,
-           "slices": slices,
-           "mergekit_config": data}
+    out = {**_tokenizer(data, where), "method": "passthrough", "base": data.get("base_model") or slices[0]["model"],
+           "models": paths, "slices": slices, "mergekit_config": data}
     return {**out, **_dtype(data, where)}
 
 
@@ -391,4 +421,4 @@ def from_mergekit(data: dict, where: str, sliced: bool = False) -> dict:
         raise ValueError(f"{where}: parameters.t: required by {method}")
     if method in SPARSIFIER:
         out["rescale_norm"] = "l1"  # mergekit 0.1.5's rescale: the kept entries scaled to the delta's L1 norm
-    return {**out, **_dtype(data, where)}
+    return {**out, **_dtype(data, where), **_tokenizer(data, where)}

@@ -35,8 +35,10 @@ ARCH_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_lay
                "num_key_value_heads", "head_dim", "tie_word_embeddings")
 
 
-def check_compatible(base: NamedTensors, models: list[NamedTensors], vocab_policy: str) -> dict[str, int]:
-    """Raise on architecture, name or shape mismatches; return the target row count of vocab tensors."""
+def check_compatible(base: NamedTensors, models: list[NamedTensors], vocab_policy: str,
+                     vocabulary_aligned: bool = False) -> dict[str, int]:
+    """Raise on architecture, name or shape mismatches; return the target row count of vocab tensors
+    (`vocabulary_aligned`: their rows are moved to one tokenizer's ids, so their counts may differ)."""
     if vocab_policy not in VOCAB_POLICIES:
         raise ValueError(f"vocab policy {vocab_policy!r}: expected one of {VOCAB_POLICIES}")
     check_architectures(base, models, ARCH_FIELDS)
@@ -52,6 +54,8 @@ def check_compatible(base: NamedTensors, models: list[NamedTensors], vocab_polic
         if len(set(shapes)) == 1:
             continue
         if VOCAB_TENSORS.search(name) and len({s[1:] for s in shapes}) == 1:
+            if vocabulary_aligned:
+                continue
             if vocab_policy == "error":
                 raise ValueError(
                     f"{name}: vocabulary sizes differ ({', '.join(str(s[0]) for s in shapes)} rows for base and "
@@ -168,16 +172,30 @@ class PlannedTensor:
 def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpec, out: str | Path,
                       dtype: str | None = None, exclude: str | None = None, vocab_policy: str = "error",
                       max_shard_bytes: int = 2 * 2**30, progress: bool = True,
-                      schedule: Schedule | None = None, mergekit_config: dict | None = None) -> Path:
+                      schedule: Schedule | None = None, mergekit_config: dict | None = None,
+                      tokenizer_source: str | None = None, pad_to_multiple_of: int | None = None) -> Path:
     """Merge checkpoints tensor by tensor into an HF directory at `out` (written atomically). `schedule` varies
     numeric parameters by tensor (merge/settings.py: mergekit's gradients and filters). `mergekit_config`, the
-    mergekit config the merge was read from, is written beside it as mergekit_config.yml and quoted in its card."""
+    mergekit config the merge was read from, is written beside it as mergekit_config.yml and quoted in its card.
+    `tokenizer_source` ("base", "union" or a model directory) gives the merge that tokenizer and moves every
+    model's vocabulary rows to its token ids first (merge/vocabulary.py); None merges the rows as they are."""
     pattern = exclude_pattern(exclude)
     b = NamedTensors(base)
     ms = [NamedTensors(m) for m in models]
     if not ms:
         raise ValueError("merge needs at least one model besides the base")
-    rows = check_compatible(b, ms, vocab_policy)
+    vocabulary = None
+    if tokenizer_source is not None:
+        from mnlu_jax.merge.vocabulary import plan_vocabulary
+
+        if vocab_policy != "error":
+            raise ValueError(f"vocab_policy {vocab_policy!r} and tokenizer_source {tokenizer_source!r}: choose one "
+                             "(the tokenizer source aligns the vocabularies itself)")
+        check_compatible(b, ms, "error", vocabulary_aligned=True)
+        vocabulary = plan_vocabulary(tokenizer_source, b, base, ms, models, pad_to_multiple_of)
+        rows = {n: vocabulary.size for n in b.names() if VOCAB_TENSORS.search(n)}
+    else:
+        rows = check_compatible(b, ms, vocab_policy)
     group = MergeGroup.make(b, base, ms, models, spec, schedule, b.config.num_hidden_layers)
     plan = [PlannedTensor(n, 0, n, (n,) * len(ms)) for n in ordered(b.names(), b.config)]
 
@@ -187,24 +205,32 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
         if rows:
             cfg["vocab_size"] = next(iter(rows.values()))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        tok = tokenizer_checkpoint(b, ms, rows)
-        copy_tokenizer(tok, tmp)
+        if vocabulary is not None:
+            vocabulary.tokenizer.save_pretrained(tmp)
+            tokenizer_from = tokenizer_source
+        else:
+            tok = tokenizer_checkpoint(b, ms, rows)
+            copy_tokenizer(tok, tmp)
+            tokenizer_from = None if tok.dir is None else source_name(tok.path)
         record = {"base": source_name(base), "models": [source_name(m) for m in models],
                   **spec_record(spec, group.schedule), "exclude": exclude, "vocab_policy": vocab_policy,
-                  "tokenizer_from": None if tok.dir is None else source_name(tok.path)}
+                  "tokenizer_from": tokenizer_from}
         (tmp / "merge_config.json").write_text(json.dumps(record, indent=2))
         (tmp / "README.md").write_text(model_card(record, Path(out).name, write_mergekit_config(tmp, mergekit_config)))
 
     return write_merge(out, [group], plan, finish, dtype=dtype, pattern=pattern, rows=rows,
-                       max_shard_bytes=max_shard_bytes, progress=progress, desc=f"merge ({spec.method})")
+                       max_shard_bytes=max_shard_bytes, progress=progress, desc=f"merge ({spec.method})",
+                       align=None if vocabulary is None else vocabulary.align)
 
 
 def write_merge(out: str | Path, groups: list[MergeGroup], plan: list[PlannedTensor], finish, *, dtype: str | None,
-                pattern, rows: dict[str, int], max_shard_bytes: int, progress: bool, desc: str) -> Path:
+                pattern, rows: dict[str, int], max_shard_bytes: int, progress: bool, desc: str,
+                align=None) -> Path:
     """Merge the `plan`'s tensors, in order, into sharded safetensors in `out` (atomically: a temporary directory
     renamed once `finish(directory, specs)` has written the rest). Every tensor's parameters resolve, and are
     valid, before anything is written; a tensor matching `pattern` keeps its base value; `rows` are the vocabulary
-    tensors' row counts where the models' differ."""
+    tensors' row counts where the models' differ, and `align([base, *models])`, if given, moves those tensors'
+    rows to the merge's token ids (merge/vocabulary.py) instead of padding or cutting them."""
     target = np_dtype(dtype)
     specs = []
     for p in plan:
@@ -222,12 +248,16 @@ def write_merge(out: str | Path, groups: list[MergeGroup], plan: list[PlannedTen
             p = by_out[name]
             g = groups[p.group]
             r = rows.get(name)
-            bt = _fit_rows(g.base.get(p.base), r)
+            if align is not None and r is not None:  # every input, aligned together (absent tokens' rows)
+                aligned = align([g.base.get(p.base), *(m.get(n) for m, n in zip(g.models, p.models))])
+                bt, fetch = aligned[0], lambda i: aligned[1 + i]
+            else:
+                bt, fetch = _fit_rows(g.base.get(p.base), r), lambda i: _fit_rows(g.models[i].get(p.models[i]), r)
             odt = out_dtype_of[name]
             if (pattern and pattern.search(name)) or not _is_float(bt.dtype):
                 res = np.asarray(bt).astype(odt)
             else:
-                mts = tuple(_fit_rows(g.models[i].get(p.models[i]), r) for i in g.live)
+                mts = tuple(fetch(i) for i in g.live)
                 tensor_spec = g.spec_for(name, p.position)
                 keys = keys_for(tensor_spec, name, len(g.models))
                 res, finite = _merge_jit(bt, mts, None if keys is None else keys[np.asarray(g.live)], tensor_spec,

@@ -1,0 +1,152 @@
+"""mergekit's `tokenizer_source`: the merge's tokenizer chosen or built, and each model's vocabulary rows (the
+embeddings and the LM head) moved to that tokenizer's token ids before the tensors are merged, as mergekit 0.1.5's
+BuildTokenizer and PermutedVocabulary do, so models whose tokenizers differ (a fine-tune that added chat markers,
+say) merge token by token rather than row by row.
+
+- `base`: the base's tokenizer; `union`: the base's with every other model's tokens it lacks added (a model's
+  tokens in the order of their ids there, models in the order listed; mergekit walks its models as a set and a
+  Rust hash map, so its order of several new tokens can change from run to run); any other value: the tokenizer
+  of that model directory.
+- A model that has a token gives its own row. For a token some model lacks, the row it takes is, as in mergekit:
+  the one model's that has it, else the base's if the base has it, else the mean of those that have it; zeros if
+  none has it. A token of a model's tokenizer whose id is past its config's `vocab_size` counts as absent.
+- `pad_to_multiple_of` pads the row count up; each model's padding rows are the mean of its rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnlu_jax.weights.convert import same_source
+from mnlu_jax.weights.named_tensors import NamedTensors
+
+
+@dataclasses.dataclass
+class VocabularyPlan:
+    """The output tokenizer, its row count, and for each input (the base, then the models) the row each output
+    token id takes from it (-1: it lacks the token), with the rows that stand in for absent tokens."""
+    tokenizer: Any
+    size: int
+    rows: list[np.ndarray]                     # per input: (len(vocab),) old row index or -1
+    fill: dict[int, tuple[str, list[int]]]     # token id -> ("donor" | "base" | "mean" | "zero", inputs used)
+
+    def align(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Each input's vocabulary tensor (rows on axis 0), its rows moved to the output's token ids."""
+        n_vocab = len(self.rows[0])
+        filled = {}
+        for token_id, (kind, used) in self.fill.items():
+            if kind == "zero":
+                filled[token_id] = np.zeros(arrays[0].shape[1:], np.float32)
+            else:
+                filled[token_id] = np.mean([np.asarray(arrays[i][self.rows[i][token_id]], np.float32) for i in used],
+                                           axis=0)
+        out = []
+        for a, rows in zip(arrays, self.rows):
+            new = np.zeros((self.size, *a.shape[1:]), np.float32)
+            present = rows >= 0
+            new[:n_vocab][present] = np.asarray(a, np.float32)[rows[present]]
+            for token_id in np.flatnonzero(~present):
+                new[token_id] = filled[int(token_id)]
+            if self.size > n_vocab:  # padding rows: the mean of the model's rows (mergekit's choice)
+                new[n_vocab:] = new[:n_vocab].mean(0)
+            out.append(new)
+        return out
+
+
+def _tokenizer_of(source: NamedTensors, fallback):
+    """`source`'s tokenizer; for a model without one, the base's, with a warning (mergekit does the same)."""
+    from mnlu_jax.weights.convert import load_tokenizer
+
+    try:
+        if source.tokenizer_source is None:
+            raise ValueError("no tokenizer")
+        return load_tokenizer(source.tokenizer_source)
+    except (OSError, ValueError) as e:
+        warnings.warn(f"{source.path}: no tokenizer could be loaded ({e}); its vocabulary rows are taken to be in "
+                      "the base tokenizer's order, as mergekit takes them", stacklevel=2)
+        return fallback
+
+
+def _ids(tokenizer, vocab_size: int) -> dict[str, int]:
+    return {t: i for t, i in tokenizer.get_vocab().items() if i < vocab_size}
+
+
+def plan_vocabulary(source: str, base: NamedTensors, base_path: str | Path, models: list[NamedTensors],
+                    model_paths: list[str | Path], pad_to_multiple_of: int | None = None) -> VocabularyPlan:
+    """The plan for merging `models` into `base` with the tokenizer `source` ("base", "union" or a model path)."""
+    from mnlu_jax.weights.convert import load_tokenizer
+
+    if base.tokenizer_source is None:
+        raise ValueError(f"tokenizer_source {source!r}: the base {base.path} has no tokenizer to start from")
+    base_tok = load_tokenizer(base.tokenizer_source)
+    inputs = [base, *models]
+    paths = [base_path, *model_paths]
+    toks = [base_tok] + [_tokenizer_of(m, base_tok) for m in models]
+    vocabs = [_ids(t, x.config.vocab_size) for t, x in zip(toks, inputs)]
+    if source == "base":
+        out_tok = base_tok
+    elif source == "union":
+        out_tok = _union(base_tok, toks, vocabs)
+    else:
+        try:
+            out_tok = load_tokenizer(source)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"tokenizer_source {source!r}: expected base, union or a model directory with a "
+                             f"tokenizer ({e})") from None
+    vocab = out_tok.get_vocab()
+    n = len(vocab)
+    if sorted(vocab.values()) != list(range(n)):
+        raise ValueError(f"tokenizer_source {source!r}: its token ids are not 0..{n - 1}")
+    size = n if not pad_to_multiple_of else -(-n // pad_to_multiple_of) * pad_to_multiple_of
+    by_id = sorted(vocab, key=vocab.get)
+    rows = [np.array([v.get(t, -1) for t in by_id], np.int64) for v in vocabs]
+    # a source listed twice (the base among the models) counts once, as in mergekit's dict of inputs
+    distinct = [i for i, p in enumerate(paths) if not any(same_source(p, paths[j]) for j in range(i))]
+    fill = {}
+    for token_id in range(n):
+        have = [i for i in distinct if rows[i][token_id] >= 0]
+        if len(have) == len(distinct):
+            continue
+        if not have:
+            fill[token_id] = ("zero", [])
+        elif len(have) == 1:
+            fill[token_id] = ("donor", have)
+        elif 0 in have:
+            fill[token_id] = ("base", [0])
+        else:
+            fill[token_id] = ("mean", have)
+    return VocabularyPlan(out_tok, size, rows, fill)
+
+
+def _union(base_tok, toks: list, vocabs: list[dict[str, int]]):
+    """The base's tokenizer with every token of the others it lacks added, as mergekit's build_union_tokenizer:
+    plain tokens as added tokens, then the models' added (special) tokens with their settings."""
+    import transformers
+
+    added: dict[str, Any] = {}
+    new_tokens: list[str] = []
+    seen = set()
+    for tok, vocab in zip(toks, vocabs):
+        for token in sorted(vocab, key=vocab.get):
+            if token not in seen:
+                seen.add(token)
+                new_tokens.append(token)
+        for token_id, info in sorted(tok.added_tokens_decoder.items()):
+            if token_id in vocab.values() and info.content not in added:
+                added[info.content] = info
+    with tempfile.TemporaryDirectory() as d:  # a copy, so the base's tokenizer is left as it is
+        base_tok.save_pretrained(d)
+        out = transformers.AutoTokenizer.from_pretrained(d, use_fast=True)
+    base_vocab = base_tok.get_vocab()
+    for token in new_tokens:
+        if token not in added and token not in base_vocab:
+            out.add_tokens(token)
+    for info in added.values():
+        out.add_tokens(info)
+    return out
