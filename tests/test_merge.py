@@ -1130,7 +1130,8 @@ def test_tokenizer_sources_align_vocabularies_as_mergekit_does(tmp_path):
     common = ["merge", "--method", "task_arithmetic", "--base", str(base), "--dtype", "float32", "--models", str(m1),
               str(m2), "--weights", "0.7", "0.4"]
     assert main([*common, "--out", str(tmp_path / "native"), "tokenizer_source=union", "pad_to_multiple_of=64"]) == 0
-    assert all(v.tobytes() == _flat(tmp_path / "ours_union")[n].tobytes() for n, v in _flat(tmp_path / "native").items())
+    translated = _flat(tmp_path / "ours_union")
+    assert all(v.tobytes() == translated[n].tobytes() for n, v in _flat(tmp_path / "native").items())
     assert main([*common, "--out", str(tmp_path / "never"), "pad_to_multiple_of=64"]) == 2
     # a model without a tokenizer is taken to be in the base's order, with a warning (as mergekit does)
     bare = make_tiny_hf(tmp_path / "bare", seed=4, num_hidden_layers=2, vocab_size=100)
