@@ -1140,6 +1140,13 @@ def test_tokenizer_sources_align_vocabularies_as_mergekit_does(tmp_path):
     with pytest.warns(UserWarning, match=r"bare: no tokenizer could be loaded"):
         run_merge(MergeConfig(base=str(base), models=[str(bare)], method="task_arithmetic", tokenizer_source="base",
                               out=str(tmp_path / "bare_merge")), progress=False)
+    short = make_tiny_hf(tmp_path / "short", seed=5, num_hidden_layers=2, vocab_size=98)  # fewer rows than tokens
+    for f in base.glob("tokenizer*"):
+        shutil.copy(f, short)
+    with pytest.raises(ValueError, match=r"2 token\(s\) of .*short's tokenizer have ids past its config's "
+                                         r"vocab_size 98"):
+        run_merge(MergeConfig(base=str(short), models=[str(m2)], method="task_arithmetic", tokenizer_source="union",
+                              out=str(tmp_path / "never")), progress=False)
     assert not (tmp_path / "never").exists()
 
 

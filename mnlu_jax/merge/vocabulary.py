@@ -89,6 +89,10 @@ def plan_vocabulary(source: str, base: NamedTensors, base_path: str | Path, mode
     paths = [base_path, *model_paths]
     toks = [base_tok] + [_tokenizer_of(m, base_tok) for m in models]
     vocabs = [_ids(t, x.config.vocab_size) for t, x in zip(toks, inputs)]
+    past = len(base_tok.get_vocab()) - len(vocabs[0])
+    if past and source in ("base", "union"):  # mergekit strips them from a BPE tokenizer's model; not done here
+        raise ValueError(f"tokenizer_source {source!r}: {past} token(s) of {base.path}'s tokenizer have ids past its "
+                         f"config's vocab_size {base.config.vocab_size} (no rows); give a tokenizer without them")
     if source == "base":
         out_tok = base_tok
     elif source == "union":
@@ -137,8 +141,9 @@ def _union(base_tok, toks: list, vocabs: list[dict[str, int]]):
             if token not in seen:
                 seen.add(token)
                 new_tokens.append(token)
+        kept = set(vocab.values())  # (an added token past the config's vocab_size is left out, as in mergekit)
         for token_id, info in sorted(tok.added_tokens_decoder.items()):
-            if token_id in vocab.values() and info.content not in added:
+            if token_id in kept and info.content not in added:
                 added[info.content] = info
     with tempfile.TemporaryDirectory() as d:  # a copy, so the base's tokenizer is left as it is
         base_tok.save_pretrained(d)
