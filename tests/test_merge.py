@@ -1106,6 +1106,17 @@ def test_tokenizer_sources_align_vocabularies_as_mergekit_does(tmp_path):
                   "models": two(m1, m2), "tokenizer": {"source": "union", "pad_to_multiple_of": 64}},
         "from_m1": {"merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
                     "models": two(m1, m3), "tokenizer_source": str(m1)},
+        # by slices (the embeddings from the first slice's sources, the LM head from the last's) and passthrough
+        "slices_union": {"merge_method": "slerp", "base_model": str(base), "dtype": "float32", "parameters": {"t": 0.3},
+                         "tokenizer_source": "union", "slices": [
+                             {"sources": [{"model": str(base), "layer_range": [0, 1]},
+                                          {"model": str(m1), "layer_range": [1, 2]}]},
+                             {"sources": [{"model": str(base), "layer_range": [1, 2]},
+                                          {"model": str(m1), "layer_range": [0, 1]}]}]},
+        "passthrough_base": {"merge_method": "passthrough", "base_model": str(base), "dtype": "float32",
+                             "tokenizer_source": "base",
+                             "slices": [{"sources": [{"model": str(m1), "layer_range": [0, 1]}]},
+                                        {"sources": [{"model": str(base), "layer_range": [1, 2]}]}]},
     }
     for name, (ours, ref) in _both_many(tmp_path, cases).items():
         for n in ours:
@@ -1113,7 +1124,7 @@ def test_tokenizer_sources_align_vocabularies_as_mergekit_does(tmp_path):
         ours_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / f"ours_{name}")
         ref_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / f"mk_{name}")
         assert ours_tok.get_vocab() == ref_tok.get_vocab(), name
-        rows = {"union": 128, "from_m1": 102}[name]
+        rows = {"union": 128, "from_m1": 102, "slices_union": 102, "passthrough_base": 100}[name]
         assert json.loads((tmp_path / f"ours_{name}" / "config.json").read_text())["vocab_size"] == rows
         assert ours["model.embed_tokens.weight"].shape[0] == rows
     # by hand: in the union, w7 (absent from m2) is the base's row plus m1's delta only; <a> (m1's alone) is m1's row

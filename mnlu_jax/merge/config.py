@@ -104,6 +104,10 @@ def translate_merge_config(data: dict, where: str) -> dict:
 def run_merge(cfg: MergeConfig, progress: bool = True) -> Path:
     from mnlu_jax.merge.streaming import merge_checkpoints
 
+    if cfg.pad_to_multiple_of is not None and (cfg.tokenizer_source is None or type(cfg.pad_to_multiple_of) is not int
+                                               or cfg.pad_to_multiple_of < 1):
+        raise ValueError(f"merge: pad_to_multiple_of {cfg.pad_to_multiple_of!r}: expected a positive integer, with a "
+                         "tokenizer_source (base, union or a model directory) whose vocabulary it pads")
     if cfg.method == "passthrough":
         return _run_passthrough(cfg, progress)
     if cfg.slices is not None:
@@ -113,30 +117,16 @@ def run_merge(cfg: MergeConfig, progress: bool = True) -> Path:
             raise ValueError(f"merge: `{field}` is required (flag --{field} or key {field}: in the YAML)")
     if not cfg.models:
         raise ValueError("merge: `models` is required (flag --models or key models: in the YAML)")
-    if cfg.pad_to_multiple_of is not None and (cfg.tokenizer_source is None or type(cfg.pad_to_multiple_of) is not int
-                                               or cfg.pad_to_multiple_of < 1):
-        raise ValueError(f"merge: pad_to_multiple_of {cfg.pad_to_multiple_of!r}: expected a positive integer, with a "
-                         "tokenizer_source (base, union or a model directory) whose vocabulary it pads")
     return merge_checkpoints(cfg.base, cfg.models, cfg.spec(), cfg.out, dtype=cfg.dtype, exclude=cfg.exclude,
                              vocab_policy=cfg.vocab_policy, max_shard_bytes=cfg.shard_size_bytes, progress=progress,
                              schedule=cfg.schedule(), mergekit_config=cfg.mergekit_config,
                              tokenizer_source=cfg.tokenizer_source, pad_to_multiple_of=cfg.pad_to_multiple_of)
 
 
-def _check_whole_model_tokenizer(cfg: MergeConfig) -> None:
-    """Slices and passthrough take the base's tokenizer with the rows as they are (`tokenizer_source: base` says
-    so too); moving rows to another tokenizer is done for whole-model merges only."""
-    if cfg.tokenizer_source not in (None, "base") or cfg.pad_to_multiple_of is not None:
-        raise ValueError(f"merge: tokenizer_source {cfg.tokenizer_source!r} / pad_to_multiple_of "
-                         f"{cfg.pad_to_multiple_of!r}: supported for whole-model merges, not for slices or "
-                         "passthrough yet")
-
-
 def _run_passthrough(cfg: MergeConfig, progress: bool) -> Path:
     from mnlu_jax.merge.mergekit_config import layer_range
     from mnlu_jax.merge.passthrough import LayerSlice, stack_slices
 
-    _check_whole_model_tokenizer(cfg)
     if not cfg.out:
         raise ValueError("merge: `out` is required (flag --out or key out: in the YAML)")
     if not cfg.slices:
@@ -154,7 +144,8 @@ def _run_passthrough(cfg: MergeConfig, progress: bool) -> Path:
         slices.append(LayerSlice(s["model"], start, end, s.get("scale")))
     return stack_slices(slices, cfg.out, base=cfg.base or None, dtype=cfg.dtype,
                         max_shard_bytes=cfg.shard_size_bytes, progress=progress,
-                        mergekit_config=cfg.mergekit_config)
+                        mergekit_config=cfg.mergekit_config, tokenizer_source=cfg.tokenizer_source,
+                        pad_to_multiple_of=cfg.pad_to_multiple_of)
 
 
 # MergeConfig fields that hold for the whole merge; a slice may set any other
@@ -166,7 +157,6 @@ def _run_sliced(cfg: MergeConfig, progress: bool) -> Path:
     from mnlu_jax.merge.mergekit_config import layer_range
     from mnlu_jax.merge.slices import SliceMerge, SliceSource, merge_slices
 
-    _check_whole_model_tokenizer(cfg)
     if not cfg.out:
         raise ValueError("merge: `out` is required (flag --out or key out: in the YAML)")
     if cfg.models:
@@ -206,4 +196,5 @@ def _run_sliced(cfg: MergeConfig, progress: bool) -> Path:
         except ValueError as e:
             raise ValueError(f"{here}: {e}") from None
     return merge_slices(merges, cfg.out, base=cfg.base or None, dtype=cfg.dtype, exclude=cfg.exclude,
-                        max_shard_bytes=cfg.shard_size_bytes, progress=progress, mergekit_config=cfg.mergekit_config)
+                        max_shard_bytes=cfg.shard_size_bytes, progress=progress, mergekit_config=cfg.mergekit_config,
+                        tokenizer_source=cfg.tokenizer_source, pad_to_multiple_of=cfg.pad_to_multiple_of)

@@ -192,7 +192,7 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
             raise ValueError(f"vocab_policy {vocab_policy!r} and tokenizer_source {tokenizer_source!r}: choose one "
                              "(the tokenizer source aligns the vocabularies itself)")
         check_compatible(b, ms, "error", vocabulary_aligned=True)
-        vocabulary = plan_vocabulary(tokenizer_source, b, base, ms, models, pad_to_multiple_of)
+        vocabulary = plan_vocabulary(tokenizer_source, b, ms, pad_to_multiple_of)
         rows = {n: vocabulary.size for n in b.names() if VOCAB_TENSORS.search(n)}
     else:
         rows = check_compatible(b, ms, vocab_policy)
@@ -204,14 +204,9 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
         cfg["torch_dtype"] = _dtype_name(specs[0][2])
         if rows:
             cfg["vocab_size"] = next(iter(rows.values()))
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        if vocabulary is not None:
-            vocabulary.tokenizer.save_pretrained(tmp)
-            tokenizer_from = tokenizer_source
-        else:
-            tok = tokenizer_checkpoint(b, ms, rows)
-            copy_tokenizer(tok, tmp)
-            tokenizer_from = None if tok.dir is None else source_name(tok.path)
+        tok = None if vocabulary is not None else tokenizer_checkpoint(b, ms, rows)
+        write_config_and_tokenizer(tmp, cfg, vocabulary, tok)
+        tokenizer_from = tokenizer_source if tok is None else (None if tok.dir is None else source_name(tok.path))
         record = {"base": source_name(base), "models": [source_name(m) for m in models],
                   **spec_record(spec, group.schedule), "exclude": exclude, "vocab_policy": vocab_policy,
                   "tokenizer_from": tokenizer_from}
@@ -229,8 +224,8 @@ def write_merge(out: str | Path, groups: list[MergeGroup], plan: list[PlannedTen
     """Merge the `plan`'s tensors, in order, into sharded safetensors in `out` (atomically: a temporary directory
     renamed once `finish(directory, specs)` has written the rest). Every tensor's parameters resolve, and are
     valid, before anything is written; a tensor matching `pattern` keeps its base value; `rows` are the vocabulary
-    tensors' row counts where the models' differ, and `align([base, *models])`, if given, moves those tensors'
-    rows to the merge's token ids (merge/vocabulary.py) instead of padding or cutting them."""
+    tensors' row counts where the models' differ, and `align(arrays, paths, base)`, if given, moves those
+    tensors' rows to the merge's token ids (merge/vocabulary.py) instead of padding or cutting them."""
     target = np_dtype(dtype)
     specs = []
     for p in plan:
@@ -249,7 +244,8 @@ def write_merge(out: str | Path, groups: list[MergeGroup], plan: list[PlannedTen
             g = groups[p.group]
             r = rows.get(name)
             if align is not None and r is not None:  # every input, aligned together (absent tokens' rows)
-                aligned = align([g.base.get(p.base), *(m.get(n) for m, n in zip(g.models, p.models))])
+                aligned = align([g.base.get(p.base), *(m.get(n) for m, n in zip(g.models, p.models))],
+                                [g.base.path, *(m.path for m in g.models)], g.base.path)
                 bt, fetch = aligned[0], lambda i: aligned[1 + i]
             else:
                 bt, fetch = _fit_rows(g.base.get(p.base), r), lambda i: _fit_rows(g.models[i].get(p.models[i]), r)
@@ -290,6 +286,17 @@ def spec_record(spec: MergeSpec, schedule: Schedule | None) -> dict:
             **({k: getattr(spec, k) for k in ("ram_epsilon", "ram_r", "ram_alpha")}
                if spec.method in ("ram", "ramplus_tl") else {}),
             **({"varying": schedule.record()} if schedule is not None else {})}
+
+
+def write_config_and_tokenizer(directory: Path, cfg: dict, vocabulary, source: NamedTensors | None) -> None:
+    """config.json and the tokenizer of a merge: the one its vocabulary was aligned to (merge/vocabulary.py; the
+    config's vocab_size its row count), else `source`'s files."""
+    if vocabulary is not None:
+        cfg = dict(cfg, vocab_size=vocabulary.size)
+        vocabulary.tokenizer.save_pretrained(directory)
+    elif source is not None:
+        copy_tokenizer(source, directory)
+    (directory / "config.json").write_text(json.dumps(cfg, indent=2))
 
 
 def copy_tokenizer(source: NamedTensors, directory: Path) -> None:

@@ -11,6 +11,8 @@ say) merge token by token rather than row by row.
   the one model's that has it, else the base's if the base has it, else the mean of those that have it; zeros if
   none has it. A token of a model's tokenizer whose id is past its config's `vocab_size` counts as absent.
 - `pad_to_multiple_of` pads the row count up; each model's padding rows are the mean of its rows.
+Whole-model merges, merges by slices and passthrough use it alike (`VocabularyPlan.align` over the inputs of each
+vocabulary tensor: for slices, the first slice's sources give the embeddings and the last's the LM head).
 """
 
 from __future__ import annotations
@@ -23,35 +25,47 @@ from typing import Any
 
 import numpy as np
 
-from mnlu_jax.weights.convert import same_source
 from mnlu_jax.weights.named_tensors import NamedTensors
+
+
+def _key(path: str | Path) -> str:
+    return str(Path(path).resolve())  # (same_source's identity: one model however its path is written)
 
 
 @dataclasses.dataclass
 class VocabularyPlan:
-    """The output tokenizer, its row count, and for each input (the base, then the models) the row each output
-    token id takes from it (-1: it lacks the token), with the rows that stand in for absent tokens."""
+    """The output tokenizer, its row count, and for each model (by path) the row each output token id takes from
+    it (-1: it lacks the token)."""
     tokenizer: Any
     size: int
-    rows: list[np.ndarray]                     # per input: (len(vocab),) old row index or -1
-    fill: dict[int, tuple[str, list[int]]]     # token id -> ("donor" | "base" | "mean" | "zero", inputs used)
+    rows: dict[str, np.ndarray]  # resolved path -> (len(vocab),) old row index or -1
 
-    def align(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        """Each input's vocabulary tensor (rows on axis 0), its rows moved to the output's token ids."""
-        n_vocab = len(self.rows[0])
+    def align(self, arrays: list[np.ndarray], paths: list[str | Path], base: str | Path | None) -> list[np.ndarray]:
+        """Each input's vocabulary tensor (rows on axis 0; the inputs of one output tensor, from the models at
+        `paths`), its rows moved to the output's token ids. A token some input lacks takes, in those inputs, the row
+        of the one input that has it, else the base's (if the base is an input and has it), else the mean of those
+        that have it; zeros if none has it (mergekit's PermutedVocabulary, over the tensor's inputs)."""
+        rows = [self.rows[_key(p)] for p in paths]
+        first = {}  # an input listed twice (the base among the models) counts once, as in mergekit's dict of inputs
+        for i, p in enumerate(paths):
+            first.setdefault(_key(p), i)
+        distinct = sorted(first.values())
+        n_vocab = len(rows[0])
+        present = np.stack([rows[i] >= 0 for i in distinct])
+        base_at = first.get(_key(base)) if base is not None else None
         filled = {}
-        for token_id, (kind, used) in self.fill.items():
-            if kind == "zero":
-                filled[token_id] = np.zeros(arrays[0].shape[1:], np.float32)
-            else:
-                filled[token_id] = np.mean([np.asarray(arrays[i][self.rows[i][token_id]], np.float32) for i in used],
-                                           axis=0)
+        for token_id in np.flatnonzero(present.sum(0) < len(distinct)):
+            have = [i for i, here in zip(distinct, present[:, token_id]) if here]
+            if base_at is not None and base_at in have and len(have) > 1:
+                have = [base_at]
+            filled[int(token_id)] = (np.mean([np.asarray(arrays[i][rows[i][token_id]], np.float32) for i in have],
+                                              axis=0) if have else np.zeros(arrays[0].shape[1:], np.float32))
         out = []
-        for a, rows in zip(arrays, self.rows):
+        for a, r in zip(arrays, rows):
             new = np.zeros((self.size, *a.shape[1:]), np.float32)
-            present = rows >= 0
-            new[:n_vocab][present] = np.asarray(a, np.float32)[rows[present]]
-            for token_id in np.flatnonzero(~present):
+            here = r >= 0
+            new[:n_vocab][here] = np.asarray(a, np.float32)[r[here]]
+            for token_id in np.flatnonzero(~here):
                 new[token_id] = filled[int(token_id)]
             if self.size > n_vocab:  # padding rows: the mean of the model's rows (mergekit's choice)
                 new[n_vocab:] = new[:n_vocab].mean(0)
@@ -77,16 +91,17 @@ def _ids(tokenizer, vocab_size: int) -> dict[str, int]:
     return {t: i for t, i in tokenizer.get_vocab().items() if i < vocab_size}
 
 
-def plan_vocabulary(source: str, base: NamedTensors, base_path: str | Path, models: list[NamedTensors],
-                    model_paths: list[str | Path], pad_to_multiple_of: int | None = None) -> VocabularyPlan:
-    """The plan for merging `models` into `base` with the tokenizer `source` ("base", "union" or a model path)."""
+def plan_vocabulary(source: str, base: NamedTensors, models: list[NamedTensors],
+                    pad_to_multiple_of: int | None = None) -> VocabularyPlan:
+    """The plan for merging `models` (every model the merge reads) and `base` (whose tokenizer is the default and
+    the start of the union) with the tokenizer `source` ("base", "union" or a model path)."""
     from mnlu_jax.weights.convert import load_tokenizer
 
     if base.tokenizer_source is None:
         raise ValueError(f"tokenizer_source {source!r}: the base {base.path} has no tokenizer to start from")
     base_tok = load_tokenizer(base.tokenizer_source)
+    models = [m for i, m in enumerate(models) if _key(m.path) not in {_key(x.path) for x in [base, *models[:i]]}]
     inputs = [base, *models]
-    paths = [base_path, *model_paths]
     toks = [base_tok] + [_tokenizer_of(m, base_tok) for m in models]
     vocabs = [_ids(t, x.config.vocab_size) for t, x in zip(toks, inputs)]
     past = len(base_tok.get_vocab()) - len(vocabs[0])
@@ -109,23 +124,8 @@ def plan_vocabulary(source: str, base: NamedTensors, base_path: str | Path, mode
         raise ValueError(f"tokenizer_source {source!r}: its token ids are not 0..{n - 1}")
     size = n if not pad_to_multiple_of else -(-n // pad_to_multiple_of) * pad_to_multiple_of
     by_id = sorted(vocab, key=vocab.get)
-    rows = [np.array([v.get(t, -1) for t in by_id], np.int64) for v in vocabs]
-    # a source listed twice (the base among the models) counts once, as in mergekit's dict of inputs
-    distinct = [i for i, p in enumerate(paths) if not any(same_source(p, paths[j]) for j in range(i))]
-    fill = {}
-    for token_id in range(n):
-        have = [i for i in distinct if rows[i][token_id] >= 0]
-        if len(have) == len(distinct):
-            continue
-        if not have:
-            fill[token_id] = ("zero", [])
-        elif len(have) == 1:
-            fill[token_id] = ("donor", have)
-        elif 0 in have:
-            fill[token_id] = ("base", [0])
-        else:
-            fill[token_id] = ("mean", have)
-    return VocabularyPlan(out_tok, size, rows, fill)
+    return VocabularyPlan(out_tok, size, {_key(x.path): np.array([v.get(t, -1) for t in by_id], np.int64)
+                                          for x, v in zip(inputs, vocabs)})
 
 
 def _union(base_tok, toks: list, vocabs: list[dict[str, int]]):
