@@ -1041,7 +1041,7 @@ def test_a_gradient_over_the_layers_compiles_one_merge_per_shape(tmp_path):
     """t, λ and the weights are arguments of the compiled merge, not part of its static spec: a gradient that gives
     every layer its own values (in a whole-model merge, and slice by slice) compiles one merge per tensor shape,
     not one per tensor, and still equals the merge with the values baked in."""
-    from mnlu_jax.merge import streaming
+    from mnlu_jax.merge import math as merge_math
     from mnlu_jax.merge.config import MergeConfig, run_merge
     from mnlu_jax.merge.settings import Schedule
 
@@ -1057,9 +1057,9 @@ def test_a_gradient_over_the_layers_compiles_one_merge_per_shape(tmp_path):
                  "t": [0.1, 0.9]},
                 {"sources": [{"model": str(base), "layer_range": [2, 4]}, {"model": str(ft), "layer_range": [1, 3]}],
                  "t": [0.3, 0.7]}]))]:
-        streaming._merge_compiled.clear_cache()
+        merge_math._merge_compiled.clear_cache()
         run_merge(dataclasses.replace(cfg, out=str(tmp_path / name)), progress=False)
-        assert streaming._merge_compiled._cache_size() == len(shapes), name
+        assert merge_math._merge_compiled._cache_size() == len(shapes), name
     # the traced values give what baked-in ones give: each tensor merged by its own spec, outside the shared jit
     cfg = MergeConfig(base=str(base), models=[str(ft), str(base)], method="ties", drop_rate=0.5, lam=[0.5, 1.5],
                       weights=[[1.0, 0.2], 1.0])

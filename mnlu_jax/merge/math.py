@@ -66,6 +66,7 @@ mask does not depend on traversal order, sharding or process count. Math is fp32
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import zlib
@@ -633,6 +634,19 @@ def with_numbers(fixed: MergeSpec, numbers: dict) -> MergeSpec:
         if value is not None:
             object.__setattr__(spec, name, value)
     return spec
+
+
+def merge_compiled(base, models, keys, spec: MergeSpec, out_dtype, host_ranks: bool = False):
+    """`merge_tensor` compiled once per tensor shape and fixed spec (the TRACED_FIELDS are arguments), cast to
+    `out_dtype`, and whether it is finite (the streaming merge and the pytree API read that flag outside the jit)."""
+    fixed, numbers = split_numbers(spec)
+    return _merge_compiled(base, models, keys, numbers, fixed, np.dtype(out_dtype), host_ranks)
+
+
+@functools.partial(jax.jit, static_argnames=("fixed", "out_dtype", "host_ranks"))
+def _merge_compiled(base, models, keys, numbers, fixed, out_dtype, host_ranks):
+    merged = merge_tensor(base, models, keys, with_numbers(fixed, numbers), host_ranks)
+    return merged.astype(out_dtype), jnp.isfinite(merged).all()
 
 
 def merge_tensor(base: jax.Array, models: list[jax.Array] | tuple[jax.Array, ...], keys: jax.Array | None,

@@ -143,13 +143,7 @@ def _sliced(data: dict, where: str) -> dict:
     for here, piece, sources in _slice_entries(data, where):
         spans = []
         for i, src in enumerate(sources):
-            if not isinstance(src, dict) or not isinstance(src.get("model"), str):
-                raise ValueError(f"{here}.sources[{i}]: expected {{model: PATH, layer_range: [START, END]}}, got "
-                                 f"{src!r}")
-            extra = sorted(set(src) - {"model", "layer_range", "parameters"})
-            if extra:
-                raise ValueError(f"{here}.sources[{i}]: unknown key(s) {extra}; expected model, layer_range and "
-                                 "parameters")
+            _check_source(src, f"{here}.sources[{i}]")
             spans.append(layer_range(src.get("layer_range"), f"{here}.sources[{i}].layer_range"))
         whole = {"merge_method": data["merge_method"],
                  "base_model": piece.get("base_model") or data.get("base_model"),  # (mergekit's `or`)
@@ -249,15 +243,21 @@ def _check_reference(model: str, here: str) -> None:
         raise ValueError(f"{here}.model: {e}") from None
 
 
-def _layer_slice(src: Any, here: str, defaults: list[dict]) -> dict:
-    """One passthrough source {model, layer_range, parameters: {scale}} as our slice; `defaults` are the parameter
-    mappings that apply where the source sets no scale (the slice's, then the file's)."""
+def _check_source(src: Any, here: str) -> None:
+    """A slice's source (or passthrough's model entry): a mapping of a model path or reference and only the keys
+    mergekit reads there."""
     if not isinstance(src, dict) or not isinstance(src.get("model"), str):
         raise ValueError(f"{here}: expected {{model: PATH, layer_range: [START, END]}}, got {src!r}")
     extra = sorted(set(src) - {"model", "layer_range", "parameters"})
     if extra:
         raise ValueError(f"{here}: unknown key(s) {extra}; expected model, layer_range and parameters")
     _check_reference(src["model"], here)
+
+
+def _layer_slice(src: Any, here: str, defaults: list[dict]) -> dict:
+    """One passthrough source {model, layer_range, parameters: {scale}} as our slice; `defaults` are the parameter
+    mappings that apply where the source sets no scale (the slice's, then the file's)."""
+    _check_source(src, here)
     span = src.get("layer_range")
     if span is None:  # a whole model (mergekit's `models:` form)
         from mnlu_jax.weights.named_tensors import NamedTensors

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from mnlu_jax.merge.math import (MergeSpec, check_model_count, exclude_pattern, keys_for, merge_tensor,
-                                 nonfinite_error, split_numbers, with_numbers)
+from mnlu_jax.merge.math import (MergeSpec, check_model_count, exclude_pattern, keys_for, merge_compiled,
+                                 nonfinite_error)
 from mnlu_jax.merge.settings import Schedule
 from mnlu_jax.weights.names import hf_name, layer_index
 
@@ -46,16 +45,9 @@ def _merge_ours(parts: tuple[str, ...], base, models, spec: MergeSpec, schedule:
 def _merge_leaf(name, base, models, keys, spec, checks: list):
     """The merged leaf; (name, spec, whether it is finite) goes on `checks`, read once the tree is dispatched (a
     read per leaf would wait for each before the next is started)."""
-    fixed, numbers = split_numbers(spec)  # (t, λ and weights traced: a gradient compiles once per shape)
-    out, finite = _merge_leaf_jit(base, models, keys, numbers, fixed)
+    out, finite = merge_compiled(base, models, keys, spec, base.dtype)
     checks.append((name, spec, finite))
     return out
-
-
-@functools.partial(jax.jit, static_argnames=("fixed",))
-def _merge_leaf_jit(base, models, keys, numbers, fixed):
-    merged = merge_tensor(base, models, keys, with_numbers(fixed, numbers))
-    return merged.astype(base.dtype), jnp.isfinite(merged).all()
 
 
 def merge_pytrees(base: Any, models: list[Any], spec: MergeSpec, exclude: str | None = None,

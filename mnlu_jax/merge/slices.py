@@ -30,7 +30,7 @@ from mnlu_jax.merge.settings import Schedule
 from mnlu_jax.merge.streaming import (VOCAB_TENSORS, MergeGroup, PlannedTensor, card_frame, check_architectures,
                                       spec_record, write_config_and_tokenizer, write_merge, write_mergekit_config)
 from mnlu_jax.merge.vocabulary import plan_vocabulary
-from mnlu_jax.weights.convert import _dtype_name, same_source, source_name
+from mnlu_jax.weights.convert import _dtype_name, same_source, source_key, source_name
 from mnlu_jax.weights.named_tensors import NamedTensors, ordered
 from mnlu_jax.weights.names import layer_index
 
@@ -134,7 +134,7 @@ def merge_slices(slices: list[SliceMerge], out: str | Path, base: str | None = N
     groups, base_index = [], []
     for j, sl in enumerate(slices):
         paths = [s.model for s in sl.sources]
-        if len(set(Path(p).resolve() for p in paths)) != len(paths):
+        if len({source_key(p) for p in paths}) != len(paths):
             raise ValueError(f"slices[{j}]: a model is listed twice among its sources ({paths})")
         at = [i for i, p in enumerate(paths) if same_source(p, sl.base)]
         if not at:
@@ -143,8 +143,8 @@ def merge_slices(slices: list[SliceMerge], out: str | Path, base: str | None = N
         b = at[0]
         layers = sl.sources[0].end - sl.sources[0].start
         try:
-            groups.append(MergeGroup.make(sources[j][b][0], paths[b], [src for src, _, _ in sources[j]], paths,
-                                          sl.spec, sl.schedule, layers))
+            groups.append(MergeGroup.make(sources[j][b][0], [src for src, _, _ in sources[j]], sl.spec, sl.schedule,
+                                          layers))
         except ValueError as e:
             raise ValueError(f"slices[{j}]: {e}") from None
         base_index.append(b)

@@ -10,19 +10,16 @@ order, so each is restored once).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import re
 import shutil
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from mnlu_jax.merge.math import (MergeSpec, check_model_count, exclude_pattern, keys_for, merge_tensor,
-                                 nonfinite_error, split_numbers, with_numbers)
+from mnlu_jax.merge.math import (MergeSpec, check_model_count, exclude_pattern, keys_for, merge_compiled,
+                                 nonfinite_error)
 from mnlu_jax.merge.settings import Schedule
 from mnlu_jax.weights.convert import TOKENIZER_FILES, _dtype_name, atomic_dir, np_dtype, same_source, source_name
 from mnlu_jax.weights.named_tensors import NamedTensors, ordered
@@ -101,19 +98,6 @@ def _is_float(dt) -> bool:
     return np.issubdtype(dt, np.floating) or np.dtype(dt).name == "bfloat16"
 
 
-def _merge_jit(base, models, keys, spec: MergeSpec, out_dtype):
-    """The merged tensor in `out_dtype` and whether it is finite; one compilation per shape and spec, whatever its
-    t, λ and weights (math.TRACED_FIELDS)."""
-    fixed, numbers = split_numbers(spec)
-    return _merge_compiled(base, models, keys, numbers, fixed, out_dtype)
-
-
-@functools.partial(jax.jit, static_argnames=("fixed", "out_dtype"))
-def _merge_compiled(base, models, keys, numbers, fixed, out_dtype):
-    merged = merge_tensor(base, models, keys, with_numbers(fixed, numbers), host_ranks=True)  # one device: NumPy
-    return merged.astype(out_dtype), jnp.isfinite(merged).all()                                # may sort DELLA's rows
-
-
 @dataclasses.dataclass(frozen=True)
 class MergeGroup:
     """Tensors merged alike: from one base and the same models, by one spec and schedule (a whole-model merge is
@@ -127,8 +111,8 @@ class MergeGroup:
     same: tuple[int, ...]
 
     @staticmethod
-    def make(base: NamedTensors, base_path: str | Path, models: list[NamedTensors], model_paths: list[str | Path],
-             spec: MergeSpec, schedule: Schedule | None, num_layers: int) -> MergeGroup:
+    def make(base: NamedTensors, models: list[NamedTensors], spec: MergeSpec, schedule: Schedule | None,
+             num_layers: int) -> MergeGroup:
         n_all = len(models)
         if spec.weights is not None and len(spec.weights) != n_all:
             raise ValueError(f"{len(spec.weights)} weights for {n_all} models")
@@ -137,7 +121,7 @@ class MergeGroup:
                 raise ValueError(f"per_model.{name}: {len(values)} values for {n_all} models")
         # (linear and Karcher combine raw weights, Model Stock counts every model and its angle to the others, and
         # NuSLERP and Multi-SLERP without the base interpolate the models themselves)
-        same = [i for i, m in enumerate(model_paths) if not spec.raw and same_source(m, base_path)]
+        same = [i for i, m in enumerate(models) if not spec.raw and same_source(m.path, base.path)]
         live = [i for i in range(n_all) if i not in same] or [0]
         same = [i for i in same if i not in live]
         check_model_count(spec, len(live))
@@ -151,7 +135,7 @@ class MergeGroup:
         """The spec of the tensor `name` (at `position` on the gradients; None: its layer's), for the live
         models."""
         s = self.spec if self.schedule is None else self.schedule.spec_for(self.spec, name, position)
-        if self.same and list(self.live) != list(range(len(self.models))):
+        if self.same:
             w = list(s.weights) if s.weights else [1.0] * len(self.models)
             s = dataclasses.replace(s.select_models(list(self.live)), weights=tuple(w[i] for i in self.live),
                                     elided_weight=s.elided_weight + sum(w[i] for i in self.same))
@@ -196,7 +180,7 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
         rows = {n: vocabulary.size for n in b.names() if VOCAB_TENSORS.search(n)}
     else:
         rows = check_compatible(b, ms, vocab_policy)
-    group = MergeGroup.make(b, base, ms, models, spec, schedule, b.config.num_hidden_layers)
+    group = MergeGroup.make(b, ms, spec, schedule, b.config.num_hidden_layers)
     plan = [PlannedTensor(n, 0, n, (n,) * len(ms)) for n in ordered(b.names(), b.config)]
 
     def finish(tmp: Path, specs: list) -> None:
@@ -243,21 +227,24 @@ def write_merge(out: str | Path, groups: list[MergeGroup], plan: list[PlannedTen
             p = by_out[name]
             g = groups[p.group]
             r = rows.get(name)
-            if align is not None and r is not None:  # every input, aligned together (absent tokens' rows)
-                aligned = align([g.base.get(p.base), *(m.get(n) for m, n in zip(g.models, p.models))],
-                                [g.base.path, *(m.path for m in g.models)], g.base.path)
-                bt, fetch = aligned[0], lambda i: aligned[1 + i]
+            live = [(g.models[i], p.models[i]) for i in g.live]  # (an elided model is the base: not read again)
+            if align is not None and r is not None:  # the inputs aligned together (absent tokens' rows)
+                bt, *aligned = align([g.base.get(p.base), *(m.get(n) for m, n in live)],
+                                     [g.base.path, *(m.path for m, _ in live)], g.base.path)
+                models_in = lambda: aligned  # noqa: E731
             else:
-                bt, fetch = _fit_rows(g.base.get(p.base), r), lambda i: _fit_rows(g.models[i].get(p.models[i]), r)
+                bt = _fit_rows(g.base.get(p.base), r)
+                models_in = lambda: [_fit_rows(m.get(n), r) for m, n in live]  # noqa: E731
             odt = out_dtype_of[name]
             if (pattern and pattern.search(name)) or not _is_float(bt.dtype):
                 res = np.asarray(bt).astype(odt)
             else:
-                mts = tuple(fetch(i) for i in g.live)
+                mts = tuple(models_in())
                 tensor_spec = g.spec_for(name, p.position)
                 keys = keys_for(tensor_spec, name, len(g.models))
-                res, finite = _merge_jit(bt, mts, None if keys is None else keys[np.asarray(g.live)], tensor_spec,
-                                         odt)
+                # (one device: NumPy may sort DELLA's rows)
+                res, finite = merge_compiled(bt, mts, None if keys is None else keys[np.asarray(g.live)], tensor_spec,
+                                             odt, host_ranks=True)
                 if not finite:  # before the shard holding it is written: nothing half-made is left
                     raise nonfinite_error(name, tensor_spec)
                 res = np.asarray(res)

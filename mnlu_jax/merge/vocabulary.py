@@ -25,11 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from mnlu_jax.weights.convert import source_key
 from mnlu_jax.weights.named_tensors import NamedTensors
-
-
-def _key(path: str | Path) -> str:
-    return str(Path(path).resolve())  # (same_source's identity: one model however its path is written)
 
 
 @dataclasses.dataclass
@@ -45,14 +42,14 @@ class VocabularyPlan:
         `paths`), its rows moved to the output's token ids. A token some input lacks takes, in those inputs, the row
         of the one input that has it, else the base's (if the base is an input and has it), else the mean of those
         that have it; zeros if none has it (mergekit's PermutedVocabulary, over the tensor's inputs)."""
-        rows = [self.rows[_key(p)] for p in paths]
+        rows = [self.rows[source_key(p)] for p in paths]
         first = {}  # an input listed twice (the base among the models) counts once, as in mergekit's dict of inputs
         for i, p in enumerate(paths):
-            first.setdefault(_key(p), i)
+            first.setdefault(source_key(p), i)
         distinct = sorted(first.values())
         n_vocab = len(rows[0])
         present = np.stack([rows[i] >= 0 for i in distinct])
-        base_at = first.get(_key(base)) if base is not None else None
+        base_at = first.get(source_key(base)) if base is not None else None
         filled = {}
         for token_id in np.flatnonzero(present.sum(0) < len(distinct)):
             have = [i for i, here in zip(distinct, present[:, token_id]) if here]
@@ -100,9 +97,11 @@ def plan_vocabulary(source: str, base: NamedTensors, models: list[NamedTensors],
     if base.tokenizer_source is None:
         raise ValueError(f"tokenizer_source {source!r}: the base {base.path} has no tokenizer to start from")
     base_tok = load_tokenizer(base.tokenizer_source)
-    models = [m for i, m in enumerate(models) if _key(m.path) not in {_key(x.path) for x in [base, *models[:i]]}]
-    inputs = [base, *models]
-    toks = [base_tok] + [_tokenizer_of(m, base_tok) for m in models]
+    distinct = {source_key(base.path): base}  # each checkpoint once, the base first
+    for m in models:
+        distinct.setdefault(source_key(m.path), m)
+    inputs = list(distinct.values())
+    toks = [base_tok] + [_tokenizer_of(m, base_tok) for m in inputs[1:]]
     vocabs = [_ids(t, x.config.vocab_size) for t, x in zip(toks, inputs)]
     past = len(base_tok.get_vocab()) - len(vocabs[0])
     if past and source in ("base", "union"):  # mergekit strips them from a BPE tokenizer's model; not done here
@@ -124,7 +123,7 @@ def plan_vocabulary(source: str, base: NamedTensors, models: list[NamedTensors],
         raise ValueError(f"tokenizer_source {source!r}: its token ids are not 0..{n - 1}")
     size = n if not pad_to_multiple_of else -(-n // pad_to_multiple_of) * pad_to_multiple_of
     by_id = sorted(vocab, key=vocab.get)
-    return VocabularyPlan(out_tok, size, {_key(x.path): np.array([v.get(t, -1) for t in by_id], np.int64)
+    return VocabularyPlan(out_tok, size, {source_key(x.path): np.array([v.get(t, -1) for t in by_id], np.int64)
                                           for x, v in zip(inputs, vocabs)})
 
 

@@ -98,9 +98,15 @@ def source_name(src: str | Path) -> str:
     return str(Path(src).absolute()) if Path(src).exists() else str(src)
 
 
+def source_key(src: str | Path) -> str:
+    """What identifies a checkpoint however its path is written: the path resolved (a Hub id, as a relative
+    path)."""
+    return str(Path(src).resolve())
+
+
 def same_source(a: str | Path, b: str | Path) -> bool:
     """Whether two sources are the same checkpoint: the same path once resolved, or the same Hub id."""
-    return Path(a).resolve() == Path(b).resolve()
+    return source_key(a) == source_key(b)
 
 
 def resolve_source(src: str | Path) -> Path:

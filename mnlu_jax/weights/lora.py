@@ -57,6 +57,9 @@ class LoraAdapter:
     def get(self, key: str) -> np.ndarray:
         return np.asarray(self._tensors.get(key))
 
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._tensors.shape(key))
+
 
 def read_adapter(ref: str | Path) -> LoraAdapter:
     """The adapter in directory `ref` (adapter_config.json and adapter_model.safetensors, or .bin with torch);
@@ -147,14 +150,14 @@ class LoraApplied:
             if name not in names:
                 raise ValueError(f"{adapter.path}: adapts {name}, which {where} does not have")
         for name, (a, b, _, embedding) in adapter.factors.items():
-            rows, cols = adapter._tensors.shape(b)[0], adapter._tensors.shape(a)[1]
+            rows, cols = adapter.shape(b)[0], adapter.shape(a)[1]
             want = (cols, rows) if embedding else (rows, cols)
             if tuple(inner.shape(name)) != want:
                 raise ValueError(f"{adapter.path}: {name}: B·A is {want}, the tensor of {where} is "
                                  f"{tuple(inner.shape(name))}")
         for name, key in adapter.replaced.items():
-            if tuple(adapter._tensors.shape(key)) != tuple(inner.shape(name)):
-                raise ValueError(f"{adapter.path}: {key} is {tuple(adapter._tensors.shape(key))}, replacing {name} of "
+            if tuple(adapter.shape(key)) != tuple(inner.shape(name)):
+                raise ValueError(f"{adapter.path}: {key} is {tuple(adapter.shape(key))}, replacing {name} of "
                                  f"{where}, which is {tuple(inner.shape(name))}")
 
     def names(self) -> list[str]:
