@@ -11,6 +11,7 @@ each in its own process; peak RSS is that process's ru_maxrss. `--preset 7b` rec
     python benchmarks/merge.py [--preset 1b] [--workdir /tmp/mnlu_merge_bench] [--no-reference]
     python benchmarks/merge.py --methods ties,dare_ties,slerp,sce,karcher
     python benchmarks/merge.py --methods slerp_slices,ties_lora     # a config's merge_method may differ from its key
+    python benchmarks/merge.py --methods ties_density,della_gradient
 """
 
 from __future__ import annotations
@@ -99,6 +100,12 @@ METHOD_CONFIGS = {
          "parameters": {"t": [0.5, 1.0]}}]},
     "ties_lora": {"merge_method": "ties",
                   "models": [{"model": "{ft}+{lora}", "parameters": {"weight": 1.0, "density": 0.5}}]},
+    # session 27: density (and DELLA's epsilon) gradients over the layers, each layer its own kept count
+    "ties_density": {"merge_method": "ties",
+                     "models": [{"model": "{ft}", "parameters": {"weight": 1.0, "density": [0.2, 0.8]}}]},
+    "della_gradient": {"merge_method": "della",
+                       "models": [{"model": "{ft}", "parameters": {"weight": 1.0, "density": [0.3, 0.7],
+                                                                  "epsilon": [0.05, 0.15]}}]},
 }
 LORA_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
                 "mlp.up_proj", "mlp.down_proj")

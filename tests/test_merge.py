@@ -737,11 +737,17 @@ def test_mergekit_configs_outside_what_we_merge_are_named(tmp_path):
              ({**good, "models": [{"model": "m1", "parameters": {"density": 0.5}}]},
               r"models\[0\]\.parameters\.weight: required by dare_ties"),
              ({k: v for k, v in good.items() if k != "base_model"}, r"base_model: required by dare_ties"),
-             ({**good, "tokenizer": {"source": "union", "tokens": {"<x>": {"source": "m1"}}}},
-              r"tokenizer\.tokens \(per-token embedding sources\) is not supported"),
+             ({**good, "tokenizer": {"source": "union", "tokens": {"<x>": {"source": 5}}}},
+              r"tokenizer\.tokens\['<x>'\]\.source: expected a model path, \{kind: zero\}"),
+             ({**good, "tokenizer": {"source": "union", "tokens": {"<x>": {"source": {"kind": "model_token",
+                                                                                   "model": "m1"}}}}},
+              r"tokenizer\.tokens\['<x>'\]\.source: model_token takes model and one of token_id and token"),
+             ({**good, "chat_template": ["chatml"]}, r"chat_template: expected auto, a template name"),
+             ({**good, "base_model": {"model": "b", "revision": "v1"}},
+              r"base_model: unknown key\(s\) \['revision'\] in a model reference"),
              ({**good, "tokenizer": {"source": "union"}, "tokenizer_source": "base"},
               r"tokenizer and tokenizer_source: give one"),
-             ({**good, "chat_template": "chatml"}, r"mergekit key\(s\) \['chat_template'\] are not supported"),
+             ({**good, "modules": {}}, r"mergekit key\(s\) \['modules'\] are not supported"),
              ({**good, "models": [{"model": "m1", "parameters": {"weight": 1, "gamma": 0.1}}]},
               r"models\[0\]\.parameters: \['gamma'\] not per-model parameter\(s\) of dare_ties"),
              ({**good, "parameters": {"t": 0.5}}, r"parameters: \['t'\] not parameter\(s\) of dare_ties"),
@@ -1038,25 +1044,36 @@ def test_slices_merge_slice_by_slice_as_mergekit_does(tmp_path, capsys):
 
 
 def test_a_gradient_over_the_layers_compiles_one_merge_per_shape(tmp_path):
-    """t, λ and the weights are arguments of the compiled merge, not part of its static spec: a gradient that gives
-    every layer its own values (in a whole-model merge, and slice by slice) compiles one merge per tensor shape,
-    not one per tensor, and still equals the merge with the values baked in."""
+    """t, λ, the weights and the sparsifiers' drop rate, gamma and epsilon are arguments of the compiled merge, not
+    part of its static spec: a gradient that gives every layer its own values (in a whole-model merge, model by
+    model, and slice by slice) compiles one merge per tensor shape, not one per tensor, and still equals the merge
+    with the values baked in."""
     from mnlu_jax.merge import math as merge_math
     from mnlu_jax.merge.config import MergeConfig, run_merge
+    from mnlu_jax.merge.math import keys_for
     from mnlu_jax.merge.settings import Schedule
 
     base = make_tiny_hf(tmp_path / "base", seed=0, num_hidden_layers=4)
     ft = make_tiny_hf(tmp_path / "ft", seed=1, num_hidden_layers=4)
+    ft2 = make_tiny_hf(tmp_path / "ft2", seed=2, num_hidden_layers=4)
     shapes = {v.shape for v in _flat(base).values()}
-    for name, cfg in [
-            ("slerp", MergeConfig(base=str(base), models=[str(ft)], method="slerp", t=[0.0, 1.0])),
-            ("ties", MergeConfig(base=str(base), models=[str(ft), str(base)], method="ties", drop_rate=0.5,
-                                 lam=[0.5, 1.5], weights=[[1.0, 0.2], 1.0])),
-            ("slices", MergeConfig(base=str(base), method="slerp", slices=[
-                {"sources": [{"model": str(base), "layer_range": [0, 2]}, {"model": str(ft), "layer_range": [0, 2]}],
-                 "t": [0.1, 0.9]},
-                {"sources": [{"model": str(base), "layer_range": [2, 4]}, {"model": str(ft), "layer_range": [1, 3]}],
-                 "t": [0.3, 0.7]}]))]:
+    cases = [
+        ("slerp", MergeConfig(base=str(base), models=[str(ft)], method="slerp", t=[0.0, 1.0])),
+        ("ties", MergeConfig(base=str(base), models=[str(ft), str(base)], method="ties", drop_rate=0.5,
+                             lam=[0.5, 1.5], weights=[[1.0, 0.2], 1.0])),
+        ("ties_density", MergeConfig(base=str(base), models=[str(ft)], method="ties", drop_rate=[0.1, 0.9])),
+        ("dare_ties", MergeConfig(base=str(base), models=[str(ft), str(ft2)], method="dare_ties",
+                                  per_model={"drop_rate": [[0.2, 0.7], 0.4]})),
+        ("della", MergeConfig(base=str(base), models=[str(ft)], method="della", drop_rate=[0.3, 0.6],
+                              epsilon=[0.05, 0.2])),
+        ("breadcrumbs", MergeConfig(base=str(base), models=[str(ft), str(ft2)], method="breadcrumbs_ties",
+                                    drop_rate=[0.2, 0.5], per_model={"gamma": [[0.01, 0.1], 0.05]})),
+        ("slices", MergeConfig(base=str(base), method="slerp", slices=[
+            {"sources": [{"model": str(base), "layer_range": [0, 2]}, {"model": str(ft), "layer_range": [0, 2]}],
+             "t": [0.1, 0.9]},
+            {"sources": [{"model": str(base), "layer_range": [2, 4]}, {"model": str(ft), "layer_range": [1, 3]}],
+             "t": [0.3, 0.7]}]))]
+    for name, cfg in cases:
         merge_math._merge_compiled.clear_cache()
         run_merge(dataclasses.replace(cfg, out=str(tmp_path / name)), progress=False)
         assert merge_math._merge_compiled._cache_size() == len(shapes), name
@@ -1069,6 +1086,18 @@ def test_a_gradient_over_the_layers_compiles_one_merge_per_shape(tmp_path):
         spec = schedule.spec_for(cfg.spec(), n).select_models([0])  # (the base, listed second, is elided)
         want = merge_tensor(b[n], (f[n],), None, spec)
         np.testing.assert_allclose(ours[n], np.asarray(want), rtol=1e-6, atol=1e-7, err_msg=n)
+    # and the sparsifiers' settings: kept counts, keep probabilities and DARE's draws as with them baked in
+    f2 = _flat(ft2)
+    for name in ("dare_ties", "della", "breadcrumbs"):
+        cfg = dict(cases)[name]
+        schedule = dataclasses.replace(cfg.schedule(), num_layers=4)
+        ours = _flat(tmp_path / name)
+        for n in ("model.layers.1.mlp.up_proj.weight", "model.layers.2.self_attn.k_proj.weight",
+                  "model.layers.3.input_layernorm.weight"):
+            spec = schedule.spec_for(cfg.spec(), n)
+            models = (f[n], f2[n]) if len(cfg.models) == 2 else (f[n],)
+            want = merge_tensor(b[n], models, keys_for(spec, n, len(models)), spec)
+            np.testing.assert_allclose(ours[n], np.asarray(want), rtol=1e-6, atol=1e-7, err_msg=f"{name}: {n}")
 
 
 def _word_model(path: Path, seed: int, words: list[str], added: list[str] = ()) -> Path:
@@ -1159,6 +1188,125 @@ def test_tokenizer_sources_align_vocabularies_as_mergekit_does(tmp_path):
         run_merge(MergeConfig(base=str(short), models=[str(m2)], method="task_arithmetic", tokenizer_source="union",
                               out=str(tmp_path / "never")), progress=False)
     assert not (tmp_path / "never").exists()
+
+
+def test_token_sources_and_chat_templates_as_mergekit(tmp_path):
+    """mergekit's `tokenizer.tokens` (our token_sources) and `chat_template`: a token no model has, added and taken
+    from a model's row for another token; a token forced to one model's row in every model; a zero row and a row
+    by number for the models that lack a token; model references in mergekit's mapping form. Tensors, vocabulary
+    and the written template equal mergekit's (a named template, `auto` and template text)."""
+    import transformers
+
+    words = ["<unk>"] + [f"w{i}" for i in range(1, 60)]
+    template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+    base = _word_model(tmp_path / "base", 0, words)
+    m1 = _word_model(tmp_path / "m1", 1, words[:1] + words[1:][::-1], added=["<a>"])
+    m2 = _word_model(tmp_path / "m2", 2, [w for w in words if w != "w7"])
+    config = json.loads((m1 / "tokenizer_config.json").read_text())
+    (m1 / "tokenizer_config.json").write_text(json.dumps(dict(config, chat_template=template)))
+    two = [{"model": str(m1), "parameters": {"weight": 0.7}}, {"model": {"model": {"path": str(m2)}},
+                                                              "parameters": {"weight": 0.4}}]
+    tokens = {"<new>": {"source": {"kind": "model_token", "model": str(m1), "token": "w5"}},
+              "w3": {"source": {"model": str(m2)}, "force": True},
+              "<a>": {"source": {"kind": "zero"}},
+              "w7": {"source": {"kind": "model_token", "model": str(m1), "token_id": 3}}}
+    cases = {
+        "tokens": {"merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32", "models": two,
+                   "tokenizer": {"source": "union", "tokens": tokens}, "chat_template": "chatml"},
+        "auto": {"merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32", "models": two,
+                 "tokenizer_source": "base", "chat_template": "auto"},
+        "text": {"merge_method": "passthrough", "dtype": "float32", "chat_template": template.replace(": ", " > "),
+                 "slices": [{"sources": [{"model": str(base), "layer_range": [0, 2]}]}]},
+    }
+    for name, (ours, ref) in _both_many(tmp_path, cases).items():
+        for n in ours:
+            np.testing.assert_allclose(ours[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=f"{name}: {n}")
+        ours_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / f"ours_{name}")
+        ref_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / f"mk_{name}")
+        assert ours_tok.get_vocab() == ref_tok.get_vocab(), name
+        if name != "tokens":  # (a named template is our own text, which renders as mergekit's file does)
+            assert ours_tok.chat_template == ref_tok.chat_template, name
+        chat = [{"role": "system", "content": "w4"}, {"role": "user", "content": "w1 w2"},
+                {"role": "assistant", "content": "w3"}, {"role": "user", "content": "w5"}]
+        assert (ours_tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+                == ref_tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)), name
+    # by hand: every model's w3 is m2's, so the merged w3 is m2's row; <new> (base and m2 have none either) is m1's
+    # w5 in every model; w7 takes m1's row 3 in m2, which lacks it
+    e = "model.embed_tokens.weight"
+    b, one, two_ = _flat(base), _flat(m1), _flat(m2)
+    vocab = json.loads((tmp_path / "ours_tokens" / "tokenizer.json").read_text())["model"]["vocab"]
+    merged = _flat(tmp_path / "ours_tokens")[e]
+    at = transformers.AutoTokenizer.from_pretrained(tmp_path / "ours_tokens").get_vocab()
+    np.testing.assert_allclose(merged[at["w3"]], two_[e][words.index("w3") - 0], rtol=1e-5, atol=1e-6)
+    w5 = one[e][(words[:1] + words[1:][::-1]).index("w5")]
+    np.testing.assert_allclose(merged[at["<new>"]], w5, rtol=1e-5, atol=1e-6)
+    w7 = b[e][words.index("w7")]
+    np.testing.assert_allclose(merged[at["w7"]], w7 + 0.7 * (one[e][words[1:][::-1].index("w7") + 1] - w7)
+                               + 0.4 * (one[e][3] - w7), rtol=1e-5, atol=1e-6)
+    assert "w3" in vocab
+    assert "<|im_start|>" in transformers.AutoTokenizer.from_pretrained(tmp_path / "ours_tokens").chat_template
+    # refused, naming the token or the field, before anything is written
+    from mnlu_jax.merge.config import MergeConfig, run_merge, translate_merge_config
+
+    common = dict(base=str(base), models=[str(m1), str(m2)], method="task_arithmetic", out=str(tmp_path / "never"))
+    for settings, message in [
+            ({"token_sources": {"w3": {"source": str(m2)}}}, r"token_sources: needs a tokenizer_source"),
+            ({"tokenizer_source": "union", "token_sources": {"w7": {"source": str(m2)}}},
+             r"token_sources\['w7'\]\.source: .*m2's tokenizer has no 'w7'"),
+            ({"tokenizer_source": "union", "token_sources": {"w7": {"source": str(tmp_path / "else")}}},
+             r"token_sources\['w7'\]\.source: .*else is not one of the merge's models"),
+            ({"tokenizer_source": "union", "token_sources": {"w7": {"source": {"kind": "model_token", "model": str(m1),
+                                                                               "token_id": 99}}}},
+             r"token_sources\['w7'\]\.source\.token_id: 99 is past .*m1's 61 rows"),
+            ({"tokenizer_source": "union", "token_sources": {"w7": {"source": {"kind": "model_token", "model": str(m1),
+                                                                               "token": "nope"}}}},
+             r"\.source\.token: 'nope' is not a token of"),
+            ({"tokenizer_source": "union", "token_sources": {"w7": {"force": True}}},
+             r"token_sources\['w7'\]\.source: expected a model path"),
+            ({"chat_template": "alpaca", "tokenizer_source": "base"},
+             r"chat_template 'alpaca': mergekit's alpaca template renders with stray"),
+            ({"chat_template": "chatm", "tokenizer_source": "base"}, r"chat_template 'chatm': not a template name"),
+            ({"chat_template": "{% for m in messages %}", "tokenizer_source": "base"},
+             r"chat_template:1: the chat template does not parse")]:
+        with pytest.raises(ValueError, match=message):
+            run_merge(MergeConfig(**common, **settings), progress=False)
+    # a token source that is not an input of the tensor that needs it: a merge by slices takes the embeddings from
+    # the first slice's sources, where m2 lacks w7 and m1, its configured source, is not one
+    with pytest.raises(ValueError, match=r"token_sources\['w7'\]: its source .*m1 is not an input of "
+                                         r"model\.embed_tokens\.weight"):
+        run_merge(MergeConfig(base=str(base), method="slerp", t=0.5, out=str(tmp_path / "never"),
+                              tokenizer_source="base", token_sources={"w7": {"source": str(m1)}}, slices=[
+                                  {"sources": [{"model": str(base), "layer_range": [0, 1]},
+                                               {"model": str(m2), "layer_range": [0, 1]}]},
+                                  {"sources": [{"model": str(base), "layer_range": [1, 2]},
+                                               {"model": str(m1), "layer_range": [1, 2]}]}]), progress=False)
+    assert not (tmp_path / "never").exists()
+    # mergekit's mapping form of a reference with a revision reads as a Hub id with @REVISION; other keys refused
+    from mnlu_jax.merge.mergekit_config import reference
+
+    assert reference({"model": {"path": "org/name", "revision": "v2"}, "lora": "org/adapter"}, "x") == \
+        "org/name@v2+org/adapter"
+    with pytest.raises(ValueError, match=r"models\[0\]\.model\.override_architecture: not supported"):
+        run_merge(MergeConfig(**translate_merge_config(
+            {"merge_method": "linear", "models": [{"model": {"model": str(m1), "override_architecture": "X"},
+                                                   "parameters": {"weight": 1.0}}]}, "cfg.yaml")), progress=False)
+
+
+def test_hub_ids_with_a_revision_download_that_revision(monkeypatch, tmp_path):
+    """mergekit's `org/name@REVISION` (and the mapping form's `revision`) downloads that branch, tag or commit."""
+    import huggingface_hub
+
+    from mnlu_jax.weights.convert import check_source, resolve_source
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo, revision=None, **kw: calls.append((repo, revision)) or str(tmp_path))
+    assert resolve_source("org/name@v1.0") == tmp_path
+    assert resolve_source("org/name") == tmp_path
+    assert calls == [("org/name", "v1.0"), ("org/name", None)]
+    check_source("org/name@refs/pr/3", "model")
+    with pytest.raises(FileNotFoundError, match=r"model 'org/name@': no such file"):
+        check_source("org/name@", "model")
 
 
 def _lora(model: Path, out: Path, seed: int, **config) -> Path:

@@ -8,6 +8,7 @@ from typing import Any
 
 from mnlu_jax.merge.math import MergeSpec
 from mnlu_jax.merge.settings import SCHEDULABLE, Schedule, check_settings
+from mnlu_jax.merge.vocabulary import TokenizerSettings
 
 
 @dataclasses.dataclass
@@ -50,6 +51,12 @@ class MergeConfig:
     # token ids first (merge/vocabulary.py; mergekit's tokenizer_source); None: rows merged as they are
     tokenizer_source: str | None = None
     pad_to_multiple_of: int | None = None  # with tokenizer_source: the row count padded up to a multiple of this
+    # with tokenizer_source: where given tokens' rows come from, {TOKEN: {source: MODEL | {kind: zero} | {kind:
+    # model_token, model: MODEL, token_id: N | token: STR}, force: BOOL}} (mergekit's tokenizer.tokens)
+    token_sources: dict[str, Any] | None = None
+    # the written tokenizer's chat template: auto | chatml | llama3 | mistral | zephyr | a Jinja file or text
+    # (merge/chat_template.py); None: the tokenizer's own
+    chat_template: str | None = None
     # layer ranges merged slice by slice and stacked in order (merge/slices.py): [{sources: [{model, layer_range:
     # [start, end]}, ...], base, <any setting above>}, ...]; for passthrough, one source each: [{model,
     # layer_range, scale}, ...]
@@ -87,6 +94,10 @@ class MergeConfig:
                          multislerp_base=self.multislerp_base, multislerp_eps=self.multislerp_eps,
                          ram_epsilon=self.ram_epsilon, ram_r=self.ram_r, ram_alpha=self.ram_alpha)
 
+    def tokenizer(self) -> TokenizerSettings:
+        return TokenizerSettings(self.tokenizer_source, self.pad_to_multiple_of, self.token_sources,
+                                 self.chat_template)
+
     def schedule(self) -> Schedule | None:
         return Schedule.make(self._settings(), self.weights, per_model=self.per_model)
 
@@ -104,10 +115,7 @@ def translate_merge_config(data: dict, where: str) -> dict:
 def run_merge(cfg: MergeConfig, progress: bool = True) -> Path:
     from mnlu_jax.merge.streaming import merge_checkpoints
 
-    if cfg.pad_to_multiple_of is not None and (cfg.tokenizer_source is None or type(cfg.pad_to_multiple_of) is not int
-                                               or cfg.pad_to_multiple_of < 1):
-        raise ValueError(f"merge: pad_to_multiple_of {cfg.pad_to_multiple_of!r}: expected a positive integer, with a "
-                         "tokenizer_source (base, union or a model directory) whose vocabulary it pads")
+    cfg.tokenizer()  # (its settings checked before anything is read)
     if cfg.method == "passthrough":
         return _run_passthrough(cfg, progress)
     if cfg.slices is not None:
@@ -120,7 +128,7 @@ def run_merge(cfg: MergeConfig, progress: bool = True) -> Path:
     return merge_checkpoints(cfg.base, cfg.models, cfg.spec(), cfg.out, dtype=cfg.dtype, exclude=cfg.exclude,
                              vocab_policy=cfg.vocab_policy, max_shard_bytes=cfg.shard_size_bytes, progress=progress,
                              schedule=cfg.schedule(), mergekit_config=cfg.mergekit_config,
-                             tokenizer_source=cfg.tokenizer_source, pad_to_multiple_of=cfg.pad_to_multiple_of)
+                             tokenizer=cfg.tokenizer())
 
 
 def _run_passthrough(cfg: MergeConfig, progress: bool) -> Path:
@@ -144,13 +152,12 @@ def _run_passthrough(cfg: MergeConfig, progress: bool) -> Path:
         slices.append(LayerSlice(s["model"], start, end, s.get("scale")))
     return stack_slices(slices, cfg.out, base=cfg.base or None, dtype=cfg.dtype,
                         max_shard_bytes=cfg.shard_size_bytes, progress=progress,
-                        mergekit_config=cfg.mergekit_config, tokenizer_source=cfg.tokenizer_source,
-                        pad_to_multiple_of=cfg.pad_to_multiple_of)
+                        mergekit_config=cfg.mergekit_config, tokenizer=cfg.tokenizer())
 
 
 # MergeConfig fields that hold for the whole merge; a slice may set any other
 WHOLE_MERGE = ("out", "method", "models", "slices", "dtype", "vocab_policy", "seed", "exclude", "shard_size_bytes",
-               "mergekit_config", "tokenizer_source", "pad_to_multiple_of")
+               "mergekit_config", "tokenizer_source", "pad_to_multiple_of", "token_sources", "chat_template")
 
 
 def _run_sliced(cfg: MergeConfig, progress: bool) -> Path:
@@ -197,4 +204,4 @@ def _run_sliced(cfg: MergeConfig, progress: bool) -> Path:
             raise ValueError(f"{here}: {e}") from None
     return merge_slices(merges, cfg.out, base=cfg.base or None, dtype=cfg.dtype, exclude=cfg.exclude,
                         max_shard_bytes=cfg.shard_size_bytes, progress=progress, mergekit_config=cfg.mergekit_config,
-                        tokenizer_source=cfg.tokenizer_source, pad_to_multiple_of=cfg.pad_to_multiple_of)
+                        tokenizer=cfg.tokenizer())

@@ -134,6 +134,8 @@ class MergeSpec:
     # Weight of models left out of the computation because their delta is exactly zero (the base listed as a
     # model, as in the paper's [base, fine-tune] merge): it still counts in DARE's average denominator.
     elided_weight: float = 0.0
+    # In a compiled merge only: each model's sparsifier numbers (`sparsity_plan`), traced; None: from the fields
+    sparsity: tuple[dict, ...] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -227,10 +229,18 @@ def tensor_key(seed: int, name: str, model_index: int) -> jax.Array:
 def keep_mask(key: jax.Array, keep: float, shape: tuple[int, ...]) -> jax.Array:
     """Bernoulli(keep) mask from 16-bit uniform integers: two draws per 32-bit random word halves the PRNG work
     (the merge's bottleneck on CPU). `keep` is quantised to 2^-16 (p = 0.2 keeps with probability 0.8000031)."""
+    return _mask_below(key, _keep_threshold(keep), shape)
+
+
+def _keep_threshold(keep: float) -> np.uint32:
+    return np.uint32(min(int(round(keep * 65536)), 65536))
+
+
+def _mask_below(key: jax.Array, threshold, shape: tuple[int, ...]) -> jax.Array:
+    """Where a 16-bit uniform integer is below `threshold` (may be traced): `keep_mask`'s draw."""
     n = int(np.prod(shape, dtype=np.int64))
     words = jax.random.bits(key, ((n + 1) // 2,), dtype=jnp.uint32)
     halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n]
-    threshold = min(int(round(keep * 65536)), 65536)
     return (halves.astype(jnp.uint32) < threshold).reshape(shape)
 
 
@@ -253,18 +263,84 @@ def rescale_to_norm(kept: jax.Array, delta: jax.Array, norm: str, eps: float = 1
 
 
 def dare_drop(delta: jax.Array, key: jax.Array, p: float, rescale: bool, norm: str | None = None) -> jax.Array:
-    if p <= 0.0:
+    return _sparsify_with(delta, key, "random", *_random_plan(p), rescale, norm)
+
+
+# Each sparsifier's settings for one model and tensor, computed on the host as Python numbers give them
+# (`sparsity_plan`): a mode (keep every entry, none, or some), which is static in a compiled merge, and the numbers
+# the kernel (`_sparsify_with`) takes as arguments, so that a density, gamma or epsilon gradient over the layers
+# compiles one merge per tensor shape. Counts are computed as Python integers, as mergekit's are, then passed.
+def _random_plan(p: float) -> tuple[str, dict]:
+    mode = "keep" if p <= 0.0 else "drop" if p >= 1.0 else "some"
+    # (the documented scale 1/(1 − p), multiplied explicitly as the fp32 reciprocal)
+    return mode, {"threshold": _keep_threshold(1.0 - p),
+                  "scale": np.float32(1.0 / (1.0 - p) if mode == "some" else 1.0)}
+
+
+def _magprune_plan(density: float, epsilon: float) -> tuple[str, dict]:
+    mode = "keep" if density >= 1.0 else "drop" if density <= 0.0 else "some"
+    return mode, {"low": np.float32(density - epsilon), "epsilon": np.float32(epsilon)}
+
+
+def _magnitude_plan(density: float, n: int) -> tuple[str, dict]:
+    mode = "keep" if density >= 1.0 or n == 0 else "drop" if density <= 0.0 else "some"
+    return mode, {"k": np.int32(max(1, int(density * n)) if mode == "some" else 0)}
+
+
+def _outliers_plan(density: float, gamma: float, n: int) -> tuple[str, dict]:
+    """Of the |δ| in ascending order, ranks `low` .. `high` − 1 are kept (`magnitude_outliers`)."""
+    if density >= 1.0 or n == 0:
+        return "keep", {"low": np.int32(0), "high": np.int32(0)}
+    target = int(density * n)
+    n_bottom = max(0, n - target - int(gamma * n))
+    return "some", {"low": np.int32(n_bottom), "high": np.int32(n_bottom + target)}
+
+
+def sparsity_plan(spec: MergeSpec, model_index: int, n: int) -> tuple[str, dict]:
+    """(mode, numbers) of the sparsifier of `spec.method` for the model at `model_index` and a tensor of `n`
+    entries."""
+    kind = SPARSIFIER[spec.method]
+    density = 1.0 - spec.value_for("drop_rate", model_index)
+    if kind == "random":
+        return _random_plan(spec.value_for("drop_rate", model_index))
+    if kind == "magprune":
+        return _magprune_plan(density, spec.value_for("epsilon", model_index))
+    if kind == "magnitude":
+        return _magnitude_plan(density, n)
+    return _outliers_plan(density, spec.value_for("gamma", model_index), n)
+
+
+def _sparsify_with(delta: jax.Array, key: jax.Array | None, kind: str, mode: str, numbers: dict, rescale: bool,
+                   norm: str | None, host_ranks: bool = False) -> jax.Array:
+    """The entries of `delta` a sparsifier of `kind` keeps, given its plan (`numbers` may be traced)."""
+    if mode == "keep":
         return delta
-    if p >= 1.0:
+    if mode == "drop":
         return jnp.zeros_like(delta)
-    out = jnp.where(keep_mask(key, 1.0 - p, delta.shape), delta, 0.0)
-    if not rescale:
-        return out
-    if norm is not None:
-        return rescale_to_norm(out, delta, norm)
-    # Multiply by the fp32 reciprocal explicitly: XLA would rewrite a division by a constant anyway,
-    # and this way the documented scale 1/(1 − p) is exactly what every kept entry is multiplied by.
-    return out * np.float32(1.0 / (1.0 - p))
+    if kind == "random":
+        out = jnp.where(_mask_below(key, numbers["threshold"], delta.shape), delta, 0.0)
+        if not rescale:
+            return out
+        return rescale_to_norm(out, delta, norm) if norm is not None else out * numbers["scale"]
+    if kind == "magprune":
+        x = delta if delta.ndim >= 2 else delta[None]
+        x2 = x.reshape(x.shape[0], -1)
+        ranks = row_ranks(jnp.abs(x2), host_ranks)
+        span = jnp.maximum(x2.shape[1] - 1, 1)
+        keep_p = numbers["low"] + (ranks / span) * 2 * numbers["epsilon"]
+        keep = jax.random.uniform(key, x2.shape) < keep_p
+        out = jnp.where(keep, x2, 0.0)
+        if rescale:
+            out = out / keep_p if norm is None else rescale_to_norm(out, x2, norm)
+        return out.reshape(delta.shape)
+    magnitude = jnp.abs(delta)
+    if kind == "magnitude":  # exactly the k largest |δ| (ties to the lower index, as a stable descending sort)
+        mask = select_mask(magnitude, numbers["k"])
+    else:
+        mask = (select_mask(magnitude, numbers["high"], largest=False)
+                & ~select_mask(magnitude, numbers["low"], largest=False))
+    out = jnp.where(mask, delta, 0.0)
+    return out if norm is None else rescale_to_norm(out, delta, norm)
 
 
 def _sortable(values: jax.Array) -> jax.Array:
@@ -306,15 +382,7 @@ def select_mask(values: jax.Array, k, largest: bool = True) -> jax.Array:
 
 
 def magnitude_trim(delta: jax.Array, density: float, norm: str | None = None) -> jax.Array:
-    n = delta.size
-    if density >= 1.0 or n == 0:
-        return delta
-    if density <= 0.0:
-        return jnp.zeros_like(delta)
-    # exactly the k largest |δ| (ties to the lower index, as a stable descending sort)
-    mask = select_mask(jnp.abs(delta), max(1, int(density * n)))
-    out = jnp.where(mask, delta, 0.0)
-    return out if norm is None else rescale_to_norm(out, delta, norm)
+    return _sparsify_with(delta, None, "magnitude", *_magnitude_plan(density, delta.size), False, norm)
 
 
 def _row_ranks_numpy(values: np.ndarray) -> np.ndarray:
@@ -349,52 +417,27 @@ def row_ranks(values: jax.Array, on_host: bool = False) -> jax.Array:
 
 def della_drop(delta: jax.Array, key: jax.Array, density: float, epsilon: float, rescale: bool,
                norm: str | None = None, host_ranks: bool = False) -> jax.Array:
-    if density >= 1.0:
-        return delta
-    if density <= 0.0:
-        return jnp.zeros_like(delta)
-    x = delta if delta.ndim >= 2 else delta[None]
-    x2 = x.reshape(x.shape[0], -1)
-    ranks = row_ranks(jnp.abs(x2), host_ranks)
-    span = jnp.maximum(x2.shape[1] - 1, 1)
-    keep_p = (density - epsilon) + (ranks / span) * 2 * epsilon
-    keep = jax.random.uniform(key, x2.shape) < keep_p
-    out = jnp.where(keep, x2, 0.0)
-    if rescale:
-        out = out / keep_p if norm is None else rescale_to_norm(out, x2, norm)
-    return out.reshape(delta.shape)
+    return _sparsify_with(delta, key, "magprune", *_magprune_plan(density, epsilon), rescale, norm, host_ranks)
 
 
 def magnitude_outliers(delta: jax.Array, density: float, gamma: float, norm: str | None = None) -> jax.Array:
     """Model Breadcrumbs' mask (mergekit's `magnitude_outliers`): of the |δ| in ascending order keep the ⌊density·n⌋
     that follow the smallest ones dropped, so that the ⌊γ·n⌋ largest go too (fewer when density needs them)."""
-    n = delta.size
-    if density >= 1.0 or n == 0:
-        return delta
-    target = int(density * n)
-    n_bottom = max(0, n - target - int(gamma * n))
-    # ranks n_bottom .. n_bottom + target - 1 of a stable ascending sort of |δ|
-    magnitude = jnp.abs(delta)
-    mask = select_mask(magnitude, n_bottom + target, largest=False) & ~select_mask(magnitude, n_bottom, largest=False)
-    out = jnp.where(mask, delta, 0.0)
-    return out if norm is None else rescale_to_norm(out, delta, norm)
+    return _sparsify_with(delta, None, "outliers", *_outliers_plan(density, gamma, delta.size), False, norm)
 
 
 def sparsify(delta: jax.Array, key: jax.Array | None, spec: MergeSpec, model_index: int,
              host_ranks: bool = False) -> jax.Array:
     """The entries of one model's delta that `spec.method` keeps, rescaled as `spec` says (`host_ranks`: see
-    `row_ranks`)."""
+    `row_ranks`). In a compiled merge the plan's numbers are its arguments (`spec.sparsity`, `split_numbers`)."""
     kind = SPARSIFIER[spec.method]
-    p = spec.value_for("drop_rate", model_index)
-    if kind == "random":
-        return dare_drop(delta, key, p, spec.rescales, spec.rescale_norm)
-    if kind == "magprune":
-        return della_drop(delta, key, 1 - p, spec.value_for("epsilon", model_index), spec.rescales, spec.rescale_norm,
-                          host_ranks)
+    mode, numbers = sparsity_plan(spec, model_index, delta.size)
+    if spec.sparsity is not None:
+        numbers = spec.sparsity[model_index]
+    if kind in ("random", "magprune"):
+        return _sparsify_with(delta, key, kind, mode, numbers, spec.rescales, spec.rescale_norm, host_ranks)
     norm = (spec.rescale_norm or "l1") if spec.rescales else None  # kept by magnitude: no keep probability
-    if kind == "magnitude":
-        return magnitude_trim(delta, 1 - p, norm)
-    return magnitude_outliers(delta, 1 - p, spec.value_for("gamma", model_index), norm)
+    return _sparsify_with(delta, None, kind, mode, numbers, False, norm)
 
 
 def slerp(t: float, v0: jax.Array, v1: jax.Array, dot_threshold: float = 0.9995, eps: float = 1e-8) -> jax.Array:
@@ -613,16 +656,27 @@ def _consensus(deltas: jax.Array, weights: jax.Array, normalize: bool) -> jax.Ar
 
 # Fields that enter `merge_tensor` only as numbers in arithmetic. A jitted merge takes them as arguments
 # (`split_numbers`) rather than as part of its static spec, so that a gradient over the layers, which gives each
-# layer its own t, λ or weights, does not compile one merge per tensor.
+# layer its own t, λ or weights, does not compile one merge per tensor. The sparsifiers' drop rate, gamma and
+# epsilon go in as their plan's numbers (`sparsity_plan`), their mode kept in the static spec.
 TRACED_FIELDS = ("t", "lam", "elided_weight", "weights")
+_MODE_DROP_RATE = {"keep": 0.0, "drop": 1.0, "some": 0.5}  # a drop rate that gives each mode (placeholders)
 
 
-def split_numbers(spec: MergeSpec) -> tuple[MergeSpec, dict]:
-    """(the spec with the traced fields at fixed values: what a jit keys on; those fields' values, as arrays)."""
+def split_numbers(spec: MergeSpec, n_models: int = 1, size: int = 0) -> tuple[MergeSpec, dict]:
+    """(the spec with the traced fields at fixed values: what a jit keys on; those fields' values, as arrays), for
+    `n_models` models of tensors of `size` entries."""
     numbers = {"t": np.float32(spec.t), "lam": np.float32(spec.lam), "elided_weight": np.float32(spec.elided_weight),
                "weights": None if spec.weights is None else np.asarray(spec.weights, np.float32)}
     fixed = dataclasses.replace(spec, t=0.5, lam=1.0, elided_weight=0.0,
                                 weights=None if spec.weights is None else (1.0,) * len(spec.weights))
+    if spec.method in SPARSIFIER:
+        plans = [sparsity_plan(spec, i, size) for i in range(n_models)]
+        numbers["sparsity"] = tuple(numbers for _, numbers in plans)
+        drop_rates = tuple(_MODE_DROP_RATE[mode] for mode, _ in plans)
+        per_model = tuple((name, drop_rates if name == "drop_rate" else (getattr(MergeSpec, name),) * n_models)
+                          for name, _ in spec.per_model)
+        fixed = dataclasses.replace(fixed, per_model=per_model, drop_rate=drop_rates[0], epsilon=MergeSpec.epsilon,
+                                    gamma=MergeSpec.gamma)
     return fixed, numbers
 
 
@@ -639,7 +693,7 @@ def with_numbers(fixed: MergeSpec, numbers: dict) -> MergeSpec:
 def merge_compiled(base, models, keys, spec: MergeSpec, out_dtype, host_ranks: bool = False):
     """`merge_tensor` compiled once per tensor shape and fixed spec (the TRACED_FIELDS are arguments), cast to
     `out_dtype`, and whether it is finite (the streaming merge and the pytree API read that flag outside the jit)."""
-    fixed, numbers = split_numbers(spec)
+    fixed, numbers = split_numbers(spec, len(models), int(np.prod(np.shape(base), dtype=np.int64)))
     return _merge_compiled(base, models, keys, numbers, fixed, np.dtype(out_dtype), host_ranks)
 
 

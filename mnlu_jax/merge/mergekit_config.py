@@ -36,8 +36,11 @@
   for the sparsifying methods (our own default is the papers' 1/keep-probability).
 - `out_dtype` (else `dtype`) is the output dtype; the math is fp32 whatever the dtype (mergekit computes in
   `dtype`), so a bf16 merge here is the fp32 result rounded once.
-- `tokenizer_source` (`base`, `union` or a model; the `tokenizer:` block's `source`, default `union`, and
-  `pad_to_multiple_of`): the vocabularies aligned to that tokenizer (merge/vocabulary.py); its `tokens` refused.
+- `tokenizer_source` (`base`, `union` or a model; the `tokenizer:` block's `source`, default `union`,
+  `pad_to_multiple_of` and `tokens`, our `token_sources`): the vocabularies aligned to that tokenizer
+  (merge/vocabulary.py). `chat_template` as it is (merge/chat_template.py).
+- Model references as strings (`PATH`, `PATH+LORA`, a Hub id with `@REVISION`) or in mergekit's mapping form
+  (`{model: PATH | {path, revision}, lora: ...}`), read as the string; `override_architecture` is refused.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ MERGEKIT_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_line
 # methods whose base_model is optional: without it they combine the models themselves
 OPTIONAL_BASE = ("linear", "nuslerp", "karcher", "multislerp")
 TOP_LEVEL = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source",
-             "tokenizer")
+             "tokenizer", "chat_template")
 # per-model parameters each method takes (mergekit's NON_BASE/INPUT scope), and its shared ones
 PER_MODEL = {"linear": ("weight",), "task_arithmetic": ("weight", "density"),
              **{m: ("weight", "density") for m in ("ties", "dare_ties", "dare_linear")},
@@ -84,6 +87,80 @@ DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16
 
 def is_mergekit_config(data: Any) -> bool:
     return isinstance(data, dict) and "merge_method" in data
+
+
+def reference(value: Any, here: str) -> Any:
+    """A mergekit model reference as our string: a string as it is; the mapping form {model: PATH | {path,
+    revision}, lora: PATH | {path, revision}} as PATH[@REVISION][+LORA[@REVISION]]. Other values are returned as
+    they are, for the caller's own check to name."""
+    if not isinstance(value, dict) or "model" not in value:
+        return value
+    extra = sorted(set(value) - {"model", "lora", "override_architecture"})
+    if extra:
+        raise ValueError(f"{here}: unknown key(s) {extra} in a model reference; expected model and lora")
+    if value.get("override_architecture") is not None:
+        raise ValueError(f"{here}.override_architecture: not supported (the architecture comes from the model's "
+                         "config.json)")
+
+    def path(part: Any, field: str) -> str:
+        if isinstance(part, str) and part:
+            return part
+        if isinstance(part, dict) and isinstance(part.get("path"), str) and not set(part) - {"path", "revision"}:
+            rev = part.get("revision")
+            if rev is not None and (not isinstance(rev, str) or not rev or "@" in rev):
+                raise ValueError(f"{here}.{field}.revision: expected a branch, tag or commit, got {rev!r}")
+            return part["path"] + (f"@{rev}" if rev else "")
+        raise ValueError(f"{here}.{field}: expected a path or {{path, revision}}, got {part!r}")
+
+    out = path(value["model"], "model")
+    if value.get("lora") is not None:
+        out += "+" + path(value["lora"], "lora")
+    return out
+
+
+def _references(data: dict, where: str) -> dict:
+    """`data` with every model reference (base_model, models, slice sources, the tokenizer's source and its
+    tokens' models) in string form."""
+    def model_of(entry: Any, here: str) -> Any:  # a models: entry or a slice's source
+        return dict(entry, model=reference(entry["model"], here)) if isinstance(entry, dict) and "model" in entry \
+            else entry
+
+    data = dict(data)
+    for key in ("base_model", "tokenizer_source"):
+        if key in data:
+            data[key] = reference(data[key], f"{where}: {key}")
+    if isinstance(data.get("models"), list):
+        data["models"] = [model_of(m, f"{where}: models[{i}].model") for i, m in enumerate(data["models"])]
+    if isinstance(data.get("slices"), list):
+        slices = []
+        for j, piece in enumerate(data["slices"]):
+            if isinstance(piece, dict):
+                piece = dict(piece)
+                if "base_model" in piece:
+                    piece["base_model"] = reference(piece["base_model"], f"{where}: slices[{j}].base_model")
+                if isinstance(piece.get("sources"), list):
+                    piece["sources"] = [model_of(src, f"{where}: slices[{j}].sources[{i}].model")
+                                        for i, src in enumerate(piece["sources"])]
+            slices.append(piece)
+        data["slices"] = slices
+    block = data.get("tokenizer")
+    if isinstance(block, dict):
+        block = dict(block)
+        if "source" in block:
+            block["source"] = reference(block["source"], f"{where}: tokenizer.source")
+        if isinstance(block.get("tokens"), dict):
+            tokens = {}
+            for token, entry in block["tokens"].items():
+                here = f"{where}: tokenizer.tokens[{token!r}].source"
+                if isinstance(entry, dict) and isinstance(entry.get("source"), dict):
+                    src = entry["source"]
+                    src = (dict(src, model=reference(src["model"], f"{here}.model")) if src.get("kind") is not None
+                           and "model" in src else reference(src, here))
+                    entry = dict(entry, source=src)
+                tokens[token] = entry
+            block["tokens"] = tokens
+        data["tokenizer"] = block
+    return data
 
 
 def _one_minus(setting: Any) -> Any:
@@ -153,7 +230,7 @@ def _sliced(data: dict, where: str) -> dict:
         slices.append({"sources": [{"model": src["model"], "layer_range": span} for src, span in zip(sources, spans)],
                        **{k: v for k, v in fields.items() if k not in ("method", "models", "mergekit_config")}})
     return {"method": data["merge_method"], "base": data.get("base_model") or slices[0]["base"], "slices": slices,
-            "mergekit_config": data, **_dtype(data, where), **_tokenizer(data, where)}
+            **_dtype(data, where), **_tokenizer(data, where)}
 
 
 def _slice_entries(data: dict, where: str) -> list[tuple[str, dict, list]]:
@@ -206,31 +283,40 @@ def _check_top_level(data: dict, where: str, known: tuple[str, ...]) -> None:
         if source is not None:
             raise ValueError(f"{where}: tokenizer and tokenizer_source: give one (tokenizer.source is the source)")
         if not isinstance(block, dict) or set(block) - {"source", "tokens", "pad_to_multiple_of"}:
-            raise ValueError(f"{where}: tokenizer: expected {{source, pad_to_multiple_of}}, got {block!r}")
-        if block.get("tokens"):
-            raise ValueError(f"{where}: tokenizer.tokens (per-token embedding sources) is not supported")
+            raise ValueError(f"{where}: tokenizer: expected {{source, tokens, pad_to_multiple_of}}, got {block!r}")
+        if block.get("tokens") is not None:
+            from mnlu_jax.merge.vocabulary import token_sources
+
+            token_sources(block["tokens"], f"{where}: tokenizer.tokens")
         pad = block.get("pad_to_multiple_of")
         if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or pad < 1):
             raise ValueError(f"{where}: tokenizer.pad_to_multiple_of: expected a positive integer, got {pad!r}")
         if not isinstance(block.get("source", "union"), str):
             raise ValueError(f"{where}: tokenizer.source: expected base, union or a model path, got "
                              f"{block['source']!r}")
+    template = data.get("chat_template")
+    if template is not None and not isinstance(template, str):
+        raise ValueError(f"{where}: chat_template: expected auto, a template name or the template's text, got "
+                         f"{template!r}")
 
 
 def _tokenizer(data: dict, where: str) -> dict:
-    """Our tokenizer_source / pad_to_multiple_of of mergekit's `tokenizer_source` or `tokenizer:` block (whose
-    source defaults to union, as in mergekit); a LoRA reference's model gives the tokenizer."""
+    """Our tokenizer_source / pad_to_multiple_of / token_sources / chat_template of mergekit's `tokenizer_source`
+    or `tokenizer:` block (whose source defaults to union, as in mergekit) and `chat_template`; a LoRA reference's
+    model gives the tokenizer."""
     block = data.get("tokenizer")
+    template = {"chat_template": data["chat_template"]} if data.get("chat_template") is not None else {}
     source = data.get("tokenizer_source") if block is None else block.get("source", "union")
     if source is None:
-        return {}
+        return template
     if "+" in source and source not in ("base", "union"):
         from mnlu_jax.weights.lora import split_reference
 
         source = str(split_reference(source)[0])
-    return {"tokenizer_source": source,
+    return {"tokenizer_source": source, **template,
             **({"pad_to_multiple_of": block["pad_to_multiple_of"]} if block and block.get("pad_to_multiple_of")
-               else {})}
+               else {}),
+            **({"token_sources": block["tokens"]} if block and block.get("tokens") else {})}
 
 
 def _check_reference(model: str, here: str) -> None:
@@ -306,7 +392,7 @@ def _passthrough(data: dict, where: str) -> dict:
                                        [_mapping(piece.get("parameters"), f"{here}.parameters"), top]))
     paths = list(dict.fromkeys(s["model"] for s in slices))
     out = {**_tokenizer(data, where), "method": "passthrough", "base": data.get("base_model") or slices[0]["model"],
-           "models": paths, "slices": slices, "mergekit_config": data}
+           "models": paths, "slices": slices}
     return {**out, **_dtype(data, where)}
 
 
@@ -323,14 +409,15 @@ def from_mergekit(data: dict, where: str, sliced: bool = False) -> dict:
     """The MergeConfig fields (as a mapping) of a mergekit config; errors name `where` and the mergekit key.
     `sliced`: `data` is one slice's sources read as models, whose base must be one of them."""
     original = data
+    data = _references(data, where)
     if data.get("merge_method") == "passthrough":
-        return _passthrough(data, where)
+        return {**_passthrough(data, where), "mergekit_config": original}
     if "slices" in data:
         if "models" in data:
             raise ValueError(f"{where}: slices and models: mergekit takes one or the other")
         whole = _whole_model_slices(data, where)
         if whole is None:
-            return _sliced(data, where)
+            return {**_sliced(data, where), "mergekit_config": original}
         data, sliced = whole, True  # (a base_model must be one of the slice's sources)
     _check_top_level(data, where, TOP_LEVEL)
     method = data["merge_method"]

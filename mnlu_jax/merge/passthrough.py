@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 
 from mnlu_jax.merge.settings import check_setting, resolve
 from mnlu_jax.merge.slices import STACK_FIELDS, slice_plan
-from mnlu_jax.merge.streaming import (VOCAB_TENSORS, card_frame, check_architectures, write_config_and_tokenizer,
-                                      write_mergekit_config)
-from mnlu_jax.merge.vocabulary import plan_vocabulary
+from mnlu_jax.merge.streaming import (VOCAB_TENSORS, card_frame, check_architectures, merge_chat_template,
+                                      write_config_and_tokenizer, write_mergekit_config)
+from mnlu_jax.merge.vocabulary import TokenizerSettings, plan_vocabulary
 from mnlu_jax.weights.convert import _dtype_name, atomic_dir, np_dtype, source_name
 from mnlu_jax.weights.named_tensors import NamedTensors
 from mnlu_jax.weights.safetensors_io import write_sharded
@@ -48,16 +48,17 @@ class LayerSlice:
 
 def stack_slices(slices: list[LayerSlice], out: str | Path, base: str | None = None, dtype: str | None = None,
                  max_shard_bytes: int = 2 * 2**30, progress: bool = True, mergekit_config: dict | None = None,
-                 tokenizer_source: str | None = None, pad_to_multiple_of: int | None = None) -> Path:
-    """Write the model whose layers are `slices` in order to the HF directory `out` (atomically);
-    `tokenizer_source` as in `merge_checkpoints` (the embeddings and LM head moved to its token ids)."""
+                 tokenizer: TokenizerSettings | None = None) -> Path:
+    """Write the model whose layers are `slices` in order to the HF directory `out` (atomically); `tokenizer` as in
+    `merge_checkpoints` (the embeddings and LM head moved to its token ids)."""
     if not slices:
         raise ValueError("passthrough: no slices")
     sources = {s.model: NamedTensors(s.model) for s in slices}
     config_from = NamedTensors(base) if base is not None else sources[slices[0].model]
     ref = config_from.config.to_hf_dict()
-    vocabulary = None if tokenizer_source is None else plan_vocabulary(
-        tokenizer_source, config_from, list(sources.values()), pad_to_multiple_of)
+    tokenizer = tokenizer or TokenizerSettings()
+    vocabulary = None if tokenizer.source is None else plan_vocabulary(tokenizer, config_from, list(sources.values()))
+    template = merge_chat_template(tokenizer, [config_from, *sources.values()], vocabulary, config_from)
     check_architectures(config_from, list(sources.values()),
                         tuple(f for f in STACK_FIELDS if vocabulary is None or f != "vocab_size"))
     for i, s in enumerate(slices):
@@ -73,6 +74,9 @@ def stack_slices(slices: list[LayerSlice], out: str | Path, base: str | None = N
             raise ValueError(f"{out_name}: no condition of the scale of {src.path} applies to it")
     target = np_dtype(dtype)
     aligned = {o for o, _, _, _, _ in plan if vocabulary is not None and VOCAB_TENSORS.search(o)}
+    for o, src, _, _, _ in plan:
+        if o in aligned:
+            vocabulary.check_inputs([src.path], o)
     specs = [(o, (vocabulary.size, *src.shape(n)[1:]) if o in aligned else tuple(src.shape(n)),
               target or src.dtype(n)) for o, src, n, _, _ in plan]
     by_name = {p[0]: p for p in plan}
@@ -91,7 +95,7 @@ def stack_slices(slices: list[LayerSlice], out: str | Path, base: str | None = N
 
         write_sharded(tmp, specs, produce, max_shard_bytes=max_shard_bytes)
         write_config_and_tokenizer(tmp, dict(ref, num_hidden_layers=k, torch_dtype=_dtype_name(specs[0][2])),
-                                   vocabulary, config_from)
+                                   vocabulary, config_from, template)
         record = {"method": "passthrough", "base": source_name(base if base is not None else slices[0].model),
                   "slices": [{"model": source_name(s.model), "layer_range": [s.start, s.end],
                               **({"scale": s.scale} if s.scale is not None else {})} for s in slices],

@@ -28,8 +28,9 @@ from typing import NamedTuple
 from mnlu_jax.merge.math import MergeSpec, exclude_pattern
 from mnlu_jax.merge.settings import Schedule
 from mnlu_jax.merge.streaming import (VOCAB_TENSORS, MergeGroup, PlannedTensor, card_frame, check_architectures,
-                                      spec_record, write_config_and_tokenizer, write_merge, write_mergekit_config)
-from mnlu_jax.merge.vocabulary import plan_vocabulary
+                                      merge_chat_template, spec_record, write_config_and_tokenizer, write_merge,
+                                      write_mergekit_config)
+from mnlu_jax.merge.vocabulary import TokenizerSettings, plan_vocabulary
 from mnlu_jax.weights.convert import _dtype_name, same_source, source_key, source_name
 from mnlu_jax.weights.named_tensors import NamedTensors, ordered
 from mnlu_jax.weights.names import layer_index
@@ -105,11 +106,10 @@ class SliceMerge:
 
 def merge_slices(slices: list[SliceMerge], out: str | Path, base: str | None = None, dtype: str | None = None,
                  exclude: str | None = None, max_shard_bytes: int = 2 * 2**30, progress: bool = True,
-                 mergekit_config: dict | None = None, tokenizer_source: str | None = None,
-                 pad_to_multiple_of: int | None = None) -> Path:
+                 mergekit_config: dict | None = None, tokenizer: TokenizerSettings | None = None) -> Path:
     """Merge `slices` slice by slice into the HF directory `out` (atomically), streamed tensor by tensor like the
     whole-model merges. The config (with `num_hidden_layers` the layers written) and the tokenizer come from
-    `base`, else the first slice's base; `tokenizer_source` as in `merge_checkpoints` (over every model read)."""
+    `base`, else the first slice's base; `tokenizer` as in `merge_checkpoints` (over every model read)."""
     pattern = exclude_pattern(exclude)
     if not slices:
         raise ValueError("slices: none given")
@@ -126,8 +126,9 @@ def merge_slices(slices: list[SliceMerge], out: str | Path, base: str | None = N
     sources = [[(open_(s.model), s.start, s.end) for s in sl.sources] for sl in slices]
     config_path = base or slices[0].base
     config_from = open_(config_path)
-    vocabulary = None if tokenizer_source is None else plan_vocabulary(
-        tokenizer_source, config_from, list(opened.values()), pad_to_multiple_of)
+    tokenizer = tokenizer or TokenizerSettings()
+    vocabulary = None if tokenizer.source is None else plan_vocabulary(tokenizer, config_from, list(opened.values()))
+    template = merge_chat_template(tokenizer, [config_from, *opened.values()], vocabulary, config_from)
     check_architectures(config_from, list(opened.values()),
                         tuple(f for f in STACK_FIELDS if vocabulary is None or f != "vocab_size"))
     plan, num_layers = slice_plan(sources)
@@ -161,14 +162,14 @@ def merge_slices(slices: list[SliceMerge], out: str | Path, base: str | None = N
 
     def finish(tmp: Path, specs: list) -> None:
         cfg = dict(config_from.config.to_hf_dict(), num_hidden_layers=num_layers, torch_dtype=_dtype_name(specs[0][2]))
-        write_config_and_tokenizer(tmp, cfg, vocabulary, config_from)
+        write_config_and_tokenizer(tmp, cfg, vocabulary, config_from, template)
         record = {"method": slices[0].spec.method, "base": source_name(config_path), "num_hidden_layers": num_layers,
                   "slices": [{"sources": [{"model": source_name(s.model), "layer_range": [s.start, s.end]}
                                           for s in sl.sources],
                               "base": source_name(sl.base),
                               **{k: v for k, v in spec_record(sl.spec, g.schedule).items() if k != "method"}}
                              for sl, g in zip(slices, groups)],
-                  "exclude": exclude, "tokenizer_from": tokenizer_source if vocabulary is not None else (
+                  "exclude": exclude, "tokenizer_from": tokenizer.source if vocabulary is not None else (
                       None if config_from.dir is None else source_name(config_path))}
         (tmp / "merge_config.json").write_text(json.dumps(record, indent=2))
         (tmp / "README.md").write_text(_card(record, Path(out).name, write_mergekit_config(tmp, mergekit_config)))
@@ -176,7 +177,7 @@ def merge_slices(slices: list[SliceMerge], out: str | Path, base: str | None = N
     return write_merge(out, groups, planned, finish, dtype=dtype, pattern=pattern, rows=rows,
                        max_shard_bytes=max_shard_bytes, progress=progress,
                        desc=f"merge ({slices[0].spec.method}, {len(slices)} slices)",
-                       align=None if vocabulary is None else vocabulary.align)
+                       vocabulary=vocabulary)
 
 
 def _card(record: dict, name: str, mergekit_yaml: str | None) -> str:

@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from mnlu_jax.merge.chat_template import resolve_chat_template, set_chat_template
 from mnlu_jax.merge.math import (MergeSpec, check_model_count, exclude_pattern, keys_for, merge_compiled,
                                  nonfinite_error)
 from mnlu_jax.merge.settings import Schedule
+from mnlu_jax.merge.vocabulary import TokenizerSettings, VocabularyPlan, plan_vocabulary
 from mnlu_jax.weights.convert import TOKENIZER_FILES, _dtype_name, atomic_dir, np_dtype, same_source, source_name
 from mnlu_jax.weights.named_tensors import NamedTensors, ordered
 from mnlu_jax.weights.safetensors_io import write_sharded
@@ -157,29 +159,31 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
                       dtype: str | None = None, exclude: str | None = None, vocab_policy: str = "error",
                       max_shard_bytes: int = 2 * 2**30, progress: bool = True,
                       schedule: Schedule | None = None, mergekit_config: dict | None = None,
-                      tokenizer_source: str | None = None, pad_to_multiple_of: int | None = None) -> Path:
+                      tokenizer: TokenizerSettings | None = None) -> Path:
     """Merge checkpoints tensor by tensor into an HF directory at `out` (written atomically). `schedule` varies
     numeric parameters by tensor (merge/settings.py: mergekit's gradients and filters). `mergekit_config`, the
     mergekit config the merge was read from, is written beside it as mergekit_config.yml and quoted in its card.
-    `tokenizer_source` ("base", "union" or a model directory) gives the merge that tokenizer and moves every
-    model's vocabulary rows to its token ids first (merge/vocabulary.py); None merges the rows as they are."""
+    `tokenizer.source` ("base", "union" or a model directory) gives the merge that tokenizer and moves every
+    model's vocabulary rows to its token ids first (merge/vocabulary.py); None merges the rows as they are.
+    `tokenizer.chat_template` is the written tokenizer's template (merge/chat_template.py)."""
     pattern = exclude_pattern(exclude)
     b = NamedTensors(base)
     ms = [NamedTensors(m) for m in models]
     if not ms:
         raise ValueError("merge needs at least one model besides the base")
+    tokenizer = tokenizer or TokenizerSettings()
     vocabulary = None
-    if tokenizer_source is not None:
-        from mnlu_jax.merge.vocabulary import plan_vocabulary
-
+    if tokenizer.source is not None:
         if vocab_policy != "error":
-            raise ValueError(f"vocab_policy {vocab_policy!r} and tokenizer_source {tokenizer_source!r}: choose one "
+            raise ValueError(f"vocab_policy {vocab_policy!r} and tokenizer_source {tokenizer.source!r}: choose one "
                              "(the tokenizer source aligns the vocabularies itself)")
         check_compatible(b, ms, "error", vocabulary_aligned=True)
-        vocabulary = plan_vocabulary(tokenizer_source, b, ms, pad_to_multiple_of)
+        vocabulary = plan_vocabulary(tokenizer, b, ms)
         rows = {n: vocabulary.size for n in b.names() if VOCAB_TENSORS.search(n)}
     else:
         rows = check_compatible(b, ms, vocab_policy)
+    tok = None if vocabulary is not None else tokenizer_checkpoint(b, ms, rows)
+    template = merge_chat_template(tokenizer, [b, *ms], vocabulary, tok)
     group = MergeGroup.make(b, ms, spec, schedule, b.config.num_hidden_layers)
     plan = [PlannedTensor(n, 0, n, (n,) * len(ms)) for n in ordered(b.names(), b.config)]
 
@@ -188,9 +192,8 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
         cfg["torch_dtype"] = _dtype_name(specs[0][2])
         if rows:
             cfg["vocab_size"] = next(iter(rows.values()))
-        tok = None if vocabulary is not None else tokenizer_checkpoint(b, ms, rows)
-        write_config_and_tokenizer(tmp, cfg, vocabulary, tok)
-        tokenizer_from = tokenizer_source if tok is None else (None if tok.dir is None else source_name(tok.path))
+        write_config_and_tokenizer(tmp, cfg, vocabulary, tok, template)
+        tokenizer_from = tokenizer.source if tok is None else (None if tok.dir is None else source_name(tok.path))
         record = {"base": source_name(base), "models": [source_name(m) for m in models],
                   **spec_record(spec, group.schedule), "exclude": exclude, "vocab_policy": vocab_policy,
                   "tokenizer_from": tokenizer_from}
@@ -199,17 +202,17 @@ def merge_checkpoints(base: str | Path, models: list[str | Path], spec: MergeSpe
 
     return write_merge(out, [group], plan, finish, dtype=dtype, pattern=pattern, rows=rows,
                        max_shard_bytes=max_shard_bytes, progress=progress, desc=f"merge ({spec.method})",
-                       align=None if vocabulary is None else vocabulary.align)
+                       vocabulary=vocabulary)
 
 
 def write_merge(out: str | Path, groups: list[MergeGroup], plan: list[PlannedTensor], finish, *, dtype: str | None,
                 pattern, rows: dict[str, int], max_shard_bytes: int, progress: bool, desc: str,
-                align=None) -> Path:
+                vocabulary: VocabularyPlan | None = None) -> Path:
     """Merge the `plan`'s tensors, in order, into sharded safetensors in `out` (atomically: a temporary directory
     renamed once `finish(directory, specs)` has written the rest). Every tensor's parameters resolve, and are
     valid, before anything is written; a tensor matching `pattern` keeps its base value; `rows` are the vocabulary
-    tensors' row counts where the models' differ, and `align(arrays, paths, base)`, if given, moves those
-    tensors' rows to the merge's token ids (merge/vocabulary.py) instead of padding or cutting them."""
+    tensors' row counts where the models' differ, and `vocabulary`, if given, moves those tensors' rows to the
+    merge's token ids (merge/vocabulary.py) instead of padding or cutting them."""
     target = np_dtype(dtype)
     specs = []
     for p in plan:
@@ -221,15 +224,18 @@ def write_merge(out: str | Path, groups: list[MergeGroup], plan: list[PlannedTen
     out_dtype_of = {n: dt for n, _, dt in specs}
     by_out = {p.out: p for p in plan}
     for p in plan:
-        groups[p.group].spec_for(p.out, p.position)
+        g = groups[p.group]
+        g.spec_for(p.out, p.position)
+        if vocabulary is not None and p.out in rows:
+            vocabulary.check_inputs([g.base.path, *(g.models[i].path for i in g.live)], p.out)
     with atomic_dir(out) as tmp, tqdm(total=len(plan), desc=desc, unit="tensor", disable=not progress) as bar:
         def produce(name: str) -> np.ndarray:
             p = by_out[name]
             g = groups[p.group]
             r = rows.get(name)
             live = [(g.models[i], p.models[i]) for i in g.live]  # (an elided model is the base: not read again)
-            if align is not None and r is not None:  # the inputs aligned together (absent tokens' rows)
-                bt, *aligned = align([g.base.get(p.base), *(m.get(n) for m, n in live)],
+            if vocabulary is not None and r is not None:  # the inputs aligned together (absent tokens' rows)
+                bt, *aligned = vocabulary.align([g.base.get(p.base), *(m.get(n) for m, n in live)],
                                      [g.base.path, *(m.path for m, _ in live)], g.base.path)
                 models_in = lambda: aligned  # noqa: E731
             else:
@@ -275,15 +281,31 @@ def spec_record(spec: MergeSpec, schedule: Schedule | None) -> dict:
             **({"varying": schedule.record()} if schedule is not None else {})}
 
 
-def write_config_and_tokenizer(directory: Path, cfg: dict, vocabulary, source: NamedTensors | None) -> None:
+def write_config_and_tokenizer(directory: Path, cfg: dict, vocabulary, source: NamedTensors | None,
+                               chat_template: str | None = None) -> None:
     """config.json and the tokenizer of a merge: the one its vocabulary was aligned to (merge/vocabulary.py; the
-    config's vocab_size its row count), else `source`'s files."""
+    config's vocab_size its row count), else `source`'s files; with `chat_template` (the text) as its template."""
     if vocabulary is not None:
         cfg = dict(cfg, vocab_size=vocabulary.size)
         vocabulary.tokenizer.save_pretrained(directory)
     elif source is not None:
         copy_tokenizer(source, directory)
+    if chat_template is not None:
+        set_chat_template(directory, chat_template)
     (directory / "config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def merge_chat_template(tokenizer: TokenizerSettings, models: list[NamedTensors], vocabulary,
+                        source: NamedTensors | None) -> str | None:
+    """The text of the merge's `chat_template` (None: none asked for, or `auto` found none), resolved before the
+    merge, which must write a tokenizer to carry it: the vocabulary plan's, or `source`'s files."""
+    if tokenizer.chat_template is None:
+        return None
+    if vocabulary is None and (source is None or source.dir is None
+                               or not any((source.dir / f).exists() for f in TOKENIZER_FILES)):
+        raise ValueError(f"chat_template {tokenizer.chat_template!r}: the merge writes no tokenizer to carry it ("
+                         f"{'no model' if source is None else source.path} has no tokenizer files beside its weights)")
+    return resolve_chat_template(tokenizer.chat_template, models)
 
 
 def copy_tokenizer(source: NamedTensors, directory: Path) -> None:

@@ -11,6 +11,12 @@ say) merge token by token rather than row by row.
   the one model's that has it, else the base's if the base has it, else the mean of those that have it; zeros if
   none has it. A token of a model's tokenizer whose id is past its config's `vocab_size` counts as absent.
 - `pad_to_multiple_of` pads the row count up; each model's padding rows are the mean of its rows.
+- `token_sources` (mergekit's `tokenizer.tokens`) name where a token's row comes from, over the rule above:
+  `{TOKEN: {source: MODEL | {kind: zero} | {kind: model_token, model: MODEL, token_id: N | token: STR},
+  force: BOOL}}`. MODEL's own row for the token, a zero row, or any row of MODEL (by its row number, or by a token
+  of its own tokenizer). It fills the models that lack the token; with `force`, every model's row. A token the
+  merge's tokenizer lacks is added to it. Errors name the token and field: a model that is not one of the
+  merge's (or not an input of a vocabulary tensor that needs it), a token it lacks, a row past its rows.
 Whole-model merges, merges by slices and passthrough use it alike (`VocabularyPlan.align` over the inputs of each
 vocabulary tensor: for slices, the first slice's sources give the embeddings and the last's the LM head).
 """
@@ -29,13 +35,103 @@ from mnlu_jax.weights.convert import source_key
 from mnlu_jax.weights.named_tensors import NamedTensors
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenizerSettings:
+    """What a merge does about tokenizers (MergeConfig's tokenizer_source, pad_to_multiple_of, token_sources and
+    chat_template): the vocabulary plan's source and its options, and the chat template the written tokenizer
+    gets (merge/chat_template.py)."""
+    source: str | None = None                    # base | union | a model directory; None: rows merged as they are
+    pad_to_multiple_of: int | None = None
+    token_sources: dict[str, Any] | None = None  # {TOKEN: {source: ..., force: ...}}: read by `token_sources`
+    chat_template: str | None = None             # auto | chatml | llama3 | mistral | zephyr | a Jinja file or text
+
+    def __post_init__(self):
+        pad = self.pad_to_multiple_of
+        if pad is not None and (self.source is None or type(pad) is not int or pad < 1):
+            raise ValueError(f"merge: pad_to_multiple_of {pad!r}: expected a positive integer, with a "
+                             "tokenizer_source (base, union or a model directory) whose vocabulary it pads")
+        if self.token_sources is not None:
+            if self.source is None:
+                raise ValueError("merge: token_sources: needs a tokenizer_source (base, union or a model directory), "
+                                 "whose vocabulary they fill")
+            token_sources(self.token_sources)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenSource:
+    """Where one token's row comes from: `model`'s own row for the token (kind "model"), its row `token_id` or that
+    of its own tokenizer's `token` ("model_token"), or zeros ("zero"); `force`: for every model, not only for the
+    models that lack the token."""
+    kind: str
+    model: str | None = None
+    token_id: int | None = None
+    token: str | None = None
+    force: bool = False
+
+
+def token_sources(data: Any, where: str = "token_sources") -> dict[str, TokenSource]:
+    """mergekit's `tokenizer.tokens` mapping read as TokenSources; errors name the token and field."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected {{TOKEN: {{source: ..., force: ...}}}}, got {data!r}")
+    out = {}
+    for token, entry in data.items():
+        here = f"{where}[{token!r}]"
+        if not isinstance(token, str) or not token:
+            raise ValueError(f"{where}: token {token!r}: expected a non-empty string")
+        if not isinstance(entry, dict) or set(entry) - {"source", "force"}:
+            raise ValueError(f"{here}: expected {{source: MODEL | {{kind: zero}} | {{kind: model_token, model: MODEL, "
+                             f"token_id: N | token: STR}}, force: BOOL}}, got {entry!r}")
+        force = entry.get("force", False)
+        if not isinstance(force, bool):
+            raise ValueError(f"{here}.force: expected true or false, got {force!r}")
+        src = entry.get("source")
+        if isinstance(src, str) and src:
+            out[token] = TokenSource("model", model=src, force=force)
+        elif isinstance(src, dict) and src.get("kind") == "zero" and set(src) == {"kind"}:
+            out[token] = TokenSource("zero", force=force)
+        elif isinstance(src, dict) and src.get("kind") == "model_token":
+            extra = sorted(set(src) - {"kind", "model", "token_id", "token"})
+            by_id, by_name = src.get("token_id"), src.get("token")
+            if extra or not isinstance(src.get("model"), str) or (by_id is None) == (by_name is None):
+                raise ValueError(f"{here}.source: model_token takes model and one of token_id and token, got {src!r}")
+            if by_id is not None and (type(by_id) is not int or by_id < 0):
+                raise ValueError(f"{here}.source.token_id: expected a row number (an integer from 0), got {by_id!r}")
+            if by_name is not None and not isinstance(by_name, str):
+                raise ValueError(f"{here}.source.token: expected a token of the model's tokenizer, got {by_name!r}")
+            out[token] = TokenSource("model_token", model=src["model"], token_id=by_id, token=by_name, force=force)
+        else:
+            raise ValueError(f"{here}.source: expected a model path, {{kind: zero}} or {{kind: model_token, model: "
+                             f"MODEL, token_id: N | token: STR}}, got {src!r}")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenRow:
+    """A configured token's row, resolved: `row` of the model `key` (None: zeros), for every model if `force`."""
+    token: str
+    key: str | None
+    row: int | None
+    force: bool
+
+
 @dataclasses.dataclass
 class VocabularyPlan:
-    """The output tokenizer, its row count, and for each model (by path) the row each output token id takes from
-    it (-1: it lacks the token)."""
+    """The output tokenizer, its row count, for each model (by path) the row each output token id takes from it
+    (-1: it lacks the token), and the configured tokens' rows by output token id."""
     tokenizer: Any
     size: int
     rows: dict[str, np.ndarray]  # resolved path -> (len(vocab),) old row index or -1
+    configured: dict[int, TokenRow] = dataclasses.field(default_factory=dict)
+
+    def check_inputs(self, paths: list[str | Path], tensor: str) -> None:
+        """Before merging: each configured token that `tensor` (whose inputs are the models at `paths`) will need
+        takes its row from one of those inputs (mergekit's check, made before anything is written)."""
+        keys = {source_key(p) for p in paths}
+        for token_id, c in self.configured.items():
+            needed = c.force or any(self.rows[k][token_id] < 0 for k in keys)
+            if needed and c.key is not None and c.key not in keys:
+                raise ValueError(f"token_sources[{c.token!r}]: its source {c.key} is not an input of {tensor} (whose "
+                                 f"inputs are {sorted(keys)}), which needs its row")
 
     def align(self, arrays: list[np.ndarray], paths: list[str | Path], base: str | Path | None) -> list[np.ndarray]:
         """Each input's vocabulary tensor (rows on axis 0; the inputs of one output tensor, from the models at
@@ -50,8 +146,14 @@ class VocabularyPlan:
         n_vocab = len(rows[0])
         present = np.stack([rows[i] >= 0 for i in distinct])
         base_at = first.get(source_key(base)) if base is not None else None
+        forced = [t for t, c in self.configured.items() if c.force]
         filled = {}
-        for token_id in np.flatnonzero(present.sum(0) < len(distinct)):
+        for token_id in sorted({*np.flatnonzero(present.sum(0) < len(distinct)).tolist(), *forced}):
+            if token_id in self.configured:  # its configured source
+                c = self.configured[token_id]
+                filled[token_id] = (np.zeros(arrays[0].shape[1:], np.float32) if c.key is None
+                                    else np.asarray(arrays[first[c.key]][c.row], np.float32))
+                continue
             have = [i for i, here in zip(distinct, present[:, token_id]) if here]
             if base_at is not None and base_at in have and len(have) > 1:
                 have = [base_at]
@@ -62,8 +164,8 @@ class VocabularyPlan:
             new = np.zeros((self.size, *a.shape[1:]), np.float32)
             here = r >= 0
             new[:n_vocab][here] = np.asarray(a, np.float32)[r[here]]
-            for token_id in np.flatnonzero(~here):
-                new[token_id] = filled[int(token_id)]
+            for token_id in [*np.flatnonzero(~here).tolist(), *forced]:
+                new[token_id] = filled[token_id]
             if self.size > n_vocab:  # padding rows: the mean of the model's rows (mergekit's choice)
                 new[n_vocab:] = new[:n_vocab].mean(0)
             out.append(new)
@@ -88,12 +190,12 @@ def _ids(tokenizer, vocab_size: int) -> dict[str, int]:
     return {t: i for t, i in tokenizer.get_vocab().items() if i < vocab_size}
 
 
-def plan_vocabulary(source: str, base: NamedTensors, models: list[NamedTensors],
-                    pad_to_multiple_of: int | None = None) -> VocabularyPlan:
+def plan_vocabulary(settings: TokenizerSettings, base: NamedTensors, models: list[NamedTensors]) -> VocabularyPlan:
     """The plan for merging `models` (every model the merge reads) and `base` (whose tokenizer is the default and
-    the start of the union) with the tokenizer `source` ("base", "union" or a model path)."""
+    the start of the union) with the tokenizer `settings.source` ("base", "union" or a model path)."""
     from mnlu_jax.weights.convert import load_tokenizer
 
+    source = settings.source
     if base.tokenizer_source is None:
         raise ValueError(f"tokenizer_source {source!r}: the base {base.path} has no tokenizer to start from")
     base_tok = load_tokenizer(base.tokenizer_source)
@@ -117,21 +219,63 @@ def plan_vocabulary(source: str, base: NamedTensors, models: list[NamedTensors],
         except (OSError, ValueError) as e:
             raise ValueError(f"tokenizer_source {source!r}: expected base, union or a model directory with a "
                              f"tokenizer ({e})") from None
+    configured = token_sources(settings.token_sources or {})
+    missing = [t for t in configured if t not in out_tok.get_vocab()]
+    if missing:  # added, as mergekit adds them (to a copy: the base's tokenizer object is read again below)
+        out_tok = _copy(out_tok)
+        for token in missing:
+            out_tok.add_tokens(token)
     vocab = out_tok.get_vocab()
     n = len(vocab)
     if sorted(vocab.values()) != list(range(n)):
         raise ValueError(f"tokenizer_source {source!r}: its token ids are not 0..{n - 1}")
-    size = n if not pad_to_multiple_of else -(-n // pad_to_multiple_of) * pad_to_multiple_of
+    pad = settings.pad_to_multiple_of
+    size = n if not pad else -(-n // pad) * pad
     by_id = sorted(vocab, key=vocab.get)
-    return VocabularyPlan(out_tok, size, {source_key(x.path): np.array([v.get(t, -1) for t in by_id], np.int64)
-                                          for x, v in zip(inputs, vocabs)})
+    rows = {source_key(x.path): np.array([v.get(t, -1) for t in by_id], np.int64) for x, v in zip(inputs, vocabs)}
+    own = {source_key(x.path): (t, x) for t, x in zip(toks, inputs)}
+    return VocabularyPlan(out_tok, size, rows, {vocab[t]: _token_row(t, c, vocab[t], rows, own)
+                                                for t, c in configured.items()})
+
+
+def _token_row(token: str, c: TokenSource, token_id: int, rows: dict[str, np.ndarray], own: dict) -> TokenRow:
+    """A configured token's source resolved against the merge's models, else an error naming it."""
+    here = f"token_sources[{token!r}].source"
+    if c.kind == "zero":
+        return TokenRow(token, None, None, c.force)
+    key = source_key(c.model)
+    if key not in rows:
+        raise ValueError(f"{here}: {c.model} is not one of the merge's models ({sorted(rows)})")
+    tok, model = own[key]
+    if c.kind == "model":
+        row = int(rows[key][token_id])
+        if row < 0:
+            raise ValueError(f"{here}: {c.model}'s tokenizer has no {token!r} within its {model.config.vocab_size} "
+                             "rows; give {kind: model_token, model: ..., token: ...} to take another token's row")
+    elif c.token is not None:
+        row = tok.get_vocab().get(c.token, -1)
+        if not 0 <= row < model.config.vocab_size:
+            raise ValueError(f"{here}.token: {c.token!r} is not a token of {c.model}'s tokenizer within its "
+                             f"{model.config.vocab_size} rows")
+    else:
+        row = c.token_id
+        if row >= model.config.vocab_size:
+            raise ValueError(f"{here}.token_id: {row} is past {c.model}'s {model.config.vocab_size} rows")
+    return TokenRow(token, key, row, c.force)
+
+
+def _copy(tokenizer):
+    """A copy of a tokenizer (through its files), to add tokens to without changing the original."""
+    import transformers
+
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer.save_pretrained(d)
+        return transformers.AutoTokenizer.from_pretrained(d, use_fast=True)
 
 
 def _union(base_tok, toks: list, vocabs: list[dict[str, int]]):
     """The base's tokenizer with every token of the others it lacks added, as mergekit's build_union_tokenizer:
     plain tokens as added tokens, then the models' added (special) tokens with their settings."""
-    import transformers
-
     added: dict[str, Any] = {}
     new_tokens: list[str] = []
     seen = set()
@@ -144,9 +288,7 @@ def _union(base_tok, toks: list, vocabs: list[dict[str, int]]):
         for token_id, info in sorted(tok.added_tokens_decoder.items()):
             if token_id in kept and info.content not in added:
                 added[info.content] = info
-    with tempfile.TemporaryDirectory() as d:  # a copy, so the base's tokenizer is left as it is
-        base_tok.save_pretrained(d)
-        out = transformers.AutoTokenizer.from_pretrained(d, use_fast=True)
+    out = _copy(base_tok)  # (the base's tokenizer is left as it is)
     base_vocab = base_tok.get_vocab()
     for token in new_tokens:
         if token not in added and token not in base_vocab:

@@ -69,7 +69,7 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
 # ---------------------------------------------------------------------------------------------
 # Sources of HF-named tensors
 # ---------------------------------------------------------------------------------------------
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")  # org/name, or org/name@REVISION
 HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "generation_config.json", "tokenizer*",
                 "special_tokens_map.json", "chat_template*", "*.model", "vocab.json", "merges.txt"]
 
@@ -110,7 +110,8 @@ def same_source(a: str | Path, b: str | Path) -> bool:
 
 
 def resolve_source(src: str | Path) -> Path:
-    """A local path as is; "smollm2" for the packaged SmolLM2 GGUF; a Hugging Face Hub id ("org/name", no such local path) is downloaded (weights in
+    """A local path as is; "smollm2" for the packaged SmolLM2 GGUF; a Hugging Face Hub id ("org/name", or
+    "org/name@REVISION" as mergekit writes a branch, tag or commit; no such local path) is downloaded (weights in
     safetensors, config and tokenizer files only) into the HF cache and its snapshot directory returned."""
     p = Path(src)
     if p.exists():
@@ -118,13 +119,16 @@ def resolve_source(src: str | Path) -> Path:
     if str(src) == "smollm2":
         return smollm2_path()
     if HUB_ID.match(str(src)):
+        repo, _, revision = str(src).partition("@")
         try:
             from huggingface_hub import snapshot_download
 
-            return Path(snapshot_download(str(src), allow_patterns=HUB_PATTERNS))
+            return Path(snapshot_download(repo, revision=revision or None, allow_patterns=HUB_PATTERNS))
         except Exception as e:  # offline, unknown repo, gated model ...
             raise FileNotFoundError(f"{src}: not a local path, and downloading it from the Hugging Face Hub failed: {e}") from e
     raise FileNotFoundError(f"{src}: no such file or directory")
+
+
 class TensorSource:
     """HF-named tensors from any supported source, read lazily, plus its config and tokenizer."""
 
