@@ -1114,14 +1114,26 @@ def _word_model(path: Path, seed: int, words: list[str], added: list[str] = ()) 
     return path
 
 
+def _both_with_tokenizers(tmp_path, cases: dict[str, dict]):
+    """`_both_many`, the tensors and the saved tokenizers' vocabularies checked equal to mergekit's: (name, our
+    tensors, our tokenizer, mergekit's tokenizer) per case."""
+    import transformers
+
+    for name, (ours, ref) in _both_many(tmp_path, cases).items():
+        for n in ours:
+            np.testing.assert_allclose(ours[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=f"{name}: {n}")
+        ours_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / f"ours_{name}")
+        ref_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / f"mk_{name}")
+        assert ours_tok.get_vocab() == ref_tok.get_vocab(), name
+        yield name, ours, ours_tok, ref_tok
+
+
 def test_tokenizer_sources_align_vocabularies_as_mergekit_does(tmp_path):
     """mergekit's tokenizer_source: every model's embedding and LM head rows moved to the merge's token ids. Models
     whose tokenizers order the words differently, one lacking words and one with added special tokens; the union
     (padded to a multiple of 64) and another model's tokenizer: the rows a model lacks come from the one model
     that has the token, the base, or the mean of those that have it. Tensors and the saved tokenizer equal
     mergekit's."""
-    import transformers
-
     words = ["<unk>"] + [f"w{i}" for i in range(1, 100)]
     base = _word_model(tmp_path / "base", 0, words)
     shuffled = words[:1] + words[1:][::-1]                    # the same words, other ids
@@ -1147,12 +1159,7 @@ def test_tokenizer_sources_align_vocabularies_as_mergekit_does(tmp_path):
                              "slices": [{"sources": [{"model": str(m1), "layer_range": [0, 1]}]},
                                         {"sources": [{"model": str(base), "layer_range": [1, 2]}]}]},
     }
-    for name, (ours, ref) in _both_many(tmp_path, cases).items():
-        for n in ours:
-            np.testing.assert_allclose(ours[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=f"{name}: {n}")
-        ours_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / f"ours_{name}")
-        ref_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / f"mk_{name}")
-        assert ours_tok.get_vocab() == ref_tok.get_vocab(), name
+    for name, ours, _, _ in _both_with_tokenizers(tmp_path, cases):
         rows = {"union": 128, "from_m1": 102, "slices_union": 102, "passthrough_base": 100}[name]
         assert json.loads((tmp_path / f"ours_{name}" / "config.json").read_text())["vocab_size"] == rows
         assert ours["model.embed_tokens.weight"].shape[0] == rows
@@ -1218,12 +1225,7 @@ def test_token_sources_and_chat_templates_as_mergekit(tmp_path):
         "text": {"merge_method": "passthrough", "dtype": "float32", "chat_template": template.replace(": ", " > "),
                  "slices": [{"sources": [{"model": str(base), "layer_range": [0, 2]}]}]},
     }
-    for name, (ours, ref) in _both_many(tmp_path, cases).items():
-        for n in ours:
-            np.testing.assert_allclose(ours[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=f"{name}: {n}")
-        ours_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / f"ours_{name}")
-        ref_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / f"mk_{name}")
-        assert ours_tok.get_vocab() == ref_tok.get_vocab(), name
+    for name, _, ours_tok, ref_tok in _both_with_tokenizers(tmp_path, cases):
         if name != "tokens":  # (a named template is our own text, which renders as mergekit's file does)
             assert ours_tok.chat_template == ref_tok.chat_template, name
         chat = [{"role": "system", "content": "w4"}, {"role": "user", "content": "w1 w2"},

@@ -221,7 +221,7 @@ def plan_vocabulary(settings: TokenizerSettings, base: NamedTensors, models: lis
                              f"tokenizer ({e})") from None
     configured = token_sources(settings.token_sources or {})
     missing = [t for t in configured if t not in out_tok.get_vocab()]
-    if missing:  # added, as mergekit adds them (to a copy: the base's tokenizer object is read again below)
+    if missing:  # added, as mergekit adds them (to a copy: the models' own tokenizers, the base's too, are read below)
         out_tok = _copy(out_tok)
         for token in missing:
             out_tok.add_tokens(token)
