@@ -1282,6 +1282,14 @@ def test_token_sources_and_chat_templates_as_mergekit(tmp_path):
                                                {"model": str(m2), "layer_range": [0, 1]}]},
                                   {"sources": [{"model": str(base), "layer_range": [1, 2]},
                                                {"model": str(m1), "layer_range": [1, 2]}]}]), progress=False)
+    # a merge whose base has no tokenizer (only generation_config.json beside its weights) writes none to carry one
+    bare = make_tiny_hf(tmp_path / "bare", seed=5, num_hidden_layers=2)
+    with pytest.raises(ValueError, match=r"chat_template 'chatml': the merge writes no tokenizer to carry it \(.*bare "
+                                         r"has no tokenizer files"):
+        run_merge(MergeConfig(base=str(bare), models=[str(make_tiny_hf(tmp_path / "bare_ft", seed=6,
+                                                                          num_hidden_layers=2))],
+                              method="task_arithmetic", chat_template="chatml", out=str(tmp_path / "never")),
+                  progress=False)
     assert not (tmp_path / "never").exists()
     # mergekit's mapping form of a reference with a revision reads as a Hub id with @REVISION; other keys refused
     from mnlu_jax.merge.mergekit_config import reference

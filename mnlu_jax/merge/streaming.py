@@ -23,7 +23,8 @@ from mnlu_jax.merge.math import (MergeSpec, check_model_count, exclude_pattern, 
                                  nonfinite_error)
 from mnlu_jax.merge.settings import Schedule
 from mnlu_jax.merge.vocabulary import TokenizerSettings, VocabularyPlan, plan_vocabulary
-from mnlu_jax.weights.convert import TOKENIZER_FILES, _dtype_name, atomic_dir, np_dtype, same_source, source_name
+from mnlu_jax.weights.convert import (TOKENIZER_FILES, _dtype_name, atomic_dir, has_tokenizer_files, np_dtype,
+                                     same_source, source_name)
 from mnlu_jax.weights.named_tensors import NamedTensors, ordered
 from mnlu_jax.weights.safetensors_io import write_sharded
 
@@ -301,8 +302,7 @@ def merge_chat_template(tokenizer: TokenizerSettings, models: list[NamedTensors]
     merge, which must write a tokenizer to carry it: the vocabulary plan's, or `source`'s files."""
     if tokenizer.chat_template is None:
         return None
-    if vocabulary is None and (source is None or source.dir is None
-                               or not any((source.dir / f).exists() for f in TOKENIZER_FILES)):
+    if vocabulary is None and (source is None or source.dir is None or not has_tokenizer_files(source.dir)):
         raise ValueError(f"chat_template {tokenizer.chat_template!r}: the merge writes no tokenizer to carry it ("
                          f"{'no model' if source is None else source.path} has no tokenizer files beside its weights)")
     return resolve_chat_template(tokenizer.chat_template, models)

@@ -506,6 +506,12 @@ def load_model(source: str | Path, dtype: str | None = None, **config_overrides:
     return params, config, ts.gguf or ts.tokenizer_dir
 
 
+def has_tokenizer_files(directory: Path) -> bool:
+    """Whether a model directory has a tokenizer of its own (not only generation or chat-template files)."""
+    return any((directory / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                                                  "vocab.json", "vocab.txt"))
+
+
 def load_tokenizer(tokenizer_source: str | Path):
     """A transformers tokenizer from a directory (ours or HF) or a GGUF file."""
     from transformers import AutoTokenizer
@@ -515,8 +521,7 @@ def load_tokenizer(tokenizer_source: str | Path):
         from mnlu_jax.weights.gguf_io import gguf_tokenizer
 
         return gguf_tokenizer(p)
-    if p.is_dir() and not any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
-                                                         "vocab.json", "vocab.txt")):
+    if p.is_dir() and not has_tokenizer_files(p):
         # transformers' own message for this case names neither the folder nor the files it looked for
         raise FileNotFoundError(f"{p}: no tokenizer files (expected tokenizer.json, or tokenizer.model with "
                                 "tokenizer_config.json, beside the weights)")
