@@ -800,9 +800,10 @@ def test_select_mask_is_a_stable_sorts_first_k():
 
 
 def test_kth_smallest_is_the_sorted_value_negatives_included():
-    """Arcee Fusion's quantiles by bisection over an order-preserving key of the float bits: the value np.sort puts
-    at index k, with negative values (their bits run the other way), ties, -0.0 and ±inf."""
-    from mnlu_jax.merge.math import kth_smallest
+    """Arcee Fusion's quantiles by bisection over an order-preserving key of the float bits, and by NumPy's
+    selection on the host (`sorted_at`, the streaming merge's): the value np.sort puts at index k, with negative
+    values (their bits run the other way), ties, -0.0 and ±inf."""
+    from mnlu_jax.merge.math import kth_smallest, sorted_at
 
     rng = np.random.default_rng(1)
     for values in (rng.standard_normal(4001) * 1e-6, np.round(rng.standard_normal(999) * 4) / 4,
@@ -812,6 +813,24 @@ def test_kth_smallest_is_the_sorted_value_negatives_included():
         for k in sorted({0, 1, v.size // 4, v.size // 2, v.size - 1} & set(range(v.size))):
             got = float(jax.jit(kth_smallest, static_argnums=1)(jnp.asarray(v), k))
             assert got == ordered[k], (k, got, ordered[k])
+        ks = tuple(sorted({0, v.size // 4, v.size // 2, v.size - 1}))
+        for on_host in (True, False):
+            got = np.asarray(jax.jit(sorted_at, static_argnums=(1, 2))(jnp.asarray(v), ks, on_host))
+            np.testing.assert_array_equal(got, ordered[list(ks)], err_msg=str(on_host))
+    # the host's sample brackets (small samples, so that some miss and fall back), over ties, ±inf and NaN
+    from mnlu_jax.merge.math import _sorted_at_numpy
+
+    spiky = rng.standard_normal(20_000)
+    spiky[::7] = 0.0
+    spiky[:5] = [np.inf, -np.inf, -0.0, 1e30, -1e30]
+    for values in (rng.standard_normal(20_000), np.round(rng.standard_normal(20_000)), spiky, np.ones(20_000),
+                   np.where(np.arange(20_000) == 3, np.nan, 1.0)):
+        v = values.astype(np.float32)
+        ordered = np.sort(v)
+        ks = (0, 1, 4999, 10_000, 14_999, 19_998, 19_999)
+        for sample in (16, 256, 4096):
+            np.testing.assert_array_equal(_sorted_at_numpy(v, ks, sample=sample), ordered[list(ks)],
+                                          err_msg=str(sample))
 
 
 def test_ram_and_nearswap_by_hand():
