@@ -1321,6 +1321,38 @@ def test_token_sources_and_chat_templates_as_mergekit(tmp_path):
                                                    "parameters": {"weight": 1.0}}]}, "cfg.yaml")), progress=False)
 
 
+def test_named_chat_templates_render_as_mergekits_files():
+    """Our `chatml`, `llama3` and `mistral` (written here) render what mergekit 0.1.5's template files of those
+    names render, conversation by conversation (a system message, several turns, a generation prompt, contents with
+    spaces to trim), and refuse the conversations they refuse."""
+    import importlib.resources
+
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from mnlu_jax.merge.chat_template import NAMED
+
+    files = importlib.resources.files("mergekit._data.chat_templates")
+    chats = [[{"role": "user", "content": "Hi  there "}],
+             [{"role": "system", "content": " Be brief."}, {"role": "user", "content": "Q1"},
+              {"role": "assistant", "content": "A1 "}, {"role": "user", "content": "Q2"}],
+             [{"role": "user", "content": "Q"}, {"role": "assistant", "content": " A\n"}],
+             [{"role": "assistant", "content": "first"}],
+             [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]]
+
+    def render(template, chat, prompt):
+        try:
+            return render_jinja_template(conversations=[chat], chat_template=template, add_generation_prompt=prompt,
+                                         bos_token="<s>", eos_token="</s>")[0][0]
+        except Exception as e:  # (mistral refuses roles that do not alternate)
+            return type(e).__name__
+
+    for name, ours in NAMED.items():
+        theirs = files.joinpath(f"{name}.jinja").read_text()
+        for chat in chats:
+            for prompt in (False, True):
+                assert render(ours, chat, prompt) == render(theirs, chat, prompt), (name, chat, prompt)
+
+
 def test_hub_ids_with_a_revision_download_that_revision(monkeypatch, tmp_path):
     """mergekit's `org/name@REVISION` (and the mapping form's `revision`) downloads that branch, tag or commit."""
     import huggingface_hub
