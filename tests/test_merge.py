@@ -781,7 +781,7 @@ def test_hub_models_are_named_by_their_ids(hf_pair, tmp_path, monkeypatch):
 
 
 def test_select_mask_is_a_stable_sorts_first_k():
-    """The bisection that replaced sorting (magnitude_trim, Breadcrumbs, SCE) picks exactly the entries a stable
+    """The bisection that replaced sorting (TIES, Breadcrumbs, SCE) picks exactly the entries a stable
     sort puts first, ties to the lower index: on values with many ties, and at k = 0, 1, n − 1 and n."""
     from mnlu_jax.merge.math import select_mask
 

@@ -88,9 +88,11 @@ def _most_common(models: list) -> str | None:
     one. A tokenizer that does not load is passed over with a warning, as in mergekit."""
     from mnlu_jax.weights.convert import load_tokenizer, source_key
 
+    distinct: dict[str, object] = {}  # each checkpoint once, in order
+    for m in models:
+        distinct.setdefault(source_key(m.path), m)
     found = []
-    for key in dict.fromkeys(source_key(m.path) for m in models):
-        model = next(m for m in models if source_key(m.path) == key)
+    for model in distinct.values():
         if model.tokenizer_source is None:
             continue
         try:

@@ -226,18 +226,14 @@ def tensor_key(seed: int, name: str, model_index: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), h), model_index)
 
 
-def keep_mask(key: jax.Array, keep: float, shape: tuple[int, ...]) -> jax.Array:
-    """Bernoulli(keep) mask from 16-bit uniform integers: two draws per 32-bit random word halves the PRNG work
-    (the merge's bottleneck on CPU). `keep` is quantised to 2^-16 (p = 0.2 keeps with probability 0.8000031)."""
-    return _mask_below(key, _keep_threshold(keep), shape)
-
-
 def _keep_threshold(keep: float) -> np.uint32:
+    """DARE's keep probability quantised to 2^-16 (p = 0.2 keeps with probability 0.8000031)."""
     return np.uint32(min(int(round(keep * 65536)), 65536))
 
 
 def _mask_below(key: jax.Array, threshold, shape: tuple[int, ...]) -> jax.Array:
-    """Where a 16-bit uniform integer is below `threshold` (may be traced): `keep_mask`'s draw."""
+    """A Bernoulli(threshold / 2^16) mask (`threshold` may be traced) from 16-bit uniform integers: two draws per
+    32-bit random word halves the PRNG work (the merge's bottleneck on CPU)."""
     n = int(np.prod(shape, dtype=np.int64))
     words = jax.random.bits(key, ((n + 1) // 2,), dtype=jnp.uint32)
     halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n]
@@ -263,6 +259,7 @@ def rescale_to_norm(kept: jax.Array, delta: jax.Array, norm: str, eps: float = 1
 
 
 def dare_drop(delta: jax.Array, key: jax.Array, p: float, rescale: bool, norm: str | None = None) -> jax.Array:
+    """DARE's drop of one delta at rate `p` (what `sparsify` does for the DARE methods, given p)."""
     return _sparsify_with(delta, key, "random", *_random_plan(p), rescale, norm)
 
 
@@ -288,7 +285,9 @@ def _magnitude_plan(density: float, n: int) -> tuple[str, dict]:
 
 
 def _outliers_plan(density: float, gamma: float, n: int) -> tuple[str, dict]:
-    """Of the |δ| in ascending order, ranks `low` .. `high` − 1 are kept (`magnitude_outliers`)."""
+    """Model Breadcrumbs' window (mergekit's `magnitude_outliers`): of the |δ| in ascending order, ranks `low` ..
+    `high` − 1 are kept, the ⌊density·n⌋ that follow the smallest ones dropped, so that the ⌊γ·n⌋ largest go too
+    (fewer when density needs them)."""
     if density >= 1.0 or n == 0:
         return "keep", {"low": np.int32(0), "high": np.int32(0)}
     target = int(density * n)
@@ -381,10 +380,6 @@ def select_mask(values: jax.Array, k, largest: bool = True) -> jax.Array:
     return (beyond | (tied & (jnp.cumsum(tied, dtype=jnp.int32) <= need))).reshape(values.shape)
 
 
-def magnitude_trim(delta: jax.Array, density: float, norm: str | None = None) -> jax.Array:
-    return _sparsify_with(delta, None, "magnitude", *_magnitude_plan(density, delta.size), False, norm)
-
-
 def _row_ranks_numpy(values: np.ndarray) -> np.ndarray:
     """Each entry's position in its row's stable ascending sort, by NumPy on a thread per block of rows."""
     values = np.asarray(values)
@@ -413,17 +408,6 @@ def row_ranks(values: jax.Array, on_host: bool = False) -> jax.Array:
     order = jnp.argsort(values, axis=1, stable=True)
     return jnp.zeros(values.shape, jnp.float32).at[jnp.arange(values.shape[0])[:, None], order].set(
         jnp.arange(values.shape[1], dtype=jnp.float32)[None, :])
-
-
-def della_drop(delta: jax.Array, key: jax.Array, density: float, epsilon: float, rescale: bool,
-               norm: str | None = None, host_ranks: bool = False) -> jax.Array:
-    return _sparsify_with(delta, key, "magprune", *_magprune_plan(density, epsilon), rescale, norm, host_ranks)
-
-
-def magnitude_outliers(delta: jax.Array, density: float, gamma: float, norm: str | None = None) -> jax.Array:
-    """Model Breadcrumbs' mask (mergekit's `magnitude_outliers`): of the |δ| in ascending order keep the ⌊density·n⌋
-    that follow the smallest ones dropped, so that the ⌊γ·n⌋ largest go too (fewer when density needs them)."""
-    return _sparsify_with(delta, None, "outliers", *_outliers_plan(density, gamma, delta.size), False, norm)
 
 
 def sparsify(delta: jax.Array, key: jax.Array | None, spec: MergeSpec, model_index: int,
@@ -702,7 +686,7 @@ def split_numbers(spec: MergeSpec, n_models: int = 1, size: int = 0) -> tuple[Me
                                 weights=None if spec.weights is None else (1.0,) * len(spec.weights))
     if spec.method in SPARSIFIER:
         plans = [sparsity_plan(spec, i, size) for i in range(n_models)]
-        numbers["sparsity"] = tuple(numbers for _, numbers in plans)
+        numbers["sparsity"] = tuple(plan for _, plan in plans)
         drop_rates = tuple(_MODE_DROP_RATE[mode] for mode, _ in plans)
         per_model = tuple((name, drop_rates if name == "drop_rate" else (getattr(MergeSpec, name),) * n_models)
                           for name, _ in spec.per_model)

@@ -288,11 +288,13 @@ def write_config_and_tokenizer(directory: Path, cfg: dict, vocabulary, source: N
     config's vocab_size its row count), else `source`'s files; with `chat_template` (the text) as its template."""
     if vocabulary is not None:
         cfg = dict(cfg, vocab_size=vocabulary.size)
+        if chat_template is not None:  # (the plan's own tokenizer object: set before its one save)
+            vocabulary.tokenizer.chat_template = chat_template
         vocabulary.tokenizer.save_pretrained(directory)
     elif source is not None:
         copy_tokenizer(source, directory)
-    if chat_template is not None:
-        set_chat_template(directory, chat_template)
+        if chat_template is not None:
+            set_chat_template(directory, chat_template)
     (directory / "config.json").write_text(json.dumps(cfg, indent=2))
 
 
