@@ -1209,11 +1209,67 @@ def test_tokenizer_sources_align_vocabularies_as_mergekit_does(tmp_path):
     short = make_tiny_hf(tmp_path / "short", seed=5, num_hidden_layers=2, vocab_size=98)  # fewer rows than tokens
     for f in base.glob("tokenizer*"):
         shutil.copy(f, short)
-    with pytest.raises(ValueError, match=r"2 token\(s\) of .*short's tokenizer have ids past its config's "
-                                         r"vocab_size 98"):
+    with pytest.raises(ValueError, match=r"tokenizer_source 'union': .*short: its tokenizer has tokens with ids past "
+                                         r"the config's vocab_size 98 .*only a BPE tokenizer can be cut to the rows, "
+                                         r"this one is WordLevel"):
         run_merge(MergeConfig(base=str(short), models=[str(m2)], method="task_arithmetic", tokenizer_source="union",
                               out=str(tmp_path / "never")), progress=False)
     assert not (tmp_path / "never").exists()
+
+
+def _bpe_model(path: Path, seed: int, vocab_size: int, special: bool = False) -> Path:
+    """A tiny model whose BPE tokenizer has 18 tokens: letters a-j, ab, cd, abcd (merges), y and z, then
+    the added tokens <x> and <y> (`special` ones, <y> the padding token, or not); its config has `vocab_size` rows."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    make_tiny_hf(path, seed=seed, num_hidden_layers=2, vocab_size=vocab_size)
+    vocab = {t: i for i, t in enumerate(["<unk>", *"abcdefghij", "ab", "cd", "abcd", "y", "z"])}
+    tok = Tokenizer(models.BPE(vocab, [("a", "b"), ("c", "d"), ("ab", "cd")], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    if special:
+        fast.add_special_tokens({"additional_special_tokens": ["<x>", "<y>"], "pad_token": "<y>"})
+    else:
+        fast.add_tokens(["<x>", "<y>"])
+    fast.save_pretrained(path)
+    return path
+
+
+def test_base_tokenizer_tokens_past_its_rows_are_cut_as_mergekit_cuts_them(tmp_path):
+    """A base whose BPE tokenizer has more tokens than its config has rows (z, <x> and <y> past 15): under
+    `base` and `union` they are cut from its tokenizer (vocabulary, added tokens, the merges that use or make them),
+    as mergekit's get_stripped_tokenizer does; tensors, vocabulary and tokenization equal mergekit's. Beyond
+    mergekit: special tokens past the rows are cut from the config's lists too (mergekit's output keeps them there,
+    and transformers adds them back on load, at ids with no rows), and a cut that takes a merge's result (abcd,
+    past 13), on which mergekit's cut fails, leaves a tokenizer that still encodes."""
+    from mnlu_jax.merge.config import MergeConfig, run_merge
+    from mnlu_jax.merge.vocabulary import _stripped
+    from mnlu_jax.weights.convert import load_tokenizer
+
+    # (one plain token to add back in the union: mergekit's order of several follows a hash map's)
+    base = _bpe_model(tmp_path / "base", 0, vocab_size=15)
+    full = _bpe_model(tmp_path / "full", 1, vocab_size=18)
+    cases = {source: {"merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
+                      "models": [{"model": str(full), "parameters": {"weight": 0.6}}], "tokenizer_source": source}
+             for source in ("base", "union")}
+    text = "abcd yz <x> j <y>"
+    for name, ours, ours_tok, ref_tok in _both_with_tokenizers(tmp_path, cases):
+        assert len(ours_tok.get_vocab()) == ours["model.embed_tokens.weight"].shape[0] == {"base": 15, "union": 18}[name]
+        assert ours_tok(text)["input_ids"] == ref_tok(text)["input_ids"], name
+    assert load_tokenizer(tmp_path / "ours_base").tokenize("abcd yz") == ["abcd", "y", "<unk>"]
+    # special tokens past the rows
+    special = _bpe_model(tmp_path / "special", 2, vocab_size=14, special=True)
+    with pytest.warns(UserWarning, match=r"special: its pad_token '<y>' has an id past the config's vocab_size 14"):
+        run_merge(MergeConfig(base=str(special), models=[str(full)], method="task_arithmetic",
+                              tokenizer_source="base", out=str(tmp_path / "special_merge")), progress=False)
+    cut = load_tokenizer(tmp_path / "special_merge")
+    assert len(cut.get_vocab()) == 14 and "<x>" not in cut.get_vocab() and cut.pad_token is None
+    assert max(cut("abcd z <x> <y>")["input_ids"]) < 14
+    # a merge's result past the rows
+    cut = _stripped(load_tokenizer(full), 13, "here")
+    assert sorted(cut.get_vocab().values()) == list(range(13))
+    assert cut.tokenize("abcd") == ["ab", "cd"]
 
 
 def test_token_sources_and_chat_templates_as_mergekit(tmp_path):

@@ -9,7 +9,9 @@ say) merge token by token rather than row by row.
   of that model directory.
 - A model that has a token gives its own row. For a token some model lacks, the row it takes is, as in mergekit:
   the one model's that has it, else the base's if the base has it, else the mean of those that have it; zeros if
-  none has it. A token of a model's tokenizer whose id is past its config's `vocab_size` counts as absent.
+  none has it. A token of a model's tokenizer whose id is past its config's `vocab_size` counts as absent; under
+  `base` and `union` such tokens are first cut from the base's tokenizer (from its added tokens, its BPE
+  vocabulary and merges), as mergekit's get_stripped_tokenizer cuts them (a tokenizer of another kind is refused).
 - `pad_to_multiple_of` pads the row count up; each model's padding rows are the mean of its rows.
 - `token_sources` (mergekit's `tokenizer.tokens`) name where a token's row comes from, over the rule above:
   `{TOKEN: {source: MODEL | {kind: zero} | {kind: model_token, model: MODEL, token_id: N | token: STR},
@@ -24,6 +26,7 @@ vocabulary tensor: for slices, the first slice's sources give the embeddings and
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
 import warnings
 from pathlib import Path
@@ -205,10 +208,8 @@ def plan_vocabulary(settings: TokenizerSettings, base: NamedTensors, models: lis
     inputs = list(distinct.values())
     toks = [base_tok] + [_tokenizer_of(m, base_tok) for m in inputs[1:]]
     vocabs = [_ids(t, x.config.vocab_size) for t, x in zip(toks, inputs)]
-    past = len(base_tok.get_vocab()) - len(vocabs[0])
-    if past and source in ("base", "union"):  # mergekit strips them from a BPE tokenizer's model; not done here
-        raise ValueError(f"tokenizer_source {source!r}: {past} token(s) of {base.path}'s tokenizer have ids past its "
-                         f"config's vocab_size {base.config.vocab_size} (no rows); give a tokenizer without them")
+    if len(base_tok.get_vocab()) > len(vocabs[0]) and source in ("base", "union"):
+        base_tok = toks[0] = _stripped(base_tok, base.config.vocab_size, f"tokenizer_source {source!r}: {base.path}")
     if source == "base":
         out_tok = base_tok
     elif source == "union":
@@ -262,6 +263,68 @@ def _token_row(token: str, c: TokenSource, token_id: int, rows: dict[str, np.nda
         if row >= model.config.vocab_size:
             raise ValueError(f"{here}.token_id: {row} is past {c.model}'s {model.config.vocab_size} rows")
     return TokenRow(token, key, row, c.force)
+
+
+def _stripped(tokenizer, vocab_size: int, where: str):
+    """`tokenizer` without its tokens whose ids are `vocab_size` or past (the model has no rows for them), as
+    mergekit's get_stripped_tokenizer makes it: they leave the added tokens, the BPE model's vocabulary and every
+    BPE merge that involves one. Only a fast BPE tokenizer can be cut so (another kind is refused, as mergekit
+    refuses it); the other ids stay as they are."""
+    import transformers
+
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer.save_pretrained(d)
+        files = Path(d)
+        if not (files / "tokenizer.json").exists():
+            raise ValueError(f"{where}: its tokenizer has tokens with ids past the config's vocab_size {vocab_size} "
+                             "(no rows for them), and is not a fast tokenizer that can be cut to the rows")
+        spec = json.loads((files / "tokenizer.json").read_text(encoding="utf-8"))
+        if spec["model"]["type"] != "BPE":
+            raise ValueError(f"{where}: its tokenizer has tokens with ids past the config's vocab_size {vocab_size} "
+                             f"(no rows for them); only a BPE tokenizer can be cut to the rows, this one is "
+                             f"{spec['model']['type']}")
+        unused = {t for t, i in tokenizer.get_vocab().items() if i >= vocab_size}
+        spec["added_tokens"] = [e for e in spec["added_tokens"] if e["id"] < vocab_size]
+        model = spec["model"]
+        model["vocab"] = {t: i for t, i in model["vocab"].items() if t not in unused}
+        prefix = model.get("continuing_subword_prefix") or ""
+
+        def made(left: str, right: str) -> str:  # the token a merge makes, as the tokenizers library joins them
+            return left + (right[len(prefix):] if prefix and right.startswith(prefix) else right)
+
+        # a merge that makes a cut token goes too (mergekit keeps it, and its tokenizer then fails to load)
+        pairs = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
+        model["merges"] = [m for m, pair in zip(model["merges"], pairs)
+                           if not unused.intersection(pair) and made(*pair) not in unused]
+        (files / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):  # transformers re-adds what these name
+            if (files / name).exists():
+                _cut_special_tokens(files / name, unused, vocab_size, where)
+        out = transformers.AutoTokenizer.from_pretrained(d, use_fast=True)
+    left = [t for t, i in out.get_vocab().items() if i >= vocab_size]
+    if left:
+        raise ValueError(f"{where}: {len(left)} token(s) of its tokenizer, e.g. {left[0]!r}, still have ids past the "
+                         f"config's vocab_size {vocab_size} after cutting them from the tokenizer's files")
+    return out
+
+
+def _cut_special_tokens(path: Path, unused: set[str], vocab_size: int, where: str) -> None:
+    """Take the `unused` tokens out of a tokenizer config file: its added tokens by id, its lists of special tokens,
+    and (with a warning: the model has no row for them) a named special token such as `pad_token`."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    content = lambda e: e.get("content") if isinstance(e, dict) else e  # noqa: E731
+    if isinstance(config.get("added_tokens_decoder"), dict):
+        config["added_tokens_decoder"] = {i: e for i, e in config["added_tokens_decoder"].items()
+                                          if int(i) < vocab_size}
+    for key, value in list(config.items()):
+        if key in ("extra_special_tokens", "additional_special_tokens") and isinstance(value, list):
+            config[key] = [e for e in value if content(e) not in unused]
+        elif key.endswith("_token") and content(value) in unused:
+            warnings.warn(f"{where}: its {key} {content(value)!r} has an id past the config's vocab_size "
+                          f"{vocab_size} and is cut with the others; the merge's tokenizer has no {key}",
+                          stacklevel=3)
+            del config[key]
+    path.write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
 def _copy(tokenizer):
