@@ -1255,7 +1255,8 @@ def test_base_tokenizer_tokens_past_its_rows_are_cut_as_mergekit_cuts_them(tmp_p
              for source in ("base", "union")}
     text = "abcd yz <x> j <y>"
     for name, ours, ours_tok, ref_tok in _both_with_tokenizers(tmp_path, cases):
-        assert len(ours_tok.get_vocab()) == ours["model.embed_tokens.weight"].shape[0] == {"base": 15, "union": 18}[name]
+        rows = {"base": 15, "union": 18}[name]
+        assert len(ours_tok.get_vocab()) == ours["model.embed_tokens.weight"].shape[0] == rows, name
         assert ours_tok(text)["input_ids"] == ref_tok(text)["input_ids"], name
     assert load_tokenizer(tmp_path / "ours_base").tokenize("abcd yz") == ["abcd", "y", "<unk>"]
     # special tokens past the rows
