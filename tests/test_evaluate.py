@@ -1,6 +1,8 @@
 """Parsers (fuzzed), metrics in both modes (hand-computed and cross-checked), report and build-eval."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -233,7 +235,7 @@ def test_perfect_predictions_score_100_and_garbage_0(eval_sets, tmp_path):
     assert (tmp_path / "report" / "charts_paper" / "BC2GM.png").exists()
 
 
-def test_scoring_refuses_partial_or_repeated_predictions(eval_sets, tmp_path):
+def test_scoring_refuses_partial_or_repeated_predictions(eval_sets, tmp_path, capsys):
     """A set decoded only in part (a stopped run) is not scored as if whole against the manifest, an instance read
     twice is named, and a manifest that is not there is an error, not a silently missing column."""
     perfect = tmp_path / "perfect"
@@ -262,6 +264,14 @@ def test_scoring_refuses_partial_or_repeated_predictions(eval_sets, tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"perfect: no manifest\.json \(build-eval writes"):
         run_evaluate("no-model-needed", perfect, tmp_path / "eval", DecodeConfig())  # refused before loading a model
+    # and from the command line, whose parser no longer imports the decoder (and jax) before a command needs it
+    from mnlu_jax.cli import main
+
+    assert main(["evaluate", "--model", "no-model-needed", "--eval-dir", str(perfect), "--out",
+                 str(tmp_path / "eval"), "--buckets", "64,128"]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    probe = "import sys, mnlu_jax.cli as c; c.build_parser(); print(sorted({'jax', 'torch'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "[]\n"
 
     # a torn or foreign manifest names the file and what it lacks (was a bare KeyError / JSON message)
     (tmp_path / "torn.json").write_text(manifest.read_text()[:40])

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mnlu_jax.config import write_text_atomic
-from mnlu_jax.decode.engine import DecodeConfig, parse_buckets
+
+if TYPE_CHECKING:  # (the decoder imports jax: a command line that does not decode starts without it)
+    from mnlu_jax.decode.engine import DecodeConfig
 
 
 def run_evaluate(model, eval_dir: str | Path, out: str | Path, decode: DecodeConfig, chat_template: str | None = None,
@@ -116,6 +119,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--speculate", type=int, default=0, metavar="N", help="as for generate")
 
     def evaluate(a):
+        from mnlu_jax.decode.engine import DecodeConfig, parse_buckets
+
         dc = DecodeConfig(batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
                           buckets=parse_buckets(a.buckets), prefill_batch=min(4, a.batch_size),
                           layer_loop=a.layer_loop, prefix_cache=not a.no_prefix_cache, speculate=a.speculate,

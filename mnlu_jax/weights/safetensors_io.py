@@ -186,7 +186,8 @@ def write_sharded(
                 arr = produce(name)
                 if tuple(arr.shape) != tuple(shape) or np.dtype(arr.dtype) != np.dtype(dt):
                     raise ValueError(f"tensor {name!r}: produced {arr.shape} {arr.dtype}, planned {shape} {np.dtype(dt)}")
-                f.write(np.ascontiguousarray(arr).tobytes())
+                # the array's own bytes, not a copy of them (`tobytes` would copy each tensor once more)
+                f.write(memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)))
                 total += arr.nbytes
                 weight_map[name] = fname
                 del arr
