@@ -4,7 +4,7 @@
     build-data                          data/build.py
     build-eval                          evaluate/build.py
     train                               train/loop.py
-    merge, merge-stats                  merge/streaming.py, merge/stats.py
+    merge, merge-multi, merge-stats     merge/streaming.py, merge/multi.py, merge/stats.py
     generate                            decode/generate.py
     score, evaluate                     evaluate/score.py
     pipeline                            pipeline.py
@@ -59,9 +59,24 @@ def cmd_merge(a: argparse.Namespace) -> int:
         overrides.append(f"models={json.dumps(a.models)}")
     if a.weights:
         overrides.append(f"weights={json.dumps(a.weights)}")
+    if a.config is not None:
+        from mnlu_jax.merge.multi import count_documents
+
+        n = count_documents(a.config)
+        if n > 1:
+            raise ValueError(f"{a.config}: {n} YAML documents; a file of merges that build on merges runs with "
+                             f"`mnlu-jax merge-multi {a.config} --intermediate-dir DIR [--out OUT]`")
     cfg = load_config(MergeConfig, a.config, overrides, translate=translate_merge_config)
     out = run_merge(cfg)
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_merge_multi(a: argparse.Namespace) -> int:
+    from mnlu_jax.merge.multi import read_stages, run_stages
+
+    written = run_stages(read_stages(a.config, a.intermediate_dir, a.out), lazy=a.lazy, seed=a.seed)
+    print(f"{len(written)} merges; the last: {written[-1]}")
     return 0
 
 
@@ -150,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out")
     m.add_argument("overrides", nargs="*", help="key=value overrides of the config")
     m.set_defaults(func=cmd_merge)
+
+    mm = sub.add_parser("merge-multi", help="merges that build on merges, as mergekit-multi: one YAML file of "
+                                            "mergekit configs, each named (`name:`) but the final one, a name "
+                                            "standing for that merge's output where a model is referenced")
+    mm.add_argument("config", help="the YAML file, its documents separated by ---")
+    mm.add_argument("--intermediate-dir", "-I", required=True, help="where each named merge is written (DIR/NAME)")
+    mm.add_argument("--out", help="where the unnamed (final) merge is written")
+    mm.add_argument("--no-lazy", dest="lazy", action="store_false",
+                    help="merge again what is already merged (by default a finished merge of the same config is "
+                         "kept, and one of another config refused)")
+    mm.add_argument("--seed", type=int, help="the DARE/DELLA masks' seed for every merge")
+    mm.set_defaults(func=cmd_merge_multi)
 
     s = sub.add_parser("merge-stats", help="per-tensor delta norms, sparsity, cosine and sign conflicts")
     s.add_argument("--base", required=True)

@@ -1514,3 +1514,91 @@ def test_della_row_ranks_by_numpy_equal_a_stable_sort():
     for on_host in (True, False):
         got = np.asarray(jax.jit(row_ranks, static_argnums=1)(jnp.asarray(values), on_host))
         assert np.array_equal(got, want), on_host
+
+
+def test_merges_that_build_on_merges_run_as_mergekit_multi_runs_them(tmp_path, capsys):
+    """`merge-multi`: a file of mergekit configs, the final one first and unnamed, reading the named `medical`
+    (TIES of two fine-tunes) by name through a whole-model slice (which needs its layer count, so it is checked
+    once `medical` exists) and a LoRA-less mapping-form reference. Tensors equal `mergekit-multi`'s, stage by stage.
+    A rerun keeps both merges; a changed config is refused naming the change, and merged again with --no-lazy.
+    Bad files are refused before anything is merged, naming the document."""
+    import yaml
+
+    from mnlu_jax.cli import main
+
+    if shutil.which("mergekit-multi") is None:
+        pytest.skip("mergekit not installed")
+    base = make_tiny_hf(tmp_path / "base", seed=0)
+    m1 = make_tiny_hf(tmp_path / "m1", seed=1)
+    m2 = make_tiny_hf(tmp_path / "m2", seed=2)
+    final = {"merge_method": "slerp", "base_model": str(base), "dtype": "float32", "parameters": {"t": 0.4},
+             "slices": [{"sources": [{"model": str(base), "layer_range": [0, 2]},
+                                     {"model": "medical", "layer_range": [0, 2]}]}]}
+    medical = {"name": "medical", "merge_method": "ties", "base_model": {"model": {"path": str(base)}},
+               "dtype": "float32", "models": [{"model": str(m1), "parameters": {"weight": 0.7, "density": 0.5}},
+                                              {"model": str(m2), "parameters": {"weight": 0.5, "density": 0.5}}]}
+    noisy = {"name": "noisy", "merge_method": "dare_linear", "base_model": str(base), "dtype": "float32",
+             "models": [{"model": str(m1), "parameters": {"weight": 1.0, "density": 0.5}}]}  # (read by none)
+    path, theirs = tmp_path / "multi.yaml", tmp_path / "multi_mk.yaml"
+    theirs.write_text(yaml.safe_dump_all([final, medical, noisy]))
+    path.write_text(theirs.read_text() + "---\n")  # (an empty last document, which mergekit-multi fails on)
+    subprocess.run(["mergekit-multi", str(theirs), "-I", str(tmp_path / "mk_stages"), "--out-path",
+                    str(tmp_path / "mk_final")], check=True, capture_output=True)
+    command = ["merge-multi", str(path), "-I", str(tmp_path / "stages"), "--out", str(tmp_path / "final")]
+    assert main(command) == 0
+    for ours, theirs in ((tmp_path / "stages" / "medical", tmp_path / "mk_stages" / "medical"),
+                         (tmp_path / "final", tmp_path / "mk_final")):
+        mine, ref = _flat(ours), _flat(theirs)
+        assert set(mine) == set(ref)
+        for n in mine:
+            np.testing.assert_allclose(mine[n], ref[n], rtol=1e-5, atol=1e-6, err_msg=f"{ours.name}: {n}")
+    # the final merge's recorded config reads the intermediate by path, and runs as it is
+    recorded = yaml.safe_load((tmp_path / "final" / "mergekit_config.yml").read_text())
+    assert recorded["slices"][0]["sources"][1]["model"] == str((tmp_path / "stages" / "medical").absolute())
+    # a rerun keeps what is made; a changed config is refused, then merged again with --no-lazy
+    stamp = (tmp_path / "final" / "config.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(command) == 0
+    assert capsys.readouterr().out.count("already merged from this config") == 3
+    assert (tmp_path / "final" / "config.json").stat().st_mtime_ns == stamp
+    # another seed changes DARE's masks (not TIES' or slerp's result): refused before a new merge runs
+    extra = {"name": "extra", "merge_method": "linear", "dtype": "float32",
+             "models": [{"model": str(m1), "parameters": {"weight": 1.0}}]}
+    path.write_text(yaml.safe_dump_all([final, medical, noisy, extra]))
+    assert main([*command, "--seed", "3"]) == 2
+    assert re.search(r"document 3 \(noisy\): .*noisy holds a merge of another config \(seed: \[0\] then, 3 now\)",
+                     capsys.readouterr().err)
+    assert not (tmp_path / "stages" / "extra").exists()
+    path.write_text(yaml.safe_dump_all([dict(final, parameters={"t": 0.9}), medical]))
+    assert main(command) == 2
+    assert re.search(r"document 1: .*final holds a merge of another config \(parameters: \{'t': 0\.4\} then, "
+                     r"\{'t': 0\.9\} now\); remove it, or pass --no-lazy", capsys.readouterr().err)
+    before = _flat(tmp_path / "final")
+    assert main([*command, "--no-lazy"]) == 0
+    after = _flat(tmp_path / "final")
+    assert not np.allclose(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+    assert not list(tmp_path.glob(".final.*")) and not list((tmp_path / "stages").glob(".medical.*"))
+    # refusals, each before any merge
+    named = lambda name, reads=str(m1): dict(medical, name=name, models=[{"model": reads}])  # noqa: E731
+    bad = {
+        "dup": ([named("a"), named("a")], r"document 2 \(a\): the name 'a' is also document 1 \(a\)'s"),
+        "two_final": ([final, final], r"document 2: a second unnamed merge \(document 1 is one\)"),
+        "cycle": ([named("a", "b"), named("b", "a")], r"document 1 \(a\): the merges read each other in a cycle: "
+                                                      r"a -> b -> a"),
+        "slash": ([named("a/b")], r"document 1: name: expected a directory name under the intermediate directory"),
+        "revision": ([named("a"), named("b", "a@v1")], r"document 2 \(b\): models\[0\]\.model: 'a@v1' names the "
+                                                       r"merge 'a', which has no revisions"),
+        "list": ([named("a"), [1, 2]], r"document 2: expected a mergekit config \(a mapping with merge_method\), "
+                                       r"got list"),
+    }
+    for key, (docs, message) in bad.items():
+        (tmp_path / f"{key}.yaml").write_text(yaml.safe_dump_all(docs))
+        assert main(["merge-multi", str(tmp_path / f"{key}.yaml"), "-I", str(tmp_path / key), "--out",
+                     str(tmp_path / f"{key}_out")]) == 2, key
+        assert re.search(message, capsys.readouterr().err), key
+        assert not (tmp_path / key).exists() and not (tmp_path / f"{key}_out").exists(), key
+    assert main(["merge-multi", str(path), "-I", str(tmp_path / "x")]) == 2
+    assert "document 1: an unnamed (final) merge is written to --out, which was not given" in capsys.readouterr().err
+    assert main(["merge", "--config", str(path), "--out", str(tmp_path / "x")]) == 2
+    assert "2 YAML documents; a file of merges that build on merges runs with `mnlu-jax merge-multi" in \
+        capsys.readouterr().err

@@ -41,11 +41,13 @@
   (merge/vocabulary.py). `chat_template` as it is (merge/chat_template.py).
 - Model references as strings (`PATH`, `PATH+LORA`, a Hub id with `@REVISION`) or in mergekit's mapping form
   (`{model: PATH | {path, revision}, lora: ...}`), read as the string; `override_architecture` is refused.
+A file of several configs that read each other's outputs by name (`mergekit-multi`'s) runs with `mnlu-jax
+merge-multi` (merge/multi.py).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from mnlu_jax.merge.math import SPARSIFIER
 from mnlu_jax.merge.settings import check_setting
@@ -119,16 +121,21 @@ def reference(value: Any, here: str) -> Any:
 
 
 def _references(data: dict, where: str) -> dict:
-    """`data` with every model reference (base_model, models, slice sources, the tokenizer's source and its
-    tokens' models) in string form."""
+    """`data` with every model reference in string form (`reference`)."""
+    return map_references(data, reference, where)
+
+
+def map_references(data: dict, fn: Callable[[Any, str], Any], where: str) -> dict:
+    """`data` (a mergekit config) with `fn(value, here)` put in place of each model reference it holds: base_model,
+    tokenizer_source, each models: entry's model, each slice's base_model and sources' models, the tokenizer's
+    source and its tokens' source models. `here` names the field for errors."""
     def model_of(entry: Any, here: str) -> Any:  # a models: entry or a slice's source
-        return dict(entry, model=reference(entry["model"], here)) if isinstance(entry, dict) and "model" in entry \
-            else entry
+        return dict(entry, model=fn(entry["model"], here)) if isinstance(entry, dict) and "model" in entry else entry
 
     data = dict(data)
     for key in ("base_model", "tokenizer_source"):
         if key in data:
-            data[key] = reference(data[key], f"{where}: {key}")
+            data[key] = fn(data[key], f"{where}: {key}")
     if isinstance(data.get("models"), list):
         data["models"] = [model_of(m, f"{where}: models[{i}].model") for i, m in enumerate(data["models"])]
     if isinstance(data.get("slices"), list):
@@ -137,7 +144,7 @@ def _references(data: dict, where: str) -> dict:
             if isinstance(piece, dict):
                 piece = dict(piece)
                 if "base_model" in piece:
-                    piece["base_model"] = reference(piece["base_model"], f"{where}: slices[{j}].base_model")
+                    piece["base_model"] = fn(piece["base_model"], f"{where}: slices[{j}].base_model")
                 if isinstance(piece.get("sources"), list):
                     piece["sources"] = [model_of(src, f"{where}: slices[{j}].sources[{i}].model")
                                         for i, src in enumerate(piece["sources"])]
@@ -147,15 +154,17 @@ def _references(data: dict, where: str) -> dict:
     if isinstance(block, dict):
         block = dict(block)
         if "source" in block:
-            block["source"] = reference(block["source"], f"{where}: tokenizer.source")
+            block["source"] = fn(block["source"], f"{where}: tokenizer.source")
         if isinstance(block.get("tokens"), dict):
             tokens = {}
             for token, entry in block["tokens"].items():
                 here = f"{where}: tokenizer.tokens[{token!r}].source"
-                if isinstance(entry, dict) and isinstance(entry.get("source"), dict):
+                if isinstance(entry, dict) and isinstance(entry.get("source"), (dict, str)):
                     src = entry["source"]
-                    src = (dict(src, model=reference(src["model"], f"{here}.model")) if src.get("kind") is not None
-                           and "model" in src else reference(src, here))
+                    if isinstance(src, dict) and src.get("kind") is not None:  # {kind: model_token, model: ...}
+                        src = dict(src, model=fn(src["model"], f"{here}.model")) if "model" in src else src
+                    else:  # a model, as a string or in the mapping form
+                        src = fn(src, here)
                     entry = dict(entry, source=src)
                 tokens[token] = entry
             block["tokens"] = tokens

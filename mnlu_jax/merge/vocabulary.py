@@ -268,8 +268,8 @@ def _token_row(token: str, c: TokenSource, token_id: int, rows: dict[str, np.nda
 def _stripped(tokenizer, vocab_size: int, where: str):
     """`tokenizer` without its tokens whose ids are `vocab_size` or past (the model has no rows for them), as
     mergekit's get_stripped_tokenizer makes it: they leave the added tokens, the BPE model's vocabulary and every
-    BPE merge that involves one. Only a fast BPE tokenizer can be cut so (another kind is refused, as mergekit
-    refuses it); the other ids stay as they are."""
+    BPE merge that uses one (and, past mergekit, every merge that makes one). Only a fast BPE tokenizer can be cut
+    so (another kind is refused, as mergekit refuses it); the other ids stay as they are."""
     import transformers
 
     with tempfile.TemporaryDirectory() as d:
