@@ -5,6 +5,7 @@
     build-eval                          evaluate/build.py
     train                               train/loop.py
     merge, merge-multi, merge-stats     merge/streaming.py, merge/multi.py, merge/stats.py
+    extract-lora                        merge/extract_lora.py
     generate                            decode/generate.py
     score, evaluate                     evaluate/score.py
     pipeline                            pipeline.py
@@ -77,6 +78,16 @@ def cmd_merge_multi(a: argparse.Namespace) -> int:
 
     written = run_stages(read_stages(a.config, a.intermediate_dir, a.out), lazy=a.lazy, seed=a.seed)
     print(f"{len(written)} merges; the last: {written[-1]}")
+    return 0
+
+
+def cmd_extract_lora(a: argparse.Namespace) -> int:
+    from mnlu_jax.merge.extract_lora import extract_lora
+
+    out = extract_lora(a.model, a.base, a.out, max_rank=a.max_rank, distribute_scale=a.distribute_scale,
+                       embed_lora=a.embed_lora, save_modules=tuple(a.save_module), include=tuple(a.include),
+                       exclude=tuple(a.exclude), sv_epsilon=a.sv_epsilon, skip_undecomposable=a.skip_undecomposable)
+    print(f"wrote {out}")
     return 0
 
 
@@ -177,6 +188,26 @@ def build_parser() -> argparse.ArgumentParser:
                          "kept, and one of another config refused)")
     mm.add_argument("--seed", type=int, help="the DARE/DELLA masks' seed for every merge")
     mm.set_defaults(func=cmd_merge_multi)
+
+    x = sub.add_parser("extract-lora", help="a PEFT LoRA adapter from a fine-tune and its base (each linear "
+                                             "layer's difference cut to its top singular directions), as "
+                                             "mergekit-extract-lora")
+    x.add_argument("--model", required=True, help="the fine-tune")
+    x.add_argument("--base", required=True, help="its base model")
+    x.add_argument("--out", required=True)
+    x.add_argument("--max-rank", type=int, default=128)
+    x.add_argument("--no-distribute-scale", dest="distribute_scale", action="store_false",
+                   help="A = S V^T, B = U (default: the singular values' square roots in both)")
+    x.add_argument("--embed-lora", action="store_true", help="a LoRA of the embeddings and LM head too (default: "
+                                                             "saved whole)")
+    x.add_argument("--save-module", action="append", default=[], metavar="NAME", help="a module saved whole")
+    x.add_argument("--include", "-i", action="append", default=[], metavar="REGEX",
+                   help="only the modules matching one of these")
+    x.add_argument("--exclude", "-e", action="append", default=[], metavar="REGEX", help="no module matching this")
+    x.add_argument("--sv-epsilon", type=float, default=0.0, help="drop singular values at or below this")
+    x.add_argument("--skip-undecomposable", action="store_true",
+                   help="leave out the tensors that are not linear layers (default: saved whole)")
+    x.set_defaults(func=cmd_extract_lora)
 
     s = sub.add_parser("merge-stats", help="per-tensor delta norms, sparsity, cosine and sign conflicts")
     s.add_argument("--base", required=True)

@@ -1602,3 +1602,105 @@ def test_merges_that_build_on_merges_run_as_mergekit_multi_runs_them(tmp_path, c
     assert main(["merge", "--config", str(path), "--out", str(tmp_path / "x")]) == 2
     assert "2 YAML documents; a file of merges that build on merges runs with `mnlu-jax merge-multi" in \
         capsys.readouterr().err
+
+
+def _low_rank_fine_tune(base: Path, out: Path, ranks: dict[str, int]) -> Path:
+    """`base` with, on each linear layer whose name holds a key of `ranks`, a random update of that rank (others
+    unchanged)."""
+    shutil.copytree(base, out)
+    from safetensors.numpy import load_file, save_file
+
+    rng = np.random.default_rng(0)
+    for f in sorted(out.glob("*.safetensors")):
+        tensors = load_file(f)
+        for n, w in tensors.items():
+            rank = next((r for key, r in ranks.items() if key in n), 0)
+            if rank:
+                tensors[n] = w + 0.05 * rng.standard_normal((w.shape[0], rank)).astype(w.dtype) \
+                    @ rng.standard_normal((rank, w.shape[1])).astype(w.dtype)
+        save_file(tensors, f, metadata={"format": "pt"})
+    return out
+
+
+def test_extracted_lora_adapters_equal_mergekits_and_load_back(tmp_path):
+    """`extract-lora` against `mergekit-extract-lora` 0.1.5 on the same pairs: the same tensors, the whole ones
+    equal and each layer's B·A equal (the factors' signs are the SVD's to choose), and the same adapter_config.json.
+    A Mistral at rank 4; a Llama with tied embeddings, its embeddings and LM head adapted too, S kept in A and o_proj
+    left out; a fine-tune whose update has rank 1 in q_proj and 2 elsewhere, cut at `sv_epsilon` (rank_pattern).
+    `--save-module` (which fails in mergekit 0.1.5: it appends to a tuple) saves a module whole. A full-rank
+    adapter read back as `base+adapter` (and by PEFT) gives the fine-tune."""
+    import json as _json
+
+    from safetensors.numpy import load_file
+
+    from mnlu_jax.cli import main
+    from mnlu_jax.merge.extract_lora import extract_lora
+    from mnlu_jax.weights.named_tensors import NamedTensors
+
+    if shutil.which("mergekit-extract-lora") is None:
+        pytest.skip("mergekit not installed")
+    base = make_tiny_hf(tmp_path / "base", seed=0)
+    ft = make_tiny_hf(tmp_path / "ft", seed=1)
+    lbase = make_tiny_hf(tmp_path / "lbase", model_type="llama", seed=0)
+    lft = make_tiny_hf(tmp_path / "lft", model_type="llama", seed=1)
+    low = _low_rank_fine_tune(base, tmp_path / "low", {"q_proj": 1, "_proj": 2})
+    cases = {"mistral": (ft, base, ["--max-rank", "4"], ["--max-rank", "4"]),
+             "llama": (lft, lbase, ["--max-rank", "3", "--embed-lora", "--no-distribute-scale", "-e", "o_proj"],
+                       ["--max-rank", "3", "--embed-lora", "--no-distribute-scale", "-e", "o_proj"]),
+             "low": (low, base, ["--max-rank", "8", "--sv-epsilon", "1e-3"],
+                     ["--max-rank", "8", "--sv-epsilon", "1e-3"])}
+    for name, (model, ref, theirs, ours) in cases.items():
+        subprocess.run(["mergekit-extract-lora", "--model", str(model), "--base-model", str(ref), "--out-path",
+                        str(tmp_path / f"mk_{name}"), *theirs], check=True, capture_output=True)
+        assert main(["extract-lora", "--model", str(model), "--base", str(ref), "--out",
+                     str(tmp_path / f"ours_{name}"), *ours]) == 0
+        mine = load_file(tmp_path / f"ours_{name}" / "adapter_model.safetensors")
+        ref_t = load_file(tmp_path / f"mk_{name}" / "adapter_model.safetensors")
+        assert set(mine) == set(ref_t), (name, set(mine) ^ set(ref_t))
+        for key, value in mine.items():
+            if "lora_A" in key or "lora_embedding_A" in key:
+                b_key = key.replace("_A", "_B")
+                np.testing.assert_allclose(mine[b_key] @ value, ref_t[b_key] @ ref_t[key], atol=2e-5,
+                                           err_msg=f"{name}: {key}")
+                assert value.shape == ref_t[key].shape, (name, key)
+            elif "lora_B" not in key and "lora_embedding_B" not in key:
+                np.testing.assert_array_equal(value, ref_t[key], err_msg=f"{name}: {key}")
+        configs = [_json.loads((tmp_path / f"{who}_{name}" / "adapter_config.json").read_text())
+                   for who in ("ours", "mk")]
+        for c in configs:
+            c["target_modules"] = sorted(c["target_modules"])
+            c["modules_to_save"] = sorted(c["modules_to_save"])
+        assert configs[0] == configs[1], name
+    extract_lora(ft, base, tmp_path / "saved", max_rank=2, save_modules=("up_proj",), progress=False)
+    saved = load_file(tmp_path / "saved" / "adapter_model.safetensors")
+    np.testing.assert_array_equal(saved["base_model.model.model.layers.1.mlp.up_proj.weight"],
+                                  _flat(ft)["model.layers.1.mlp.up_proj.weight"])
+    assert not any("up_proj.lora" in k for k in saved)
+    assert "up_proj" in _json.loads((tmp_path / "saved" / "adapter_config.json").read_text())["modules_to_save"]
+    low_config = _json.loads((tmp_path / "ours_low" / "adapter_config.json").read_text())
+    assert low_config["r"] == 2 and set(low_config["rank_pattern"].values()) == {1} and \
+        all("q_proj" in m for m in low_config["rank_pattern"])
+    # at full rank the adapter is the whole update: read back as base+adapter, and by PEFT, it is the fine-tune
+    extract_lora(ft, base, tmp_path / "full", max_rank=64, progress=False)
+    want = _flat(ft)
+    back = NamedTensors(f"{base}+{tmp_path / 'full'}")
+    for n, w in want.items():
+        np.testing.assert_allclose(np.asarray(back.get(n), np.float32), w, atol=1e-5, err_msg=n)
+    peft = pytest.importorskip("peft")
+    import transformers
+
+    merged = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base),
+                                            tmp_path / "full").merge_and_unload()
+    for n, w in merged.state_dict().items():
+        np.testing.assert_allclose(w.detach().numpy(), want[n], atol=1e-5, err_msg=n)
+    # refusals name the field or tensor, and nothing is written
+    other = make_tiny_hf(tmp_path / "other", seed=2, intermediate_size=64)
+    for kwargs, message in (({"max_rank": 0}, r"max_rank: expected a positive rank, got 0"),
+                            ({"include": ("(",)}, r"include '\(': not a regular expression"),
+                            ({"base": other}, r"model\.layers\.0\.mlp\.down_proj\.weight: \(64, 96\) in .*ft but "
+                                              r"\(64, 64\) in .*other; a LoRA extracts")):
+        with pytest.raises(ValueError, match=message):
+            extract_lora(ft, kwargs.pop("base", base), tmp_path / "never", progress=False, **kwargs)
+        assert not (tmp_path / "never").exists()
+    with pytest.raises(FileExistsError, match="full: output directory exists"):
+        extract_lora(ft, base, tmp_path / "full", progress=False)
