@@ -12,6 +12,7 @@ each in its own process; peak RSS is that process's ru_maxrss. `--preset 7b` rec
     python benchmarks/merge.py --methods ties,dare_ties,slerp,sce,karcher
     python benchmarks/merge.py --methods slerp_slices,ties_lora     # a config's merge_method may differ from its key
     python benchmarks/merge.py --methods ties_density,della_gradient
+    python benchmarks/merge.py --extract-lora 64      # mnlu-jax extract-lora against mergekit-extract-lora
 """
 
 from __future__ import annotations
@@ -180,6 +181,51 @@ def run_methods(methods: list[str], base: Path, ft: Path, work: Path) -> dict:
     return out
 
 
+def run_extract_lora(rank: int, base: Path, ft: Path, work: Path) -> dict:
+    """Wall time and peak RSS of mergekit's extraction and ours (its full SVD, and our randomized one); how far
+    our adapters' B·A are from mergekit's, and each one's residual ‖δ − B·A‖ over the best rank-r cut's."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from mnlu_jax.weights.named_tensors import NamedTensors
+
+    runs = {}
+    tools = {"ours": [sys.executable, "-m", "mnlu_jax", "extract-lora", "--model", str(ft), "--base", str(base),
+                      "--max-rank", str(rank), "--out"],
+             "ours_randomized": [sys.executable, "-m", "mnlu_jax", "extract-lora", "--svd", "randomized", "--model",
+                                 str(ft), "--base", str(base), "--max-rank", str(rank), "--out"],
+             "mergekit": ["mergekit-extract-lora", "--model", str(ft), "--base-model", str(base), "--max-rank",
+                          str(rank), "--out-path"]}
+    for tool, command in tools.items():
+        dest = work / f"{tool}_lora"
+        shutil.rmtree(dest, ignore_errors=True)
+        seconds, rss, _ = measured([*command, str(dest)])
+        runs[tool] = {"seconds": seconds, "peak_rss_gib": rss}
+    adapters = {tool: load_file(work / f"{tool}_lora" / "adapter_model.safetensors") for tool in tools}
+    b_src, f_src = NamedTensors(base), NamedTensors(ft)
+    worst_vs_mergekit, residual_ratio = 0.0, {"ours": [], "ours_randomized": []}
+    for key in adapters["mergekit"]:
+        if ".lora_A." not in key:
+            continue
+        b_key, name = key.replace(".lora_A.", ".lora_B."), key[len("base_model.model."):].replace(".lora_A.", ".")
+        delta = np.asarray(f_src.get(name), np.float32) - np.asarray(b_src.get(name), np.float32)
+        product = {t: a[b_key].astype(np.float32) @ a[key].astype(np.float32) for t, a in adapters.items()}
+        worst_vs_mergekit = max(worst_vs_mergekit, float(np.abs(product["ours"] - product["mergekit"]).max()
+                                                         / np.abs(product["mergekit"]).max()))
+        reference = np.linalg.norm(delta - product["mergekit"])
+        for t in residual_ratio:
+            residual_ratio[t].append(float(np.linalg.norm(delta - product[t]) / reference))
+    runs["same_tensor_names"] = all(set(a) == set(adapters["mergekit"]) for a in adapters.values())
+    runs["largest_relative_difference_of_BA_ours_vs_mergekit"] = worst_vs_mergekit
+    runs["residual_over_mergekits"] = {t: {"max": max(v), "mean": sum(v) / len(v)} for t, v in residual_ratio.items()}
+    for t in ("ours", "ours_randomized"):
+        runs[f"wall_time_ratio_{t}_over_mergekit"] = runs[t]["seconds"] / runs["mergekit"]["seconds"]
+        runs[f"rss_ratio_{t}_over_mergekit"] = runs[t]["peak_rss_gib"] / runs["mergekit"]["peak_rss_gib"]
+    for tool in tools:
+        shutil.rmtree(work / f"{tool}_lora", ignore_errors=True)
+    return runs
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="1b", choices=list(PRESETS))
@@ -187,11 +233,24 @@ def main():
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
     ap.add_argument("--methods", default=None, help="comma-separated mergekit methods, each config through both tools")
+    ap.add_argument("--extract-lora", type=int, default=None, metavar="RANK",
+                    help="instead: a rank-RANK LoRA extracted from the pair by both tools (extract_lora_<preset>.json)")
     a = ap.parse_args()
     work = Path(a.workdir) / a.preset
     t = time.perf_counter()
     base, ft, n_params = make_pair(a.preset, work)
     create_s = time.perf_counter() - t
+    if a.extract_lora is not None:
+        write_result(f"extract_lora_{a.preset}", {
+            "preset": a.preset, "params": n_params, "dtype": "bfloat16", "rank": a.extract_lora,
+            "note": "mnlu-jax extract-lora (full SVD, and --svd randomized) and mergekit-extract-lora on the same "
+                    "pair, each in its own process; the fine-tune is the base plus full-rank noise (a flat spectrum: "
+                    "the hardest case for the randomized SVD), so every layer is cut to the rank; residuals are "
+                    "||delta - B A||_F over mergekit's, per linear layer",
+            **run_extract_lora(a.extract_lora, base, ft, work)})
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     if a.methods:
         # methods measured before keep their rows (each with its date) unless measured again
         earlier_path = RESULTS / f"merge_methods_{a.preset}.json"

@@ -86,7 +86,8 @@ def cmd_extract_lora(a: argparse.Namespace) -> int:
 
     out = extract_lora(a.model, a.base, a.out, max_rank=a.max_rank, distribute_scale=a.distribute_scale,
                        embed_lora=a.embed_lora, save_modules=tuple(a.save_module), include=tuple(a.include),
-                       exclude=tuple(a.exclude), sv_epsilon=a.sv_epsilon, skip_undecomposable=a.skip_undecomposable)
+                       exclude=tuple(a.exclude), sv_epsilon=a.sv_epsilon, skip_undecomposable=a.skip_undecomposable,
+                       svd=a.svd, seed=a.seed)
     print(f"wrote {out}")
     return 0
 
@@ -207,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--sv-epsilon", type=float, default=0.0, help="drop singular values at or below this")
     x.add_argument("--skip-undecomposable", action="store_true",
                    help="leave out the tensors that are not linear layers (default: saved whole)")
+    x.add_argument("--svd", choices=["exact", "randomized"], default="exact",
+                   help="each layer's top directions by a full SVD (mergekit's) or a randomized one (faster where "
+                        "the rank is well below the layer's sides)")
+    x.add_argument("--seed", type=int, default=0, help="the randomized SVD's sketches")
     x.set_defaults(func=cmd_extract_lora)
 
     s = sub.add_parser("merge-stats", help="per-tensor delta norms, sparsity, cosine and sign conflicts")

@@ -1680,6 +1680,22 @@ def test_extracted_lora_adapters_equal_mergekits_and_load_back(tmp_path):
     low_config = _json.loads((tmp_path / "ours_low" / "adapter_config.json").read_text())
     assert low_config["r"] == 2 and set(low_config["rank_pattern"].values()) == {1} and \
         all("q_proj" in m for m in low_config["rank_pattern"])
+    # the randomized SVD: exact where the update's rank is below its sketch, within 0.2 % of the best cut elsewhere
+    extract_lora(low, base, tmp_path / "low_randomized", max_rank=8, sv_epsilon=1e-3, svd="randomized",
+                 progress=False)
+    extract_lora(ft, base, tmp_path / "randomized", max_rank=4, svd="randomized", progress=False)
+    assert _json.loads((tmp_path / "low_randomized" / "adapter_config.json").read_text()) == low_config
+    pairs = {"low": ("ours_low", "low_randomized", low), "mistral": ("ours_mistral", "randomized", ft)}
+    b_, w_ = _flat(base), {k: _flat(v[2]) for k, v in pairs.items()}
+    for case, (exact_dir, randomized_dir, _) in pairs.items():
+        exact, fast = (load_file(tmp_path / d / "adapter_model.safetensors") for d in (exact_dir, randomized_dir))
+        assert set(exact) == set(fast)
+        for key in (k for k in exact if ".lora_A." in k):
+            b_key, tensor = key.replace(".lora_A.", ".lora_B."), key[len("base_model.model."):].replace(
+                ".lora_A.", ".")
+            delta = w_[case][tensor] - b_[tensor]
+            best, got = (np.linalg.norm(delta - t[b_key] @ t[key]) for t in (exact, fast))
+            assert got <= best * 1.002 + 1e-6, (case, key, got, best)
     # at full rank the adapter is the whole update: read back as base+adapter, and by PEFT, it is the fine-tune
     extract_lora(ft, base, tmp_path / "full", max_rank=64, progress=False)
     want = _flat(ft)
@@ -1697,6 +1713,7 @@ def test_extracted_lora_adapters_equal_mergekits_and_load_back(tmp_path):
     other = make_tiny_hf(tmp_path / "other", seed=2, intermediate_size=64)
     for kwargs, message in (({"max_rank": 0}, r"max_rank: expected a positive rank, got 0"),
                             ({"include": ("(",)}, r"include '\(': not a regular expression"),
+                            ({"exclude": (".",)}, r"extract-lora: no tensor of .*ft is extracted or saved"),
                             ({"base": other}, r"model\.layers\.0\.mlp\.down_proj\.weight: \(64, 96\) in .*ft but "
                                               r"\(64, 64\) in .*other; a LoRA extracts")):
         with pytest.raises(ValueError, match=message):
