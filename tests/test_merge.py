@@ -1602,6 +1602,14 @@ def test_merges_that_build_on_merges_run_as_mergekit_multi_runs_them(tmp_path, c
     assert main(["merge", "--config", str(path), "--out", str(tmp_path / "x")]) == 2
     assert "2 YAML documents; a file of merges that build on merges runs with `mnlu-jax merge-multi" in \
         capsys.readouterr().err
+    # the tokenizer's keywords stay keywords beside a merge named `base`
+    from mnlu_jax.merge.multi import read_stages
+
+    (tmp_path / "kw.yaml").write_text(yaml.safe_dump_all([named("base"), dict(final, base_model="base",
+                                                                                tokenizer_source="base")]))
+    last = read_stages(tmp_path / "kw.yaml", tmp_path / "kw", tmp_path / "kw_out")[-1]
+    assert last.config["tokenizer_source"] == "base" and last.reads == ("base",)
+    assert last.config["base_model"] == str((tmp_path / "kw" / "base").absolute())
 
 
 def _low_rank_fine_tune(base: Path, out: Path, ranks: dict[str, int]) -> Path:

@@ -155,8 +155,8 @@ def extract_lora(model: str | Path, base: str | Path, out: str | Path, max_rank:
         if kind == "whole":
             continue
         delta = read(ft, name).astype(np.float32) - read(ref, name).astype(np.float32)
-        key = tensor_key(seed, name, 0) if svd == "randomized" else None
-        a, b = factors(delta.T if kind == "embedding" else delta, max_rank, sv_epsilon, distribute_scale, key)
+        sketch = tensor_key(seed, name, 0) if svd == "randomized" else None
+        a, b = factors(delta.T if kind == "embedding" else delta, max_rank, sv_epsilon, distribute_scale, sketch)
         dtype = ft.dtype(EMBED if name in tied else name)
         decomposed[name] = (a.astype(dtype), b.astype(dtype))
     specs, produce = [], {}

@@ -12,20 +12,21 @@ means that merge's output, so a recipe is written as it is thought of:
     models: [{model: BioMistral/BioMistral-7B}, {model: medical}]
     parameters: {t: 0.5}
 
-`mnlu-jax merge-multi FILE --intermediate-dir DIR [--out OUT] [--no-lazy]`: each named merge is written to
-DIR/NAME, the unnamed one to OUT, in an order where every merge comes after those it reads; a cycle, a repeated
-name, two unnamed merges, or an unnamed one without `--out` is refused before anything is merged, and so is a bad
-config, but for one that reads a merge not made yet (checked when its turn comes: reading a model may need its
-layer count). As in mergekit,
-a merge whose output is already there is not run again (`--no-lazy` runs it again); unlike mergekit, it must have
-been made from the same config (its `mergekit_config.yml`), else it is refused, naming what changed, instead of
-silently reused. Each output's `mergekit_config.yml` holds its config with the names replaced by paths, which
-`mergekit-yaml` (and `mnlu-jax merge --config`) runs as it is.
+`mnlu-jax merge-multi FILE --intermediate-dir DIR [--out OUT] [--no-lazy] [--seed N]`: each named merge is
+written to DIR/NAME, the unnamed one to OUT, in an order where every merge comes after those it reads. A cycle, a
+repeated name, two unnamed merges, or an unnamed one without `--out` is refused before anything is merged, and so
+is a bad config, but for one that reads a merge not made yet (checked when its turn comes: reading a model may
+need its layer count). As in mergekit, a merge whose output is already there is not run again (`--no-lazy` runs
+it again); unlike mergekit, it must have been made from the same config (its `mergekit_config.yml`) and, for
+DARE and DELLA, the same seed, else it is refused, naming what changed, instead of silently reused. Each output's
+`mergekit_config.yml` holds its config with the names replaced by paths, which `mergekit-yaml` (and `mnlu-jax
+merge --config`) runs as it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -99,11 +100,13 @@ def read_stages(path: str | Path, intermediate_dir: str | Path, out: str | Path 
         reads: list[str] = []
 
         def patch(value: Any, here: str) -> Any:
+            if value in ("base", "union") and here.endswith(("tokenizer_source", "tokenizer.source")):
+                return value  # (the tokenizer's keywords, even beside a merge named so)
             text = reference(value, here)
             if not isinstance(text, str):
                 return value
             model, plus, lora = text.partition("+")
-            head, at, revision = model.partition("@")
+            head, at, _ = model.partition("@")
             if head not in names:
                 return value
             if at:
@@ -155,8 +158,6 @@ def _made_from(out: Path) -> dict | None:
 def _seeds(out: Path) -> set:
     """The seeds a finished merge's merge_config.json records (one per slice merged slice by slice; none for
     passthrough)."""
-    import json
-
     found: set = set()
 
     def walk(node: Any) -> None:
