@@ -1,7 +1,7 @@
 """A LoRA adapter extracted from a fine-tune and its base, as `mergekit-extract-lora` extracts one: each linear
 layer's task vector δ = W_ft − W_base cut to its top singular directions, δ ≈ B·A (A = √S·Vᵀ, B = U·√S, or with
-`distribute_scale` off A = S·Vᵀ, B = U), written as a PEFT adapter that PEFT, vLLM and `MODEL+ADAPTER`
-references load. What a fine-tune changed, at a fraction of its size (a rank-r adapter of a linear layer of shape
+`distribute_scale` off A = S·Vᵀ, B = U), written as a PEFT adapter that PEFT and `MODEL+ADAPTER` references
+load (both tested). What a fine-tune changed, at a fraction of its size (a rank-r adapter of a linear layer of shape
 (m, n) holds r·(m + n) numbers against m·n), and a way to study how low-rank a fine-tune's update is.
 
     mnlu-jax extract-lora --model runs/ft/hf --base BioMistral/BioMistral-7B --out lora/ [--max-rank 128]
