@@ -1636,7 +1636,8 @@ def test_extracted_lora_adapters_equal_mergekits_and_load_back(tmp_path):
     A Mistral at rank 4; a Llama with tied embeddings, its embeddings and LM head adapted too, S kept in A and o_proj
     left out; a fine-tune whose update has rank 1 in q_proj and 2 elsewhere, cut at `sv_epsilon` (rank_pattern).
     `--save-module` (which fails in mergekit 0.1.5: it appends to a tuple) saves a module whole. A full-rank
-    adapter read back as `base+adapter` (and by PEFT) gives the fine-tune."""
+    adapter read back as `base+adapter` (and by PEFT) gives the fine-tune; so does one that leaves out the layers
+    `sv_epsilon` takes to rank 0 (mergekit writes them at rank 0, which PEFT refuses)."""
     import json as _json
 
     from safetensors.numpy import load_file
@@ -1715,6 +1716,23 @@ def test_extracted_lora_adapters_equal_mergekits_and_load_back(tmp_path):
 
     merged = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base),
                                             tmp_path / "full").merge_and_unload()
+    for n, w in merged.state_dict().items():
+        np.testing.assert_allclose(w.detach().numpy(), want[n], atol=1e-5, err_msg=n)
+    # a layer whose update falls below sv_epsilon is left out: mergekit writes it as a rank-0 LoRA, which PEFT refuses
+    only_q = _low_rank_fine_tune(base, tmp_path / "only_q", {"q_proj": 1})
+    subprocess.run(["mergekit-extract-lora", "--model", str(only_q), "--base-model", str(base), "--out-path",
+                    str(tmp_path / "mk_only_q"), "--max-rank", "4", "--sv-epsilon", "1e-3"], check=True,
+                   capture_output=True)
+    assert set(_json.loads((tmp_path / "mk_only_q" / "adapter_config.json").read_text())["rank_pattern"].values()) \
+        == {0}
+    with pytest.raises(ValueError, match=r"`r` should be a positive integer value but the value passed is 0"):
+        peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base), tmp_path / "mk_only_q")
+    extract_lora(only_q, base, tmp_path / "only_q_lora", max_rank=4, sv_epsilon=1e-3, progress=False)
+    config = _json.loads((tmp_path / "only_q_lora" / "adapter_config.json").read_text())
+    assert (config["r"], config["target_modules"], config["rank_pattern"]) == (1, ["q_proj"], {})
+    merged = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base),
+                                            tmp_path / "only_q_lora").merge_and_unload()
+    want = _flat(only_q)
     for n, w in merged.state_dict().items():
         np.testing.assert_allclose(w.detach().numpy(), want[n], atol=1e-5, err_msg=n)
     # refusals name the field or tensor, and nothing is written

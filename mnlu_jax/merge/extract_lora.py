@@ -9,7 +9,8 @@ load (both tested). What a fine-tune changed, at a fraction of its size (a rank-
 As in mergekit 0.1.5:
 - rank min(`max_rank`, the layer's smaller side), lowered to the count of singular values above `sv_epsilon`
   when that is set; `r` is the largest rank, `lora_alpha = r` (so PEFT's scale is 1), and layers of other ranks
-  are listed in `rank_pattern` and `alpha_pattern`;
+  are listed in `rank_pattern` and `alpha_pattern` (a layer left with rank 0 is left out of the adapter, where
+  mergekit writes a rank-0 LoRA that PEFT refuses);
 - the embeddings and LM head are saved whole (`modules_to_save`) unless `embed_lora` (then the embedding's LoRA is
   the transposed one PEFT uses for embeddings), and always when the two vocabularies differ;
 - tensors that are not linear layers (the RMSNorm weights) are saved whole, or left out with
@@ -157,8 +158,11 @@ def extract_lora(model: str | Path, base: str | Path, out: str | Path, max_rank:
         delta = read(ft, name).astype(np.float32) - read(ref, name).astype(np.float32)
         sketch = tensor_key(seed, name, 0) if svd == "randomized" else None
         a, b = factors(delta.T if kind == "embedding" else delta, max_rank, sv_epsilon, distribute_scale, sketch)
+        if a.shape[0] == 0:  # no singular value above sv_epsilon: nothing to adapt (PEFT refuses a rank-0 LoRA,
+            continue         # which mergekit writes)
         dtype = ft.dtype(EMBED if name in tied else name)
         decomposed[name] = (a.astype(dtype), b.astype(dtype))
+    plan = [(name, kind) for name, kind in plan if kind == "whole" or name in decomposed]
     specs, produce = [], {}
     for name, kind in plan:
         module = _module(name)
