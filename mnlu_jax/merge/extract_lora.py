@@ -61,16 +61,19 @@ def factors(delta: np.ndarray, max_rank: int, sv_epsilon: float = 0.0, distribut
     would be as wide as the matrix)."""
     x = jnp.asarray(delta, jnp.float32)
     if sketch_key is not None and max_rank + OVERSAMPLE < min(x.shape):
-        u, s, vh = (np.asarray(t) for t in randomized_svd(x, max_rank, sketch_key))
+        u, s, vh = randomized_svd(x, max_rank, sketch_key)
     else:
-        u, s, vh = (np.asarray(t) for t in jnp.linalg.svd(x, full_matrices=False))
+        u, s, vh = jnp.linalg.svd(x, full_matrices=False)
+    s = np.asarray(s)
     rank = min(max_rank, s.shape[0])
     if sv_epsilon > 0:
         rank = min(int((s > sv_epsilon).sum()), rank)
+    # only the kept directions leave the device (a full SVD's U of a 14336 x 4096 layer is 235 MB)
+    u, vh = np.asarray(u[:, :rank]), np.asarray(vh[:rank])
     if distribute_scale:
         root = np.sqrt(s[:rank])
-        return root[:, None] * vh[:rank], u[:, :rank] * root[None, :]
-    return s[:rank, None] * vh[:rank], u[:, :rank].copy()
+        return root[:, None] * vh, u * root[None, :]
+    return s[:rank, None] * vh, u
 
 
 OVERSAMPLE, POWER_ITERATIONS = 16, 4
@@ -119,10 +122,11 @@ def extract_lora(model: str | Path, base: str | Path, out: str | Path, max_rank:
                       "LM head are saved whole (embed_lora off), as mergekit does", stacklevel=2)
         embed_lora = False
     # a tied LM head is the embedding: PEFT adapts (or saves) it as a module of its own, so mergekit writes it too
-    tied = [HEAD] if HEAD not in ft.names() and ft.config.tie_word_embeddings else []
+    has_head = {source: HEAD in source.names() for source in (ft, ref)}
+    tied = [HEAD] if not has_head[ft] and ft.config.tie_word_embeddings else []
 
     def read(source: NamedTensors, name: str) -> np.ndarray:
-        return np.asarray(source.get(EMBED if name == HEAD and HEAD not in source.names() else name))
+        return np.asarray(source.get(EMBED if name == HEAD and not has_head[source] else name))
 
     save_modules = list(save_modules)
     plan: list[tuple[str, str]] = []  # (tensor name, "lora" | "embedding" | "whole")

@@ -69,9 +69,10 @@ def read_stages(path: str | Path, intermediate_dir: str | Path, out: str | Path 
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         raise ValueError(f"{path}:{mark.line + 1 if mark else '?'}: {e.problem or e.context}") from None
-    named: dict[str | None, tuple[dict, str]] = {}
+    named: dict[str | None, tuple[dict, str]] = {}  # name -> (config, "document K (NAME)")
     for k, doc in enumerate(docs):
-        where = f"{path}: document {k + 1}"
+        label = f"document {k + 1}"
+        where = f"{path}: {label}"
         if doc is None:  # an empty document (a trailing `---`) holds no merge
             continue
         if not is_mergekit_config(doc):
@@ -83,20 +84,22 @@ def read_stages(path: str | Path, intermediate_dir: str | Path, out: str | Path 
             if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
                 raise ValueError(f"{where}: name: expected a directory name under the intermediate directory, got "
                                  f"{name!r}")
-            where = f"{where} ({name})"
+            label = f"{label} ({name})"
+            where = f"{path}: {label}"
         if name in named:
-            raise ValueError(f"{where}: " + (f"the name {name!r} is also {named[name][1].split(': ', 1)[1]}'s"
-                                             if name is not None else
-                                             f"a second unnamed merge ({named[None][1].split(': ', 1)[1]} is one); "
-                                             "only the final merge goes unnamed"))
-        named[name] = (doc, where)
+            raise ValueError(f"{where}: " + (f"the name {name!r} is also {named[name][1]}'s" if name is not None else
+                                             f"a second unnamed merge ({named[None][1]} is one); only the final "
+                                             "merge goes unnamed"))
+        named[name] = (doc, label)
     if not named:
         raise ValueError(f"{path}: no merge in it")
     if None in named and out is None:
-        raise ValueError(f"{named[None][1]}: an unnamed (final) merge is written to --out, which was not given")
+        raise ValueError(f"{path}: {named[None][1]}: an unnamed (final) merge is written to --out, which was not "
+                         "given")
     names = {n for n in named if n is not None}
     stages = {}
-    for name, (doc, where) in named.items():
+    for name, (doc, label) in named.items():
+        where = f"{path}: {label}"
         reads: list[str] = []
 
         def patch(value: Any, here: str) -> Any:
@@ -183,18 +186,20 @@ def run_stages(stages: list[Stage], lazy: bool = True, progress: bool = True, se
 
     # the configs checked before the first merge starts, but for those that read a merge not made yet (reading one
     # may need its layer count); those are checked when reached, and a rerun after a fix finds the others made
-    finished = {s.name for s in stages if s.name is not None and _made_from(s.out) is not None}
+    # (each stage's output changes only at its own turn, so what each holds is read once, here)
+    made = {s.name: _made_from(s.out) for s in stages}
+    finished = {name for name, before in made.items() if name is not None and before is not None}
     configs = {s.name: _merge_config(s, seed) for s in stages if set(s.reads) <= finished}
     if lazy:  # and the finished merges' configs compared, so that a changed one is refused before anything runs
         for stage in stages:
             if stage.name in configs:
-                _finished_as_configured(stage, configs[stage.name])
+                _finished_as_configured(stage, configs[stage.name], made[stage.name])
     written = []
     for stage in stages:
         label = "final merge" if stage.name is None else f"merge {stage.name!r}"
         cfg = configs[stage.name] if stage.name in configs else _merge_config(stage, seed)
-        before = _made_from(stage.out)
-        if lazy and _finished_as_configured(stage, cfg):
+        before = made[stage.name]
+        if lazy and _finished_as_configured(stage, cfg, before):
             print(f"{label}: {stage.out} is already merged from this config; not merged again")
             written.append(stage.out)
             continue
@@ -216,10 +221,9 @@ def run_stages(stages: list[Stage], lazy: bool = True, progress: bool = True, se
     return written
 
 
-def _finished_as_configured(stage: Stage, cfg) -> bool:
-    """Whether `stage.out` holds a finished merge (False: none there), made from this config with this seed;
-    one made otherwise is an error naming what changed."""
-    before = _made_from(stage.out)
+def _finished_as_configured(stage: Stage, cfg, before: dict | None) -> bool:
+    """Whether `stage.out` holds a finished merge (False: none there; `before` is what `_made_from` read there),
+    made from this config with this seed; one made otherwise is an error naming what changed."""
     if before is None:
         return False
     changed = changed_settings(before, stage.config) if before else ["no mergekit_config.yml there"]

@@ -47,17 +47,18 @@ class TokenizerSettings:
     pad_to_multiple_of: int | None = None
     token_sources: dict[str, Any] | None = None  # {TOKEN: {source: ..., force: ...}}: read by `token_sources`
     chat_template: str | None = None             # auto | chatml | llama3 | mistral | zephyr | a Jinja file or text
+    # `token_sources` read (checked once, here): {TOKEN: TokenSource}
+    tokens: dict[str, TokenSource] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         pad = self.pad_to_multiple_of
         if pad is not None and (self.source is None or type(pad) is not int or pad < 1):
             raise ValueError(f"merge: pad_to_multiple_of {pad!r}: expected a positive integer, with a "
                              "tokenizer_source (base, union or a model directory) whose vocabulary it pads")
-        if self.token_sources is not None:
-            if self.source is None:
-                raise ValueError("merge: token_sources: needs a tokenizer_source (base, union or a model directory), "
-                                 "whose vocabulary they fill")
-            token_sources(self.token_sources)
+        if self.token_sources is not None and self.source is None:
+            raise ValueError("merge: token_sources: needs a tokenizer_source (base, union or a model directory), "
+                             "whose vocabulary they fill")
+        object.__setattr__(self, "tokens", {} if self.token_sources is None else token_sources(self.token_sources))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +221,7 @@ def plan_vocabulary(settings: TokenizerSettings, base: NamedTensors, models: lis
         except (OSError, ValueError) as e:
             raise ValueError(f"tokenizer_source {source!r}: expected base, union or a model directory with a "
                              f"tokenizer ({e})") from None
-    configured = token_sources(settings.token_sources or {})
+    configured = settings.tokens
     missing = [t for t in configured if t not in out_tok.get_vocab()]
     if missing:  # added, as mergekit adds them (to a copy: the models' own tokenizers, the base's too, are read below)
         out_tok = _copy(out_tok)
