@@ -1630,6 +1630,29 @@ def _low_rank_fine_tune(base: Path, out: Path, ranks: dict[str, int]) -> Path:
     return out
 
 
+def test_a_merge_named_with_a_lora_reads_the_merges_output_with_that_adapter(tmp_path):
+    """merge-multi's `NAME+LORA` (and the mapping form {model: NAME, lora: ...}): the name becomes the merge's output
+    path with the adapter kept, in the string and the mapping form alike, and orders the merges; a path that only
+    starts like a name, and a LoRA named like a merge, are left as they are."""
+    import yaml
+
+    from mnlu_jax.merge.multi import read_stages
+
+    medical = {"name": "medical", "merge_method": "linear", "models": [{"model": "m1", "parameters": {"weight": 1}}]}
+    final = {"merge_method": "ties", "base_model": "base", "models": [
+        {"model": "medical+adapters/ner", "parameters": {"weight": 0.5}},
+        {"model": {"model": {"path": "medical"}, "lora": {"path": "adapters/re"}}, "parameters": {"weight": 0.5}},
+        {"model": "medical2+medical", "parameters": {"weight": 0.5}}]}
+    path = tmp_path / "multi.yaml"
+    path.write_text(yaml.safe_dump_all([final, medical]))
+    stages = read_stages(path, tmp_path / "stages", tmp_path / "out")
+    assert [s.name for s in stages] == ["medical", None]
+    made = str((tmp_path / "stages" / "medical").absolute())
+    assert [m["model"] for m in stages[1].config["models"]] == [f"{made}+adapters/ner", f"{made}+adapters/re",
+                                                                "medical2+medical"]
+    assert stages[1].reads == ("medical",) and stages[1].config["base_model"] == "base"
+
+
 def test_extracted_lora_adapters_equal_mergekits_and_load_back(tmp_path):
     """`extract-lora` against `mergekit-extract-lora` 0.1.5 on the same pairs: the same tensors, the whole ones
     equal and each layer's B·A equal (the factors' signs are the SVD's to choose), and the same adapter_config.json.
