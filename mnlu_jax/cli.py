@@ -1,10 +1,12 @@
 """`mnlu-jax` console script: one subcommand per stage, each a thin call into the stage's module.
 
     convert hf-to-flax | flax-to-hf     weights/convert.py
+    convert flax-to-gguf                weights/gguf_export.py
     build-data                          data/build.py
     build-eval                          evaluate/build.py
     train                               train/loop.py
     merge, merge-multi, merge-stats     merge/streaming.py, merge/multi.py, merge/stats.py
+    merge-sweep                         merge/sweep.py
     extract-lora                        merge/extract_lora.py
     generate                            decode/generate.py
     score, evaluate                     evaluate/score.py
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _size(text: str) -> int:
@@ -78,6 +81,17 @@ def cmd_merge_multi(a: argparse.Namespace) -> int:
 
     written = run_stages(read_stages(a.config, a.intermediate_dir, a.out), lazy=a.lazy, seed=a.seed)
     print(f"{len(written)} merges; the last: {written[-1]}")
+    return 0
+
+
+def cmd_merge_sweep(a: argparse.Namespace) -> int:
+    from mnlu_jax.config import load_config
+    from mnlu_jax.merge.sweep import SweepConfig, run_sweep
+
+    cfg = load_config(SweepConfig, a.config, a.overrides)
+    run_sweep(cfg)
+    print((Path(cfg.output_dir) / "results.md").read_text())
+    print(f"results: {Path(cfg.output_dir) / 'results.md'}, plot: {Path(cfg.output_dir) / 'sweep.png'}")
     return 0
 
 
@@ -189,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "kept, and one of another config refused)")
     mm.add_argument("--seed", type=int, help="the DARE/DELLA masks' seed for every merge")
     mm.set_defaults(func=cmd_merge_multi)
+
+    w = sub.add_parser("merge-sweep", help="merge every combination of a grid of merge settings, evaluate each on "
+                                           "the eval sets, and tabulate and plot the scores")
+    w.add_argument("--config", required=True, help="a sweep YAML (configs/merge/sweep_demo.yaml)")
+    w.add_argument("overrides", nargs="*", help="key=value overrides (e.g. output_dir=runs/x keep_merges=true)")
+    w.set_defaults(func=cmd_merge_sweep)
 
     x = sub.add_parser("extract-lora", help="a PEFT LoRA adapter from a fine-tune and its base (each linear "
                                              "layer's difference cut to its top singular directions), as "

@@ -36,6 +36,15 @@ class DecodeSection:
     speculate: int = 0         # prompt-lookup drafts checked per step (DecodeConfig.speculate); same tokens
     prompt_overflow: str = "middle"  # prompts longer than the largest bucket: middle | left | error (DecodeConfig)
 
+    def config(self):
+        """The decoder's DecodeConfig (imports jax)."""
+        from mnlu_jax.decode.engine import DecodeConfig
+
+        return DecodeConfig(batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, buckets=tuple(self.buckets),
+                            prefill_batch=min(4, self.batch_size), chunk_steps=self.chunk_steps,
+                            prefix_cache=self.prefix_cache, speculate=self.speculate,
+                            prompt_overflow=self.prompt_overflow)
+
 
 @dataclasses.dataclass
 class PipelineConfig:
@@ -135,7 +144,6 @@ class Stages:
 
 def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
     from mnlu_jax.data.build import run_build
-    from mnlu_jax.decode.engine import DecodeConfig
     from mnlu_jax.evaluate.cli import run_evaluate
     from mnlu_jax.evaluate.score import markdown, run_score, table5
     from mnlu_jax.evaluate.sets import build_eval
@@ -175,10 +183,7 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
         f"output_dir={out / 'train'}", f"data.path={out / 'data'}", f"model.source={out / 'base'}",
         f"data.chat_template={cfg.chat_template}", *cfg.train_overrides])
     check_train_config(train_cfg)
-    dec = DecodeConfig(batch_size=cfg.decode.batch_size, max_new_tokens=cfg.decode.max_new_tokens,
-                       buckets=tuple(cfg.decode.buckets), prefill_batch=min(4, cfg.decode.batch_size),
-                       chunk_steps=cfg.decode.chunk_steps, prefix_cache=cfg.decode.prefix_cache,
-                       speculate=cfg.decode.speculate, prompt_overflow=cfg.decode.prompt_overflow)
+    dec = cfg.decode.config()
     out.mkdir(parents=True, exist_ok=True)
     with exclusive(out / "pipeline.lock", str(out)):  # one pipeline per output_dir (mnlu_jax/locks.py)
         save_config(cfg, out / "pipeline.yaml")

@@ -2,10 +2,12 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mnlu_jax.cli import main
@@ -370,3 +372,93 @@ def test_an_output_on_a_filesystem_without_locks_goes_on_unlocked(tmp_path, monk
         with exclusive(tmp_path / "x.lock", "x"):
             ran.append(True)
     assert ran == [True] and "cannot lock" in caplog.text and "No locks available" in caplog.text
+
+
+def test_merge_sweep_scores_every_point_of_its_grid_and_resumes(demo, tmp_path, capsys, monkeypatch):
+    """merge-sweep on the pipeline's base and fine-tune: each point is merged, decoded and scored (the pipeline's own
+    merge, DARE p = 0.2 seed 0, gives the same predictions as its point; the seed changes p = 0.9's masks), the table,
+    seed summary and plot are written, references evaluated or read from an evaluation; a rerun with a larger grid
+    runs only the new points; other fixed settings, a field that is not a merge setting and a point with a bad value
+    are refused before anything is merged."""
+    import yaml
+
+    monkeypatch.chdir(ROOT)
+    out, config = tmp_path / "sweep", tmp_path / "sweep.yaml"
+    decode = yaml.safe_load((ROOT / "configs" / "demo_tiny.yaml").read_text())["decode"]
+    config.write_text(yaml.safe_dump({
+        "output_dir": str(out), "eval_dir": str(demo / "eval_sets"), "sets": ["BioSSES", "MedNLI"],
+        "merge": {"base": str(demo / "base"), "models": [str(demo / "base"), str(demo / "train" / "final")],
+                  "method": "dare"},
+        "grid": {"drop_rate": [0.2, 0.9], "seed": [0, 1]}, "metric": "MedNLI", "chat_template": "zephyr",
+        "references": {"finetuned": str(demo / "train" / "final"), "base": str(demo / "eval" / "base")},
+        "decode": decode}))
+    assert main(["merge-sweep", "--config", str(config), "keep_merges=true"]) == 0
+    printed = capsys.readouterr().out
+    names = ["drop_rate=0.2,seed=0", "drop_rate=0.2,seed=1", "drop_rate=0.9,seed=0", "drop_rate=0.9,seed=1"]
+    results = json.loads((out / "results.json").read_text())
+    assert [p["name"] for p in results["points"]] == names and printed.count(": merging") == 4
+
+    def predictions(eval_out: Path) -> dict:
+        return {(r["dataset"], r["id"]): r["prediction"] for f in ("BioSSES.jsonl", "MedNLI.jsonl")
+                for r in map(json.loads, (eval_out / "predictions" / f).read_text().splitlines())}
+
+    assert predictions(out / "points" / names[0] / "eval") == predictions(demo / "eval" / "merged")
+    assert predictions(out / "references" / "finetuned") == predictions(demo / "eval" / "finetuned")
+    base_scores = json.loads((demo / "eval" / "base" / "scores.json").read_text())["base"]["datasets"]
+    read = results["references"]["base"]  # (read, not rerun; its averages over the sweep's two sets, not its 15)
+    assert read["MedNLI"] == base_scores["MedNLI"]["paper"]["score"]
+    assert read["BLUE macro avg (paper)"] == pytest.approx(np.mean([base_scores[n]["paper"]["score"]
+                                                                    for n in ("MedNLI", "BioSSES")]))
+    assert not (out / "references" / "base").exists()
+    from mnlu_jax.weights.named_tensors import NamedTensors
+
+    a, b = (NamedTensors(out / "points" / n / "merged") for n in names[2:])
+    assert not np.array_equal(a.get("model.layers.0.mlp.up_proj.weight"), b.get("model.layers.0.mlp.up_proj.weight"))
+    point = json.loads((out / "points" / names[3] / "point.json").read_text())
+    assert point["values"] == {"drop_rate": 0.9, "seed": 1} and point["merge"]["drop_rate"] == 0.9
+    assert point["merge_s"] > 0 and point["eval_s"] > 0
+    best = max(results["points"], key=lambda p: p["scores"]["MedNLI"])
+    assert results["best"] == {"name": best["name"], "values": best["values"], "score": best["scores"]["MedNLI"]}
+    over_seeds = {s["values"]["drop_rate"]: s for s in results["by_setting"]}
+    runs = [p["scores"]["MedNLI"] for p in results["points"][2:]]
+    assert over_seeds[0.9]["seeds"] == 2 and over_seeds[0.9]["mean"] == pytest.approx(np.mean(runs))
+    assert over_seeds[0.9]["std"] == pytest.approx(np.std(runs, ddof=1))
+    md = (out / "results.md").read_text()
+    assert sum(line.startswith("| **") for line in md.splitlines()) == 1 and "Over seeds (MedNLI):" in md
+    assert "| finetuned |" in md and "| base |" in md
+    assert len((out / "results.csv").read_text().splitlines()) == 5 and (out / "sweep.png").stat().st_size > 0
+    # a larger grid: only its new points run; merges are deleted once scored unless keep_merges
+    assert main(["merge-sweep", "--config", str(config), "grid.drop_rate=[0.2, 0.5, 0.9]"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(": already scored") == 4 and printed.count(": merging") == 2
+    assert len(json.loads((out / "results.json").read_text())["points"]) == 6
+    assert not list(out.glob("points/*/merged"))
+    # refused before anything is merged, naming the field
+    for override, message in [
+            ("decode.max_new_tokens=8", r"holds a sweep of other settings \(decode: .*'max_new_tokens': 16.* then, "
+                                        r".*'max_new_tokens': 8.* now\); its points would not compare"),
+            ("grid.drop_rat=[0.1]", r"grid\.drop_rat: not a merge setting to sweep \(did you mean 'drop_rate'\?\)"),
+            ("grid.drop_rate=[0.1, 1.5]", r"point drop_rate=1\.5,seed=0: drop_rate 1\.5: expected 0 <= p <= 1"),
+            ("grid.seed=[]", r"grid\.seed: expected a non-empty list of values"),
+            ("metric=BLUB", r"metric 'BLUB': expected one of \['BLURB macro avg \(paper\)'"),
+            ("merge.out=x", r"merge\.out: each point's merge is written under output_dir/points/")]:
+        assert main(["merge-sweep", "--config", str(config), override]) == 2, override
+        assert re.search(message, capsys.readouterr().err), override
+    assert len(list(out.glob("points/*"))) == 6
+    # a run that failed before it made anything (a wrong base) may be rerun with the setting fixed
+    fresh = [f"output_dir={tmp_path / 'fresh'}", "grid.drop_rate=[0.2]", "grid.seed=[0]", "references={}"]
+    assert main(["merge-sweep", "--config", str(config), *fresh, f"merge.base={tmp_path / 'nowhere'}"]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert main(["merge-sweep", "--config", str(config), *fresh]) == 0
+    assert (tmp_path / "fresh" / "points" / names[0] / "eval" / "scores.json").exists()
+
+
+def test_the_shipped_sweep_configs_plan_their_points():
+    from mnlu_jax.config import load_config
+    from mnlu_jax.merge.sweep import SweepConfig, plan_points
+
+    for name, count in (("sweep_demo", 6), ("sweep_biomistral_nlu", 18)):
+        cfg = load_config(SweepConfig, ROOT / "configs" / "merge" / f"{name}.yaml")
+        points = plan_points(cfg)
+        assert len(points) == count and all(p.merge.method == "dare" for p in points), name
+        assert points[1].name == ("drop_rate=0.2,seed=1" if name == "sweep_demo" else "drop_rate=0.1,seed=1")

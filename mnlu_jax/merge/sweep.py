@@ -1,0 +1,372 @@
+"""Merge settings against evaluation scores: `mnlu-jax merge-sweep --config FILE [key=value ...]`.
+
+Every combination of a grid of merge settings (a DARE drop rate by seed, TIES densities, SLERP's t, ...) is
+merged (merge/streaming.py, streaming, so a 7B point fits a small machine), decoded and scored on the eval sets
+(evaluate/cli.py), and the scores are tabulated and drawn. It is how one picks the paper's drop rate instead of
+taking it, and how one sees how much DARE's random masks move a score at a given rate.
+
+    output_dir: runs/sweep
+    merge: {base: B, models: [B, FT], method: dare}   # a merge config (ours or mergekit's), without `out`
+    grid: {drop_rate: [0.2, 0.5, 0.9], seed: [0, 1]}  # MergeConfig fields -> values: one merge per combination
+    eval_dir: runs/demo/eval_sets                      # build-eval's output
+    references: {base: B, finetuned: FT}               # evaluated once, drawn as lines
+
+Writes under `output_dir`: `points/<key=value,...>/` (`point.json`: the merge's settings and times; `eval/`: the
+predictions and scores; `merged/` with `keep_merges`), `references/<name>/`, `results.{md,csv,json}` (a row per
+point, the best marked; over seeds, their mean, spread and range per setting) and `sweep.png`. Each point is
+resumable: a scored point is not run again, a merge that finished is evaluated without merging it again, and an
+interrupted evaluation goes on where it stopped. A rerun with other fixed settings (the merge config outside the
+grid, the eval sets, the decoding) is refused, naming what changed; a larger grid reuses the points it shares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mnlu_jax.config import (_did_you_mean, changed_settings, from_dict, save_config, write_csv_atomic,
+                             write_text_atomic)
+from mnlu_jax.pipeline import DecodeSection
+
+if TYPE_CHECKING:  # (merge.config imports jax: the command line's parser starts without it)
+    from mnlu_jax.merge.config import MergeConfig
+
+AGGREGATES = ("BLURB macro avg (paper)", "BLUE macro avg (paper)", "BLURB score")
+# set by the sweep itself: a grid over them would write elsewhere or record a config that was not run
+NOT_SWEPT = ("out", "mergekit_config")
+
+
+@dataclasses.dataclass
+class SweepConfig:
+    output_dir: str = "runs/sweep"
+    merge: dict[str, Any] = dataclasses.field(default_factory=dict)
+    grid: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    eval_dir: str = ""
+    sets: list[str] = dataclasses.field(default_factory=list)  # eval set names; empty: every set in the manifest
+    metric: str = "BLURB macro avg (paper)"  # the score points are ranked by: an aggregate or an eval set's name
+    mode: str = "paper"                      # paper | official scoring
+    # name -> a checkpoint (evaluated once, with the points' settings) or an evaluation's output directory (its
+    # scores.json read as it is: the pipeline's eval/base, say)
+    references: dict[str, str] = dataclasses.field(default_factory=dict)
+    chat_template: str = "tokenizer"
+    drop_system: bool = False                # as evaluate's --drop-system (the paper's, for non-Llama models)
+    keep_merges: bool = False                # keep each point's merged checkpoint (else deleted once scored)
+    decode: DecodeSection = dataclasses.field(default_factory=DecodeSection)
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    values: dict           # grid key -> value
+    name: str              # its directory name: key=value,...
+    merge: MergeConfig     # the whole merge, `out` included
+
+
+def _slug(values: dict) -> str:
+    """`drop_rate=0.2,seed=0`: readable, one path component (what is not a safe file name character is `_`)."""
+    text = ",".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in values.items())
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
+
+
+def plan_points(cfg: SweepConfig, where: str = "merge-sweep") -> list[Point]:
+    """Every combination of the grid, in the grid's order, each merge config checked (settings, method, varying
+    values) before any merge runs; errors name the field."""
+    from mnlu_jax.merge.config import MergeConfig, translate_merge_config
+
+    if not isinstance(cfg.merge, dict) or not cfg.merge:
+        raise ValueError(f"{where}: merge: expected a merge config (base, models, method, ...; ours or mergekit's)")
+    fixed = translate_merge_config(dict(cfg.merge), f"{where}: merge")
+    fixed.pop("mergekit_config", None)  # (the point's own settings are recorded in point.json instead)
+    if fixed.get("out"):
+        raise ValueError(f"{where}: merge.out: each point's merge is written under output_dir/points/; leave out "
+                         "`out`")
+    if not cfg.grid:
+        raise ValueError(f"{where}: grid: expected {{FIELD: [VALUE, ...], ...}} (MergeConfig fields, e.g. "
+                         "drop_rate: [0.2, 0.5, 0.9]); it is empty")
+    names = {f.name for f in dataclasses.fields(MergeConfig)}
+    for key, values in cfg.grid.items():
+        if key in NOT_SWEPT or key not in names:
+            known = sorted(names - set(NOT_SWEPT))
+            raise ValueError(f"{where}: grid.{key}: not a merge setting to sweep{_did_you_mean([key], known)}; "
+                             f"known: {known}")
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}: grid.{key}: expected a non-empty list of values, got {values!r}")
+        per_model = fixed.get("per_model") or {}
+        if key in per_model:  # (a mergekit config's per-model density: it would win over the grid's value)
+            raise ValueError(f"{where}: grid.{key}: the merge config sets {key} model by model ({per_model[key]}), "
+                             "which would override the grid's value; set it once at the top instead")
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise ValueError(f"{where}: grid.{key}: a value is listed twice in {values!r}")
+    keys = list(cfg.grid)
+    points = []
+    for combo in itertools.product(*(cfg.grid[k] for k in keys)):
+        values = dict(zip(keys, combo))
+        name = _slug(values)
+        data = {**fixed, **values, "out": str(Path(cfg.output_dir).absolute() / "points" / name / "merged")}
+        merge = from_dict(MergeConfig, data, where=f"{where}: point {name}")
+        try:
+            merge.spec(), merge.schedule(), merge.tokenizer()  # every point's settings, before any merge runs
+        except ValueError as e:
+            raise ValueError(f"{where}: point {name}: {e}") from None
+        if merge.method != "passthrough" and merge.slices is None and not (merge.base and merge.models):
+            raise ValueError(f"{where}: merge: `base` and `models` are required (the checkpoints each point merges)")
+        points.append(Point(values, name, merge))
+    seen: dict[str, dict] = {}
+    for p in points:
+        if p.name in seen:
+            raise ValueError(f"{where}: points {seen[p.name]} and {p.values} have one directory name {p.name!r}")
+        seen[p.name] = p.values
+    return points
+
+
+def fixed_settings(cfg: SweepConfig) -> dict:
+    """What every point shares: a rerun with another of these would mix incomparable scores in one table."""
+    from mnlu_jax.merge.config import translate_merge_config
+
+    merge = {k: v for k, v in translate_merge_config(dict(cfg.merge), "merge").items()
+             if k not in cfg.grid and k != "mergekit_config"}
+    return json.loads(json.dumps({
+        "merge": merge, "eval_dir": str(Path(cfg.eval_dir).absolute()), "sets": sorted(cfg.sets),
+        "chat_template": cfg.chat_template, "drop_system": cfg.drop_system, "decode": dataclasses.asdict(cfg.decode),
+        "references": {k: str(Path(v).absolute()) for k, v in cfg.references.items()}}, default=str))
+
+
+def _check(cfg: SweepConfig, where: str) -> list[str]:
+    """The eval sets the sweep scores, after checking the settings that do not need a merge; errors name them."""
+    from mnlu_jax.data.chat import check_template_choice
+    from mnlu_jax.evaluate.sets import read_manifest
+    from mnlu_jax.weights.convert import check_source
+
+    if not cfg.output_dir:
+        raise ValueError(f"{where}: output_dir is required")
+    manifest = Path(cfg.eval_dir) / "manifest.json"
+    if not cfg.eval_dir or not manifest.is_file():
+        raise FileNotFoundError(f"{where}: eval_dir {cfg.eval_dir!r}: no manifest.json (build-eval writes the eval "
+                                "sets and their manifest)")
+    have = list(read_manifest(manifest))
+    unknown = sorted(set(cfg.sets) - set(have))
+    if unknown:
+        raise ValueError(f"{where}: sets {unknown}: not in {manifest}, which has {have}")
+    sets = list(cfg.sets) or have
+    if cfg.mode not in ("paper", "official"):
+        raise ValueError(f"{where}: mode {cfg.mode!r}: expected paper or official")
+    if cfg.metric not in AGGREGATES and cfg.metric not in sets:
+        raise ValueError(f"{where}: metric {cfg.metric!r}: expected one of {list(AGGREGATES)} or a set the sweep "
+                         f"scores ({sets})")
+    if cfg.decode.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"{where}: decode.dtype {cfg.decode.dtype!r}: expected float32 or bfloat16")
+    check_template_choice(cfg.chat_template)
+    for name, path in cfg.references.items():
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+            raise ValueError(f"{where}: references.{name}: expected a plain name (letters, digits, . _ -)")
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"{where}: references.{name}: expected a checkpoint path, got {path!r}")
+        if not (Path(path) / "scores.json").is_file():
+            check_source(path, f"{where}: references.{name}")
+    return sets
+
+
+def scores_of(eval_out: Path, system: str | None, mode: str, sets: list[str]) -> dict:
+    """{set or aggregate: score} over `sets` from an evaluation's scores.json (`system` None: the one system it
+    holds). The aggregates are computed over `sets` alone, so that an evaluation of more sets (a reference read
+    from the pipeline's) compares with the points."""
+    from mnlu_jax.evaluate.score import aggregates
+
+    systems = json.loads((eval_out / "scores.json").read_text())
+    if system is None:
+        if len(systems) != 1:
+            raise ValueError(f"{eval_out}/scores.json: scores of {sorted(systems)}; expected one system's (an "
+                             "evaluate output directory)")
+        system = next(iter(systems))
+    datasets = systems[system]["datasets"]
+    missing = [n for n in sets if n not in datasets]
+    if missing:
+        raise ValueError(f"{eval_out}/scores.json: no scores for {missing}, which the sweep scores")
+    per_set = {n: datasets[n][mode]["score"] for n in sets}
+    return {**per_set, **aggregates(per_set)}
+
+
+def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
+    """Merge, decode and score every point not yet scored, then write the results table and plot (module
+    docstring). Returns results.json's contents."""
+    from mnlu_jax.evaluate.cli import run_evaluate
+    from mnlu_jax.locks import exclusive
+    from mnlu_jax.merge.config import run_merge
+
+    where = "merge-sweep"
+    sets = _check(cfg, where)
+    points = plan_points(cfg, where)
+    out = Path(cfg.output_dir).absolute()
+    settings = fixed_settings(cfg)
+    decode = cfg.decode.config()
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(out / "sweep.lock", str(out)):
+        state = out / "sweep_settings.json"
+        changed = changed_settings(json.loads(state.read_text()), settings) if state.exists() else []
+        # what an earlier run made (merges, evaluations); a run that failed before it made any may be fixed
+        made = [*out.glob("points/*/*"), *out.glob("references/*/*")]
+        if changed and made:
+            raise ValueError(f"{out}: holds a sweep of other settings ({'; '.join(changed)}); its points would "
+                             "not compare with these: use another output_dir")
+        if changed or not state.exists():
+            write_text_atomic(state, json.dumps(settings, indent=2))
+        save_config(cfg, out / "sweep.yaml")
+
+        def evaluate(model: Path, eval_out: Path, system: str) -> float:
+            start = time.perf_counter()
+            run_evaluate(model, cfg.eval_dir, eval_out, decode, chat_template=cfg.chat_template,
+                         drop_system=cfg.drop_system, dtype=cfg.decode.dtype, system_name=system,
+                         names=list(cfg.sets) or None, progress=progress)
+            return time.perf_counter() - start
+
+        rows = []
+        for k, point in enumerate(points, 1):
+            home = out / "points" / point.name
+            eval_out = home / "eval"
+            merged = Path(point.merge.out)
+            record_path = home / "point.json"
+            record = json.loads(record_path.read_text()) if record_path.exists() else {
+                "values": point.values, "merge": json.loads(json.dumps(dataclasses.asdict(point.merge), default=str))}
+            if (eval_out / "scores.json").exists():
+                log(f"[{k}/{len(points)}] {point.name}: already scored")
+            else:
+                home.mkdir(parents=True, exist_ok=True)
+                if not (merged / "config.json").exists():  # (written atomically: present means whole)
+                    log(f"[{k}/{len(points)}] {point.name}: merging")
+                    start = time.perf_counter()
+                    run_merge(point.merge, progress=progress)
+                    record["merge_s"] = round(time.perf_counter() - start, 2)
+                    write_text_atomic(record_path, json.dumps(record, indent=2))
+                log(f"[{k}/{len(points)}] {point.name}: evaluating")
+                record["eval_s"] = round(evaluate(merged, eval_out, point.name), 2)
+                write_text_atomic(record_path, json.dumps(record, indent=2))
+            if not cfg.keep_merges and merged.exists():
+                shutil.rmtree(merged)
+            scores = scores_of(eval_out, point.name, cfg.mode, sets)
+            log(f"[{k}/{len(points)}] {point.name}: {cfg.metric} {_fmt(scores.get(cfg.metric))}")
+            rows.append({**record, "name": point.name, "scores": scores})
+        references = {}
+        for name, path in cfg.references.items():
+            if (Path(path) / "scores.json").is_file():  # an evaluation already made
+                references[name] = scores_of(Path(path), None, cfg.mode, sets)
+                continue
+            eval_out = out / "references" / name
+            if not (eval_out / "scores.json").exists():
+                log(f"reference {name}: evaluating {path}")
+                evaluate(Path(path), eval_out, name)
+            references[name] = scores_of(eval_out, name, cfg.mode, sets)
+        results = summarize(rows, list(cfg.grid), sets, cfg.metric, cfg.mode, references)
+        write_results(results, out)
+    return results
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def summarize(rows: list[dict], keys: list[str], sets: list[str], metric: str, mode: str,
+              references: dict[str, dict]) -> dict:
+    """results.json: the points, the best by `metric` (None scores, a set the points do not cover, rank last), and
+    with a `seed` key in the grid the metric's mean, standard deviation and range over seeds per other setting."""
+    scored = [r for r in rows if r["scores"].get(metric) is not None]
+    best = max(scored, key=lambda r: r["scores"][metric]) if scored else None
+    by_setting = []
+    if "seed" in keys:
+        others = [k for k in keys if k != "seed"]
+        groups: dict[str, list[dict]] = {}
+        for r in rows:
+            groups.setdefault(json.dumps([r["values"][k] for k in others]), []).append(r)
+        for group in groups.values():
+            values = np.array([r["scores"][metric] for r in group if r["scores"].get(metric) is not None])
+            by_setting.append({"values": {k: group[0]["values"][k] for k in others}, "seeds": len(group),
+                               **({"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1
+                                   else 0.0, "min": float(values.min()), "max": float(values.max())}
+                                  if len(values) else {"mean": None, "std": None, "min": None, "max": None})})
+    return {"metric": metric, "mode": mode, "grid": keys, "sets": sets, "points": rows,
+            "best": None if best is None else {"name": best["name"], "values": best["values"],
+                                               "score": best["scores"][metric]},
+            "by_setting": by_setting, "references": references}
+
+
+def write_results(results: dict, out: Path) -> None:
+    """results.json, results.md (the points, then the seed summary and the references), results.csv (the points)
+    and sweep.png."""
+    keys, metric, sets = results["grid"], results["metric"], results["sets"]
+    columns = [metric, *[a for a in AGGREGATES if a != metric], *[s for s in sets if s != metric]]
+    best = results["best"]["name"] if results["best"] else None
+    header = [*keys, *columns, "merge s", "eval s"]
+    table = [header]
+    for r in results["points"]:
+        table.append([json.dumps(r["values"][k]) for k in keys] + [_fmt(r["scores"].get(c)) for c in columns]
+                     + [str(r.get("merge_s", "-")), str(r.get("eval_s", "-"))])
+    write_csv_atomic(out / "results.csv", table)
+    md = [f"# Merge sweep: {metric} ({results['mode']} mode)", "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r, line in zip(results["points"], table[1:]):
+        if r["name"] == best:
+            line = [f"**{c}**" for c in line]
+        md.append("| " + " | ".join(line) + " |")
+    if best:
+        md += ["", f"Best by {metric}: {best} ({_fmt(results['best']['score'])})."]
+    if results["by_setting"]:
+        others = [k for k in keys if k != "seed"]
+        md += ["", f"Over seeds ({metric}):", "", "| " + " | ".join([*others, "seeds", "mean", "std", "min", "max"])
+               + " |", "|" + "---|" * (len(others) + 5)]
+        for s in results["by_setting"]:
+            md.append("| " + " | ".join([*(json.dumps(s["values"][k]) for k in others), str(s["seeds"]),
+                                         *(_fmt(s[x]) for x in ("mean", "std", "min", "max"))]) + " |")
+    if results["references"]:
+        md += ["", "References:", "", "| model | " + " | ".join(columns) + " |",
+               "|---|" + "---|" * len(columns)]
+        for name, scores in results["references"].items():
+            md.append(f"| {name} | " + " | ".join(_fmt(scores.get(c)) for c in columns) + " |")
+    write_text_atomic(out / "results.md", "\n".join(md) + "\n")
+    plot_sweep(results, out / "sweep.png")
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))  # last: the sweep's done mark
+
+
+def plot_sweep(results: dict, path: Path) -> None:
+    """The metric against the first numeric grid setting other than the seed (else the points in order), a line
+    per combination of the other settings, seeds as dots around their mean; references as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys, metric, rows = results["grid"], results["metric"], results["points"]
+    numeric = [k for k in keys if k != "seed" and all(isinstance(r["values"][k], (int, float))
+                                                      and not isinstance(r["values"][k], bool) for r in rows)]
+    x_key = numeric[0] if numeric else None
+    others = [k for k in keys if k not in ("seed", x_key)]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    lines: dict[str, list[dict]] = {}
+    for r in rows:
+        lines.setdefault(", ".join(f"{k}={json.dumps(r['values'][k])}" for k in others), []).append(r)
+    for label, group in lines.items():
+        xs = [r["values"][x_key] for r in group] if x_key else [rows.index(r) for r in group]
+        ys = [np.nan if r["scores"].get(metric) is None else r["scores"][metric] for r in group]
+        ax.scatter(xs, ys, s=14, alpha=0.5)
+        line_x = sorted(set(xs))
+        line_y = [np.nanmean([y for x, y in zip(xs, ys) if x == lx]) if any(
+            not np.isnan(y) for x, y in zip(xs, ys) if x == lx) else np.nan for lx in line_x]
+        ax.plot(line_x, line_y, marker="o", label=label or ("mean over seeds" if "seed" in keys else None))
+    for k, (name, scores) in enumerate(results["references"].items()):
+        if scores.get(metric) is not None:
+            ax.axhline(scores[metric], linestyle="--", color=f"C{(k + len(lines)) % 10}", label=name)
+    ax.set_xlabel(x_key or "point")
+    if not x_key:
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["name"] for r in rows], rotation=40, ha="right", fontsize=7)
+    ax.set_ylabel(f"{metric}, {results['mode']} scoring")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
