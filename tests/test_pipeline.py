@@ -462,3 +462,22 @@ def test_the_shipped_sweep_configs_plan_their_points():
         points = plan_points(cfg)
         assert len(points) == count and all(p.merge.method == "dare" for p in points), name
         assert points[1].name == ("drop_rate=0.2,seed=1" if name == "sweep_demo" else "drop_rate=0.1,seed=1")
+
+
+def test_a_sweep_over_a_mergekit_config_takes_our_setting_names():
+    """`merge:` in mergekit's form is read as `merge --config` reads it; the grid names our settings (a mergekit
+    name gets ours in the error), and a setting the config gives model by model cannot be swept over."""
+    from mnlu_jax.merge.sweep import SweepConfig, plan_points
+
+    merge = {"merge_method": "dare_ties", "base_model": "B", "dtype": "bfloat16", "parameters": {"density": 0.5},
+             "models": [{"model": "A", "parameters": {"weight": 0.5}}, {"model": "C", "parameters": {"weight": 0.5}}]}
+    points = plan_points(SweepConfig(output_dir="s", merge=merge, grid={"drop_rate": [0.3, 0.6]}))
+    assert [(p.merge.method, p.merge.drop_rate, p.merge.rescale_norm, p.merge.weights) for p in points] == \
+        [("dare_ties", 0.3, "l1", [0.5, 0.5]), ("dare_ties", 0.6, "l1", [0.5, 0.5])]
+    assert points[0].merge.mergekit_config is None  # (what ran is the point's config, recorded in point.json)
+    with pytest.raises(ValueError, match=r"grid\.density: not a merge setting to sweep \(the grid takes our names, "
+                                         r"even over a mergekit config: drop_rate \(1 - density\)\)"):
+        plan_points(SweepConfig(merge=merge, grid={"density": [0.5]}))
+    merge["models"][1]["parameters"]["density"] = 0.7  # now set model by model
+    with pytest.raises(ValueError, match=r"grid\.drop_rate: the merge config sets drop_rate model by model"):
+        plan_points(SweepConfig(merge=merge, grid={"drop_rate": [0.3]}))

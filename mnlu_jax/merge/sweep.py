@@ -42,6 +42,9 @@ if TYPE_CHECKING:  # (merge.config imports jax: the command line's parser starts
 AGGREGATES = ("BLURB macro avg (paper)", "BLUE macro avg (paper)", "BLURB score")
 # set by the sweep itself: a grid over them would write elsewhere or record a config that was not run
 NOT_SWEPT = ("out", "mergekit_config")
+# mergekit's names for settings the grid names as ours
+MERGEKIT_NAMES = {"density": "drop_rate (1 - density)", "lambda": "lam", "weight": "weights (one per model)",
+                  "merge_method": "method", "base_model": "base"}
 
 
 @dataclasses.dataclass
@@ -94,8 +97,9 @@ def plan_points(cfg: SweepConfig, where: str = "merge-sweep") -> list[Point]:
     for key, values in cfg.grid.items():
         if key in NOT_SWEPT or key not in names:
             known = sorted(names - set(NOT_SWEPT))
-            raise ValueError(f"{where}: grid.{key}: not a merge setting to sweep{_did_you_mean([key], known)}; "
-                             f"known: {known}")
+            hint = (f" (the grid takes our names, even over a mergekit config: {MERGEKIT_NAMES[key]})"
+                    if key in MERGEKIT_NAMES else _did_you_mean([key], known))
+            raise ValueError(f"{where}: grid.{key}: not a merge setting to sweep{hint}; known: {known}")
         if not isinstance(values, list) or not values:
             raise ValueError(f"{where}: grid.{key}: expected a non-empty list of values, got {values!r}")
         per_model = fixed.get("per_model") or {}
