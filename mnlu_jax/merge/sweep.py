@@ -9,14 +9,15 @@ taking it, and how one sees how much DARE's random masks move a score at a given
     merge: {base: B, models: [B, FT], method: dare}   # a merge config (ours or mergekit's), without `out`
     grid: {drop_rate: [0.2, 0.5, 0.9], seed: [0, 1]}  # MergeConfig fields -> values: one merge per combination
     eval_dir: runs/demo/eval_sets                      # build-eval's output
-    references: {base: B, finetuned: FT}               # evaluated once, drawn as lines
+    references: {base: B, finetuned: runs/demo/eval/finetuned}   # checkpoints (evaluated once) or evaluations
 
 Writes under `output_dir`: `points/<key=value,...>/` (`point.json`: the merge's settings and times; `eval/`: the
 predictions and scores; `merged/` with `keep_merges`), `references/<name>/`, `results.{md,csv,json}` (a row per
 point, the best marked; over seeds, their mean, spread and range per setting) and `sweep.png`. Each point is
 resumable: a scored point is not run again, a merge that finished is evaluated without merging it again, and an
 interrupted evaluation goes on where it stopped. A rerun with other fixed settings (the merge config outside the
-grid, the eval sets, the decoding) is refused, naming what changed; a larger grid reuses the points it shares.
+grid, the eval sets, the decoding, the references) is refused, naming what changed, once anything was made with
+the old ones; a larger grid reuses the points it shares. Averages are over the sweep's sets, references' too.
 """
 
 from __future__ import annotations
