@@ -86,9 +86,12 @@ def cmd_merge_multi(a: argparse.Namespace) -> int:
 
 def cmd_merge_sweep(a: argparse.Namespace) -> int:
     from mnlu_jax.config import load_config
-    from mnlu_jax.merge.sweep import SweepConfig, run_sweep
+    from mnlu_jax.merge.sweep import SweepConfig, describe_plan, run_sweep
 
     cfg = load_config(SweepConfig, a.config, a.overrides)
+    if a.dry_run:
+        print(describe_plan(cfg))
+        return 0
     run_sweep(cfg)
     print((Path(cfg.output_dir) / "results.md").read_text())
     print(f"results: {Path(cfg.output_dir) / 'results.md'}, plot: {Path(cfg.output_dir) / 'sweep.png'}")
@@ -208,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "the eval sets, and tabulate and plot the scores")
     w.add_argument("--config", required=True, help="a sweep YAML (configs/merge/sweep_demo.yaml)")
     w.add_argument("overrides", nargs="*", help="key=value overrides (e.g. output_dir=runs/x keep_merges=true)")
+    w.add_argument("--dry-run", action="store_true", help="check everything, list the points and what each needs, "
+                                                          "merge nothing")
     w.set_defaults(func=cmd_merge_sweep)
 
     x = sub.add_parser("extract-lora", help="a PEFT LoRA adapter from a fine-tune and its base (each linear "

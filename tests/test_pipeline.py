@@ -392,6 +392,9 @@ def test_merge_sweep_scores_every_point_of_its_grid_and_resumes(demo, tmp_path, 
         "grid": {"drop_rate": [0.2, 0.9], "seed": [0, 1]}, "metric": "MedNLI", "chat_template": "zephyr",
         "references": {"finetuned": str(demo / "train" / "final"), "base": str(demo / "eval" / "base")},
         "decode": decode}))
+    assert main(["merge-sweep", "--config", str(config), "--dry-run"]) == 0  # (lists the plan, makes nothing)
+    assert "4 points, each scored on 2 sets (MedNLI, paper mode):\n  drop_rate=0.2,seed=0: to merge and evaluate" \
+        in capsys.readouterr().out and not out.exists()
     assert main(["merge-sweep", "--config", str(config), "keep_merges=true"]) == 0
     printed = capsys.readouterr().out
     names = ["drop_rate=0.2,seed=0", "drop_rate=0.2,seed=1", "drop_rate=0.9,seed=0", "drop_rate=0.9,seed=1"]
@@ -427,6 +430,8 @@ def test_merge_sweep_scores_every_point_of_its_grid_and_resumes(demo, tmp_path, 
     assert sum(line.startswith("| **") for line in md.splitlines()) == 1 and "Over seeds (MedNLI):" in md
     assert "| finetuned |" in md and "| base |" in md
     assert len((out / "results.csv").read_text().splitlines()) == 5 and (out / "sweep.png").stat().st_size > 0
+    assert main(["merge-sweep", "--config", str(config), "grid.drop_rate=[0.2, 0.5, 0.9]", "--dry-run"]) == 0
+    assert capsys.readouterr().out.count(": scored\n") == 4
     # a larger grid: only its new points run; merges are deleted once scored unless keep_merges
     assert main(["merge-sweep", "--config", str(config), "grid.drop_rate=[0.2, 0.5, 0.9]"]) == 0
     printed = capsys.readouterr().out

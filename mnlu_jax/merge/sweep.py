@@ -206,8 +206,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
     from mnlu_jax.merge.config import run_merge
 
     where = "merge-sweep"
-    sets = _check(cfg, where)
-    points = plan_points(cfg, where)
+    sets, points = _check(cfg, where), plan_points(cfg, where)
     out = Path(cfg.output_dir).absolute()
     settings = fixed_settings(cfg)
     decode = cfg.decode.config()
@@ -270,6 +269,20 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
         results = summarize(rows, list(cfg.grid), sets, cfg.metric, cfg.mode, references)
         write_results(results, out)
     return results
+
+
+def describe_plan(cfg: SweepConfig) -> str:
+    """What a run would do, after every check it makes before merging: each point and whether it is scored, merged
+    (to be evaluated) or to be merged. Writes nothing."""
+    where = "merge-sweep"
+    sets, points = _check(cfg, where), plan_points(cfg, where)
+    home = Path(cfg.output_dir).absolute() / "points"
+    lines = [f"{len(points)} points, each scored on {len(sets)} sets ({cfg.metric}, {cfg.mode} mode):"]
+    for p in points:
+        state = ("scored" if (home / p.name / "eval" / "scores.json").exists() else
+                 "merged, to evaluate" if (Path(p.merge.out) / "config.json").exists() else "to merge and evaluate")
+        lines.append(f"  {p.name}: {state}")
+    return "\n".join(lines)
 
 
 def _fmt(x) -> str:
