@@ -251,7 +251,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
                 log(f"[{k}/{len(points)}] {point.name}: evaluating")
                 record["eval_s"] = round(evaluate(merged, eval_out, point.name), 2)
                 write_text_atomic(record_path, json.dumps(record, indent=2))
-                if not cfg.keep_merges:  # (a merge kept by an earlier run stays)
+                if not cfg.keep_merges:  # (the merges this run evaluated; those of points scored before stay)
                     shutil.rmtree(merged)
             scores = scores_of(eval_out, point.name, cfg.mode, sets)
             log(f"[{k}/{len(points)}] {point.name}: {cfg.metric} {_fmt(scores.get(cfg.metric))}")
