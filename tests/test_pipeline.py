@@ -486,3 +486,16 @@ def test_a_sweep_over_a_mergekit_config_takes_our_setting_names():
     merge["models"][1]["parameters"]["density"] = 0.7  # now set model by model
     with pytest.raises(ValueError, match=r"grid\.drop_rate: the merge config sets drop_rate model by model"):
         plan_points(SweepConfig(merge=merge, grid={"drop_rate": [0.3]}))
+
+
+def test_a_sweep_over_models_names_its_points_within_a_file_name():
+    """A grid over `models` (which checkpoint of a run to merge) lists paths in the point's name: a long one is cut
+    and kept apart by a hash, so that two points never share a directory and none exceeds a file name's length."""
+    from mnlu_jax.merge.sweep import SLUG_CHARS, SweepConfig, plan_points
+
+    run = "/data/" + "a_rather_long_directory_name/" * 6 + "train"
+    grid = {"models": [[f"{run}/step_{k}", f"{run}/step_{k + 1}"] for k in (1000, 2000)], "seed": [0]}
+    points = plan_points(SweepConfig(merge={"base": "B", "method": "dare"}, grid=grid))
+    assert [p.merge.models for p in points] == grid["models"]
+    assert len({p.name for p in points}) == 2 and all(len(p.name) == SLUG_CHARS for p in points)
+    assert all(p.name.startswith('models=___data_a_rather_long') for p in points)

@@ -23,6 +23,7 @@ the old ones; a larger grid reuses the points it shares. Averages are over the s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import re
@@ -73,10 +74,16 @@ class Point:
     merge: MergeConfig     # the whole merge, `out` included
 
 
+SLUG_CHARS = 120  # a longer name (a grid over `models` lists paths) is cut and made unique by a hash
+
+
 def _slug(values: dict) -> str:
     """`drop_rate=0.2,seed=0`: readable, one path component (what is not a safe file name character is `_`)."""
     text = ",".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in values.items())
-    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
+    slug = re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
+    if len(slug) > SLUG_CHARS:
+        slug = f"{slug[:SLUG_CHARS - 11]}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+    return slug
 
 
 def plan_points(cfg: SweepConfig, where: str = "merge-sweep") -> list[Point]:
