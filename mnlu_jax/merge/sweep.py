@@ -309,15 +309,21 @@ def summarize(rows: list[dict], keys: list[str], sets: list[str], metric: str, m
         for r in rows:
             groups.setdefault(json.dumps([r["values"][k] for k in others]), []).append(r)
         for group in groups.values():
-            values = np.array([r["scores"][metric] for r in group if r["scores"].get(metric) is not None])
+            scores = [r["scores"][metric] for r in group if r["scores"].get(metric) is not None]
             by_setting.append({"values": {k: group[0]["values"][k] for k in others}, "seeds": len(group),
-                               **({"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1
-                                   else 0.0, "min": float(values.min()), "max": float(values.max())}
-                                  if len(values) else {"mean": None, "std": None, "min": None, "max": None})})
+                               **_spread(np.array(scores))})
     return {"metric": metric, "mode": mode, "grid": keys, "sets": sets, "points": rows,
             "best": None if best is None else {"name": best["name"], "values": best["values"],
                                                "score": best["scores"][metric]},
             "by_setting": by_setting, "references": references}
+
+
+def _spread(scores: np.ndarray) -> dict:
+    """Mean, sample standard deviation (0 for one seed), minimum and maximum; None each without a score."""
+    if not len(scores):
+        return {"mean": None, "std": None, "min": None, "max": None}
+    return {"mean": float(scores.mean()), "std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
+            "min": float(scores.min()), "max": float(scores.max())}
 
 
 def write_results(results: dict, out: Path) -> None:
