@@ -430,6 +430,26 @@ def test_merge_sweep_scores_every_point_of_its_grid_and_resumes(demo, tmp_path, 
     assert sum(line.startswith("| **") for line in md.splitlines()) == 1 and "Over seeds (MedNLI):" in md
     assert "| finetuned |" in md and "| base |" in md
     assert len((out / "results.csv").read_text().splitlines()) == 5 and (out / "sweep.png").stat().st_size > 0
+    # the bootstrap: 200 resamples per point, kept in point.json; the best beats itself on every one of them
+    assert len(point["bootstrap"]["samples"]) == 200 and "| 95% interval | P(>= best) |" in md
+    assert results["points"][names.index(best["name"])]["p_ge_best"] == 1.0
+    assert all(p["ci95"][0] <= p["ci95"][1] for p in results["points"])
+    # its draws depend on the seed and the sets' sizes only (every set draws, in the sets' order; instances in id
+    # order), so that all points see the same resamples: here by hand, for BioSSES
+    from mnlu_jax.evaluate.metrics import score_records
+    from mnlu_jax.evaluate.score import load_predictions
+    from mnlu_jax.merge.sweep import bootstrap_samples
+
+    preds_dir = out / "points" / names[3] / "eval" / "predictions"
+    recs = {n: sorted(v, key=lambda r: str(r["id"])) for n, v in load_predictions(preds_dir).items()}
+    rng = np.random.default_rng(5)
+    draws = {n: rng.integers(0, len(recs[n]), size=(3, len(recs[n]))) for n in ("BioSSES", "MedNLI")}
+    assert bootstrap_samples(preds_dir, ["BioSSES", "MedNLI"], "BioSSES", "paper", 3, 5) == \
+        [score_records([recs["BioSSES"][i] for i in row], "paper")["score"] for row in draws["BioSSES"]]
+    import mnlu_jax.merge.sweep as sweep_module
+
+    computed = []
+    monkeypatch.setattr(sweep_module, "bootstrap_samples", lambda *a: computed.append(a) or [0.0] * 200)
     assert main(["merge-sweep", "--config", str(config), "grid.drop_rate=[0.2, 0.5, 0.9]", "--dry-run"]) == 0
     assert capsys.readouterr().out.count(": scored\n") == 4
     # a larger grid: only its new points run; their merges are deleted once scored (no keep_merges)
@@ -438,6 +458,7 @@ def test_merge_sweep_scores_every_point_of_its_grid_and_resumes(demo, tmp_path, 
     assert printed.count(": already scored") == 4 and printed.count(": merging") == 2
     assert len(json.loads((out / "results.json").read_text())["points"]) == 6
     assert sorted(p.parent.name for p in out.glob("points/*/merged")) == names  # (the 2 new ones deleted)
+    assert len(computed) == 2  # (the scored points' resamples read from their point.json)
     # refused before anything is merged, naming the field
     for override, message in [
             ("decode.max_new_tokens=8", r"holds a sweep of other settings \(decode: .*'max_new_tokens': 16.* then, "

@@ -13,7 +13,8 @@ taking it, and how one sees how much DARE's random masks move a score at a given
 
 Writes under `output_dir`: `points/<key=value,...>/` (`point.json`: the merge's settings and times; `eval/`: the
 predictions and scores; `merged/` with `keep_merges`), `references/<name>/`, `results.{md,csv,json}` (a row per
-point, the best marked; over seeds, their mean, spread and range per setting) and `sweep.png`. Each point is
+point, the best marked, with a paired bootstrap's 95% interval and chance of scoring at least the best; over
+seeds, their mean, spread and range per setting) and `sweep.png`. Each point is
 resumable: a scored point is not run again, a merge that finished is evaluated without merging it again, and an
 interrupted evaluation goes on where it stopped. A rerun with other fixed settings (the merge config outside the
 grid, the eval sets, the decoding, the references) is refused, naming what changed, once anything was made with
@@ -64,6 +65,10 @@ class SweepConfig:
     chat_template: str = "tokenizer"
     drop_system: bool = False                # as evaluate's --drop-system (the paper's, for non-Llama models)
     keep_merges: bool = False                # keep each point's merged checkpoint (else deleted once scored)
+    # resamples of each set's instances for the metric's 95% interval and each point's chance of beating the best
+    # (the same resamples for every point: paired); 0: none
+    bootstrap: int = 200
+    bootstrap_seed: int = 0
     decode: DecodeSection = dataclasses.field(default_factory=DecodeSection)
 
 
@@ -262,6 +267,13 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
                     shutil.rmtree(merged)
             scores = scores_of(eval_out, point.name, cfg.mode, sets)
             log(f"[{k}/{len(points)}] {point.name}: {cfg.metric} {_fmt(scores.get(cfg.metric))}")
+            if cfg.bootstrap and scores.get(cfg.metric) is not None:
+                key = {"draws": cfg.bootstrap, "seed": cfg.bootstrap_seed, "metric": cfg.metric, "mode": cfg.mode,
+                       "sets": sets}
+                if record.get("bootstrap", {}).get("key") != key:  # (kept in point.json: a rerun reads it)
+                    record["bootstrap"] = {"key": key, "samples": bootstrap_samples(
+                        eval_out / "predictions", sets, cfg.metric, cfg.mode, cfg.bootstrap, cfg.bootstrap_seed)}
+                    write_text_atomic(record_path, json.dumps(record, indent=2))
             rows.append({**record, "name": point.name, "scores": scores})
         references = {}
         for name, path in cfg.references.items():
@@ -276,6 +288,28 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
         results = summarize(rows, list(cfg.grid), sets, cfg.metric, cfg.mode, references)
         write_results(results, out)
     return results
+
+
+def bootstrap_samples(pred_dir: Path, sets: list[str], metric: str, mode: str, draws: int, seed: int) -> list[float]:
+    """The metric on `draws` resamples (with replacement) of each set's instances, sets resampled apart. The draws
+    depend only on `seed` and the sets' sizes, with instances in id order, so every point of a sweep sees the
+    same resamples and two points compare draw by draw."""
+    from mnlu_jax.evaluate.metrics import score_records
+    from mnlu_jax.evaluate.score import aggregates, load_predictions
+
+    preds = load_predictions(pred_dir)
+    rng = np.random.default_rng(seed)
+    per_set: dict[str, list[float]] = {}
+    for name in sets:  # (every set draws, used or not, so that the draws do not depend on the metric)
+        recs = sorted(preds[name], key=lambda r: str(r["id"]))
+        draw = rng.integers(0, len(recs), size=(draws, len(recs)))
+        if metric in AGGREGATES or name == metric:
+            per_set[name] = [score_records([recs[i] for i in row], mode)["score"] for row in draw]
+    samples = []
+    for b in range(draws):
+        scores = {n: v[b] for n, v in per_set.items()}
+        samples.append(scores[metric] if metric in scores else aggregates(scores)[metric])
+    return samples
 
 
 def describe_plan(cfg: SweepConfig) -> str:
@@ -302,6 +336,13 @@ def summarize(rows: list[dict], keys: list[str], sets: list[str], metric: str, m
     with a `seed` key in the grid the metric's mean, standard deviation and range over seeds per other setting."""
     scored = [r for r in rows if r["scores"].get(metric) is not None]
     best = max(scored, key=lambda r: r["scores"][metric]) if scored else None
+    if best is not None and "bootstrap" in best:
+        best_samples = np.array(best["bootstrap"]["samples"])
+        for r in rows:
+            if "bootstrap" in r:
+                samples = np.array(r["bootstrap"]["samples"])
+                r["ci95"] = [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))]
+                r["p_ge_best"] = float(np.mean(samples >= best_samples))
     by_setting = []
     if "seed" in keys:
         others = [k for k in keys if k != "seed"]
@@ -332,10 +373,14 @@ def write_results(results: dict, out: Path) -> None:
     keys, metric, sets = results["grid"], results["metric"], results["sets"]
     columns = [metric, *[a for a in AGGREGATES if a != metric], *[s for s in sets if s != metric]]
     best = results["best"]["name"] if results["best"] else None
-    header = [*keys, *columns, "merge s", "eval s"]
+    boot = any("ci95" in r for r in results["points"])
+    header = [*keys, metric, *(["95% interval", "P(>= best)"] if boot else []), *columns[1:], "merge s", "eval s"]
     table = [header]
     for r in results["points"]:
-        table.append([json.dumps(r["values"][k]) for k in keys] + [_fmt(r["scores"].get(c)) for c in columns]
+        interval = ["-", "-"] if "ci95" not in r else [f"{r['ci95'][0]:.1f} - {r['ci95'][1]:.1f}",
+                                                        f"{r['p_ge_best']:.2f}"]
+        table.append([json.dumps(r["values"][k]) for k in keys] + [_fmt(r["scores"].get(metric))]
+                     + (interval if boot else []) + [_fmt(r["scores"].get(c)) for c in columns[1:]]
                      + [str(r.get("merge_s", "-")), str(r.get("eval_s", "-"))])
     write_csv_atomic(out / "results.csv", table)
     md = [f"# Merge sweep: {metric} ({results['mode']} mode)", "",
@@ -346,6 +391,11 @@ def write_results(results: dict, out: Path) -> None:
         md.append("| " + " | ".join(line) + " |")
     if best:
         md += ["", f"Best by {metric}: {best} ({_fmt(results['best']['score'])})."]
+    if boot:
+        draws = next(r["bootstrap"]["key"]["draws"] for r in results["points"] if "bootstrap" in r)
+        md += [f"95% interval: the metric's 2.5th to 97.5th percentile over {draws} resamples of each set's "
+               "instances; P(>= best): the share of those resamples (the same for every point) in which the point "
+               "scores at least the best point's score."]
     if results["by_setting"]:
         others = [k for k in keys if k != "seed"]
         md += ["", f"Over seeds ({metric}):", "", "| " + " | ".join([*others, "seeds", "mean", "std", "min", "max"])
@@ -365,7 +415,8 @@ def write_results(results: dict, out: Path) -> None:
 
 def plot_sweep(results: dict, path: Path) -> None:
     """The metric against the first numeric grid setting other than the seed (else the points in order), a line
-    per combination of the other settings, seeds as dots around their mean; references as dashed lines."""
+    per combination of the other settings, seeds as dots around their mean with their bootstrap intervals as
+    bars; references as dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -384,6 +435,9 @@ def plot_sweep(results: dict, path: Path) -> None:
         xs = [r["values"][x_key] for r in group] if x_key else [rows.index(r) for r in group]
         ys = [np.nan if r["scores"].get(metric) is None else r["scores"][metric] for r in group]
         ax.scatter(xs, ys, s=14, alpha=0.5)
+        bars = [(x, r["ci95"]) for x, r in zip(xs, group) if "ci95" in r]
+        if bars:  # each point's 95% bootstrap interval
+            ax.vlines([x for x, _ in bars], [lo for _, (lo, _) in bars], [hi for _, (_, hi) in bars], alpha=0.25)
         line_x = sorted(set(xs))
         line_y = [np.nanmean([y for x, y in zip(xs, ys) if x == lx]) if any(
             not np.isnan(y) for x, y in zip(xs, ys) if x == lx) else np.nan for lx in line_x]
