@@ -467,6 +467,7 @@ def test_merge_sweep_scores_every_point_of_its_grid_and_resumes(demo, tmp_path, 
             ("grid.drop_rate=[0.1, 1.5]", r"point drop_rate=1\.5,seed=0: drop_rate 1\.5: expected 0 <= p <= 1"),
             ("grid.seed=[]", r"grid\.seed: expected a non-empty list of values"),
             ("metric=BLUB", r"metric 'BLUB': expected one of \['BLURB macro avg \(paper\)'"),
+            ("bootstrap=-1", r"bootstrap -1: expected a number of resamples >= 0"),
             ("merge.out=x", r"merge\.out: each point's merge is written under output_dir/points/")]:
         assert main(["merge-sweep", "--config", str(config), override]) == 2, override
         assert re.search(message, capsys.readouterr().err), override

@@ -179,6 +179,8 @@ def _check(cfg: SweepConfig, where: str) -> list[str]:
                          f"scores ({sets})")
     if cfg.decode.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"{where}: decode.dtype {cfg.decode.dtype!r}: expected float32 or bfloat16")
+    if cfg.bootstrap < 0:
+        raise ValueError(f"{where}: bootstrap {cfg.bootstrap}: expected a number of resamples >= 0 (0: none)")
     check_template_choice(cfg.chat_template)
     for name, path in cfg.references.items():
         if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
