@@ -37,9 +37,11 @@ class DecodeSection:
     prompt_overflow: str = "middle"  # prompts longer than the largest bucket: middle | left | error (DecodeConfig)
 
     def config(self):
-        """The decoder's DecodeConfig (imports jax)."""
+        """The decoder's DecodeConfig (imports jax); an unknown `dtype` is named here, before any work."""
         from mnlu_jax.decode.engine import DecodeConfig
 
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"decode.dtype {self.dtype!r}: expected float32 or bfloat16")
         return DecodeConfig(batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, buckets=tuple(self.buckets),
                             prefill_batch=min(4, self.batch_size), chunk_steps=self.chunk_steps,
                             prefix_cache=self.prefix_cache, speculate=self.speculate,
@@ -164,8 +166,7 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
     if not Path(cfg.eval_data_root).is_dir():
         raise FileNotFoundError(f"eval_data_root {cfg.eval_data_root}: no such directory (the BLURB/BLUE files; "
                                 "data/eval_samples for the shipped samples)")
-    if cfg.decode.dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"decode.dtype {cfg.decode.dtype!r}: expected float32 or bfloat16")
+    dec = cfg.decode.config()
     merge_spec = MergeSpec(cfg.merge_method, drop_rate=cfg.drop_rate, seed=cfg.merge_seed)  # checks both
     names = ["data", "base", "eval-sets", "eval-base", "train", "merge", *(["gguf"] if cfg.gguf_type else []),
              "eval-finetuned", "eval-merged", "report"]
@@ -183,7 +184,6 @@ def run_pipeline(cfg: PipelineConfig, config_dir: Path | None = None) -> dict:
         f"output_dir={out / 'train'}", f"data.path={out / 'data'}", f"model.source={out / 'base'}",
         f"data.chat_template={cfg.chat_template}", *cfg.train_overrides])
     check_train_config(train_cfg)
-    dec = cfg.decode.config()
     out.mkdir(parents=True, exist_ok=True)
     with exclusive(out / "pipeline.lock", str(out)):  # one pipeline per output_dir (mnlu_jax/locks.py)
         save_config(cfg, out / "pipeline.yaml")

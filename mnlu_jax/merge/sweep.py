@@ -94,12 +94,9 @@ def _slug(values: dict) -> str:
 def plan_points(cfg: SweepConfig, where: str = "merge-sweep") -> list[Point]:
     """Every combination of the grid, in the grid's order, each merge config checked (settings, method, varying
     values) before any merge runs; errors name the field."""
-    from mnlu_jax.merge.config import MergeConfig, translate_merge_config
+    from mnlu_jax.merge.config import MergeConfig
 
-    if not isinstance(cfg.merge, dict) or not cfg.merge:
-        raise ValueError(f"{where}: merge: expected a merge config (base, models, method, ...; ours or mergekit's)")
-    fixed = translate_merge_config(dict(cfg.merge), f"{where}: merge")
-    fixed.pop("mergekit_config", None)  # (the point's own settings are recorded in point.json instead)
+    fixed = _merge_fields(cfg, where)
     if fixed.get("out"):
         raise ValueError(f"{where}: merge.out: each point's merge is written under output_dir/points/; leave out "
                          "`out`")
@@ -143,20 +140,30 @@ def plan_points(cfg: SweepConfig, where: str = "merge-sweep") -> list[Point]:
     return points
 
 
-def fixed_settings(cfg: SweepConfig) -> dict:
-    """What every point shares: a rerun with another of these would mix incomparable scores in one table."""
+def _merge_fields(cfg: SweepConfig, where: str) -> dict:
+    """The `merge:` config as our MergeConfig's fields (a mergekit config translated), without the mergekit config
+    itself: each point records its own settings in point.json instead."""
     from mnlu_jax.merge.config import translate_merge_config
 
-    merge = {k: v for k, v in translate_merge_config(dict(cfg.merge), "merge").items()
-             if k not in cfg.grid and k != "mergekit_config"}
+    if not isinstance(cfg.merge, dict) or not cfg.merge:
+        raise ValueError(f"{where}: merge: expected a merge config (base, models, method, ...; ours or mergekit's)")
+    fields = translate_merge_config(dict(cfg.merge), f"{where}: merge")
+    fields.pop("mergekit_config", None)
+    return fields
+
+
+def fixed_settings(cfg: SweepConfig) -> dict:
+    """What every point shares: a rerun with another of these would mix incomparable scores in one table."""
+    merge = {k: v for k, v in _merge_fields(cfg, "merge").items() if k not in cfg.grid}
     return json.loads(json.dumps({
         "merge": merge, "eval_dir": str(Path(cfg.eval_dir).absolute()), "sets": sorted(cfg.sets),
         "chat_template": cfg.chat_template, "drop_system": cfg.drop_system, "decode": dataclasses.asdict(cfg.decode),
         "references": {k: str(Path(v).absolute()) for k, v in cfg.references.items()}}, default=str))
 
 
-def _check(cfg: SweepConfig, where: str) -> list[str]:
-    """The eval sets the sweep scores, after checking the settings that do not need a merge; errors name them."""
+def _check(cfg: SweepConfig, where: str):
+    """(The eval sets the sweep scores, the decoder's DecodeConfig), after checking the settings that do not need a
+    merge; errors name them."""
     from mnlu_jax.data.chat import check_template_choice
     from mnlu_jax.evaluate.sets import read_manifest
     from mnlu_jax.weights.convert import check_source
@@ -177,8 +184,7 @@ def _check(cfg: SweepConfig, where: str) -> list[str]:
     if cfg.metric not in AGGREGATES and cfg.metric not in sets:
         raise ValueError(f"{where}: metric {cfg.metric!r}: expected one of {list(AGGREGATES)} or a set the sweep "
                          f"scores ({sets})")
-    if cfg.decode.dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"{where}: decode.dtype {cfg.decode.dtype!r}: expected float32 or bfloat16")
+    decode = cfg.decode.config()
     if cfg.bootstrap < 0:
         raise ValueError(f"{where}: bootstrap {cfg.bootstrap}: expected a number of resamples >= 0 (0: none)")
     check_template_choice(cfg.chat_template)
@@ -187,9 +193,14 @@ def _check(cfg: SweepConfig, where: str) -> list[str]:
             raise ValueError(f"{where}: references.{name}: expected a plain name (letters, digits, . _ -)")
         if not isinstance(path, str) or not path:
             raise ValueError(f"{where}: references.{name}: expected a checkpoint path, got {path!r}")
-        if not (Path(path) / "scores.json").is_file():
+        if not _is_evaluation(path):
             check_source(path, f"{where}: references.{name}")
-    return sets
+    return sets, decode
+
+
+def _is_evaluation(path: str | Path) -> bool:
+    """Whether a reference names an evaluation already made (its scores.json is read) rather than a checkpoint."""
+    return (Path(path) / "scores.json").is_file()
 
 
 def scores_of(eval_out: Path, system: str | None, mode: str, sets: list[str]) -> dict:
@@ -220,10 +231,9 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
     from mnlu_jax.merge.config import run_merge
 
     where = "merge-sweep"
-    sets, points = _check(cfg, where), plan_points(cfg, where)
+    (sets, decode), points = _check(cfg, where), plan_points(cfg, where)
     out = Path(cfg.output_dir).absolute()
     settings = fixed_settings(cfg)
-    decode = cfg.decode.config()
     out.mkdir(parents=True, exist_ok=True)
     with exclusive(out / "sweep.lock", str(out)):
         state = out / "sweep_settings.json"
@@ -279,7 +289,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
             rows.append({**record, "name": point.name, "scores": scores})
         references = {}
         for name, path in cfg.references.items():
-            if (Path(path) / "scores.json").is_file():  # an evaluation already made
+            if _is_evaluation(path):
                 references[name] = scores_of(Path(path), None, cfg.mode, sets)
                 continue
             eval_out = out / "references" / name
@@ -318,7 +328,7 @@ def describe_plan(cfg: SweepConfig) -> str:
     """What a run would do, after every check it makes before merging: each point and whether it is scored, merged
     (to be evaluated) or to be merged. Writes nothing."""
     where = "merge-sweep"
-    sets, points = _check(cfg, where), plan_points(cfg, where)
+    (sets, _), points = _check(cfg, where), plan_points(cfg, where)
     home = Path(cfg.output_dir).absolute() / "points"
     lines = [f"{len(points)} points, each scored on {len(sets)} sets ({cfg.metric}, {cfg.mode} mode):"]
     for p in points:
@@ -440,9 +450,11 @@ def plot_sweep(results: dict, path: Path) -> None:
         bars = [(x, r["ci95"]) for x, r in zip(xs, group) if "ci95" in r]
         if bars:  # each point's 95% bootstrap interval
             ax.vlines([x for x, _ in bars], [lo for _, (lo, _) in bars], [hi for _, (_, hi) in bars], alpha=0.25)
-        line_x = sorted(set(xs))
-        line_y = [np.nanmean([y for x, y in zip(xs, ys) if x == lx]) if any(
-            not np.isnan(y) for x, y in zip(xs, ys) if x == lx) else np.nan for lx in line_x]
+        at_x: dict = {}  # x -> its seeds' scores
+        for x, y in zip(xs, ys):
+            at_x.setdefault(x, []).append(y)
+        line_x = sorted(at_x)
+        line_y = [np.nan if np.isnan(at_x[x]).all() else np.nanmean(at_x[x]) for x in line_x]
         ax.plot(line_x, line_y, marker="o", label=label or ("mean over seeds" if "seed" in keys else None))
     for k, (name, scores) in enumerate(results["references"].items()):
         if scores.get(metric) is not None:
