@@ -207,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument("--seed", type=int, help="the DARE/DELLA masks' seed for every merge")
     mm.set_defaults(func=cmd_merge_multi)
 
-    w = sub.add_parser("merge-sweep", help="merge every combination of a grid of merge settings, evaluate each on "
-                                           "the eval sets, and tabulate and plot the scores")
+    w = sub.add_parser("merge-sweep", help="merge every combination of a grid of merge settings (or the points a "
+                                           "CMA-ES or random search proposes), evaluate each on the eval sets, and "
+                                           "tabulate and plot the scores")
     w.add_argument("--config", required=True, help="a sweep YAML (configs/merge/sweep_demo.yaml)")
     w.add_argument("overrides", nargs="*", help="key=value overrides (e.g. output_dir=runs/x keep_merges=true)")
     w.add_argument("--dry-run", action="store_true", help="check everything, list the points and what each needs, "

@@ -480,6 +480,56 @@ def test_merge_sweep_scores_every_point_of_its_grid_and_resumes(demo, tmp_path, 
     assert (tmp_path / "fresh" / "points" / names[0] / "eval" / "scores.json").exists()
 
 
+def test_merge_sweep_searches_with_cmaes_and_goes_on_from_its_scores(demo, tmp_path, capsys, monkeypatch):
+    """A CMA-ES search over DARE's drop rate on the pipeline's merge: each proposal merged, decoded and scored; the
+    table and plot list the proposals in order with their generation; --dry-run replays the search from the
+    scores and lists what comes next; a larger budget goes on with the same search, running only its new points."""
+    import yaml
+
+    monkeypatch.chdir(ROOT)
+    out, config = tmp_path / "search", tmp_path / "search.yaml"
+    decode = yaml.safe_load((ROOT / "configs" / "demo_tiny.yaml").read_text())["decode"]
+    config.write_text(yaml.safe_dump({
+        "output_dir": str(out), "eval_dir": str(demo / "eval_sets"), "sets": ["MedNLI"], "metric": "MedNLI",
+        "merge": {"base": str(demo / "base"), "models": [str(demo / "base"), str(demo / "train" / "final")],
+                  "method": "dare"},
+        "search": {"method": "cmaes", "budget": 3, "population": 2, "space": {"drop_rate": [0.1, 0.9]},
+                   "start": {"drop_rate": 0.2}},
+        "chat_template": "zephyr", "bootstrap": 20, "decode": decode}))
+    assert main(["merge-sweep", "--config", str(config), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("cmaes search, 3 points, each scored on 1 sets (MedNLI, paper mode):\n  [1] drop_rate=")
+    assert "then 1 more, proposed from the scores of those before" in printed and not out.exists()
+    assert main(["merge-sweep", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.count(": merging") == 3
+    results = json.loads((out / "results.json").read_text())
+    proposals = results["search"]["proposals"]
+    assert [p["number"] for p in proposals] == [1, 2, 3] and len(results["points"]) == 3
+    assert [r["generation"] for r in results["points"]] == [0, 0, 1]
+    scores = [r["scores"]["MedNLI"] for r in results["points"]]
+    assert [p["best_so_far"] for p in proposals] == [max(scores[:k]) for k in (1, 2, 3)]
+    for r in results["points"]:
+        assert 0.1 <= r["values"]["drop_rate"] <= 0.9 and r["merge"]["drop_rate"] == r["values"]["drop_rate"]
+        assert not (out / "points" / r["name"] / "merged").exists()  # (deleted once scored)
+    md = (out / "results.md").read_text()
+    assert md.startswith("# cmaes search, 3 proposals: MedNLI (paper mode)") and "| # | generation | drop_rate |" in md
+    assert (out / "sweep.png").stat().st_size > 0
+    # the dry run replays generation 0 from its scores: generation 1's first point is the one scored, its second new
+    assert main(["merge-sweep", "--config", str(config), "search.budget=5", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(": scored") == 3 and printed.count(": to merge and evaluate") == 1
+    assert "then 1 more" in printed
+    assert main(["merge-sweep", "--config", str(config), "search.budget=5"]) == 0
+    assert capsys.readouterr().out.count(": merging") == 2
+    longer = json.loads((out / "results.json").read_text())["search"]["proposals"]
+    assert [p["name"] for p in longer[:3]] == [p["name"] for p in proposals] and len(longer) == 5
+    # a grid and a search at once, and a range the merge refuses, before anything is merged
+    for override, message in (("grid.seed=[0]", r"grid and search: give one"),
+                              ("search.space.drop_rate=[0.1, 1.5]", r"point drop_rate=1\.5: drop_rate 1\.5")):
+        assert main(["merge-sweep", "--config", str(config), override]) == 2, override
+        assert re.search(message, capsys.readouterr().err), override
+
+
 def test_the_shipped_sweep_configs_plan_their_points():
     from mnlu_jax.config import load_config
     from mnlu_jax.merge.sweep import SweepConfig, plan_points
@@ -489,6 +539,12 @@ def test_the_shipped_sweep_configs_plan_their_points():
         points = plan_points(cfg)
         assert len(points) == count and all(p.merge.method == "dare" for p in points), name
         assert points[1].name == ("drop_rate=0.2,seed=1" if name == "sweep_demo" else "drop_rate=0.1,seed=1")
+    from mnlu_jax.merge.sweep import search_points
+
+    cfg = load_config(SweepConfig, ROOT / "configs" / "merge" / "search_demo.yaml")
+    proposals = search_points(cfg, lambda p, k: -abs(p.values["drop_rate"] - 0.5))
+    assert len(proposals) == 12 and [g for _, g in proposals] == [k // 4 for k in range(12)]
+    assert all(p.merge.apply == "task_arithmetic" and 0.25 <= p.merge.lam <= 1.25 for p, _ in proposals)
 
 
 def test_a_sweep_over_a_mergekit_config_takes_our_setting_names():

@@ -19,6 +19,10 @@ resumable: a scored point is not run again, a merge that finished is evaluated w
 interrupted evaluation goes on where it stopped. A rerun with other fixed settings (the merge config outside the
 grid, the eval sets, the decoding, the references) is refused, naming what changed, once anything was made with
 the old ones; a larger grid reuses the points it shares. Averages are over the sweep's sets, references' too.
+
+`search:` instead of `grid:` proposes the points (CMA-ES or random search over ranges of numeric settings,
+merge/search.py): one generation at a time from the scores of those before, replayed from the scored points on a
+rerun, so a stopped search goes on and a larger budget continues it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np
 
 from mnlu_jax.config import (_did_you_mean, changed_settings, from_dict, save_config, write_csv_atomic,
                              write_text_atomic)
+from mnlu_jax.merge.search import SearchSection, check_section, make_search, parse_space
 from mnlu_jax.pipeline import DecodeSection
 
 if TYPE_CHECKING:  # (merge.config imports jax: the command line's parser starts without it)
@@ -55,6 +60,8 @@ class SweepConfig:
     output_dir: str = "runs/sweep"
     merge: dict[str, Any] = dataclasses.field(default_factory=dict)
     grid: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    # instead of a grid: random search or CMA-ES over ranges of numeric settings (merge/search.py)
+    search: SearchSection | None = None
     eval_dir: str = ""
     sets: list[str] = dataclasses.field(default_factory=list)  # eval set names; empty: every set in the manifest
     metric: str = "BLURB macro avg (paper)"  # the score points are ranked by: an aggregate or an eval set's name
@@ -74,7 +81,7 @@ class SweepConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-    values: dict           # grid key -> value
+    values: dict           # grid (or search space) key -> value
     name: str              # its directory name: key=value,...
     merge: MergeConfig     # the whole merge, `out` included
 
@@ -94,50 +101,116 @@ def _slug(values: dict) -> str:
 def plan_points(cfg: SweepConfig, where: str = "merge-sweep") -> list[Point]:
     """Every combination of the grid, in the grid's order, each merge config checked (settings, method, varying
     values) before any merge runs; errors name the field."""
-    from mnlu_jax.merge.config import MergeConfig
-
-    fixed = _merge_fields(cfg, where)
-    if fixed.get("out"):
-        raise ValueError(f"{where}: merge.out: each point's merge is written under output_dir/points/; leave out "
-                         "`out`")
-    if not cfg.grid:
-        raise ValueError(f"{where}: grid: expected {{FIELD: [VALUE, ...], ...}} (MergeConfig fields, e.g. "
-                         "drop_rate: [0.2, 0.5, 0.9]); it is empty")
-    names = {f.name for f in dataclasses.fields(MergeConfig)}
+    fixed = _fixed_merge(cfg, where)
+    if cfg.search is not None:
+        raise ValueError(f"{where}: a search proposes its points from the scores (search_points), not a plan")
     for key, values in cfg.grid.items():
-        if key in NOT_SWEPT or key not in names:
-            known = sorted(names - set(NOT_SWEPT))
-            hint = (f" (the grid takes our names, even over a mergekit config: {MERGEKIT_NAMES[key]})"
-                    if key in MERGEKIT_NAMES else _did_you_mean([key], known))
-            raise ValueError(f"{where}: grid.{key}: not a merge setting to sweep{hint}; known: {known}")
         if not isinstance(values, list) or not values:
             raise ValueError(f"{where}: grid.{key}: expected a non-empty list of values, got {values!r}")
-        per_model = fixed.get("per_model") or {}
-        if key in per_model:  # (a mergekit config's per-model density: it would win over the grid's value)
-            raise ValueError(f"{where}: grid.{key}: the merge config sets {key} model by model ({per_model[key]}), "
-                             "which would override the grid's value; set it once at the top instead")
         if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
             raise ValueError(f"{where}: grid.{key}: a value is listed twice in {values!r}")
     keys = list(cfg.grid)
-    points = []
-    for combo in itertools.product(*(cfg.grid[k] for k in keys)):
-        values = dict(zip(keys, combo))
-        name = _slug(values)
-        data = {**fixed, **values, "out": str(Path(cfg.output_dir).absolute() / "points" / name / "merged")}
-        merge = from_dict(MergeConfig, data, where=f"{where}: point {name}")
-        try:
-            merge.spec(), merge.schedule(), merge.tokenizer()  # every point's settings, before any merge runs
-        except ValueError as e:
-            raise ValueError(f"{where}: point {name}: {e}") from None
-        if merge.method != "passthrough" and merge.slices is None and not (merge.base and merge.models):
-            raise ValueError(f"{where}: merge: `base` and `models` are required (the checkpoints each point merges)")
-        points.append(Point(values, name, merge))
+    points = [_point(cfg, fixed, dict(zip(keys, combo)), where)
+              for combo in itertools.product(*(cfg.grid[k] for k in keys))]
     seen: dict[str, dict] = {}
     for p in points:
         if p.name in seen:
             raise ValueError(f"{where}: points {seen[p.name]} and {p.values} have one directory name {p.name!r}")
         seen[p.name] = p.values
     return points
+
+
+def _fixed_merge(cfg: SweepConfig, where: str) -> dict:
+    """The merge config's fields, after checking that the sweep names its varying settings once (a grid or a
+    search, over merge settings the merge config does not set model by model)."""
+    from mnlu_jax.merge.config import MergeConfig
+
+    fixed = _merge_fields(cfg, where)
+    if fixed.get("out"):
+        raise ValueError(f"{where}: merge.out: each point's merge is written under output_dir/points/; leave out "
+                         "`out`")
+    if cfg.grid and cfg.search is not None:
+        raise ValueError(f"{where}: grid and search: give one (a grid lists values, a search ranges)")
+    if not cfg.grid and cfg.search is None:
+        raise ValueError(f"{where}: grid: expected {{FIELD: [VALUE, ...], ...}} (MergeConfig fields, e.g. "
+                         "drop_rate: [0.2, 0.5, 0.9]), or search: {method, budget, space}; both are empty")
+    block = "grid" if cfg.search is None else "search.space"
+    names = {f.name for f in dataclasses.fields(MergeConfig)}
+    for key in _swept(cfg):
+        if key in NOT_SWEPT or key not in names:
+            known = sorted(names - set(NOT_SWEPT))
+            hint = (f" (the {block} takes our names, even over a mergekit config: {MERGEKIT_NAMES[key]})"
+                    if key in MERGEKIT_NAMES else _did_you_mean([key], known))
+            raise ValueError(f"{where}: {block}.{key}: not a merge setting to sweep{hint}; known: {known}")
+        per_model = fixed.get("per_model") or {}
+        if key in per_model:  # (a mergekit config's per-model density: it would win over the sweep's value)
+            raise ValueError(f"{where}: {block}.{key}: the merge config sets {key} model by model "
+                             f"({per_model[key]}), which would override the {block}'s value; set it once at the "
+                             "top instead")
+    return fixed
+
+
+def _swept(cfg: SweepConfig) -> list[str]:
+    """The merge settings the points vary: the grid's keys or the search space's."""
+    return list(cfg.grid) if cfg.search is None else list(cfg.search.space or {})
+
+
+def _point(cfg: SweepConfig, fixed: dict, values: dict, where: str) -> Point:
+    """The point at `values`, its whole merge config checked (settings, method, varying values)."""
+    from mnlu_jax.merge.config import MergeConfig
+
+    name = _slug(values)
+    data = {**fixed, **values, "out": str(Path(cfg.output_dir).absolute() / "points" / name / "merged")}
+    merge = from_dict(MergeConfig, data, where=f"{where}: point {name}")
+    try:
+        merge.spec(), merge.schedule(), merge.tokenizer()  # every point's settings, before any merge runs
+    except ValueError as e:
+        raise ValueError(f"{where}: point {name}: {e}") from None
+    if merge.method != "passthrough" and merge.slices is None and not (merge.base and merge.models):
+        raise ValueError(f"{where}: merge: `base` and `models` are required (the checkpoints each point merges)")
+    return Point(values, name, merge)
+
+
+PENDING = object()  # a proposal not scored yet (what describe_plan's search stops at)
+
+
+def search_points(cfg: SweepConfig, score_of, where: str = "merge-sweep") -> list[tuple[Point, int]]:
+    """Run the search (merge/search.py): ask for a generation, `score_of(point, number)` each proposal (its
+    metric, None without one, or PENDING), tell the search, until the budget is spent or a generation holds a
+    pending point. Returns (point, generation) per proposal, in order; a repeated proposal is listed again."""
+    fixed, space, search = _check_search(cfg, where)
+    proposals: list[tuple[Point, int]] = []
+    generation = 0
+    while len(proposals) < cfg.search.budget:
+        batch = search.ask()[:cfg.search.budget - len(proposals)]
+        points = [_point(cfg, fixed, space.values(u), where) for u in batch]
+        scores = []
+        for point in points:
+            proposals.append((point, generation))
+            scores.append(score_of(point, len(proposals)))
+        if any(s is PENDING for s in scores):
+            break
+        # (told the rounded points it scored, so that a rerun, which reads their values back, replays it exactly)
+        search.tell([space.unit(p.values, where) for p in points], scores)
+        generation += 1
+    return proposals
+
+
+def _check_search(cfg: SweepConfig, where: str):
+    """(The merge config's fields, the search space, a fresh search) after checking the search settings and the
+    merges at the space's low and high corners and the start: a range that reaches an invalid setting is named
+    before anything is merged."""
+    fixed = _fixed_merge(cfg, where)
+    section, at = cfg.search, f"{where}: search"
+    check_section(section, at)
+    space = parse_space(section, len(fixed.get("models") or []), at)
+    search = make_search(space, section, at)
+    corners = [np.zeros(space.dims), np.ones(space.dims)]
+    if section.start:
+        corners.append(space.unit(section.start, f"{at}.start"))
+    for u in corners:
+        _point(cfg, fixed, space.values(u), where)
+    return fixed, space, search
 
 
 def _merge_fields(cfg: SweepConfig, where: str) -> dict:
@@ -154,7 +227,7 @@ def _merge_fields(cfg: SweepConfig, where: str) -> dict:
 
 def fixed_settings(cfg: SweepConfig) -> dict:
     """What every point shares: a rerun with another of these would mix incomparable scores in one table."""
-    merge = {k: v for k, v in _merge_fields(cfg, "merge").items() if k not in cfg.grid}
+    merge = {k: v for k, v in _merge_fields(cfg, "merge").items() if k not in _swept(cfg)}
     return json.loads(json.dumps({
         "merge": merge, "eval_dir": str(Path(cfg.eval_dir).absolute()), "sets": sorted(cfg.sets),
         "chat_template": cfg.chat_template, "drop_system": cfg.drop_system, "decode": dataclasses.asdict(cfg.decode),
@@ -231,7 +304,12 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
     from mnlu_jax.merge.config import run_merge
 
     where = "merge-sweep"
-    (sets, decode), points = _check(cfg, where), plan_points(cfg, where)
+    sets, decode = _check(cfg, where)
+    if cfg.search is None:
+        points: list[Point] | None = plan_points(cfg, where)
+    else:  # (a search's points come from its scores; its settings and ranges are checked here, before the lock)
+        points = None
+        _check_search(cfg, where)
     out = Path(cfg.output_dir).absolute()
     settings = fixed_settings(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,8 +332,12 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
                          names=list(cfg.sets) or None, progress=progress)
             return time.perf_counter() - start
 
-        rows = []
-        for k, point in enumerate(points, 1):
+        rows: dict[str, dict] = {}  # point name -> its row (a search may propose a point twice)
+
+        def run_point(point: Point, tag: str) -> dict:
+            if point.name in rows:
+                log(f"{tag} {point.name}: proposed again (scored above)")
+                return rows[point.name]
             home = out / "points" / point.name
             eval_out = home / "eval"
             merged = Path(point.merge.out)
@@ -263,22 +345,22 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
             record = json.loads(record_path.read_text()) if record_path.exists() else {
                 "values": point.values, "merge": json.loads(json.dumps(dataclasses.asdict(point.merge), default=str))}
             if (eval_out / "scores.json").exists():
-                log(f"[{k}/{len(points)}] {point.name}: already scored")
+                log(f"{tag} {point.name}: already scored")
             else:
                 home.mkdir(parents=True, exist_ok=True)
                 if not (merged / "config.json").exists():  # (written atomically: present means whole)
-                    log(f"[{k}/{len(points)}] {point.name}: merging")
+                    log(f"{tag} {point.name}: merging")
                     start = time.perf_counter()
                     run_merge(point.merge, progress=progress)
                     record["merge_s"] = round(time.perf_counter() - start, 2)
                     write_text_atomic(record_path, json.dumps(record, indent=2))
-                log(f"[{k}/{len(points)}] {point.name}: evaluating")
+                log(f"{tag} {point.name}: evaluating")
                 record["eval_s"] = round(evaluate(merged, eval_out, point.name), 2)
                 write_text_atomic(record_path, json.dumps(record, indent=2))
                 if not cfg.keep_merges:  # (the merges this run evaluated; those of points scored before stay)
                     shutil.rmtree(merged)
             scores = scores_of(eval_out, point.name, cfg.mode, sets)
-            log(f"[{k}/{len(points)}] {point.name}: {cfg.metric} {_fmt(scores.get(cfg.metric))}")
+            log(f"{tag} {point.name}: {cfg.metric} {_fmt(scores.get(cfg.metric))}")
             if cfg.bootstrap and scores.get(cfg.metric) is not None:
                 key = {"draws": cfg.bootstrap, "seed": cfg.bootstrap_seed, "metric": cfg.metric, "mode": cfg.mode,
                        "sets": sets}
@@ -286,7 +368,18 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
                     record["bootstrap"] = {"key": key, "samples": bootstrap_samples(
                         eval_out / "predictions", sets, cfg.metric, cfg.mode, cfg.bootstrap, cfg.bootstrap_seed)}
                     write_text_atomic(record_path, json.dumps(record, indent=2))
-            rows.append({**record, "name": point.name, "scores": scores})
+            rows[point.name] = {**record, "name": point.name, "scores": scores}
+            return rows[point.name]
+
+        search = None
+        if points is not None:
+            for k, point in enumerate(points, 1):
+                run_point(point, f"[{k}/{len(points)}]")
+        else:
+            budget = cfg.search.budget
+            proposals = search_points(cfg, lambda p, k: run_point(p, f"[{k}/{budget}]")["scores"].get(cfg.metric),
+                                      where)
+            search = _search_record(cfg, proposals, rows)
         references = {}
         for name, path in cfg.references.items():
             if _is_evaluation(path):
@@ -297,9 +390,26 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
                 log(f"reference {name}: evaluating {path}")
                 evaluate(Path(path), eval_out, name)
             references[name] = scores_of(eval_out, name, cfg.mode, sets)
-        results = summarize(rows, list(cfg.grid), sets, cfg.metric, cfg.mode, references)
+        results = summarize(list(rows.values()), _swept(cfg), sets, cfg.metric, cfg.mode, references, search)
         write_results(results, out)
     return results
+
+
+def _search_record(cfg: SweepConfig, proposals: list[tuple[Point, int]], rows: dict[str, dict]) -> dict:
+    """results.json's `search`: each proposal in order with its score and the best so far; each row gets the
+    number of its first proposal (and its CMA-ES generation)."""
+    listed, best = [], None
+    for number, (point, generation) in enumerate(proposals, 1):
+        row = rows[point.name]
+        row.setdefault("proposal", number)
+        if cfg.search.method == "cmaes":
+            row.setdefault("generation", generation)
+        score = row["scores"].get(cfg.metric)
+        if score is not None and (best is None or score > best):
+            best = score
+        listed.append({"number": number, "name": point.name, "score": score, "best_so_far": best})
+    return {"method": cfg.search.method, "budget": cfg.search.budget, "seed": cfg.search.seed,
+            "space": cfg.search.space, "proposals": listed}
 
 
 def bootstrap_samples(pred_dir: Path, sets: list[str], metric: str, mode: str, draws: int, seed: int) -> list[float]:
@@ -328,13 +438,31 @@ def describe_plan(cfg: SweepConfig) -> str:
     """What a run would do, after every check it makes before merging: each point and whether it is scored, merged
     (to be evaluated) or to be merged. Writes nothing."""
     where = "merge-sweep"
-    (sets, _), points = _check(cfg, where), plan_points(cfg, where)
+    sets, _ = _check(cfg, where)
     home = Path(cfg.output_dir).absolute() / "points"
-    lines = [f"{len(points)} points, each scored on {len(sets)} sets ({cfg.metric}, {cfg.mode} mode):"]
-    for p in points:
-        state = ("scored" if (home / p.name / "eval" / "scores.json").exists() else
-                 "merged, to evaluate" if (Path(p.merge.out) / "config.json").exists() else "to merge and evaluate")
-        lines.append(f"  {p.name}: {state}")
+
+    def state(p: Point) -> str:
+        return ("scored" if (home / p.name / "eval" / "scores.json").exists() else
+                "merged, to evaluate" if (Path(p.merge.out) / "config.json").exists() else "to merge and evaluate")
+
+    if cfg.search is None:
+        points = plan_points(cfg, where)
+        lines = [f"{len(points)} points, each scored on {len(sets)} sets ({cfg.metric}, {cfg.mode} mode):"]
+        lines += [f"  {p.name}: {state(p)}" for p in points]
+        return "\n".join(lines)
+
+    def score_of(p: Point, number: int):  # (what is scored replays the search; CMA-ES stops at the first unscored)
+        if state(p) == "scored":
+            return scores_of(home / p.name / "eval", p.name, cfg.mode, sets).get(cfg.metric)
+        return None if cfg.search.method == "random" else PENDING
+
+    proposals = search_points(cfg, score_of, where)
+    budget = cfg.search.budget
+    lines = [f"{cfg.search.method} search, {budget} points, each scored on {len(sets)} sets ({cfg.metric}, "
+             f"{cfg.mode} mode):"]
+    lines += [f"  [{k}] {p.name}: {state(p)}" for k, (p, _) in enumerate(proposals, 1)]
+    if len(proposals) < budget:
+        lines.append(f"  then {budget - len(proposals)} more, proposed from the scores of those before")
     return "\n".join(lines)
 
 
@@ -343,9 +471,10 @@ def _fmt(x) -> str:
 
 
 def summarize(rows: list[dict], keys: list[str], sets: list[str], metric: str, mode: str,
-              references: dict[str, dict]) -> dict:
+              references: dict[str, dict], search: dict | None = None) -> dict:
     """results.json: the points, the best by `metric` (None scores, a set the points do not cover, rank last), and
-    with a `seed` key in the grid the metric's mean, standard deviation and range over seeds per other setting."""
+    with a `seed` key in the grid the metric's mean, standard deviation and range over seeds per other setting;
+    a search's proposals in order (`search`)."""
     scored = [r for r in rows if r["scores"].get(metric) is not None]
     best = max(scored, key=lambda r: r["scores"][metric]) if scored else None
     if best is not None and "bootstrap" in best:
@@ -368,7 +497,7 @@ def summarize(rows: list[dict], keys: list[str], sets: list[str], metric: str, m
     return {"metric": metric, "mode": mode, "grid": keys, "sets": sets, "points": rows,
             "best": None if best is None else {"name": best["name"], "values": best["values"],
                                                "score": best["scores"][metric]},
-            "by_setting": by_setting, "references": references}
+            "by_setting": by_setting, "references": references, "search": search}
 
 
 def _spread(scores: np.ndarray) -> dict:
@@ -386,16 +515,21 @@ def write_results(results: dict, out: Path) -> None:
     columns = [metric, *[a for a in AGGREGATES if a != metric], *[s for s in sets if s != metric]]
     best = results["best"]["name"] if results["best"] else None
     boot = any("ci95" in r for r in results["points"])
-    header = [*keys, metric, *(["95% interval", "P(>= best)"] if boot else []), *columns[1:], "merge s", "eval s"]
+    search = results.get("search")
+    order = [] if not search else ["#", "generation"] if search["method"] == "cmaes" else ["#"]
+    header = [*order, *keys, metric, *(["95% interval", "P(>= best)"] if boot else []), *columns[1:], "merge s",
+              "eval s"]
     table = [header]
     for r in results["points"]:
         interval = ["-", "-"] if "ci95" not in r else [f"{r['ci95'][0]:.1f} - {r['ci95'][1]:.1f}",
                                                         f"{r['p_ge_best']:.2f}"]
-        table.append([json.dumps(r["values"][k]) for k in keys] + [_fmt(r["scores"].get(metric))]
+        first = [str(r["proposal"]), *([str(r["generation"])] if "generation" in r else [])] if search else []
+        table.append(first + [json.dumps(r["values"][k]) for k in keys] + [_fmt(r["scores"].get(metric))]
                      + (interval if boot else []) + [_fmt(r["scores"].get(c)) for c in columns[1:]]
                      + [str(r.get("merge_s", "-")), str(r.get("eval_s", "-"))])
     write_csv_atomic(out / "results.csv", table)
-    md = [f"# Merge sweep: {metric} ({results['mode']} mode)", "",
+    title = f"{search['method']} search, {len(search['proposals'])} proposals" if search else "Merge sweep"
+    md = [f"# {title}: {metric} ({results['mode']} mode)", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r, line in zip(results["points"], table[1:]):
         if r["name"] == best:
@@ -403,6 +537,9 @@ def write_results(results: dict, out: Path) -> None:
         md.append("| " + " | ".join(line) + " |")
     if best:
         md += ["", f"Best by {metric}: {best} ({_fmt(results['best']['score'])})."]
+    if search:
+        md += [f"`#`: the point's first proposal (of {search['budget']}); a search picks the best of the scores it "
+               "optimizes, so the best score is optimistic: score the best point on sets the search did not see."]
     if boot:
         draws = next(r["bootstrap"]["key"]["draws"] for r in results["points"] if "bootstrap" in r)
         md += [f"95% interval: the metric's 2.5th to 97.5th percentile over {draws} resamples of each set's "
@@ -434,6 +571,8 @@ def plot_sweep(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if results.get("search"):
+        return _plot_search(results, path, plt)
     keys, metric, rows = results["grid"], results["metric"], results["points"]
     numeric = [k for k in keys if k != "seed" and all(isinstance(r["values"][k], (int, float))
                                                       and not isinstance(r["values"][k], bool) for r in rows)]
@@ -469,3 +608,54 @@ def plot_sweep(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _plot_search(results: dict, path: Path, plt) -> None:
+    """A search: each proposal's score against its number (coloured by CMA-ES generation), its bootstrap interval
+    as a bar, the best so far as a step line, references as dashed lines; beside it, with two numeric settings in
+    the space, where the proposals fell in the first two, coloured by score, the best starred."""
+    metric, search = results["metric"], results["search"]
+    rows = {r["name"]: r for r in results["points"]}
+    scalar = [k for k in results["grid"] if all(isinstance(r["values"][k], (int, float)) for r in rows.values())]
+    fig, axes = plt.subplots(1, 2 if len(scalar) >= 2 else 1, figsize=(12 if len(scalar) >= 2 else 7, 4),
+                             squeeze=False)
+    ax = axes[0][0]
+    xs = [p["number"] for p in search["proposals"]]
+    ys = [np.nan if p["score"] is None else p["score"] for p in search["proposals"]]
+    colour = [rows[p["name"]].get("generation", 0) for p in search["proposals"]]
+    ax.scatter(xs, ys, c=colour, cmap="viridis", s=18, zorder=3, label="proposals")
+    bars = [(x, rows[p["name"]]["ci95"]) for x, p in zip(xs, search["proposals"]) if "ci95" in rows[p["name"]]]
+    if bars:
+        ax.vlines([x for x, _ in bars], [lo for _, (lo, _) in bars], [hi for _, (_, hi) in bars], alpha=0.25)
+    best = [np.nan if p["best_so_far"] is None else p["best_so_far"] for p in search["proposals"]]
+    ax.step(xs, best, where="post", color="k", label="best so far")
+    for k, (name, scores) in enumerate(results["references"].items()):
+        if scores.get(metric) is not None:
+            ax.axhline(scores[metric], linestyle="--", color=f"C{(k + 1) % 10}", label=name)
+    ax.set_xlabel(f"proposal ({search['method']}" + (", colour: generation)" if search["method"] == "cmaes" else ")"))
+    ax.set_ylabel(f"{metric}, {results['mode']} scoring")
+    ax.legend(fontsize=8)
+    if len(scalar) >= 2:
+        ax, (a, b) = axes[0][1], scalar[:2]
+        scored = [r for r in rows.values() if r["scores"].get(metric) is not None]
+        dots = ax.scatter([r["values"][a] for r in scored], [r["values"][b] for r in scored],
+                          c=[r["scores"][metric] for r in scored], cmap="viridis", s=30)
+        fig.colorbar(dots, ax=ax, label=metric)
+        if results["best"]:
+            ax.scatter([results["best"]["values"][a]], [results["best"]["values"][b]], marker="*", s=220,
+                       facecolors="none", edgecolors="r", label="best")
+            ax.legend(fontsize=8)
+        (lo_a, hi_a), (lo_b, hi_b) = (_bounds(search["space"][k]) for k in (a, b))
+        ax.set_xlim(lo_a, hi_a)
+        ax.set_ylim(lo_b, hi_b)
+        ax.set_xlabel(a)
+        ax.set_ylabel(b)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _bounds(spec) -> tuple[float, float]:
+    """A scalar search range's ends ([low, high] or {range: [low, high]})."""
+    low, high = spec["range"] if isinstance(spec, dict) else spec
+    return low, high
