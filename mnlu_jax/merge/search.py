@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from mnlu_jax.merge.settings import SCHEDULABLE
+from mnlu_jax.merge.settings import SCHEDULABLE, _number
 
 SEARCH_METHODS = ("cmaes", "random")
 SEARCHABLE = (*SCHEDULABLE, "weights")  # the merge's numeric settings
@@ -96,10 +96,6 @@ class Space:
                     u.append((x - lo) / (hi - lo))
             i += count
         return np.array(u)
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _range(value: Any, where: str) -> tuple[float, float]:
