@@ -483,7 +483,8 @@ def test_merge_sweep_scores_every_point_of_its_grid_and_resumes(demo, tmp_path, 
 def test_merge_sweep_searches_with_cmaes_and_goes_on_from_its_scores(demo, tmp_path, capsys, monkeypatch):
     """A CMA-ES search over DARE's drop rate on the pipeline's merge: each proposal merged, decoded and scored; the
     table and plot list the proposals in order with their generation; --dry-run replays the search from the
-    scores and lists what comes next; a larger budget goes on with the same search, running only its new points."""
+    scores and lists what comes next; a larger budget goes on with the same search, running only its new points;
+    with `holdout:` the best point is merged again (the same merge) and scored on the held-out sets."""
     import yaml
 
     monkeypatch.chdir(ROOT)
@@ -495,7 +496,8 @@ def test_merge_sweep_searches_with_cmaes_and_goes_on_from_its_scores(demo, tmp_p
                   "method": "dare"},
         "search": {"method": "cmaes", "budget": 3, "population": 2, "space": {"drop_rate": [0.1, 0.9]},
                    "start": {"drop_rate": 0.2}},
-        "chat_template": "zephyr", "bootstrap": 20, "decode": decode}))
+        "chat_template": "zephyr", "bootstrap": 20, "decode": decode,
+        "references": {"base": str(demo / "eval" / "base")}}))
     assert main(["merge-sweep", "--config", str(config), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("cmaes search, 3 points, each scored on 1 sets (MedNLI, paper mode):\n  [1] drop_rate=")
@@ -519,15 +521,41 @@ def test_merge_sweep_searches_with_cmaes_and_goes_on_from_its_scores(demo, tmp_p
     printed = capsys.readouterr().out
     assert printed.count(": scored") == 3 and printed.count(": to merge and evaluate") == 1
     assert "then 1 more" in printed
-    assert main(["merge-sweep", "--config", str(config), "search.budget=5"]) == 0
-    assert capsys.readouterr().out.count(": merging") == 2
-    longer = json.loads((out / "results.json").read_text())["search"]["proposals"]
+    holdout = [f"holdout.eval_dir={demo / 'eval_sets'}", "holdout.sets=[MedNLI, BioSSES]"]
+    assert main(["merge-sweep", "--config", str(config), "search.budget=5", *holdout, "--dry-run"]) == 0
+    assert "then the best point and the references scored on 2 held-out sets" in capsys.readouterr().out
+    assert main(["merge-sweep", "--config", str(config), "search.budget=5", *holdout]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(": merging") == 2 + 1  # (the 2 new points, then the best again for the holdout)
+    results = json.loads((out / "results.json").read_text())
+    longer = results["search"]["proposals"]
     assert [p["name"] for p in longer[:3]] == [p["name"] for p in proposals] and len(longer) == 5
+    held, best = results["holdout"], results["best"]["name"]
+    assert held["point"] == best and held["sets"] == ["MedNLI", "BioSSES"]
+    held_out = next((out / "holdout").iterdir()) / best
+
+    def predictions(eval_out: Path, name: str) -> dict:
+        return {r["id"]: r["prediction"]
+                for r in map(json.loads, (eval_out / "predictions" / f"{name}.jsonl").read_text().splitlines())}
+
+    # merged again from its recorded settings: the same predictions as when it was scored in the search
+    assert predictions(held_out, "MedNLI") == predictions(out / "points" / best / "eval", "MedNLI")
+    assert held["scores"]["MedNLI"] == results["points"][[r["name"] for r in results["points"]].index(best)][
+        "scores"]["MedNLI"] and held["scores"]["BioSSES"] is not None
+    base_scores = json.loads((demo / "eval" / "base" / "scores.json").read_text())["base"]["datasets"]
+    assert held["references"]["base"]["BioSSES"] == base_scores["BioSSES"]["paper"]["score"]
+    assert "Held out (" in (out / "results.md").read_text() and not (out / "points" / best / "merged").exists()
+    assert main(["merge-sweep", "--config", str(config), "search.budget=5", *holdout]) == 0
+    assert "evaluating" not in capsys.readouterr().out  # (a rerun reads the holdout's scores)
     # a grid and a search at once, and a range the merge refuses, before anything is merged
     for override, message in (("grid.seed=[0]", r"grid and search: give one"),
                               ("search.space.drop_rate=[0.1, 1.5]", r"point drop_rate=1\.5: drop_rate 1\.5")):
         assert main(["merge-sweep", "--config", str(config), override]) == 2, override
         assert re.search(message, capsys.readouterr().err), override
+    for sets, message in (("[BioSSES]", r"holdout\.sets: the metric 'MedNLI' is a set the holdout does not score"),
+                          ("[Nope]", r"holdout\.sets \['Nope'\]: not in .*manifest\.json")):
+        assert main(["merge-sweep", "--config", str(config), holdout[0], f"holdout.sets={sets}"]) == 2, sets
+        assert re.search(message, capsys.readouterr().err), sets
 
 
 def test_the_shipped_sweep_configs_plan_their_points():

@@ -22,7 +22,8 @@ the old ones; a larger grid reuses the points it shares. Averages are over the s
 
 `search:` instead of `grid:` proposes the points (CMA-ES or random search over ranges of numeric settings,
 merge/search.py): one generation at a time from the scores of those before, replayed from the scored points on a
-rerun, so a stopped search goes on and a larger budget continues it.
+rerun, so a stopped search goes on and a larger budget continues it. `holdout:` scores the best point (merged
+again if its merge was deleted) and the references on sets the sweep does not rank by.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ MERGEKIT_NAMES = {"density": "drop_rate (1 - density)", "lambda": "lam", "weight
 
 
 @dataclasses.dataclass
+class HoldoutSection:
+    """Sets the sweep does not rank by, on which its best point is scored once it is known: a search (or a large
+    grid) picks the best of the scores it sees, so that score is optimistic and this one is not."""
+    eval_dir: str = ""
+    sets: list[str] = dataclasses.field(default_factory=list)  # empty: every set in its manifest
+
+
+@dataclasses.dataclass
 class SweepConfig:
     output_dir: str = "runs/sweep"
     merge: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -77,6 +86,8 @@ class SweepConfig:
     bootstrap: int = 200
     bootstrap_seed: int = 0
     decode: DecodeSection = dataclasses.field(default_factory=DecodeSection)
+    # the best point (merged again if its merge was deleted) and the references scored on other sets
+    holdout: HoldoutSection | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,20 +249,11 @@ def _check(cfg: SweepConfig, where: str):
     """(The eval sets the sweep scores, the decoder's DecodeConfig), after checking the settings that do not need a
     merge; errors name them."""
     from mnlu_jax.data.chat import check_template_choice
-    from mnlu_jax.evaluate.sets import read_manifest
     from mnlu_jax.weights.convert import check_source
 
     if not cfg.output_dir:
         raise ValueError(f"{where}: output_dir is required")
-    manifest = Path(cfg.eval_dir) / "manifest.json"
-    if not cfg.eval_dir or not manifest.is_file():
-        raise FileNotFoundError(f"{where}: eval_dir {cfg.eval_dir!r}: no manifest.json (build-eval writes the eval "
-                                "sets and their manifest)")
-    have = list(read_manifest(manifest))
-    unknown = sorted(set(cfg.sets) - set(have))
-    if unknown:
-        raise ValueError(f"{where}: sets {unknown}: not in {manifest}, which has {have}")
-    sets = list(cfg.sets) or have
+    sets = _eval_sets(cfg.eval_dir, cfg.sets, f"{where}: ")
     if cfg.mode not in ("paper", "official"):
         raise ValueError(f"{where}: mode {cfg.mode!r}: expected paper or official")
     if cfg.metric not in AGGREGATES and cfg.metric not in sets:
@@ -269,6 +271,32 @@ def _check(cfg: SweepConfig, where: str):
         if not _is_evaluation(path):
             check_source(path, f"{where}: references.{name}")
     return sets, decode
+
+
+def _eval_sets(eval_dir: str, names: list[str], at: str) -> list[str]:
+    """The eval sets a sweep scores: `names` (each checked to be in `eval_dir`'s manifest), or all of them."""
+    from mnlu_jax.evaluate.sets import read_manifest
+
+    manifest = Path(eval_dir) / "manifest.json"
+    if not eval_dir or not manifest.is_file():
+        raise FileNotFoundError(f"{at}eval_dir {eval_dir!r}: no manifest.json (build-eval writes the eval sets and "
+                                "their manifest)")
+    have = list(read_manifest(manifest))
+    unknown = sorted(set(names) - set(have))
+    if unknown:
+        raise ValueError(f"{at}sets {unknown}: not in {manifest}, which has {have}")
+    return list(names) or have
+
+
+def _holdout_sets(cfg: SweepConfig, where: str) -> list[str] | None:
+    """The held-out sets (None without `holdout:`), checked: the metric must be computable on them."""
+    if cfg.holdout is None:
+        return None
+    sets = _eval_sets(cfg.holdout.eval_dir, cfg.holdout.sets, f"{where}: holdout.")
+    if cfg.metric not in AGGREGATES and cfg.metric not in sets:
+        raise ValueError(f"{where}: holdout.sets: the metric {cfg.metric!r} is a set the holdout does not score "
+                         f"({sets}); add it, or rank by an aggregate")
+    return sets
 
 
 def _is_evaluation(path: str | Path) -> bool:
@@ -305,6 +333,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
 
     where = "merge-sweep"
     sets, decode = _check(cfg, where)
+    held_out_sets = _holdout_sets(cfg, where)
     if cfg.search is None:
         points: list[Point] | None = plan_points(cfg, where)
     else:  # (a search's points come from its scores; its settings and ranges are checked here, before the lock)
@@ -325,11 +354,12 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
             write_text_atomic(state, json.dumps(settings, indent=2))
         save_config(cfg, out / "sweep.yaml")
 
-        def evaluate(model: Path, eval_out: Path, system: str) -> float:
+        def evaluate(model: Path, eval_out: Path, system: str, eval_dir: str = cfg.eval_dir,
+                     names: list[str] | None = list(cfg.sets) or None) -> float:
             start = time.perf_counter()
-            run_evaluate(model, cfg.eval_dir, eval_out, decode, chat_template=cfg.chat_template,
+            run_evaluate(model, eval_dir, eval_out, decode, chat_template=cfg.chat_template,
                          drop_system=cfg.drop_system, dtype=cfg.decode.dtype, system_name=system,
-                         names=list(cfg.sets) or None, progress=progress)
+                         names=names, progress=progress)
             return time.perf_counter() - start
 
         rows: dict[str, dict] = {}  # point name -> its row (a search may propose a point twice)
@@ -371,6 +401,41 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
             rows[point.name] = {**record, "name": point.name, "scores": scores}
             return rows[point.name]
 
+        def score_held_out(best: str, held_out: list[str]) -> dict:
+            """The best point and the references on the held-out sets; under holdout/<hash of its settings>/, so
+            that another holdout is scored apart and a rerun reads what is scored."""
+            key = {"eval_dir": str(Path(cfg.holdout.eval_dir).absolute()), "sets": held_out}
+            home = out / "holdout" / hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+            home.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(home / "holdout.json", json.dumps(key, indent=2))
+            point = _point(cfg, _fixed_merge(cfg, where), rows[best]["values"], where)
+            eval_out = home / best
+            if not (eval_out / "scores.json").exists():
+                merged, again = Path(point.merge.out), not (Path(point.merge.out) / "config.json").exists()
+                if again:  # (deleted once scored; the same config and seed give the same merge)
+                    log(f"holdout: {best}: merging again")
+                    run_merge(point.merge, progress=progress)
+                log(f"holdout: {best}: evaluating on {len(held_out)} held-out sets")
+                evaluate(merged, eval_out, best, cfg.holdout.eval_dir, held_out)
+                if again and not cfg.keep_merges:
+                    shutil.rmtree(merged)
+            scores = scores_of(eval_out, best, cfg.mode, held_out)
+            log(f"holdout: {best}: {cfg.metric} {_fmt(scores.get(cfg.metric))}")
+            refs: dict[str, dict | None] = {}
+            for name, path in cfg.references.items():
+                if _is_evaluation(path):  # (read if it scored every held-out set)
+                    try:
+                        refs[name] = scores_of(Path(path), None, cfg.mode, held_out)
+                    except ValueError:
+                        refs[name] = None
+                    continue
+                ref_out = home / "references" / name
+                if not (ref_out / "scores.json").exists():
+                    log(f"holdout: reference {name}: evaluating {path}")
+                    evaluate(Path(path), ref_out, name, cfg.holdout.eval_dir, held_out)
+                refs[name] = scores_of(ref_out, name, cfg.mode, held_out)
+            return {**key, "point": best, "scores": scores, "references": refs}
+
         search = None
         if points is not None:
             for k, point in enumerate(points, 1):
@@ -391,6 +456,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
                 evaluate(Path(path), eval_out, name)
             references[name] = scores_of(eval_out, name, cfg.mode, sets)
         results = summarize(list(rows.values()), _swept(cfg), sets, cfg.metric, cfg.mode, references, search)
+        if held_out_sets is not None and results["best"] is not None:
+            results["holdout"] = score_held_out(results["best"]["name"], held_out_sets)
         write_results(results, out)
     return results
 
@@ -439,7 +506,10 @@ def describe_plan(cfg: SweepConfig) -> str:
     (to be evaluated) or to be merged. Writes nothing."""
     where = "merge-sweep"
     sets, _ = _check(cfg, where)
+    held_out = _holdout_sets(cfg, where)
     home = Path(cfg.output_dir).absolute() / "points"
+    after = [] if held_out is None else [f"  then the best point and the references scored on {len(held_out)} "
+                                         f"held-out sets ({cfg.holdout.eval_dir})"]
 
     def state(p: Point) -> str:
         return ("scored" if (home / p.name / "eval" / "scores.json").exists() else
@@ -449,7 +519,7 @@ def describe_plan(cfg: SweepConfig) -> str:
         points = plan_points(cfg, where)
         lines = [f"{len(points)} points, each scored on {len(sets)} sets ({cfg.metric}, {cfg.mode} mode):"]
         lines += [f"  {p.name}: {state(p)}" for p in points]
-        return "\n".join(lines)
+        return "\n".join(lines + after)
 
     def score_of(p: Point, number: int):  # (what is scored replays the search; CMA-ES stops at the first unscored)
         if state(p) == "scored":
@@ -463,7 +533,7 @@ def describe_plan(cfg: SweepConfig) -> str:
     lines += [f"  [{k}] {p.name}: {state(p)}" for k, (p, _) in enumerate(proposals, 1)]
     if len(proposals) < budget:
         lines.append(f"  then {budget - len(proposals)} more, proposed from the scores of those before")
-    return "\n".join(lines)
+    return "\n".join(lines + after)
 
 
 def _fmt(x) -> str:
@@ -539,7 +609,8 @@ def write_results(results: dict, out: Path) -> None:
         md += ["", f"Best by {metric}: {best} ({_fmt(results['best']['score'])})."]
     if search:
         md += [f"`#`: the point's first proposal (of {search['budget']}); a search picks the best of the scores it "
-               "optimizes, so the best score is optimistic: score the best point on sets the search did not see."]
+               "optimizes, so the best score is optimistic: score the best point on sets the search did not see "
+               "(`holdout:`)."]
     if boot:
         draws = next(r["bootstrap"]["key"]["draws"] for r in results["points"] if "bootstrap" in r)
         md += [f"95% interval: the metric's 2.5th to 97.5th percentile over {draws} resamples of each set's "
@@ -557,6 +628,15 @@ def write_results(results: dict, out: Path) -> None:
                "|---|" + "---|" * len(columns)]
         for name, scores in results["references"].items():
             md.append(f"| {name} | " + " | ".join(_fmt(scores.get(c)) for c in columns) + " |")
+    held = results.get("holdout")
+    if held:
+        cols = [metric, *[a for a in AGGREGATES if a != metric], *[s for s in held["sets"] if s != metric]]
+        md += ["", f"Held out ({held['eval_dir']}, {len(held['sets'])} sets, not used to rank the points): the best "
+               "point and the references.", "", "| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols),
+               f"| {held['point']} | " + " | ".join(_fmt(held["scores"].get(c)) for c in cols) + " |"]
+        for name, scores in held["references"].items():
+            md.append(f"| {name} | " + (" | ".join(_fmt(scores.get(c)) for c in cols) if scores else
+                                        "not scored on every held-out set (an evaluation read as it is)") + " |")
     write_text_atomic(out / "results.md", "\n".join(md) + "\n")
     plot_sweep(results, out / "sweep.png")
     write_text_atomic(out / "results.json", json.dumps(results, indent=2))  # last: the sweep's done mark
