@@ -185,11 +185,12 @@ def _point(cfg: SweepConfig, fixed: dict, values: dict, where: str) -> Point:
 PENDING = object()  # a proposal not scored yet (what describe_plan's search stops at)
 
 
-def search_points(cfg: SweepConfig, score_of, where: str = "merge-sweep") -> list[tuple[Point, int]]:
+def search_points(cfg: SweepConfig, score_of, where: str = "merge-sweep", checked=None) -> list[tuple[Point, int]]:
     """Run the search (merge/search.py): ask for a generation, `score_of(point, number)` each proposal (its
     metric, None without one, or PENDING), tell the search, until the budget is spent or a generation holds a
-    pending point. Returns (point, generation) per proposal, in order; a repeated proposal is listed again."""
-    fixed, space, search = _check_search(cfg, where)
+    pending point. Returns (point, generation) per proposal, in order; a repeated proposal is listed again.
+    `checked`: what `_check_search` returned, if the caller checked first (a fresh search, not yet asked)."""
+    fixed, space, search = checked or _check_search(cfg, where)
     proposals: list[tuple[Point, int]] = []
     generation = 0
     while len(proposals) < cfg.search.budget:
@@ -217,8 +218,8 @@ def _check_search(cfg: SweepConfig, where: str):
     space = parse_space(section, len(fixed.get("models") or []), at)
     search = make_search(space, section, at)
     corners = [np.zeros(space.dims), np.ones(space.dims)]
-    if section.start:
-        corners.append(space.unit(section.start, f"{at}.start"))
+    if section.start:  # (only CMA-ES takes one: its first mean)
+        corners.append(search.mean)
     for u in corners:
         _point(cfg, fixed, space.values(u), where)
     return fixed, space, search
@@ -338,7 +339,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
         points: list[Point] | None = plan_points(cfg, where)
     else:  # (a search's points come from its scores; its settings and ranges are checked here, before the lock)
         points = None
-        _check_search(cfg, where)
+        checked = _check_search(cfg, where)
     out = Path(cfg.output_dir).absolute()
     settings = fixed_settings(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -363,6 +364,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
             return time.perf_counter() - start
 
         rows: dict[str, dict] = {}  # point name -> its row (a search may propose a point twice)
+        scored: dict[str, Point] = {}  # point name -> the point (the holdout merges the best one again)
 
         def run_point(point: Point, tag: str) -> dict:
             if point.name in rows:
@@ -399,6 +401,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
                         eval_out / "predictions", sets, cfg.metric, cfg.mode, cfg.bootstrap, cfg.bootstrap_seed)}
                     write_text_atomic(record_path, json.dumps(record, indent=2))
             rows[point.name] = {**record, "name": point.name, "scores": scores}
+            scored[point.name] = point
             return rows[point.name]
 
         def score_held_out(best: str, held_out: list[str]) -> dict:
@@ -408,7 +411,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
             home = out / "holdout" / hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
             home.mkdir(parents=True, exist_ok=True)
             write_text_atomic(home / "holdout.json", json.dumps(key, indent=2))
-            point = _point(cfg, _fixed_merge(cfg, where), rows[best]["values"], where)
+            point = scored[best]
             eval_out = home / best
             if not (eval_out / "scores.json").exists():
                 merged, again = Path(point.merge.out), not (Path(point.merge.out) / "config.json").exists()
@@ -443,7 +446,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
         else:
             budget = cfg.search.budget
             proposals = search_points(cfg, lambda p, k: run_point(p, f"[{k}/{budget}]")["scores"].get(cfg.metric),
-                                      where)
+                                      where, checked)
             search = _search_record(cfg, proposals, rows)
         references = {}
         for name, path in cfg.references.items():
@@ -654,8 +657,7 @@ def plot_sweep(results: dict, path: Path) -> None:
     if results.get("search"):
         return _plot_search(results, path, plt)
     keys, metric, rows = results["grid"], results["metric"], results["points"]
-    numeric = [k for k in keys if k != "seed" and all(isinstance(r["values"][k], (int, float))
-                                                      and not isinstance(r["values"][k], bool) for r in rows)]
+    numeric = [k for k in _numeric_keys(keys, rows) if k != "seed"]
     x_key = numeric[0] if numeric else None
     others = [k for k in keys if k not in ("seed", x_key)]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -666,18 +668,14 @@ def plot_sweep(results: dict, path: Path) -> None:
         xs = [r["values"][x_key] for r in group] if x_key else [rows.index(r) for r in group]
         ys = [np.nan if r["scores"].get(metric) is None else r["scores"][metric] for r in group]
         ax.scatter(xs, ys, s=14, alpha=0.5)
-        bars = [(x, r["ci95"]) for x, r in zip(xs, group) if "ci95" in r]
-        if bars:  # each point's 95% bootstrap interval
-            ax.vlines([x for x, _ in bars], [lo for _, (lo, _) in bars], [hi for _, (_, hi) in bars], alpha=0.25)
+        _interval_bars(ax, xs, group)
         at_x: dict = {}  # x -> its seeds' scores
         for x, y in zip(xs, ys):
             at_x.setdefault(x, []).append(y)
         line_x = sorted(at_x)
         line_y = [np.nan if np.isnan(at_x[x]).all() else np.nanmean(at_x[x]) for x in line_x]
         ax.plot(line_x, line_y, marker="o", label=label or ("mean over seeds" if "seed" in keys else None))
-    for k, (name, scores) in enumerate(results["references"].items()):
-        if scores.get(metric) is not None:
-            ax.axhline(scores[metric], linestyle="--", color=f"C{(k + len(lines)) % 10}", label=name)
+    _reference_lines(ax, results, first_colour=len(lines))
     ax.set_xlabel(x_key or "point")
     if not x_key:
         ax.set_xticks(range(len(rows)))
@@ -696,7 +694,7 @@ def _plot_search(results: dict, path: Path, plt) -> None:
     the space, where the proposals fell in the first two, coloured by score, the best starred."""
     metric, search = results["metric"], results["search"]
     rows = {r["name"]: r for r in results["points"]}
-    scalar = [k for k in results["grid"] if all(isinstance(r["values"][k], (int, float)) for r in rows.values())]
+    scalar = _numeric_keys(results["grid"], list(rows.values()))
     fig, axes = plt.subplots(1, 2 if len(scalar) >= 2 else 1, figsize=(12 if len(scalar) >= 2 else 7, 4),
                              squeeze=False)
     ax = axes[0][0]
@@ -704,14 +702,10 @@ def _plot_search(results: dict, path: Path, plt) -> None:
     ys = [np.nan if p["score"] is None else p["score"] for p in search["proposals"]]
     colour = [rows[p["name"]].get("generation", 0) for p in search["proposals"]]
     ax.scatter(xs, ys, c=colour, cmap="viridis", s=18, zorder=3, label="proposals")
-    bars = [(x, rows[p["name"]]["ci95"]) for x, p in zip(xs, search["proposals"]) if "ci95" in rows[p["name"]]]
-    if bars:
-        ax.vlines([x for x, _ in bars], [lo for _, (lo, _) in bars], [hi for _, (_, hi) in bars], alpha=0.25)
+    _interval_bars(ax, xs, [rows[p["name"]] for p in search["proposals"]])
     best = [np.nan if p["best_so_far"] is None else p["best_so_far"] for p in search["proposals"]]
     ax.step(xs, best, where="post", color="k", label="best so far")
-    for k, (name, scores) in enumerate(results["references"].items()):
-        if scores.get(metric) is not None:
-            ax.axhline(scores[metric], linestyle="--", color=f"C{(k + 1) % 10}", label=name)
+    _reference_lines(ax, results, first_colour=1)
     ax.set_xlabel(f"proposal ({search['method']}" + (", colour: generation)" if search["method"] == "cmaes" else ")"))
     ax.set_ylabel(f"{metric}, {results['mode']} scoring")
     ax.legend(fontsize=8)
@@ -733,6 +727,27 @@ def _plot_search(results: dict, path: Path, plt) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _numeric_keys(keys: list[str], rows: list[dict]) -> list[str]:
+    """The settings that are a number at every point (not a list, such as a gradient; not a flag)."""
+    return [k for k in keys if all(isinstance(r["values"][k], (int, float)) and not isinstance(r["values"][k], bool)
+                                   for r in rows)]
+
+
+def _interval_bars(ax, xs: list, rows: list[dict]) -> None:
+    """Each point's 95% bootstrap interval as a bar at its x (points without one: none)."""
+    bars = [(x, r["ci95"]) for x, r in zip(xs, rows) if "ci95" in r]
+    if bars:
+        ax.vlines([x for x, _ in bars], [lo for _, (lo, _) in bars], [hi for _, (_, hi) in bars], alpha=0.25)
+
+
+def _reference_lines(ax, results: dict, first_colour: int) -> None:
+    """The references' scores as dashed lines, coloured on from the plot's own colours."""
+    metric = results["metric"]
+    for k, (name, scores) in enumerate(results["references"].items()):
+        if scores.get(metric) is not None:
+            ax.axhline(scores[metric], linestyle="--", color=f"C{(k + first_colour) % 10}", label=name)
 
 
 def _bounds(spec) -> tuple[float, float]:
