@@ -11,7 +11,7 @@ configs/train/tiny.yaml); the layer scan and the one-piece loss are measured alo
 --loss-mask sft`). On a GPU machine, `--preset 1b --dtype bfloat16` measures MFU of a ~1B-parameter config instead.
 
     python benchmarks/train.py [--preset small|smollm2|1b] [--steps 5] [--rounds 3] [--batch 8] [--seq 256]
-                               [--loss-mask all|sft]
+                               [--loss-mask all|sft] [--products]
 """
 
 from __future__ import annotations
@@ -102,6 +102,97 @@ def ours(cfg_kw, batch, seq, dtype, loss_chunk, scan_layers=False, weights=None)
     return run, facts
 
 
+def products_alone(cfg_kw, batch, seq, loss_chunk, weights=None, repeats: int = 3, one_core=False) -> dict:
+    """What our step's matrix products cost on their own: every dot_general in the step's jaxpr (the fused loss's
+    chunk loop counted once per chunk the batch fills), each compiled alone and timed back to back, median of
+    15 calls each. On one core (`one_core`: a child process pinned to the first CPU before JAX starts its
+    threads) the total over the number of cores is what the products need with every core busy every moment: a
+    floor for the step with XLA's kernels on this CPU (README, "Training on this CPU")."""
+    import collections
+    import functools
+    import json
+    import subprocess
+
+    if one_core:
+        code = ("import json, os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+                f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r}); "
+                "import numpy as np; from benchmarks.train import products_alone; "
+                f"w = None if {weights is None} else np.load(sys.argv[1]); "
+                f"print(json.dumps(products_alone({cfg_kw!r}, {batch}, {seq}, {loss_chunk}, w, {repeats})))")
+        import tempfile
+
+        import numpy as np
+
+        with tempfile.TemporaryDirectory() as tmp:
+            np.save(f"{tmp}/w.npy", np.zeros(1) if weights is None else weights)
+            out = subprocess.run([sys.executable, "-c", code, f"{tmp}/w.npy"], capture_output=True, text=True,
+                                 check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from mnlu_jax.model.config import ModelConfig
+    from mnlu_jax.model.mistral import init_params
+    from mnlu_jax.train.config import OptimSection
+    from mnlu_jax.train.step import init_state, make_optimizer, train_step
+
+    config = ModelConfig(**cfg_kw, model_type="mistral", compute_dtype="float32", param_dtype="float32",
+                         remat_policy="none", loss_chunk=loss_chunk, scan_layers=False)
+    tx, _ = make_optimizer(OptimSection(learning_rate=1e-4, warmup_ratio=0.0, grad_clip=0.0), 1000)
+    state = jax.eval_shape(lambda: init_state(init_params(config, jax.random.PRNGKey(0)), tx))
+    w = np.ones((batch, seq), np.float32) if weights is None else weights
+    b = {"inputs": jnp.zeros((batch, seq), jnp.int32), "targets": jnp.zeros((batch, seq), jnp.int32),
+         "weights": jnp.asarray(w), "segment_ids": jnp.ones((batch, seq), jnp.int32),
+         "positions": jnp.tile(jnp.arange(seq), (batch, 1))}
+    # the fused loss loops over chunks until the one holding the last answer token (train/loss.py): of loss_chunk x
+    # batch positions with the rows merged (one device, train/step.py's loss_sums), else loss_chunk per row
+    if not loss_chunk:
+        chunks = 1
+    elif jax.device_count() == 1:
+        chunks = -(-int((w > 0).sum()) // (loss_chunk * batch))
+    else:
+        chunks = -(-int((w > 0).sum(axis=1).max()) // loss_chunk)
+    jaxpr = jax.make_jaxpr(functools.partial(train_step, config=config, tx=tx, grad_accum=1))(state, b)
+    counts: collections.Counter = collections.Counter()
+
+    def walk(jx, times):
+        for eqn in jx.eqns:
+            if eqn.primitive.name == "dot_general":
+                counts[(tuple(v.aval.shape for v in eqn.invars), eqn.params["dimension_numbers"])] += times
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (list, tuple)) else [value]:
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        walk(inner, times * (chunks if eqn.primitive.name == "while" else 1))
+
+    walk(jaxpr.jaxpr, 1)
+
+    def median_s(f, n=15):
+        f()
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t)
+        return sorted(ts)[n // 2]
+
+    totals, flops = [], 0.0
+    for _ in range(repeats):
+        total, flops = 0.0, 0.0
+        for (shapes, dims), n in counts.items():
+            x, y = (jnp.ones(s, jnp.float32) for s in shapes)
+            dot = jax.jit(functools.partial(jax.lax.dot_general, dimension_numbers=dims))
+            out = jax.eval_shape(dot, x, y)
+            flops += n * 2 * float(np.prod(out.shape)) * float(np.prod([shapes[0][d] for d in dims[0][0]]))
+            total += n * median_s(lambda: dot(x, y).block_until_ready())
+        totals.append(total)
+    return {"seconds": sorted(totals)[len(totals) // 2], "seconds_each_repeat": totals, "gflop": flops / 1e9,
+            "products": sum(counts.values()), "distinct_shapes": len(counts), "loss_chunks": chunks,
+            "cpus": len(os.sched_getaffinity(0))}
+
+
 def reference(cfg_kw, batch, seq, weights=None):
     import torch
     import transformers
@@ -166,6 +257,8 @@ def main():
                     help="all: loss on every token; sft: on answer tokens only (sft_weights), HF with labels -100")
     ap.add_argument("--no-variants", action="store_true", help="measure only 'ours' and the reference")
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--products", action="store_true",
+                    help="also time the step's matrix products alone (products_alone; with taskset -c 0: one core)")
     a = ap.parse_args()
     cfg_kw = PRESETS[a.preset]
     w = sft_weights(a.batch, a.seq) if a.loss_mask == "sft" else None
@@ -182,6 +275,9 @@ def main():
            **measure(sides, a.batch, a.seq, a.steps, a.rounds)}
     for side in (v for v in res.values() if isinstance(v, dict) and v.get("peak_tflops")):
         side["mfu"] = side["tokens_per_s"] * side["flops_per_token"] / (side["peak_tflops"] * 1e12 * side["devices"])
+    if a.products:
+        res["products_alone"] = {"all_cores": products_alone(cfg_kw, a.batch, a.seq, a.loss_chunk, w),
+                                 "one_core": products_alone(cfg_kw, a.batch, a.seq, a.loss_chunk, w, one_core=True)}
     if not a.no_reference:
         res["speedup"] = res["ours"]["tokens_per_s"] / res["pytorch_transformers"]["tokens_per_s"]
     res["target"] = ">= 1.5x the PyTorch + transformers loop on CPU; 50% MFU for the 1b preset on one H100"
