@@ -102,7 +102,8 @@ def ours(cfg_kw, batch, seq, dtype, loss_chunk, scan_layers=False, weights=None)
     return run, facts
 
 
-def products_alone(cfg_kw, batch, seq, loss_chunk, weights=None, repeats: int = 3, one_core=False) -> dict:
+def products_alone(cfg_kw, batch, seq, loss_chunk, weights=None, dtype="float32", repeats: int = 3,
+                   one_core=False) -> dict:
     """What our step's matrix products cost on their own: every dot_general in the step's jaxpr (the fused loss's
     chunk loop counted once per chunk the batch fills), each compiled alone and timed back to back, median of
     15 calls each. On one core (`one_core`: a child process pinned to the first CPU before JAX starts its
@@ -112,34 +113,37 @@ def products_alone(cfg_kw, batch, seq, loss_chunk, weights=None, repeats: int = 
     import functools
     import json
     import subprocess
+    import tempfile
+
+    import numpy as np
 
     if one_core:
-        code = ("import json, os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-                f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r}); "
-                "import numpy as np; from benchmarks.train import products_alone; "
-                f"w = None if {weights is None} else np.load(sys.argv[1]); "
-                f"print(json.dumps(products_alone({cfg_kw!r}, {batch}, {seq}, {loss_chunk}, w, {repeats})))")
-        import tempfile
-
-        import numpy as np
-
         with tempfile.TemporaryDirectory() as tmp:
-            np.save(f"{tmp}/w.npy", np.zeros(1) if weights is None else weights)
-            out = subprocess.run([sys.executable, "-c", code, f"{tmp}/w.npy"], capture_output=True, text=True,
+            args = []
+            if weights is not None:
+                np.save(f"{tmp}/weights.npy", weights)
+                args = [f"{tmp}/weights.npy"]
+            code = ("import json, os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+                    f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r}); "
+                    "import numpy as np; from benchmarks.train import products_alone; "
+                    "w = np.load(sys.argv[1]) if len(sys.argv) > 1 else None; "
+                    f"print(json.dumps(products_alone({cfg_kw!r}, {batch}, {seq}, {loss_chunk}, w, {dtype!r}, "
+                    f"{repeats})))")
+            out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                                  check=True).stdout
         return json.loads(out.strip().splitlines()[-1])
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from mnlu_jax.model.config import ModelConfig
     from mnlu_jax.model.mistral import init_params
     from mnlu_jax.train.config import OptimSection
     from mnlu_jax.train.step import init_state, make_optimizer, train_step
 
-    config = ModelConfig(**cfg_kw, model_type="mistral", compute_dtype="float32", param_dtype="float32",
-                         remat_policy="none", loss_chunk=loss_chunk, scan_layers=False)
+    config = ModelConfig(**cfg_kw, model_type="mistral", compute_dtype=dtype, param_dtype="float32",
+                         remat_policy="none" if dtype == "float32" else "save_dots", loss_chunk=loss_chunk,
+                         scan_layers=False)  # as `ours` builds its step
     tx, _ = make_optimizer(OptimSection(learning_rate=1e-4, warmup_ratio=0.0, grad_clip=0.0), 1000)
     state = jax.eval_shape(lambda: init_state(init_params(config, jax.random.PRNGKey(0)), tx))
     w = np.ones((batch, seq), np.float32) if weights is None else weights
@@ -160,12 +164,15 @@ def products_alone(cfg_kw, batch, seq, loss_chunk, weights=None, repeats: int = 
     def walk(jx, times):
         for eqn in jx.eqns:
             if eqn.primitive.name == "dot_general":
-                counts[(tuple(v.aval.shape for v in eqn.invars), eqn.params["dimension_numbers"])] += times
+                operands = tuple((v.aval.shape, str(v.aval.dtype)) for v in eqn.invars)
+                counts[(operands, eqn.params["dimension_numbers"], eqn.params.get("preferred_element_type"))] += times
+            # the only while loop is the loss's chunk loop; a scan (the layer scan, accumulation) runs `length` times
+            inner_times = times * {"while": chunks, "scan": eqn.params.get("length", 1)}.get(eqn.primitive.name, 1)
             for value in eqn.params.values():
                 for sub in value if isinstance(value, (list, tuple)) else [value]:
                     inner = getattr(sub, "jaxpr", sub)
                     if hasattr(inner, "eqns"):
-                        walk(inner, times * (chunks if eqn.primitive.name == "while" else 1))
+                        walk(inner, inner_times)
 
     walk(jaxpr.jaxpr, 1)
 
@@ -181,11 +188,13 @@ def products_alone(cfg_kw, batch, seq, loss_chunk, weights=None, repeats: int = 
     totals, flops = [], 0.0
     for _ in range(repeats):
         total, flops = 0.0, 0.0
-        for (shapes, dims), n in counts.items():
-            x, y = (jnp.ones(s, jnp.float32) for s in shapes)
-            dot = jax.jit(functools.partial(jax.lax.dot_general, dimension_numbers=dims))
+        for (operands, dims, out_dtype), n in counts.items():
+            (x_shape, _), _ = operands
+            x, y = (jnp.ones(shape, dt) for shape, dt in operands)
+            dot = jax.jit(functools.partial(jax.lax.dot_general, dimension_numbers=dims,
+                                            preferred_element_type=out_dtype))
             out = jax.eval_shape(dot, x, y)
-            flops += n * 2 * float(np.prod(out.shape)) * float(np.prod([shapes[0][d] for d in dims[0][0]]))
+            flops += n * 2 * float(np.prod(out.shape)) * float(np.prod([x_shape[d] for d in dims[0][0]]))
             total += n * median_s(lambda: dot(x, y).block_until_ready())
         totals.append(total)
     return {"seconds": sorted(totals)[len(totals) // 2], "seconds_each_repeat": totals, "gflop": flops / 1e9,
@@ -258,7 +267,7 @@ def main():
     ap.add_argument("--no-variants", action="store_true", help="measure only 'ours' and the reference")
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--products", action="store_true",
-                    help="also time the step's matrix products alone (products_alone; with taskset -c 0: one core)")
+                    help="also time the step's matrix products alone, on all cores and pinned to one (products_alone)")
     a = ap.parse_args()
     cfg_kw = PRESETS[a.preset]
     w = sft_weights(a.batch, a.seq) if a.loss_mask == "sft" else None
@@ -276,8 +285,9 @@ def main():
     for side in (v for v in res.values() if isinstance(v, dict) and v.get("peak_tflops")):
         side["mfu"] = side["tokens_per_s"] * side["flops_per_token"] / (side["peak_tflops"] * 1e12 * side["devices"])
     if a.products:
-        res["products_alone"] = {"all_cores": products_alone(cfg_kw, a.batch, a.seq, a.loss_chunk, w),
-                                 "one_core": products_alone(cfg_kw, a.batch, a.seq, a.loss_chunk, w, one_core=True)}
+        res["products_alone"] = {
+            "all_cores": products_alone(cfg_kw, a.batch, a.seq, a.loss_chunk, w, a.dtype),
+            "one_core": products_alone(cfg_kw, a.batch, a.seq, a.loss_chunk, w, a.dtype, one_core=True)}
     if not a.no_reference:
         res["speedup"] = res["ours"]["tokens_per_s"] / res["pytorch_transformers"]["tokens_per_s"]
     res["target"] = ">= 1.5x the PyTorch + transformers loop on CPU; 50% MFU for the 1b preset on one H100"
