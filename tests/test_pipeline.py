@@ -444,8 +444,16 @@ def test_merge_sweep_scores_every_point_of_its_grid_and_resumes(demo, tmp_path, 
     recs = {n: sorted(v, key=lambda r: str(r["id"])) for n, v in load_predictions(preds_dir).items()}
     rng = np.random.default_rng(5)
     draws = {n: rng.integers(0, len(recs[n]), size=(3, len(recs[n]))) for n in ("BioSSES", "MedNLI")}
-    assert bootstrap_samples(preds_dir, ["BioSSES", "MedNLI"], "BioSSES", "paper", 3, 5) == \
-        [score_records([recs["BioSSES"][i] for i in row], "paper")["score"] for row in draws["BioSSES"]]
+    by_hand = {n: [score_records([recs[n][i] for i in row], "paper")["score"] for row in draws[n]]
+               for n in ("BioSSES", "MedNLI")}
+    assert bootstrap_samples(preds_dir, ["BioSSES", "MedNLI"], "BioSSES", "paper", 3, 5) == by_hand["BioSSES"]
+    # a weighted mean, of sets and of an aggregate, on the same draws
+    assert bootstrap_samples(preds_dir, ["BioSSES", "MedNLI"], "weighted mean", "paper", 3, 5,
+                             {"MedNLI": 3, "BioSSES": 1}) == \
+        pytest.approx([(3 * m + b) / 4 for b, m in zip(by_hand["BioSSES"], by_hand["MedNLI"])])
+    assert bootstrap_samples(preds_dir, ["BioSSES", "MedNLI"], "weighted mean", "paper", 3, 5,
+                             {"BLUE macro avg (paper)": 1, "MedNLI": 1}) == \
+        pytest.approx([((b + m) / 2 + m) / 2 for b, m in zip(by_hand["BioSSES"], by_hand["MedNLI"])])
     import mnlu_jax.merge.sweep as sweep_module
 
     computed = []
@@ -459,6 +467,26 @@ def test_merge_sweep_scores_every_point_of_its_grid_and_resumes(demo, tmp_path, 
     assert len(json.loads((out / "results.json").read_text())["points"]) == 6
     assert sorted(p.parent.name for p in out.glob("points/*/merged")) == names  # (the 2 new ones deleted)
     assert len(computed) == 2  # (the scored points' resamples read from their point.json)
+    # ranked by a weighted mean of the sets instead (as mergekit-evolve weighs its tasks): nothing is merged or
+    # evaluated again, each point's resamples are drawn again for the new metric
+    weighted = ["grid.drop_rate=[0.2, 0.5, 0.9]", "metric=weighted mean", "metric_weights={MedNLI: 3, BioSSES: 1}"]
+    assert main(["merge-sweep", "--config", str(config), *weighted]) == 0
+    assert capsys.readouterr().out.count(": already scored") == 6 and len(computed) == 8
+    results = json.loads((out / "results.json").read_text())
+    for row in [*results["points"], results["references"]["base"]]:
+        scores = row.get("scores", row)
+        assert scores["weighted mean"] == pytest.approx((3 * scores["MedNLI"] + scores["BioSSES"]) / 4)
+    best = max(results["points"], key=lambda p: p["scores"]["weighted mean"])
+    assert results["best"]["name"] == best["name"] and results["metric_weights"] == {"MedNLI": 3, "BioSSES": 1}
+    assert "weighted mean: sum(weight x score) / 4 over MedNLI x 3, BioSSES x 1." in (out / "results.md").read_text()
+    for overrides, message in [
+            (["metric_weights={MedNLI: 1}"], r"metric_weights: only with metric: weighted mean \(metric is 'MedNLI'\)"),
+            (["metric=weighted mean"], r"metric_weights: expected \{set or aggregate: weight, \.\.\.\}"),
+            (["metric=weighted mean", "metric_weights={HoC: 1}"],
+             r"metric_weights\.HoC: expected one of \[.*\] or a set the sweep scores \(\['BioSSES', 'MedNLI'\]\)"),
+            (["metric=weighted mean", "metric_weights={MedNLI: 0}"], r"metric_weights\.MedNLI: expected a weight > 0")]:
+        assert main(["merge-sweep", "--config", str(config), *overrides, "--dry-run"]) == 2, overrides
+        assert re.search(message, capsys.readouterr().err), overrides
     # refused before anything is merged, naming the field
     for override, message in [
             ("decode.max_new_tokens=8", r"holds a sweep of other settings \(decode: .*'max_new_tokens': 16.* then, "
@@ -556,6 +584,10 @@ def test_merge_sweep_searches_with_cmaes_and_goes_on_from_its_scores(demo, tmp_p
                           ("[Nope]", r"holdout\.sets \['Nope'\]: not in .*manifest\.json")):
         assert main(["merge-sweep", "--config", str(config), holdout[0], f"holdout.sets={sets}"]) == 2, sets
         assert re.search(message, capsys.readouterr().err), sets
+    weighted = ["metric=weighted mean", "metric_weights={MedNLI: 1, BLURB score: 1}", "holdout.sets=[BioSSES]"]
+    assert main(["merge-sweep", "--config", str(config), holdout[0], *weighted, "--dry-run"]) == 2
+    assert re.search(r"holdout\.sets: metric_weights\.MedNLI: expected one of .* or a set the holdout scores "
+                     r"\(\['BioSSES'\]\)", capsys.readouterr().err)
 
 
 def test_the_shipped_sweep_configs_plan_their_points():

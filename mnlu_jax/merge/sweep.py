@@ -23,7 +23,8 @@ the old ones; a larger grid reuses the points it shares. Averages are over the s
 `search:` instead of `grid:` proposes the points (CMA-ES or random search over ranges of numeric settings,
 merge/search.py): one generation at a time from the scores of those before, replayed from the scored points on a
 rerun, so a stopped search goes on and a larger budget continues it. `holdout:` scores the best point (merged
-again if its merge was deleted) and the references on sets the sweep does not rank by.
+again if its merge was deleted) and the references on sets the sweep does not rank by. `metric: weighted mean`
+ranks by `metric_weights` ({set or aggregate: weight}), as mergekit-evolve weighs its tasks.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ if TYPE_CHECKING:  # (merge.config imports jax: the command line's parser starts
     from mnlu_jax.merge.config import MergeConfig
 
 AGGREGATES = ("BLURB macro avg (paper)", "BLUE macro avg (paper)", "BLURB score")
+# `metric: weighted mean` ranks by sum(w * score) / sum(w) over `metric_weights` (sets and aggregates), as
+# mergekit-evolve weighs its tasks
+WEIGHTED = "weighted mean"
 # set by the sweep itself: a grid over them would write elsewhere or record a config that was not run
 NOT_SWEPT = ("out", "mergekit_config")
 # mergekit's names for settings the grid names as ours
@@ -73,7 +77,8 @@ class SweepConfig:
     search: SearchSection | None = None
     eval_dir: str = ""
     sets: list[str] = dataclasses.field(default_factory=list)  # eval set names; empty: every set in the manifest
-    metric: str = "BLURB macro avg (paper)"  # the score points are ranked by: an aggregate or an eval set's name
+    metric: str = "BLURB macro avg (paper)"  # the score points are ranked by: an aggregate, a set, or WEIGHTED
+    metric_weights: dict[str, float] = dataclasses.field(default_factory=dict)  # set or aggregate -> weight
     mode: str = "paper"                      # paper | official scoring
     # name -> a checkpoint (evaluated once, with the points' settings) or an evaluation's output directory (its
     # scores.json read as it is: the pipeline's eval/base, say)
@@ -257,9 +262,7 @@ def _check(cfg: SweepConfig, where: str):
     sets = _eval_sets(cfg.eval_dir, cfg.sets, f"{where}: ")
     if cfg.mode not in ("paper", "official"):
         raise ValueError(f"{where}: mode {cfg.mode!r}: expected paper or official")
-    if cfg.metric not in AGGREGATES and cfg.metric not in sets:
-        raise ValueError(f"{where}: metric {cfg.metric!r}: expected one of {list(AGGREGATES)} or a set the sweep "
-                         f"scores ({sets})")
+    _check_metric(cfg, sets, where)
     decode = cfg.decode.config()
     if cfg.bootstrap < 0:
         raise ValueError(f"{where}: bootstrap {cfg.bootstrap}: expected a number of resamples >= 0 (0: none)")
@@ -272,6 +275,38 @@ def _check(cfg: SweepConfig, where: str):
         if not _is_evaluation(path):
             check_source(path, f"{where}: references.{name}")
     return sets, decode
+
+
+def _check_metric(cfg: SweepConfig, sets: list[str], where: str, holdout: bool = False) -> None:
+    """The metric (and a weighted mean's weights) can be computed on `sets`; errors name the field."""
+    at = f"{where}: holdout.sets: " if holdout else f"{where}: "
+    if cfg.metric_weights and cfg.metric != WEIGHTED:
+        raise ValueError(f"{where}: metric_weights: only with metric: {WEIGHTED} (metric is {cfg.metric!r})")
+    if cfg.metric == WEIGHTED:
+        if not isinstance(cfg.metric_weights, dict) or not cfg.metric_weights:
+            raise ValueError(f"{where}: metric_weights: expected {{set or aggregate: weight, ...}} for metric: "
+                             f"{WEIGHTED}, got {cfg.metric_weights!r}")
+        for name, weight in cfg.metric_weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) \
+                    or weight <= 0:
+                raise ValueError(f"{where}: metric_weights.{name}: expected a weight > 0, got {weight!r}")
+            if name not in AGGREGATES and name not in sets:
+                raise ValueError(f"{at}metric_weights.{name}: expected one of {list(AGGREGATES)} or a set the "
+                                 f"{'holdout' if holdout else 'sweep'} scores ({sets})")
+    elif cfg.metric not in AGGREGATES and cfg.metric not in sets:
+        if holdout:
+            raise ValueError(f"{at}the metric {cfg.metric!r} is a set the holdout does not score ({sets}); add it, "
+                             "or rank by an aggregate")
+        raise ValueError(f"{at}metric {cfg.metric!r}: expected one of {[*AGGREGATES, WEIGHTED]} or a set the sweep "
+                         f"scores ({sets})")
+
+
+def weighted_mean(scores: dict, weights: dict[str, float]) -> float | None:
+    """sum(w * score) / sum(w) over `weights`' names; None when one of them has no score."""
+    values = [scores.get(name) for name in weights]
+    if any(v is None for v in values):
+        return None
+    return float(sum(w * v for w, v in zip(weights.values(), values)) / sum(weights.values()))
 
 
 def _eval_sets(eval_dir: str, names: list[str], at: str) -> list[str]:
@@ -294,9 +329,7 @@ def _holdout_sets(cfg: SweepConfig, where: str) -> list[str] | None:
     if cfg.holdout is None:
         return None
     sets = _eval_sets(cfg.holdout.eval_dir, cfg.holdout.sets, f"{where}: holdout.")
-    if cfg.metric not in AGGREGATES and cfg.metric not in sets:
-        raise ValueError(f"{where}: holdout.sets: the metric {cfg.metric!r} is a set the holdout does not score "
-                         f"({sets}); add it, or rank by an aggregate")
+    _check_metric(cfg, sets, where, holdout=True)
     return sets
 
 
@@ -305,10 +338,11 @@ def _is_evaluation(path: str | Path) -> bool:
     return (Path(path) / "scores.json").is_file()
 
 
-def scores_of(eval_out: Path, system: str | None, mode: str, sets: list[str]) -> dict:
+def scores_of(eval_out: Path, system: str | None, mode: str, sets: list[str],
+              weights: dict[str, float] | None = None) -> dict:
     """{set or aggregate: score} over `sets` from an evaluation's scores.json (`system` None: the one system it
-    holds). The aggregates are computed over `sets` alone, so that an evaluation of more sets (a reference read
-    from the pipeline's) compares with the points."""
+    holds), with `weights` also their WEIGHTED mean. The aggregates are computed over `sets` alone, so that an
+    evaluation of more sets (a reference read from the pipeline's) compares with the points."""
     from mnlu_jax.evaluate.score import aggregates
 
     systems = json.loads((eval_out / "scores.json").read_text())
@@ -322,7 +356,8 @@ def scores_of(eval_out: Path, system: str | None, mode: str, sets: list[str]) ->
     if missing:
         raise ValueError(f"{eval_out}/scores.json: no scores for {missing}, which the sweep scores")
     per_set = {n: datasets[n][mode]["score"] for n in sets}
-    return {**per_set, **aggregates(per_set)}
+    scores = {**per_set, **aggregates(per_set)}
+    return {**scores, WEIGHTED: weighted_mean(scores, weights)} if weights else scores
 
 
 def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
@@ -391,14 +426,15 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
                 write_text_atomic(record_path, json.dumps(record, indent=2))
                 if not cfg.keep_merges:  # (the merges this run evaluated; those of points scored before stay)
                     shutil.rmtree(merged)
-            scores = scores_of(eval_out, point.name, cfg.mode, sets)
+            scores = scores_of(eval_out, point.name, cfg.mode, sets, cfg.metric_weights)
             log(f"{tag} {point.name}: {cfg.metric} {_fmt(scores.get(cfg.metric))}")
             if cfg.bootstrap and scores.get(cfg.metric) is not None:
                 key = {"draws": cfg.bootstrap, "seed": cfg.bootstrap_seed, "metric": cfg.metric, "mode": cfg.mode,
-                       "sets": sets}
+                       "sets": sets, **({"weights": cfg.metric_weights} if cfg.metric == WEIGHTED else {})}
                 if record.get("bootstrap", {}).get("key") != key:  # (kept in point.json: a rerun reads it)
                     record["bootstrap"] = {"key": key, "samples": bootstrap_samples(
-                        eval_out / "predictions", sets, cfg.metric, cfg.mode, cfg.bootstrap, cfg.bootstrap_seed)}
+                        eval_out / "predictions", sets, cfg.metric, cfg.mode, cfg.bootstrap, cfg.bootstrap_seed,
+                        cfg.metric_weights)}
                     write_text_atomic(record_path, json.dumps(record, indent=2))
             rows[point.name] = {**record, "name": point.name, "scores": scores}
             scored[point.name] = point
@@ -422,13 +458,13 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
                 evaluate(merged, eval_out, best, cfg.holdout.eval_dir, held_out)
                 if again and not cfg.keep_merges:
                     shutil.rmtree(merged)
-            scores = scores_of(eval_out, best, cfg.mode, held_out)
+            scores = scores_of(eval_out, best, cfg.mode, held_out, cfg.metric_weights)
             log(f"holdout: {best}: {cfg.metric} {_fmt(scores.get(cfg.metric))}")
             refs: dict[str, dict | None] = {}
             for name, path in cfg.references.items():
                 if _is_evaluation(path):  # (read if it scored every held-out set)
                     try:
-                        refs[name] = scores_of(Path(path), None, cfg.mode, held_out)
+                        refs[name] = scores_of(Path(path), None, cfg.mode, held_out, cfg.metric_weights)
                     except ValueError:
                         refs[name] = None
                     continue
@@ -436,7 +472,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
                 if not (ref_out / "scores.json").exists():
                     log(f"holdout: reference {name}: evaluating {path}")
                     evaluate(Path(path), ref_out, name, cfg.holdout.eval_dir, held_out)
-                refs[name] = scores_of(ref_out, name, cfg.mode, held_out)
+                refs[name] = scores_of(ref_out, name, cfg.mode, held_out, cfg.metric_weights)
             return {**key, "point": best, "scores": scores, "references": refs}
 
         search = None
@@ -451,14 +487,16 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, log=print) -> dict:
         references = {}
         for name, path in cfg.references.items():
             if _is_evaluation(path):
-                references[name] = scores_of(Path(path), None, cfg.mode, sets)
+                references[name] = scores_of(Path(path), None, cfg.mode, sets, cfg.metric_weights)
                 continue
             eval_out = out / "references" / name
             if not (eval_out / "scores.json").exists():
                 log(f"reference {name}: evaluating {path}")
                 evaluate(Path(path), eval_out, name)
-            references[name] = scores_of(eval_out, name, cfg.mode, sets)
+            references[name] = scores_of(eval_out, name, cfg.mode, sets, cfg.metric_weights)
         results = summarize(list(rows.values()), _swept(cfg), sets, cfg.metric, cfg.mode, references, search)
+        if cfg.metric == WEIGHTED:
+            results["metric_weights"] = dict(cfg.metric_weights)
         if held_out_sets is not None and results["best"] is not None:
             results["holdout"] = score_held_out(results["best"]["name"], held_out_sets)
         write_results(results, out)
@@ -482,25 +520,30 @@ def _search_record(cfg: SweepConfig, proposals: list[tuple[Point, int]], rows: d
             "space": cfg.search.space, "proposals": listed}
 
 
-def bootstrap_samples(pred_dir: Path, sets: list[str], metric: str, mode: str, draws: int, seed: int) -> list[float]:
-    """The metric on `draws` resamples (with replacement) of each set's instances, sets resampled apart. The draws
-    depend only on `seed` and the sets' sizes, with instances in id order, so every point of a sweep sees the
-    same resamples and two points compare draw by draw."""
+def bootstrap_samples(pred_dir: Path, sets: list[str], metric: str, mode: str, draws: int, seed: int,
+                      weights: dict[str, float] | None = None) -> list[float]:
+    """The metric (WEIGHTED: the mean with `weights`) on `draws` resamples (with replacement) of each set's
+    instances, sets resampled apart. The draws depend only on `seed` and the sets' sizes, with instances in id
+    order, so every point of a sweep sees the same resamples and two points compare draw by draw."""
     from mnlu_jax.evaluate.metrics import score_records
     from mnlu_jax.evaluate.score import aggregates, load_predictions
 
     preds = load_predictions(pred_dir)
     rng = np.random.default_rng(seed)
+    named = set(weights or ()) if metric == WEIGHTED else {metric}
+    every_set = bool(named & set(AGGREGATES))
     per_set: dict[str, list[float]] = {}
     for name in sets:  # (every set draws, used or not, so that the draws do not depend on the metric)
         recs = sorted(preds[name], key=lambda r: str(r["id"]))
         draw = rng.integers(0, len(recs), size=(draws, len(recs)))
-        if metric in AGGREGATES or name == metric:
+        if every_set or name in named:
             per_set[name] = [score_records([recs[i] for i in row], mode)["score"] for row in draw]
     samples = []
     for b in range(draws):
         scores = {n: v[b] for n, v in per_set.items()}
-        samples.append(scores[metric] if metric in scores else aggregates(scores)[metric])
+        if every_set:
+            scores.update(aggregates(scores))
+        samples.append(weighted_mean(scores, weights) if metric == WEIGHTED else scores[metric])
     return samples
 
 
@@ -526,7 +569,7 @@ def describe_plan(cfg: SweepConfig) -> str:
 
     def score_of(p: Point, number: int):  # (what is scored replays the search; CMA-ES stops at the first unscored)
         if state(p) == "scored":
-            return scores_of(home / p.name / "eval", p.name, cfg.mode, sets).get(cfg.metric)
+            return scores_of(home / p.name / "eval", p.name, cfg.mode, sets, cfg.metric_weights).get(cfg.metric)
         return None if cfg.search.method == "random" else PENDING
 
     proposals = search_points(cfg, score_of, where)
@@ -608,6 +651,10 @@ def write_results(results: dict, out: Path) -> None:
         if r["name"] == best:
             line = [f"**{c}**" for c in line]
         md.append("| " + " | ".join(line) + " |")
+    if results.get("metric_weights"):
+        weights = results["metric_weights"]
+        md += ["", f"{WEIGHTED}: sum(weight x score) / {sum(weights.values()):g} over "
+               + ", ".join(f"{name} x {w:g}" for name, w in weights.items()) + "."]
     if best:
         md += ["", f"Best by {metric}: {best} ({_fmt(results['best']['score'])})."]
     if search:
