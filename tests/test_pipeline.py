@@ -484,7 +484,12 @@ def test_merge_sweep_scores_every_point_of_its_grid_and_resumes(demo, tmp_path, 
             (["metric=weighted mean"], r"metric_weights: expected \{set or aggregate: weight, \.\.\.\}"),
             (["metric=weighted mean", "metric_weights={HoC: 1}"],
              r"metric_weights\.HoC: expected one of \[.*\] or a set the sweep scores \(\['BioSSES', 'MedNLI'\]\)"),
-            (["metric=weighted mean", "metric_weights={MedNLI: 0}"], r"metric_weights\.MedNLI: expected a weight > 0")]:
+            (["metric=weighted mean", "metric_weights={MedNLI: 0}"], r"metric_weights\.MedNLI: expected a weight > 0"),
+            # an aggregate the sets cannot give would leave every point unranked: refused before any merge
+            (["metric=BLURB score"], r"metric 'BLURB score': not computable on the sets the sweep scores "
+                                     r"\(\['BioSSES', 'MedNLI'\]\): it needs a set of each of BLURB's six task types"),
+            (["sets=[MedNLI]", "metric=weighted mean", "metric_weights={MedNLI: 1, BLURB macro avg (paper): 1}"],
+             r"metric_weights\.BLURB macro avg \(paper\): not computable .* it needs at least one BLURB set")]:
         assert main(["merge-sweep", "--config", str(config), *overrides, "--dry-run"]) == 2, overrides
         assert re.search(message, capsys.readouterr().err), overrides
     # refused before anything is merged, naming the field
@@ -584,7 +589,8 @@ def test_merge_sweep_searches_with_cmaes_and_goes_on_from_its_scores(demo, tmp_p
                           ("[Nope]", r"holdout\.sets \['Nope'\]: not in .*manifest\.json")):
         assert main(["merge-sweep", "--config", str(config), holdout[0], f"holdout.sets={sets}"]) == 2, sets
         assert re.search(message, capsys.readouterr().err), sets
-    weighted = ["metric=weighted mean", "metric_weights={MedNLI: 1, BLURB score: 1}", "holdout.sets=[BioSSES]"]
+    weighted = ["metric=weighted mean", "metric_weights={MedNLI: 1, BLUE macro avg (paper): 1}",
+                "holdout.sets=[BioSSES]"]
     assert main(["merge-sweep", "--config", str(config), holdout[0], *weighted, "--dry-run"]) == 2
     assert re.search(r"holdout\.sets: metric_weights\.MedNLI: expected one of .* or a set the holdout scores "
                      r"\(\['BioSSES'\]\)", capsys.readouterr().err)

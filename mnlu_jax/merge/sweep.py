@@ -279,7 +279,22 @@ def _check(cfg: SweepConfig, where: str):
 
 def _check_metric(cfg: SweepConfig, sets: list[str], where: str, holdout: bool = False) -> None:
     """The metric (and a weighted mean's weights) can be computed on `sets`; errors name the field."""
+    from mnlu_jax.evaluate.score import aggregates
+
     at = f"{where}: holdout.sets: " if holdout else f"{where}: "
+    scorer = "holdout" if holdout else "sweep"
+    # an aggregate none of whose sets (for the BLURB score: a set of each of its six task types) is scored would
+    # be None for every point: the sweep would merge and decode them all and rank none
+    uncomputable = [a for a, v in aggregates({n: 0.0 for n in sets}).items() if v is None]
+    named = list(cfg.metric_weights) if cfg.metric == WEIGHTED and isinstance(cfg.metric_weights, dict) \
+        else [cfg.metric]
+    for name in named:
+        if name in uncomputable:
+            field = f"metric_weights.{name}" if cfg.metric == WEIGHTED else f"metric {name!r}"
+            needs = "a set of each of BLURB's six task types" if name == "BLURB score" else \
+                f"at least one {name.split()[0]} set"
+            raise ValueError(f"{at}{field}: not computable on the sets the {scorer} scores ({sets}): it needs "
+                             f"{needs}")
     if cfg.metric_weights and cfg.metric != WEIGHTED:
         raise ValueError(f"{where}: metric_weights: only with metric: {WEIGHTED} (metric is {cfg.metric!r})")
     if cfg.metric == WEIGHTED:
@@ -292,7 +307,7 @@ def _check_metric(cfg: SweepConfig, sets: list[str], where: str, holdout: bool =
                 raise ValueError(f"{where}: metric_weights.{name}: expected a weight > 0, got {weight!r}")
             if name not in AGGREGATES and name not in sets:
                 raise ValueError(f"{at}metric_weights.{name}: expected one of {list(AGGREGATES)} or a set the "
-                                 f"{'holdout' if holdout else 'sweep'} scores ({sets})")
+                                 f"{scorer} scores ({sets})")
     elif cfg.metric not in AGGREGATES and cfg.metric not in sets:
         if holdout:
             raise ValueError(f"{at}the metric {cfg.metric!r} is a set the holdout does not score ({sets}); add it, "
