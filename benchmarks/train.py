@@ -58,31 +58,39 @@ def sft_weights(batch: int, seq: int, seed: int = 0):
     return weights
 
 
-def ours(cfg_kw, batch, seq, dtype, loss_chunk, scan_layers=False, weights=None):
-    """Build our jitted step; return (run(n) -> seconds for n steps, facts)."""
-    import functools
-
-    import jax
+def _setup(cfg_kw, batch, seq, dtype, loss_chunk, scan_layers=False, weights=None):
+    """(model config, optimizer, batch) of our step, as `ours` runs it and `products_alone` counts it."""
     import jax.numpy as jnp
     import numpy as np
 
     from mnlu_jax.model.config import ModelConfig
-    from mnlu_jax.model.mistral import init_params
     from mnlu_jax.train.config import OptimSection
-    from mnlu_jax.train.step import flops_per_token, init_state, make_optimizer, peak_tflops, train_step
+    from mnlu_jax.train.step import make_optimizer
 
     config = ModelConfig(**cfg_kw, model_type="mistral", compute_dtype=dtype, param_dtype="float32",
                          remat_policy="none" if dtype == "float32" else "save_dots", loss_chunk=loss_chunk,
                          scan_layers=scan_layers)
-    params = init_params(config, jax.random.PRNGKey(0))
     tx, _ = make_optimizer(OptimSection(learning_rate=1e-4, warmup_ratio=0.0, grad_clip=0.0), 1000)
-    state = {"s": init_state(params, tx)}
-    step = jax.jit(functools.partial(train_step, config=config, tx=tx, grad_accum=1), donate_argnums=(0,))
     rng = np.random.default_rng(0)
     ids = rng.integers(0, config.vocab_size, size=(batch, seq + 1)).astype(np.int32)
     b = {"inputs": jnp.asarray(ids[:, :-1]), "targets": jnp.asarray(ids[:, 1:]),
          "weights": jnp.ones((batch, seq)) if weights is None else jnp.asarray(weights),
          "segment_ids": jnp.ones((batch, seq), jnp.int32), "positions": jnp.tile(jnp.arange(seq), (batch, 1))}
+    return config, tx, b
+
+
+def ours(cfg_kw, batch, seq, dtype, loss_chunk, scan_layers=False, weights=None):
+    """Build our jitted step; return (run(n) -> seconds for n steps, facts)."""
+    import functools
+
+    import jax
+
+    from mnlu_jax.model.mistral import init_params
+    from mnlu_jax.train.step import flops_per_token, init_state, peak_tflops, train_step
+
+    config, tx, b = _setup(cfg_kw, batch, seq, dtype, loss_chunk, scan_layers, weights)
+    state = {"s": init_state(init_params(config, jax.random.PRNGKey(0)), tx)}
+    step = jax.jit(functools.partial(train_step, config=config, tx=tx, grad_accum=1), donate_argnums=(0,))
     step = step.lower(state["s"], b).compile()
     facts = {"params": config.num_params(), "device": jax.devices()[0].device_kind, "loss_chunk": loss_chunk,
              "scan_layers": scan_layers,
@@ -136,20 +144,12 @@ def products_alone(cfg_kw, batch, seq, loss_chunk, weights=None, dtype="float32"
     import jax
     import jax.numpy as jnp
 
-    from mnlu_jax.model.config import ModelConfig
     from mnlu_jax.model.mistral import init_params
-    from mnlu_jax.train.config import OptimSection
-    from mnlu_jax.train.step import init_state, make_optimizer, train_step
+    from mnlu_jax.train.step import init_state, train_step
 
-    config = ModelConfig(**cfg_kw, model_type="mistral", compute_dtype=dtype, param_dtype="float32",
-                         remat_policy="none" if dtype == "float32" else "save_dots", loss_chunk=loss_chunk,
-                         scan_layers=False)  # as `ours` builds its step
-    tx, _ = make_optimizer(OptimSection(learning_rate=1e-4, warmup_ratio=0.0, grad_clip=0.0), 1000)
+    config, tx, b = _setup(cfg_kw, batch, seq, dtype, loss_chunk, weights=weights)
     state = jax.eval_shape(lambda: init_state(init_params(config, jax.random.PRNGKey(0)), tx))
-    w = np.ones((batch, seq), np.float32) if weights is None else weights
-    b = {"inputs": jnp.zeros((batch, seq), jnp.int32), "targets": jnp.zeros((batch, seq), jnp.int32),
-         "weights": jnp.asarray(w), "segment_ids": jnp.ones((batch, seq), jnp.int32),
-         "positions": jnp.tile(jnp.arange(seq), (batch, 1))}
+    w = np.asarray(b["weights"])
     # the fused loss loops over chunks until the one holding the last answer token (train/loss.py): of loss_chunk x
     # batch positions with the rows merged (one device, train/step.py's loss_sums), else loss_chunk per row
     if not loss_chunk:

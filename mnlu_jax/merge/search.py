@@ -195,13 +195,18 @@ class CMAES:
         self.chi_n = math.sqrt(n) * (1 - 1 / (4 * n) + 1 / (21 * n * n))
         self.mean, self.sigma = start.astype(np.float64), float(section.sigma)
         self.pc, self.ps = np.zeros(n), np.zeros(n)
-        self.cov = np.eye(n)
+        self._set_cov(np.eye(n))
+
+    def _set_cov(self, cov: np.ndarray) -> None:
+        """C and its eigendecomposition, once per update (ask samples with it, tell whitens with it)."""
+        self.cov = cov
+        vals, self._vecs = np.linalg.eigh(cov)
+        self._sqrt_vals = np.sqrt(np.maximum(vals, 1e-20))
 
     def ask(self) -> list[np.ndarray]:
         """A generation: `lam` samples of N(mean, sigma^2 C), clipped onto the unit box."""
         rng = np.random.default_rng([self.seed, self.generation])
-        vals, vecs = np.linalg.eigh(self.cov)
-        scale = vecs * np.sqrt(np.maximum(vals, 1e-20))  # B D
+        scale = self._vecs * self._sqrt_vals  # B D
         z = rng.standard_normal((self.lam, self.n))
         return [np.clip(self.mean + self.sigma * scale @ zi, 0.0, 1.0) for zi in z]
 
@@ -218,17 +223,16 @@ class CMAES:
         self.mean = self.weights @ x
         y = (x - old) / self.sigma
         step = (self.mean - old) / self.sigma
-        vals, vecs = np.linalg.eigh(self.cov)
-        inv_sqrt = vecs @ np.diag(1 / np.sqrt(np.maximum(vals, 1e-20))) @ vecs.T
+        inv_sqrt = self._vecs @ np.diag(1 / self._sqrt_vals) @ self._vecs.T
         self.ps = (1 - self.cs) * self.ps + math.sqrt(self.cs * (2 - self.cs) * self.mueff) * inv_sqrt @ step
         # (Hansen's h_sigma: stall the rank-one path while the step-size path is long, early on)
         norm_ps = float(np.linalg.norm(self.ps))
         hsig = norm_ps / math.sqrt(1 - (1 - self.cs) ** (2 * self.generation)) / self.chi_n < 1.4 + 2 / (self.n + 1)
         self.pc = (1 - self.cc) * self.pc + hsig * math.sqrt(self.cc * (2 - self.cc) * self.mueff) * step
         rank_mu = (y.T * self.weights) @ y
-        self.cov = ((1 - self.c1 - self.cmu + (1 - hsig) * self.c1 * self.cc * (2 - self.cc)) * self.cov
-                    + self.c1 * np.outer(self.pc, self.pc) + self.cmu * rank_mu)
-        self.cov = (self.cov + self.cov.T) / 2
+        cov = ((1 - self.c1 - self.cmu + (1 - hsig) * self.c1 * self.cc * (2 - self.cc)) * self.cov
+               + self.c1 * np.outer(self.pc, self.pc) + self.cmu * rank_mu)
+        self._set_cov((cov + cov.T) / 2)
         self.sigma *= math.exp((self.cs / self.damps) * (norm_ps / self.chi_n - 1))
         self.sigma = min(self.sigma, 1.0)  # (the box is the unit cube: a larger step only clips)
 

@@ -278,26 +278,16 @@ def _check(cfg: SweepConfig, where: str):
 
 
 def _check_metric(cfg: SweepConfig, sets: list[str], where: str, holdout: bool = False) -> None:
-    """The metric (and a weighted mean's weights) can be computed on `sets`; errors name the field."""
+    """The metric (a weighted mean: each of its names and weights) can be computed on `sets`; errors name the
+    field."""
     from mnlu_jax.evaluate.score import aggregates
 
     at = f"{where}: holdout.sets: " if holdout else f"{where}: "
     scorer = "holdout" if holdout else "sweep"
-    # an aggregate none of whose sets (for the BLURB score: a set of each of its six task types) is scored would
-    # be None for every point: the sweep would merge and decode them all and rank none
-    uncomputable = [a for a, v in aggregates({n: 0.0 for n in sets}).items() if v is None]
-    named = list(cfg.metric_weights) if cfg.metric == WEIGHTED and isinstance(cfg.metric_weights, dict) \
-        else [cfg.metric]
-    for name in named:
-        if name in uncomputable:
-            field = f"metric_weights.{name}" if cfg.metric == WEIGHTED else f"metric {name!r}"
-            needs = "a set of each of BLURB's six task types" if name == "BLURB score" else \
-                f"at least one {name.split()[0]} set"
-            raise ValueError(f"{at}{field}: not computable on the sets the {scorer} scores ({sets}): it needs "
-                             f"{needs}")
-    if cfg.metric_weights and cfg.metric != WEIGHTED:
+    weighted = cfg.metric == WEIGHTED
+    if cfg.metric_weights and not weighted:
         raise ValueError(f"{where}: metric_weights: only with metric: {WEIGHTED} (metric is {cfg.metric!r})")
-    if cfg.metric == WEIGHTED:
+    if weighted:
         if not isinstance(cfg.metric_weights, dict) or not cfg.metric_weights:
             raise ValueError(f"{where}: metric_weights: expected {{set or aggregate: weight, ...}} for metric: "
                              f"{WEIGHTED}, got {cfg.metric_weights!r}")
@@ -305,15 +295,23 @@ def _check_metric(cfg: SweepConfig, sets: list[str], where: str, holdout: bool =
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) \
                     or weight <= 0:
                 raise ValueError(f"{where}: metric_weights.{name}: expected a weight > 0, got {weight!r}")
-            if name not in AGGREGATES and name not in sets:
-                raise ValueError(f"{at}metric_weights.{name}: expected one of {list(AGGREGATES)} or a set the "
-                                 f"{scorer} scores ({sets})")
-    elif cfg.metric not in AGGREGATES and cfg.metric not in sets:
-        if holdout:
-            raise ValueError(f"{at}the metric {cfg.metric!r} is a set the holdout does not score ({sets}); add it, "
-                             "or rank by an aggregate")
-        raise ValueError(f"{at}metric {cfg.metric!r}: expected one of {[*AGGREGATES, WEIGHTED]} or a set the sweep "
-                         f"scores ({sets})")
+    fields = ({n: f"metric_weights.{n}" for n in cfg.metric_weights} if weighted
+              else {cfg.metric: f"metric {cfg.metric!r}"})
+    # an aggregate none of whose sets (for the BLURB score: a set of each of its six task types) is scored would
+    # be None for every point: the sweep would merge and decode them all and rank none
+    uncomputable = {a for a, v in aggregates({n: 0.0 for n in sets}).items() if v is None}
+    for name, field in fields.items():
+        if name in uncomputable:
+            needs = "a set of each of BLURB's six task types" if name == "BLURB score" else \
+                f"at least one {name.split()[0]} set"
+            raise ValueError(f"{at}{field}: not computable on the sets the {scorer} scores ({sets}): it needs "
+                             f"{needs}")
+        if name not in AGGREGATES and name not in sets:
+            if holdout and not weighted:
+                raise ValueError(f"{at}the metric {name!r} is a set the holdout does not score ({sets}); add it, "
+                                 "or rank by an aggregate")
+            choices = list(AGGREGATES) if weighted else [*AGGREGATES, WEIGHTED]
+            raise ValueError(f"{at}{field}: expected one of {choices} or a set the {scorer} scores ({sets})")
 
 
 def weighted_mean(scores: dict, weights: dict[str, float]) -> float | None:
@@ -643,7 +641,7 @@ def write_results(results: dict, out: Path) -> None:
     """results.json, results.md (the points, then the seed summary and the references), results.csv (the points)
     and sweep.png."""
     keys, metric, sets = results["grid"], results["metric"], results["sets"]
-    columns = [metric, *[a for a in AGGREGATES if a != metric], *[s for s in sets if s != metric]]
+    columns = _score_columns(metric, sets)
     best = results["best"]["name"] if results["best"] else None
     boot = any("ci95" in r for r in results["points"])
     search = results.get("search")
@@ -695,7 +693,7 @@ def write_results(results: dict, out: Path) -> None:
             md.append(f"| {name} | " + " | ".join(_fmt(scores.get(c)) for c in columns) + " |")
     held = results.get("holdout")
     if held:
-        cols = [metric, *[a for a in AGGREGATES if a != metric], *[s for s in held["sets"] if s != metric]]
+        cols = _score_columns(metric, held["sets"])
         md += ["", f"Held out ({held['eval_dir']}, {len(held['sets'])} sets, not used to rank the points): the best "
                "point and the references.", "", "| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols),
                f"| {held['point']} | " + " | ".join(_fmt(held["scores"].get(c)) for c in cols) + " |"]
@@ -705,6 +703,11 @@ def write_results(results: dict, out: Path) -> None:
     write_text_atomic(out / "results.md", "\n".join(md) + "\n")
     plot_sweep(results, out / "sweep.png")
     write_text_atomic(out / "results.json", json.dumps(results, indent=2))  # last: the sweep's done mark
+
+
+def _score_columns(metric: str, sets: list[str]) -> list[str]:
+    """A results table's score columns: the metric, then the aggregates and the sets."""
+    return [metric, *[a for a in AGGREGATES if a != metric], *[s for s in sets if s != metric]]
 
 
 def plot_sweep(results: dict, path: Path) -> None:
